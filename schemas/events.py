@@ -1,0 +1,348 @@
+"""Ledger event types, version 1.
+
+Every event is a frozen msgspec Struct under :class:`Event`, tagged by its class name
+(the ``type`` field on the wire and the ``event_type`` column in the store). Rules:
+
+* an event type is never renamed and a field never changes meaning;
+* a new field gets a default, so older rows still decode;
+* an incompatible change is a new type (``FooV2``) with a higher ``SCHEMA_VERSION``.
+
+Personal data (names, contact details, licence plates, free text) never appears in
+clear in an event: it travels as :class:`Sealed`, encrypted with the subject's own key,
+so deleting that key erases it (crypto-shredding, PRODUCT.md "Retention ...").
+The consent rules never need personal data.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, ClassVar, Final, Literal
+
+import msgspec
+
+from consent.vocabulary import Category, Channel, PreferenceValue
+
+Months = Annotated[int, msgspec.Meta(ge=0, le=120)]
+ShortText = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+Identifier = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
+
+
+class Sealed(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Personal data encrypted with the subject's key (AES-256-GCM).
+
+    ``key_id`` names the subject key; ``nonce`` and ``ciphertext`` are base64.
+    Once the key is shredded, this can never be read again.
+    """
+
+    key_id: str
+    nonce: str
+    ciphertext: str
+
+
+class Chapter(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    chapter_id: str
+    title: str
+    body: str
+    active: bool = True
+
+
+class TermCell(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    category: Category
+    channel: Channel
+    months: Months
+
+
+class PreferenceSetting(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    category: Category
+    channel: Channel
+    value: PreferenceValue
+
+
+ActorKind = Literal["subject", "staff", "importer", "system", "operator", "api"]
+Method = Literal["portal", "staff_portal", "phone", "email", "in_person", "import", "api", "retention", "system"]
+
+
+class Actor(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Who caused an event. ``id`` is a user id, API key id or "subject"; never a secret."""
+
+    kind: ActorKind
+    id: str
+
+
+class Event(msgspec.Struct, frozen=True, tag_field="type", tag=True, kw_only=True, forbid_unknown_fields=True):
+    SCHEMA_VERSION: ClassVar[int] = 1
+
+    def occurred_on(self) -> dt.date | None:
+        """The domain date of the event (e.g. the invoice date), if it has one."""
+        return None
+
+
+# ---------------------------------------------------------------------------------------
+# Tenant stream: "tenant/{tenant}"
+# ---------------------------------------------------------------------------------------
+
+
+class TenantCreated(Event, frozen=True):
+    """A dealer company starts, with the seed's policy chapters and term matrix."""
+
+    tenant_id: str
+    name: ShortText
+    data_sources: dict[str, str]
+    chapters: list[Chapter]
+    terms: list[TermCell]
+
+
+class DataSourceAdded(Event, frozen=True):
+    source_id: str
+    label: ShortText
+
+
+class ProcessorAgreementSet(Event, frozen=True):
+    """Verwerkersovereenkomst signed yes/no, with the signing date."""
+
+    signed: bool
+    signed_on: dt.date | None = None
+
+
+class ModuleActivationSet(Event, frozen=True):
+    active: bool
+    module: Literal["mijngegevensbescherming"] = "mijngegevensbescherming"
+
+
+class PolicyChapterAdded(Event, frozen=True):
+    """A new chapter, appended at the end of the policy."""
+
+    chapter: Chapter
+
+
+class PolicyChapterEdited(Event, frozen=True):
+    chapter_id: str
+    title: str
+    body: str
+    active: bool
+
+
+class PolicyChapterActiveSet(Event, frozen=True):
+    chapter_id: str
+    active: bool
+
+
+class PolicyChapterMoved(Event, frozen=True):
+    """Moves a chapter to ``to_index`` (0-based) in the full ordered list."""
+
+    chapter_id: str
+    to_index: Annotated[int, msgspec.Meta(ge=0)]
+
+
+class PolicyChapterDeleted(Event, frozen=True):
+    chapter_id: str
+
+
+class TermMatrixEdited(Event, frozen=True):
+    """The dealer changed some cells of the opt-in term matrix."""
+
+    cells: list[TermCell]
+
+
+class RetentionPolicySet(Event, frozen=True):
+    customer_years: Annotated[int, msgspec.Meta(ge=1, le=20)] = 7
+    prospect_months: Annotated[int, msgspec.Meta(ge=1, le=60)] = 3
+
+
+# ---------------------------------------------------------------------------------------
+# Subject stream: "subject/{tenant}/{source}/{customer_ref}"
+# ---------------------------------------------------------------------------------------
+
+
+class InvoiceRecorded(Event, frozen=True):
+    """An invoice: makes the subject a customer and restarts the soft opt-in terms."""
+
+    invoice_id: Identifier
+    invoice_date: dt.date
+    personal: Sealed | None = None
+
+    def occurred_on(self) -> dt.date | None:
+        return self.invoice_date
+
+
+class InvoiceCorrected(Event, frozen=True):
+    """A re-delivered invoice with changed data (DMS import), replacing the earlier one."""
+
+    invoice_id: Identifier
+    invoice_date: dt.date
+    personal: Sealed | None = None
+
+    def occurred_on(self) -> dt.date | None:
+        return self.invoice_date
+
+
+class ProspectRegistered(Event, frozen=True):
+    """Data of a non-customer was acquired (bought list, web request, ...)."""
+
+    acquired_on: dt.date
+    how: ShortText
+    personal: Sealed | None = None
+
+    def occurred_on(self) -> dt.date | None:
+        return self.acquired_on
+
+
+class PreferencesChanged(Event, frozen=True):
+    """One save of preferences: by the customer (portal), staff on their behalf, or the DMS.
+
+    ``policy_version`` is the version id of the policy text shown when the change was made.
+    ``note`` (free text such as "telefonisch verzoek") is personal data, hence sealed.
+    """
+
+    changes: Annotated[list[PreferenceSetting], msgspec.Meta(min_length=1)]
+    changed_by: Actor
+    method: Method
+    policy_version: str | None = None
+    note: Sealed | None = None
+
+
+class ObjectionRecorded(Event, frozen=True):
+    """Objection to all direct marketing (GDPR art. 21): absolute."""
+
+    changed_by: Actor
+    method: Method
+    policy_version: str | None = None
+    note: Sealed | None = None
+
+
+class ObjectionWithdrawn(Event, frozen=True):
+    changed_by: Actor
+    method: Method
+    policy_version: str | None = None
+    note: Sealed | None = None
+
+
+class MarketingActivityRecorded(Event, frozen=True):
+    """A campaign was sent to the subject (restarts the prospect retention clock)."""
+
+    activity_on: dt.date
+    category: Category
+    channel: Channel
+    campaign_id: Identifier | None = None
+
+    def occurred_on(self) -> dt.date | None:
+        return self.activity_on
+
+
+class SubjectErased(Event, frozen=True):
+    """The subject's key was shredded (art. 17 request or retention).
+
+    ``suppressed`` says whether a suppression record was kept because the subject had
+    objected to direct marketing (see docs/erasure.md).
+    """
+
+    reason: Literal["request", "retention"]
+    suppressed: bool = False
+
+
+TENANT_EVENTS: Final = (
+    TenantCreated,
+    DataSourceAdded,
+    ProcessorAgreementSet,
+    ModuleActivationSet,
+    PolicyChapterAdded,
+    PolicyChapterEdited,
+    PolicyChapterActiveSet,
+    PolicyChapterMoved,
+    PolicyChapterDeleted,
+    TermMatrixEdited,
+    RetentionPolicySet,
+)
+SUBJECT_EVENTS: Final = (
+    InvoiceRecorded,
+    InvoiceCorrected,
+    ProspectRegistered,
+    PreferencesChanged,
+    ObjectionRecorded,
+    ObjectionWithdrawn,
+    MarketingActivityRecorded,
+    SubjectErased,
+)
+EVENT_TYPES: Final[dict[str, type[Event]]] = {cls.__name__: cls for cls in TENANT_EVENTS + SUBJECT_EVENTS}
+
+AnyEvent = (
+    TenantCreated
+    | DataSourceAdded
+    | ProcessorAgreementSet
+    | ModuleActivationSet
+    | PolicyChapterAdded
+    | PolicyChapterEdited
+    | PolicyChapterActiveSet
+    | PolicyChapterMoved
+    | PolicyChapterDeleted
+    | TermMatrixEdited
+    | RetentionPolicySet
+    | InvoiceRecorded
+    | InvoiceCorrected
+    | ProspectRegistered
+    | PreferencesChanged
+    | ObjectionRecorded
+    | ObjectionWithdrawn
+    | MarketingActivityRecorded
+    | SubjectErased
+)
+
+_decoder: Final = msgspec.json.Decoder(AnyEvent)
+_encoder: Final = msgspec.json.Encoder()
+
+
+def encode_event(event: Event) -> bytes:
+    return _encoder.encode(event)
+
+
+def decode_event(data: bytes | str) -> AnyEvent:
+    return _decoder.decode(data)
+
+
+# ---------------------------------------------------------------------------------------
+# The envelope: an event as recorded in the ledger (and as published on
+# ``consent.ledger.events.v1``).
+# ---------------------------------------------------------------------------------------
+
+
+class Metadata(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """Why and through what an event was appended. Never holds a secret."""
+
+    actor: Actor
+    method: Method = "api"
+    request_id: str | None = None
+    correlation_id: str | None = None
+    causation_id: str | None = None
+
+
+class RecordedEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """One committed ledger row.
+
+    ``position`` is the global order (commit order); ``version`` the 1-based order in its
+    stream; ``recorded_at`` the transaction time (non-decreasing with position);
+    ``occurred_on`` the domain date where the event has one.
+    """
+
+    position: int
+    event_id: str
+    stream_id: str
+    version: int
+    tenant_id: str
+    event_type: str
+    schema_version: int
+    recorded_at: dt.datetime
+    occurred_on: dt.date | None
+    event: AnyEvent
+    metadata: Metadata
+    hash: str
+
+
+_envelope_decoder: Final = msgspec.json.Decoder(RecordedEvent)
+
+
+def encode_recorded(recorded: RecordedEvent) -> bytes:
+    return _encoder.encode(recorded)
+
+
+def decode_recorded(data: bytes | str) -> RecordedEvent:
+    return _envelope_decoder.decode(data)

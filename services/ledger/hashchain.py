@@ -1,0 +1,117 @@
+"""Tamper evidence: every event's hash covers its content and its predecessor's hash.
+
+``hash_n = sha256(canonical(prev_hash, position, event_id, stream, version, tenant, type,
+schema_version, recorded_at, occurred_on, data, metadata))``, with ``prev_hash`` of the
+first event 32 zero bytes. Editing, deleting or reordering any row breaks the chain at
+that row; :func:`verify_rows` names the first such row.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from collections.abc import AsyncIterator, Iterable
+from typing import Final
+
+import msgspec
+
+GENESIS: Final = bytes(32)
+_encode = msgspec.json.Encoder().encode
+
+
+def format_timestamp(ts: dt.datetime) -> str:
+    """One fixed text form of a timestamp (UTC, microseconds), for hashing."""
+    return ts.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def event_hash(
+    prev_hash: bytes,
+    position: int,
+    event_id: str,
+    stream_id: str,
+    version: int,
+    tenant_id: str,
+    event_type: str,
+    schema_version: int,
+    recorded_at: dt.datetime,
+    occurred_on: dt.date | None,
+    data: str,
+    metadata: str,
+) -> bytes:
+    canonical = _encode(
+        [
+            prev_hash.hex(),
+            position,
+            event_id,
+            stream_id,
+            version,
+            tenant_id,
+            event_type,
+            schema_version,
+            format_timestamp(recorded_at),
+            occurred_on.isoformat() if occurred_on else None,
+            data,
+            metadata,
+        ]
+    )
+    return hashlib.sha256(canonical).digest()
+
+
+class ChainBroken(msgspec.Struct, frozen=True):
+    position: int
+    problem: str
+
+
+def check_row(row: dict, expected_prev: bytes, expected_position: int) -> str | None:
+    """The problem with one row given what the chain expects there, or None."""
+    if row["position"] != expected_position:
+        return f"expected position {expected_position}, found {row['position']} (missing or reordered event)"
+    if bytes(row["prev_hash"]) != expected_prev:
+        return "prev_hash does not match the previous event's hash (missing, inserted or reordered event)"
+    recomputed = event_hash(
+        expected_prev,
+        row["position"],
+        str(row["event_id"]),
+        row["stream_id"],
+        row["version"],
+        row["tenant_id"],
+        row["event_type"],
+        row["schema_version"],
+        row["recorded_at"],
+        row["occurred_on"],
+        row["data"],
+        row["metadata"],
+    )
+    if recomputed != bytes(row["hash"]):
+        return "content does not match its hash (altered event)"
+    return None
+
+
+async def verify_rows(rows: AsyncIterator[dict] | Iterable[dict], head: dict | None) -> tuple[int, ChainBroken | None]:
+    """Walk rows in position order; return (rows checked, first break or None)."""
+    expected_prev = GENESIS
+    expected_position = 1
+    count = 0
+    if hasattr(rows, "__aiter__"):
+        iterator = rows
+    else:
+        async def _aiter() -> AsyncIterator[dict]:
+            for r in rows:  # type: ignore[union-attr]
+                yield r
+        iterator = _aiter()
+    async for row in iterator:  # type: ignore[union-attr]
+        problem = check_row(row, expected_prev, expected_position)
+        if problem:
+            return count, ChainBroken(position=expected_position, problem=problem)
+        expected_prev = bytes(row["hash"])
+        expected_position += 1
+        count += 1
+    if head is not None:
+        if head["position"] != count:
+            return count, ChainBroken(
+                position=count + 1 if head["position"] > count else head["position"],
+                problem=f"ledger head says {head['position']} events, found {count} (events missing at the end)",
+            )
+        if bytes(head["hash"]) != expected_prev:
+            return count, ChainBroken(position=count, problem="ledger head hash does not match the last event")
+    return count, None

@@ -1,0 +1,46 @@
+"""Forward-only SQL migrations: files ``migrations/NNNN_name.sql`` applied in name order.
+
+Each file runs in its own transaction and is recorded in ``ledger.schema_migrations``;
+an advisory lock keeps two processes from migrating at once.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+
+import asyncpg
+import structlog
+
+log = structlog.get_logger(__name__)
+
+_MIGRATION_LOCK = 0x6C6564676572  # "ledger"
+
+
+def migration_files() -> list[tuple[str, str]]:
+    folder = resources.files("services.ledger") / "migrations"
+    files = sorted((f.name, f.read_text("utf-8")) for f in folder.iterdir() if f.name.endswith(".sql"))
+    return files
+
+
+async def migrate(conn: asyncpg.Connection) -> list[str]:
+    """Apply pending migrations; returns the names applied."""
+    applied_now: list[str] = []
+    await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
+    try:
+        await conn.execute("CREATE SCHEMA IF NOT EXISTS ledger")
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS ledger.schema_migrations ("
+            " name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        done = {r["name"] for r in await conn.fetch("SELECT name FROM ledger.schema_migrations")}
+        for name, sql in migration_files():
+            if name in done:
+                continue
+            async with conn.transaction():
+                await conn.execute(sql)
+                await conn.execute("INSERT INTO ledger.schema_migrations (name) VALUES ($1)", name)
+            log.info("migration_applied", migration=name)
+            applied_now.append(name)
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
+    return applied_now

@@ -1,0 +1,449 @@
+"""The event store on PostgreSQL: few verbs, after Message DB.
+
+* :meth:`EventStore.append` writes events to one or more streams, atomically, with an
+  expected version per stream and an optional idempotency key;
+* :meth:`EventStore.read_stream` reads one stream in version order;
+* :meth:`EventStore.read_all` reads the global order (optionally one tenant's) after a
+  position, never skipping a row that commits later (see ``0003_head.sql``).
+
+Appends go through one writer task per process that batches whatever requests arrived
+while the previous batch was committing into a single transaction (group commit): one
+WAL flush for many requests, and every caller is answered only after that commit.
+A request whose expected version is stale fails alone; the rest of the batch commits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import hashlib
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from typing import Any, Final
+
+import asyncpg
+import msgspec
+import structlog
+
+from schemas.events import Event, Metadata, RecordedEvent, decode_event, encode_event
+from services.ledger.errors import (
+    IdempotencyKeyReused,
+    IntegrityError,
+    LedgerError,
+    StoreUnavailable,
+    WrongExpectedVersion,
+)
+from services.ledger.hashchain import event_hash
+
+log = structlog.get_logger(__name__)
+
+ANY_VERSION: Final = None
+NO_STREAM: Final = 0
+
+_metadata_decoder: Final = msgspec.json.Decoder(Metadata)
+_encode: Final = msgspec.json.Encoder().encode
+
+
+class StreamWrite(msgspec.Struct, frozen=True):
+    """Events for one stream. ``expected_version``: None = any, 0 = stream must not exist."""
+
+    stream_id: str
+    events: Sequence[Event]
+    expected_version: int | None = None
+
+
+class AppendRequest(msgspec.Struct, frozen=True, kw_only=True):
+    tenant_id: str
+    writes: Sequence[StreamWrite]
+    metadata: Metadata
+    idempotency_key: str | None = None
+    # A hash of what the client asked for; a reused key with another fingerprint is refused.
+    fingerprint: bytes = b""
+
+
+class StreamResult(msgspec.Struct, frozen=True):
+    stream_id: str
+    from_version: int
+    to_version: int
+
+
+class AppendResult(msgspec.Struct, frozen=True, kw_only=True):
+    streams: list[StreamResult]
+    first_position: int
+    last_position: int
+    event_ids: list[str]
+    recorded_at: dt.datetime
+    replayed: bool = False
+
+
+_result_decoder: Final = msgspec.json.Decoder(AppendResult)
+
+
+@contextlib.contextmanager
+def translate_errors() -> Iterator[None]:
+    """The one place where asyncpg's errors become the ledger's own."""
+    try:
+        yield
+    except LedgerError:
+        raise
+    except (OSError, asyncpg.exceptions.ConnectionDoesNotExistError, asyncpg.exceptions.CannotConnectNowError,
+            asyncpg.exceptions.TooManyConnectionsError, asyncpg.exceptions.InterfaceError) as exc:
+        raise StoreUnavailable(str(exc)) from exc
+    except asyncpg.exceptions.PostgresConnectionError as exc:
+        raise StoreUnavailable(str(exc)) from exc
+    except asyncpg.exceptions.IntegrityConstraintViolationError as exc:
+        raise IntegrityError(str(exc)) from exc
+
+
+_COLUMNS: Final = (
+    "position, event_id::text AS event_id, stream_id, version, tenant_id, event_type, schema_version,"
+    " recorded_at, occurred_on, data, metadata, hash"
+)
+
+
+def row_to_recorded(row: asyncpg.Record) -> RecordedEvent:
+    return RecordedEvent(
+        position=row["position"],
+        event_id=row["event_id"],
+        stream_id=row["stream_id"],
+        version=row["version"],
+        tenant_id=row["tenant_id"],
+        event_type=row["event_type"],
+        schema_version=row["schema_version"],
+        recorded_at=row["recorded_at"],
+        occurred_on=row["occurred_on"],
+        event=decode_event(row["data"]),
+        metadata=_metadata_decoder.decode(row["metadata"]),
+        hash=bytes(row["hash"]).hex(),
+    )
+
+
+class _Pending:
+    __slots__ = ("request", "future")
+
+    def __init__(self, request: AppendRequest, future: asyncio.Future[AppendResult]) -> None:
+        self.request = request
+        self.future = future
+
+
+AppendObserver = Callable[[int, float], None]
+"""Called after each committed batch with (events appended, seconds the batch took)."""
+
+
+class EventStore:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        max_batch_events: int = 5000,
+        on_commit: AppendObserver | None = None,
+    ) -> None:
+        self._pool = pool
+        self._max_batch_events = max_batch_events
+        self._on_commit = on_commit
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self._writer: asyncio.Task[None] | None = None
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._write_loop(), name="ledger-writer")
+
+    async def stop(self) -> None:
+        if self._writer is not None:
+            self._writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writer
+            self._writer = None
+        while not self._queue.empty():
+            pending = self._queue.get_nowait()
+            if not pending.future.done():
+                pending.future.set_exception(StoreUnavailable("event store is shutting down"))
+
+    # -- writing -------------------------------------------------------------------
+
+    async def append(self, request: AppendRequest) -> AppendResult:
+        """Append atomically; returns after commit. Raises WrongExpectedVersion,
+        IdempotencyKeyReused, StoreUnavailable."""
+        if not request.writes or not any(w.events for w in request.writes):
+            raise ValueError("append needs at least one event")
+        if self._writer is None:
+            raise StoreUnavailable("event store writer is not running")
+        future: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Pending(request, future))
+        return await future
+
+    async def _write_loop(self) -> None:
+        while True:
+            first = await self._queue.get()
+            batch = [first]
+            size = sum(len(w.events) for w in first.request.writes)
+            while size < self._max_batch_events and not self._queue.empty():
+                nxt = self._queue.get_nowait()
+                batch.append(nxt)
+                size += sum(len(w.events) for w in nxt.request.writes)
+            live = [p for p in batch if not p.future.done()]
+            if not live:
+                continue
+            started = time.perf_counter()
+            try:
+                with translate_errors():
+                    appended = await self._commit_batch(live)
+            except asyncio.CancelledError:
+                for p in live:
+                    if not p.future.done():
+                        p.future.set_exception(StoreUnavailable("event store is shutting down"))
+                raise
+            except Exception as exc:  # the whole transaction failed: every caller learns why
+                log.error("append_batch_failed", error=str(exc), requests=len(live))
+                err = exc if isinstance(exc, LedgerError) else StoreUnavailable(str(exc))
+                for p in live:
+                    if not p.future.done():
+                        p.future.set_exception(err)
+                continue
+            if self._on_commit is not None and appended:
+                self._on_commit(appended, time.perf_counter() - started)
+
+    async def _commit_batch(self, batch: list[_Pending]) -> int:
+        """One transaction for the batch; resolves each future; returns events appended."""
+        outcomes: list[tuple[_Pending, AppendResult | Exception]] = []
+        async with self._pool.acquire() as conn, conn.transaction():
+            # The lock that keeps insert order equal to commit order: FOR UPDATE on the
+            # single head row is held until this transaction commits, so no other writer
+            # can assign the next positions before our rows are visible.
+            head = await conn.fetchrow("SELECT position, hash, recorded_at FROM ledger.head FOR UPDATE")
+            assert head is not None
+            position: int = head["position"]
+            prev_hash: bytes = bytes(head["hash"])
+            now = dt.datetime.now(dt.timezone.utc)
+            # recorded_at never goes backwards along the log, whatever the writers' clocks
+            # say: "recorded up to K" is then always a prefix of the global order.
+            recorded_at = max(now, head["recorded_at"])
+
+            stream_ids = sorted({w.stream_id for p in batch for w in p.request.writes})
+            versions: dict[str, int] = {
+                r["stream_id"]: r["version"] or 0
+                for r in await conn.fetch(
+                    "SELECT s AS stream_id,"
+                    " (SELECT max(version) FROM ledger.events e WHERE e.stream_id = s) AS version"
+                    " FROM unnest($1::text[]) AS s",
+                    stream_ids,
+                )
+            }
+            keyed = [(p.request.tenant_id, p.request.idempotency_key) for p in batch if p.request.idempotency_key]
+            seen_keys: dict[tuple[str, str], tuple[bytes, AppendResult]] = {}
+            if keyed:
+                for r in await conn.fetch(
+                    "SELECT i.tenant_id, i.key, i.fingerprint, i.result FROM ledger.idempotency i"
+                    " JOIN unnest($1::text[], $2::text[]) AS k(tenant_id, key)"
+                    " ON i.tenant_id = k.tenant_id AND i.key = k.key",
+                    [t for t, _ in keyed],
+                    [k for _, k in keyed],
+                ):
+                    seen_keys[(r["tenant_id"], r["key"])] = (
+                        bytes(r["fingerprint"]),
+                        msgspec.structs.replace(_result_decoder.decode(r["result"]), replayed=True),
+                    )
+
+            cols: dict[str, list[Any]] = {
+                k: []
+                for k in (
+                    "position", "event_id", "stream_id", "version", "tenant_id", "event_type",
+                    "schema_version", "occurred_on", "data", "metadata", "prev_hash", "hash",
+                )
+            }
+            new_keys: list[tuple[str, str, bytes, str]] = []
+            batch_keys: dict[tuple[str, str], tuple[bytes, _Pending]] = {}
+            followers: list[tuple[_Pending, _Pending]] = []
+            for pending in batch:
+                req = pending.request
+                key = (req.tenant_id, req.idempotency_key) if req.idempotency_key else None
+                if key is not None and key in seen_keys:
+                    fingerprint, previous = seen_keys[key]
+                    outcomes.append(
+                        (pending, previous if fingerprint == req.fingerprint else IdempotencyKeyReused(key[1]))
+                    )
+                    continue
+                if key is not None and key in batch_keys:
+                    fingerprint, leader = batch_keys[key]
+                    if fingerprint == req.fingerprint:
+                        followers.append((pending, leader))
+                    else:
+                        outcomes.append((pending, IdempotencyKeyReused(key[1])))
+                    continue
+                conflict = self._check_versions(req, versions)
+                if conflict is not None:
+                    outcomes.append((pending, conflict))
+                    continue
+                metadata_json = _encode(req.metadata).decode()
+                results: list[StreamResult] = []
+                event_ids: list[str] = []
+                first_position = position + 1
+                for write in req.writes:
+                    if not write.events:
+                        continue
+                    start_version = versions.get(write.stream_id, 0)
+                    version = start_version
+                    for event in write.events:
+                        position += 1
+                        version += 1
+                        event_id = str(uuid.uuid4())
+                        data = encode_event(event).decode()
+                        occurred = event.occurred_on()
+                        event_type = type(event).__name__
+                        digest = event_hash(
+                            prev_hash, position, event_id, write.stream_id, version, req.tenant_id,
+                            event_type, event.SCHEMA_VERSION, recorded_at, occurred, data, metadata_json,
+                        )
+                        cols["position"].append(position)
+                        cols["event_id"].append(event_id)
+                        cols["stream_id"].append(write.stream_id)
+                        cols["version"].append(version)
+                        cols["tenant_id"].append(req.tenant_id)
+                        cols["event_type"].append(event_type)
+                        cols["schema_version"].append(event.SCHEMA_VERSION)
+                        cols["occurred_on"].append(occurred)
+                        cols["data"].append(data)
+                        cols["metadata"].append(metadata_json)
+                        cols["prev_hash"].append(prev_hash)
+                        cols["hash"].append(digest)
+                        prev_hash = digest
+                        event_ids.append(event_id)
+                    versions[write.stream_id] = version
+                    results.append(StreamResult(write.stream_id, start_version + 1, version))
+                result = AppendResult(
+                    streams=results,
+                    first_position=first_position,
+                    last_position=position,
+                    event_ids=event_ids,
+                    recorded_at=recorded_at,
+                )
+                outcomes.append((pending, result))
+                if key is not None:
+                    batch_keys[key] = (req.fingerprint, pending)
+                    new_keys.append((key[0], key[1], req.fingerprint, _encode(result).decode()))
+
+            appended = len(cols["position"])
+            if appended:
+                await conn.execute(
+                    "INSERT INTO ledger.events (position, event_id, stream_id, version, tenant_id, event_type,"
+                    " schema_version, recorded_at, occurred_on, data, metadata, prev_hash, hash)"
+                    " SELECT p, e, s, v, t, ty, sv, $8, o, d, m, ph, h FROM unnest("
+                    "$1::bigint[], $2::uuid[], $3::text[], $4::int[], $5::text[], $6::text[], $7::smallint[],"
+                    " $9::date[], $10::json[], $11::json[], $12::bytea[], $13::bytea[])"
+                    " AS u(p, e, s, v, t, ty, sv, o, d, m, ph, h)",
+                    cols["position"], cols["event_id"], cols["stream_id"], cols["version"], cols["tenant_id"],
+                    cols["event_type"], cols["schema_version"], recorded_at, cols["occurred_on"], cols["data"],
+                    cols["metadata"], cols["prev_hash"], cols["hash"],
+                )
+                await conn.execute(
+                    "UPDATE ledger.head SET position = $1, hash = $2, recorded_at = $3",
+                    position, prev_hash, recorded_at,
+                )
+            if new_keys:
+                await conn.executemany(
+                    "INSERT INTO ledger.idempotency (tenant_id, key, fingerprint, result) VALUES ($1, $2, $3, $4)",
+                    new_keys,
+                )
+        # Committed: now, and only now, answer the callers.
+        by_pending = {id(p): o for p, o in outcomes}
+        for pending, outcome in outcomes:
+            if pending.future.done():
+                continue
+            if isinstance(outcome, Exception):
+                pending.future.set_exception(outcome)
+            else:
+                pending.future.set_result(outcome)
+        for pending, leader in followers:
+            outcome = by_pending[id(leader)]
+            if not pending.future.done():
+                if isinstance(outcome, Exception):
+                    pending.future.set_exception(outcome)
+                else:
+                    pending.future.set_result(msgspec.structs.replace(outcome, replayed=True))
+        return appended
+
+    @staticmethod
+    def _check_versions(req: AppendRequest, versions: dict[str, int]) -> WrongExpectedVersion | None:
+        for write in req.writes:
+            if write.expected_version is None:
+                continue
+            current = versions.get(write.stream_id, 0)
+            if current != write.expected_version:
+                return WrongExpectedVersion(write.stream_id, write.expected_version, current)
+        return None
+
+    # -- reading -------------------------------------------------------------------
+
+    async def read_stream(self, stream_id: str, from_version: int = 1, limit: int | None = None) -> list[RecordedEvent]:
+        with translate_errors():
+            rows = await self._pool.fetch(
+                f"SELECT {_COLUMNS} FROM ledger.events WHERE stream_id = $1 AND version >= $2"
+                " ORDER BY version LIMIT $3",
+                stream_id, from_version, limit,
+            )
+        return [row_to_recorded(r) for r in rows]
+
+    async def stream_version(self, stream_id: str) -> int:
+        with translate_errors():
+            v = await self._pool.fetchval("SELECT max(version) FROM ledger.events WHERE stream_id = $1", stream_id)
+        return v or 0
+
+    async def read_all(
+        self, after: int = 0, limit: int = 1000, *, tenant_id: str | None = None
+    ) -> list[RecordedEvent]:
+        """Events with position > ``after`` in ledger order. Safe to follow: a row that is
+        not visible yet can only get a position above every visible one."""
+        with translate_errors():
+            if tenant_id is None:
+                rows = await self._pool.fetch(
+                    f"SELECT {_COLUMNS} FROM ledger.events WHERE position > $1 ORDER BY position LIMIT $2",
+                    after, limit,
+                )
+            else:
+                rows = await self._pool.fetch(
+                    f"SELECT {_COLUMNS} FROM ledger.events WHERE tenant_id = $1 AND position > $2"
+                    " ORDER BY position LIMIT $3",
+                    tenant_id, after, limit,
+                )
+        return [row_to_recorded(r) for r in rows]
+
+    async def follow(
+        self, after: int = 0, *, batch: int = 1000, idle_sleep: float = 0.05, stop: Callable[[], bool] | None = None
+    ) -> AsyncIterator[RecordedEvent]:
+        """Follow the global order forever (or until ``stop()``), polling when idle."""
+        position = after
+        while stop is None or not stop():
+            events = await self.read_all(position, batch)
+            for e in events:
+                yield e
+                position = e.position
+            if len(events) < batch:
+                await asyncio.sleep(idle_sleep)
+
+    async def head_position(self) -> int:
+        with translate_errors():
+            return await self._pool.fetchval("SELECT position FROM ledger.head")
+
+
+def request_fingerprint(*parts: bytes | str) -> bytes:
+    h = hashlib.sha256()
+    for part in parts:
+        b = part.encode() if isinstance(part, str) else part
+        h.update(len(b).to_bytes(8, "big"))
+        h.update(b)
+    return h.digest()
+
+
+async def with_retry(fn: Callable[[], Awaitable[Any]], attempts: int = 3, delay: float = 0.2) -> Any:
+    """Retry only StoreUnavailable (connection errors)."""
+    for attempt in range(attempts):
+        try:
+            return await fn()
+        except StoreUnavailable:
+            if attempt == attempts - 1:
+                raise
+            await asyncio.sleep(delay * (2**attempt))
