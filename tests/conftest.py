@@ -86,3 +86,71 @@ def fresh_broker() -> Iterator[LocalBroker]:
     b.start()
     yield b
     b.stop()
+
+
+# -- the ledger API ----------------------------------------------------------------------
+
+from aiohttp.test_utils import TestClient  # noqa: E402
+
+from services.ledger.subject_keys import new_master_key  # noqa: E402
+from services.settings import Settings  # noqa: E402
+
+MASTER_KEY = new_master_key()
+
+
+@pytest.fixture
+def settings(db_url: str) -> Settings:
+    return Settings(database_url=db_url, master_key=MASTER_KEY, pool_size=5)
+
+
+@pytest.fixture
+async def api(aiohttp_client, settings: Settings) -> TestClient:
+    from services.ledger.api.app import create_app
+
+    return await aiohttp_client(create_app(settings))
+
+
+@pytest.fixture
+async def operator_key(db_url: str) -> str:
+    from services.ledger.api_keys import issue_key
+
+    conn = await asyncpg.connect(db_url)
+    try:
+        return (await issue_key(conn, None, "operator", "tests")).key
+    finally:
+        await conn.close()
+
+
+class Dealer:
+    """A tenant made through the API, with a key per role."""
+
+    def __init__(self, tenant_id: str, keys: dict[str, str]) -> None:
+        self.tenant_id = tenant_id
+        self.keys = keys
+
+    def auth(self, role: str = "admin") -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.keys[role]}"}
+
+
+async def make_dealer(api: TestClient, operator_key: str, tenant_id: str) -> Dealer:
+    r = await api.post("/v1/tenants", json={"tenant_id": tenant_id, "name": f"Autobedrijf {tenant_id}"},
+                       headers={"Authorization": f"Bearer {operator_key}"})
+    assert r.status == 201, await r.text()
+    admin = (await r.json())["admin_key"]["key"]
+    keys = {"admin": admin}
+    for role in ("staff", "auditor", "sender", "importer"):
+        r = await api.post(f"/v1/tenants/{tenant_id}/api-keys", json={"role": role},
+                           headers={"Authorization": f"Bearer {admin}"})
+        assert r.status == 201, await r.text()
+        keys[role] = (await r.json())["key"]
+    return Dealer(tenant_id, keys)
+
+
+@pytest.fixture
+async def dealer(api: TestClient, operator_key: str) -> Dealer:
+    return await make_dealer(api, operator_key, "garage-a")
+
+
+@pytest.fixture
+async def other_dealer(api: TestClient, operator_key: str) -> Dealer:
+    return await make_dealer(api, operator_key, "garage-b")

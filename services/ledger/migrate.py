@@ -1,7 +1,11 @@
-"""Forward-only SQL migrations: files ``migrations/NNNN_name.sql`` applied in name order.
+"""Forward-only SQL migrations.
 
-Each file runs in its own transaction and is recorded in ``ledger.schema_migrations``;
-an advisory lock keeps two processes from migrating at once.
+Each service package that owns tables has a ``migrations/`` folder of ``NNNN_name.sql``
+files (one table, index or function per file, schema-qualified). They are applied
+package by package in the order of ``MIGRATION_PACKAGES`` (the ledger first: others may
+refer to it), and within a package in name order. Each file runs in its own transaction
+and is recorded in ``ledger.schema_migrations`` as ``package/file``; an advisory lock
+keeps two processes from migrating at once.
 """
 
 from __future__ import annotations
@@ -16,10 +20,20 @@ log = structlog.get_logger(__name__)
 _MIGRATION_LOCK = 0x6C6564676572  # "ledger"
 
 
+MIGRATION_PACKAGES: tuple[str, ...] = (
+    "services.ledger",
+)
+
+
 def migration_files() -> list[tuple[str, str]]:
-    folder = resources.files("services.ledger") / "migrations"
-    files = sorted((f.name, f.read_text("utf-8")) for f in folder.iterdir() if f.name.endswith(".sql"))
-    return files
+    """(recorded name, SQL) of every migration, in the order they apply."""
+    out: list[tuple[str, str]] = []
+    for package in MIGRATION_PACKAGES:
+        folder = resources.files(package) / "migrations"
+        files = sorted((f.name, f) for f in folder.iterdir() if f.name.endswith(".sql"))
+        prefix = "" if package == "services.ledger" else f"{package}/"
+        out += [(prefix + name, f.read_text("utf-8")) for name, f in files]
+    return out
 
 
 async def migrate(conn: asyncpg.Connection) -> list[str]:

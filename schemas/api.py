@@ -1,0 +1,238 @@
+"""Request and response bodies of the HTTP API, version 1 (``/v1``).
+
+The OpenAPI document is generated from these types (services/ledger/api/openapi.py);
+every request body forbids unknown fields, so a typo is a 422, not a silent no-op.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Literal
+
+import msgspec
+
+from consent.vocabulary import CUSTOMER_REF_PATTERN, SLUG_PATTERN, Category, Channel
+from schemas.events import Identifier, Method, PreferenceSetting, ShortText, TermCell
+
+Slug = Annotated[str, msgspec.Meta(pattern=SLUG_PATTERN, description="lower-case letters, digits, _ and -")]
+CustomerRef = Annotated[str, msgspec.Meta(pattern=CUSTOMER_REF_PATTERN)]
+Body = Annotated[str, msgspec.Meta(max_length=100_000)]
+Note = Annotated[str, msgspec.Meta(min_length=1, max_length=1000)]
+Role = Literal["admin", "staff", "auditor", "sender", "importer"]
+ExpectedVersion = Annotated[int, msgspec.Meta(ge=0, description="optimistic concurrency: the stream version you last saw (0 = new stream)")]
+
+
+class Request(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class Contact(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
+    """Personal data; stored only encrypted with the subject's key."""
+
+    name: Annotated[str, msgspec.Meta(max_length=200)] | None = None
+    email: Annotated[str, msgspec.Meta(max_length=254, pattern=r"^[^@\s]+@[^@\s]+$")] | None = None
+    phone: Annotated[str, msgspec.Meta(max_length=40, pattern=r"^[0-9+() -]{3,40}$")] | None = None
+    street: Annotated[str, msgspec.Meta(max_length=200)] | None = None
+    postcode: Annotated[str, msgspec.Meta(max_length=20)] | None = None
+    city: Annotated[str, msgspec.Meta(max_length=100)] | None = None
+    country: Annotated[str, msgspec.Meta(max_length=100)] | None = None
+    licence_plate: Annotated[str, msgspec.Meta(max_length=20)] | None = None
+
+
+# -- tenants ---------------------------------------------------------------------------
+
+
+class CreateTenant(Request, frozen=True):
+    tenant_id: Slug
+    name: ShortText
+
+
+class IssueApiKey(Request, frozen=True):
+    role: Role
+    label: Annotated[str, msgspec.Meta(max_length=100)] = ""
+
+
+class ApiKeyIssued(msgspec.Struct, frozen=True, kw_only=True):
+    key_id: str
+    key: str
+    role: str
+    tenant_id: str | None
+    label: str = ""
+
+
+class TenantCreatedResponse(msgspec.Struct, frozen=True, kw_only=True):
+    tenant_id: str
+    admin_key: ApiKeyIssued
+    position: int
+
+
+class SetProcessorAgreement(Request, frozen=True):
+    signed: bool
+    signed_on: dt.date | None = None
+    expected_version: ExpectedVersion | None = None
+
+
+class SetModuleActivation(Request, frozen=True):
+    active: bool
+    expected_version: ExpectedVersion | None = None
+
+
+class AddChapter(Request, frozen=True):
+    title: ShortText
+    body: Body
+    active: bool = True
+    expected_version: ExpectedVersion | None = None
+
+
+class EditChapter(Request, frozen=True):
+    title: ShortText
+    body: Body
+    active: bool
+    expected_version: ExpectedVersion | None = None
+
+
+class MoveChapter(Request, frozen=True):
+    """Either ``direction`` (one step up/down, as the seed's buttons) or ``to_index``."""
+
+    direction: Literal["up", "down"] | None = None
+    to_index: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    expected_version: ExpectedVersion | None = None
+
+
+class SetChapterActive(Request, frozen=True):
+    active: bool
+    expected_version: ExpectedVersion | None = None
+
+
+class EditTerms(Request, frozen=True):
+    cells: Annotated[list[TermCell], msgspec.Meta(min_length=1, max_length=25)]
+    expected_version: ExpectedVersion | None = None
+
+
+class AddDataSource(Request, frozen=True):
+    source_id: Slug
+    label: ShortText
+
+
+class SetRetention(Request, frozen=True):
+    customer_years: Annotated[int, msgspec.Meta(ge=1, le=20)] = 7
+    prospect_months: Annotated[int, msgspec.Meta(ge=1, le=60)] = 3
+
+
+# -- subjects --------------------------------------------------------------------------
+
+
+class RecordInvoice(Request, frozen=True):
+    invoice_id: Identifier
+    invoice_date: dt.date
+    contact: Contact | None = None
+    expected_version: ExpectedVersion | None = None
+
+
+class RegisterProspect(Request, frozen=True):
+    acquired_on: dt.date
+    how: ShortText
+    contact: Contact | None = None
+    expected_version: ExpectedVersion | None = None
+
+
+class ChangePreferences(Request, frozen=True):
+    changes: Annotated[list[PreferenceSetting], msgspec.Meta(min_length=1, max_length=25)]
+    method: Method = "api"
+    policy_version: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+    note: Note | None = None
+    expected_version: ExpectedVersion | None = None
+
+
+class RecordObjection(Request, frozen=True):
+    method: Method = "api"
+    policy_version: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+    note: Note | None = None
+    expected_version: ExpectedVersion | None = None
+
+
+class RecordMarketingActivity(Request, frozen=True):
+    activity_on: dt.date
+    category: Category
+    channel: Channel
+    campaign_id: Identifier | None = None
+
+
+# -- answers ---------------------------------------------------------------------------
+
+
+class StreamVersions(msgspec.Struct, frozen=True):
+    stream_id: str
+    from_version: int
+    to_version: int
+
+
+class AppendResponse(msgspec.Struct, frozen=True, kw_only=True):
+    streams: list[StreamVersions]
+    first_position: int
+    last_position: int
+    event_ids: list[str]
+    recorded_at: dt.datetime
+    replayed: bool = False
+
+
+class ErrorBody(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """Every 4xx/5xx answer. ``field`` is a JSON path into the request where relevant."""
+
+    error: str
+    message: str
+    field: str | None = None
+    current_version: int | None = None
+
+
+class StreamEvent(msgspec.Struct, frozen=True, kw_only=True):
+    position: int
+    event_id: str
+    stream_id: str
+    version: int
+    event_type: str
+    schema_version: int
+    recorded_at: dt.datetime
+    occurred_on: dt.date | None
+    data: dict
+    metadata: dict
+    hash: str
+
+
+class StreamPage(msgspec.Struct, frozen=True, kw_only=True):
+    stream_id: str
+    version: int
+    events: list[StreamEvent]
+    next_version: int | None = None
+
+
+
+# -- bulk ------------------------------------------------------------------------------
+
+
+class BulkItem(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True, tag_field="kind"):
+    source: Slug
+    customer_ref: CustomerRef
+
+
+class BulkInvoice(BulkItem, frozen=True, tag="invoice"):
+    invoice_id: Identifier
+    invoice_date: dt.date
+    contact: Contact | None = None
+
+
+class BulkProspect(BulkItem, frozen=True, tag="prospect"):
+    acquired_on: dt.date
+    how: ShortText
+    contact: Contact | None = None
+
+
+class BulkPreferences(BulkItem, frozen=True, tag="preferences"):
+    changes: Annotated[list[PreferenceSetting], msgspec.Meta(min_length=1, max_length=25)]
+    method: Method = "import"
+
+
+class BulkAppend(Request, frozen=True):
+    """Many subject events in one atomic append (all or nothing), at most 5,000."""
+
+    items: Annotated[list[BulkInvoice | BulkProspect | BulkPreferences], msgspec.Meta(min_length=1, max_length=5000)]

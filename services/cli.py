@@ -1,0 +1,136 @@
+"""`consent-ledger`: the command line of the whole system.
+
+Sub-commands live next to what they operate on; each module listed in ``COMMAND_MODULES``
+has ``register(subparsers)`` that adds its commands with a ``func(args) -> int``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import sys
+from collections.abc import Sequence
+
+import asyncpg
+
+from services.logs import configure_logging
+from services.settings import from_env
+
+COMMAND_MODULES: tuple[str, ...] = (
+    "services.cli",
+)
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("migrate", help="apply pending database migrations")
+    p.set_defaults(func=cmd_migrate)
+    p = sub.add_parser("verify", help="check the hash chain of the whole ledger")
+    p.set_defaults(func=cmd_verify)
+    p = sub.add_parser("serve", help="run the ledger HTTP API (and the Kafka relay if a broker is set)")
+    p.add_argument("--host", default=None)
+    p.add_argument("--port", type=int, default=None)
+    p.set_defaults(func=cmd_serve)
+    p = sub.add_parser("keygen", help="print a new master key for LEDGER_MASTER_KEY")
+    p.set_defaults(func=cmd_keygen)
+    p = sub.add_parser("operator-key", help="issue an operator API key (creates tenants); printed once")
+    p.add_argument("--label", default="operator")
+    p.set_defaults(func=cmd_operator_key)
+
+
+def _database_url() -> str:
+    url = from_env().database_url
+    if not url:
+        raise SystemExit("consent-ledger: LEDGER_DATABASE_URL is not set")
+    return url
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from services.ledger.migrate import migrate
+
+    async def run() -> list[str]:
+        conn = await asyncpg.connect(_database_url())
+        try:
+            return await migrate(conn)
+        finally:
+            await conn.close()
+
+    applied = asyncio.run(run())
+    print(f"applied {len(applied)} migration(s)" + (": " + ", ".join(applied) if applied else ""))
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from services.ledger.verify import verify_ledger
+
+    async def run() -> tuple[int, object]:
+        conn = await asyncpg.connect(_database_url())
+        try:
+            return await verify_ledger(conn)
+        finally:
+            await conn.close()
+
+    count, broken = asyncio.run(run())
+    if broken is None:
+        print(f"ok: {count} events, hash chain intact")
+        return 0
+    print(f"BROKEN at position {broken.position}: {broken.problem} ({count} events verified before it)")  # type: ignore[attr-defined]
+    return 1
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from services.ledger.api.app import create_app
+
+    settings = from_env()
+    if not settings.database_url:
+        raise SystemExit("consent-ledger: LEDGER_DATABASE_URL is not set")
+    app = create_app(settings)
+    web.run_app(app, host=args.host or settings.host, port=args.port or settings.port, access_log=None,
+                print=None)
+    return 0
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from services.ledger.subject_keys import new_master_key
+
+    print(new_master_key())
+    return 0
+
+
+def cmd_operator_key(args: argparse.Namespace) -> int:
+    from services.ledger.api_keys import issue_key
+    from services.ledger.migrate import migrate
+
+    async def run() -> str:
+        conn = await asyncpg.connect(_database_url())
+        try:
+            await migrate(conn)
+            return (await issue_key(conn, None, "operator", args.label)).key
+        finally:
+            await conn.close()
+
+    print(asyncio.run(run()))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="consent-ledger", description="Event-sourced consent ledger")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging(from_env().log_level)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,218 @@
+"""The ledger's HTTP API: ``create_app(settings)``.
+
+Pools, the event store's writer and caches live in the app (``cleanup_ctx``), typed by
+``web.AppKey``; nothing is global. Every route is declared in a ``routes_*`` module with
+its roles; :func:`_guard` checks the key, the role and the tenant before the handler runs.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import msgspec
+import structlog
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from consent.vocabulary import is_customer_ref, is_slug
+from services.ledger.api.jsonapi import MAX_BODY, ApiError, ApiRoutes, Operation, json_response, openapi_document, read_body
+from services.ledger.api_keys import KeyRing, Principal
+from services.ledger.commands import CommandRejected, Context, Ledger
+from services.ledger.errors import IdempotencyKeyReused, IntegrityError, StoreUnavailable, WrongExpectedVersion
+from services.ledger.metrics import LedgerMetrics
+from services.ledger.migrate import migrate
+from services.ledger.store import EventStore, request_fingerprint
+from services.ledger.subject_keys import SubjectKeys, parse_master_key
+from services.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+SETTINGS = web.AppKey("settings", Settings)
+POOL = web.AppKey("pool", asyncpg.Pool)
+STORE = web.AppKey("store", EventStore)
+LEDGER = web.AppKey("ledger", Ledger)
+KEYRING = web.AppKey("keyring", KeyRing)
+METRICS = web.AppKey("metrics", LedgerMetrics)
+ROUTE_SETS = web.AppKey("route_sets", list)
+REQUEST_ID = web.RequestKey("request_id", str)
+RAW_BODY = web.RequestKey("raw_body", bytes)
+
+
+@dataclass
+class Call:
+    """What a handler gets: the request, who made it, the decoded body, the ledger."""
+
+    request: web.Request
+    principal: Principal | None
+    body: Any
+    ledger: Ledger
+
+    def param(self, name: str) -> str:
+        return self.request.match_info[name]
+
+    def ctx(self, method: str | None = None) -> Context:
+        assert self.principal is not None
+        key = self.request.headers.get("Idempotency-Key")
+        if key is not None and not (0 < len(key) <= 200 and key.isprintable()):
+            raise ApiError(400, "invalid_header", "Idempotency-Key must be 1-200 printable characters",
+                           field="Idempotency-Key")
+        body_method = getattr(self.body, "method", None)
+        return Context(
+            actor=self.principal.actor(),
+            method=method or body_method or "api",  # type: ignore[arg-type]
+            request_id=self.request.get(REQUEST_ID),
+            idempotency_key=key,
+            fingerprint=request_fingerprint(self.request.method, self.request.path,
+                                            self.request.get(RAW_BODY, b"")) if key else b"",
+        )
+
+
+_PARAM_CHECKS = {
+    "tenant": (is_slug, "a tenant id is lower-case letters, digits, _ and - (max 40)"),
+    "source": (is_slug, "a data source id is lower-case letters, digits, _ and - (max 40)"),
+    "ref": (is_customer_ref, "a customer ref is letters, digits, '.', '_' and '-' (max 64)"),
+}
+
+
+def _guard(op: Operation) -> Any:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        for name, value in request.match_info.items():
+            check = _PARAM_CHECKS.get(name)
+            if check is not None and not check[0](value):
+                raise ApiError(422, "validation_error", check[1], field=name)
+        principal: Principal | None = None
+        if op.roles != ("public",):
+            header = request.headers.get("Authorization", "")
+            scheme, _, raw = header.partition(" ")
+            if scheme.lower() != "bearer" or not raw:
+                raise ApiError(401, "unauthorized", "send an API key as 'Authorization: Bearer <key>'",
+                               headers={"WWW-Authenticate": "Bearer"})
+            principal = await request.app[KEYRING].authenticate(raw.strip())
+            if principal is None:
+                raise ApiError(401, "unauthorized", "unknown or revoked API key", headers={"WWW-Authenticate": "Bearer"})
+            if principal.role not in op.roles:
+                raise ApiError(403, "forbidden", f"role {principal.role!r} may not do this (allowed: {', '.join(op.roles)})")
+            tenant = request.match_info.get("tenant")
+            if tenant is not None and principal.tenant_id != tenant:
+                raise ApiError(403, "forbidden", "this key is not valid for that tenant", field="tenant")
+            structlog.contextvars.bind_contextvars(tenant=tenant or principal.tenant_id, key_id=principal.key_id)
+        body = None
+        if op.body is not None:
+            body = await read_body(request, op.body)
+            request[RAW_BODY] = await request.read()  # cached by aiohttp: for the idempotency fingerprint
+        return await op.handler(Call(request, principal, body, request.app[LEDGER]))
+
+    handler.__name__ = op.handler.__name__
+    return handler
+
+
+@web.middleware
+async def request_context(request: web.Request, handler: Any) -> web.StreamResponse:
+    request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+    if len(request_id) > 100 or not request_id.isprintable():
+        request_id = uuid.uuid4().hex
+    request[REQUEST_ID] = request_id
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(request_id=request_id)
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await _answer_errors_as_json(request, handler)
+        status = response.status
+        response.headers["X-Request-Id"] = request_id
+        return response
+    finally:
+        elapsed = time.perf_counter() - started
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else "unmatched"
+        request.app[METRICS].request_latency.labels(request.method, route, str(status)).observe(elapsed)
+        log.info("http_request", method=request.method, route=route, status=status, ms=round(elapsed * 1000, 2))
+
+
+async def _answer_errors_as_json(request: web.Request, handler: Any) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return _as_response(exc)
+    except CommandRejected as exc:
+        return _as_response(ApiError(exc.status, exc.error, exc.message, field=exc.field))
+    except WrongExpectedVersion as exc:
+        return _as_response(ApiError(409, "wrong_expected_version", str(exc), field="expected_version",
+                                     current_version=exc.current))
+    except IdempotencyKeyReused as exc:
+        return _as_response(ApiError(422, "idempotency_key_reused", str(exc), field="Idempotency-Key"))
+    except StoreUnavailable as exc:
+        log.error("store_unavailable", error=str(exc))
+        return _as_response(ApiError(503, "unavailable", "the ledger database is unavailable; retry later",
+                                     headers={"Retry-After": "1"}))
+    except IntegrityError as exc:
+        log.error("integrity_error", error=str(exc))
+        return _as_response(ApiError(409, "conflict", "the write conflicts with existing data"))
+    except web.HTTPRequestEntityTooLarge:
+        return _as_response(ApiError(413, "body_too_large", f"the body may be at most {MAX_BODY} bytes"))
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        error = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
+        headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        return _as_response(ApiError(exc.status, error, exc.reason, headers=headers))
+
+
+def _as_response(exc: ApiError) -> web.Response:
+    return web.Response(status=exc.status, body=exc.text, content_type="application/json",
+                        headers={k: v for k, v in exc.headers.items() if k.lower() not in ("content-type", "content-length")})
+
+
+def default_route_sets() -> list[ApiRoutes]:
+    from services.ledger.api import routes_ops, routes_subjects, routes_tenants
+
+    return [routes_ops.routes, routes_tenants.routes, routes_subjects.routes]
+
+
+def create_app(settings: Settings, route_sets: Sequence[ApiRoutes] | None = None) -> web.Application:
+    app = web.Application(middlewares=[request_context], client_max_size=MAX_BODY)
+    app[SETTINGS] = settings
+    app[METRICS] = LedgerMetrics()
+    sets = list(route_sets) if route_sets is not None else default_route_sets()
+    app[ROUTE_SETS] = sets
+    for rs in sets:
+        for op in rs.operations:
+            app.router.add_route(op.method, op.path, _guard(op), name=op.handler.__name__)
+    app.cleanup_ctx.append(_database)
+    return app
+
+
+async def _database(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    if not settings.master_key:
+        raise RuntimeError("LEDGER_MASTER_KEY is not set (32 bytes, base64); `consent-ledger keygen` makes one")
+    pool = await asyncpg.create_pool(settings.database_url, min_size=2, max_size=settings.pool_size)
+    assert pool is not None
+    async with pool.acquire() as conn:
+        await migrate(conn)
+    metrics = app[METRICS]
+    store = EventStore(pool, on_commit=metrics.on_commit)
+    await store.start()
+    app[POOL] = pool
+    app[STORE] = store
+    app[KEYRING] = KeyRing(pool)
+    app[LEDGER] = Ledger(pool, store, SubjectKeys(pool, parse_master_key(settings.master_key)))
+    yield
+    await store.stop()
+    await pool.close()
+
+
+def openapi(app: web.Application) -> dict[str, Any]:
+    return openapi_document(app[ROUTE_SETS], title="Consent ledger API", version="1")
+
+
+def metrics_text(app: web.Application) -> bytes:
+    return generate_latest(app[METRICS].registry)
+
+
+__all__ = ["create_app", "Call", "CONTENT_TYPE_LATEST", "msgspec"]

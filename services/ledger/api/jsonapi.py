@@ -1,0 +1,202 @@
+"""A thin typed layer over aiohttp for the JSON API.
+
+Each route is declared once, with its request body type, response types and the roles
+allowed; from those declarations come the aiohttp routes, the auth check and the
+OpenAPI 3.1 document (``/v1/openapi.json``), so the document cannot drift from the code.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, TypeVar
+
+import msgspec
+from aiohttp import web
+
+from schemas.api import ErrorBody
+
+T = TypeVar("T")
+Handler = Callable[..., Awaitable[web.StreamResponse]]
+
+_encoder: Final = msgspec.json.Encoder()
+_decoders: dict[type, msgspec.json.Decoder[Any]] = {}
+MAX_BODY: Final = 1024 * 1024
+
+
+class ApiError(web.HTTPException):
+    """An error answered as JSON ``ErrorBody`` with the given status."""
+
+    def __init__(self, status: int, error: str, message: str, *, field: str | None = None,
+                 current_version: int | None = None, headers: dict[str, str] | None = None) -> None:
+        self.status_code = status
+        super().__init__(
+            text=_encoder.encode(
+                ErrorBody(error=error, message=message, field=field, current_version=current_version)
+            ).decode(),
+            content_type="application/json",
+            headers=headers,
+        )
+        self.error = error
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(body=_encoder.encode(body), status=status, content_type="application/json", headers=headers)
+
+
+_AT_PATH = re.compile(r"^(?P<msg>.*?)(?: - at `(?P<path>[^`]+)`)?$", re.S)
+
+
+def validation_error(exc: msgspec.ValidationError | msgspec.DecodeError) -> ApiError:
+    """msgspec says e.g. "Expected `int` <= 120, got 130 - at `$.cells[0].months`"."""
+    m = _AT_PATH.match(str(exc))
+    message = m.group("msg") if m else str(exc)
+    path = m.group("path") if m else None
+    if isinstance(exc, msgspec.ValidationError):
+        return ApiError(422, "validation_error", message, field=path or "$")
+    return ApiError(400, "malformed_json", message, field=path or "$")
+
+
+async def read_body(request: web.Request, body_type: type[T]) -> T:
+    if request.content_type != "application/json":
+        raise ApiError(415, "unsupported_media_type", "send the body as application/json", field="Content-Type")
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        raise ApiError(413, "body_too_large", f"the body may be at most {MAX_BODY} bytes")
+    raw = await request.read()
+    decoder = _decoders.get(body_type)
+    if decoder is None:
+        decoder = _decoders[body_type] = msgspec.json.Decoder(body_type)
+    try:
+        return decoder.decode(raw)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise validation_error(exc) from None
+
+
+@dataclass(frozen=True)
+class Operation:
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    roles: tuple[str, ...]
+    body: type | None
+    responses: dict[int, type | None]
+    tags: tuple[str, ...]
+    query: tuple[tuple[str, str, bool, str], ...]  # (name, type, required, description)
+    content_type: str = "application/json"
+
+
+@dataclass
+class ApiRoutes:
+    """A module's routes; ``create_app`` adds them to the application."""
+
+    tag: str
+    operations: list[Operation] = field(default_factory=list)
+
+    def route(
+        self,
+        method: str,
+        path: str,
+        *,
+        summary: str,
+        roles: Sequence[str],
+        body: type | None = None,
+        responses: dict[int, type | None] | None = None,
+        query: Sequence[tuple[str, str, bool, str]] = (),
+        content_type: str = "application/json",
+    ) -> Callable[[Handler], Handler]:
+        def register(handler: Handler) -> Handler:
+            self.operations.append(
+                Operation(
+                    method=method.upper(), path=path, handler=handler, summary=summary, roles=tuple(roles),
+                    body=body, responses=responses or {200: None}, tags=(self.tag,), query=tuple(query),
+                    content_type=content_type,
+                )
+            )
+            return handler
+
+        return register
+
+    def get(self, path: str, **kw: Any) -> Callable[[Handler], Handler]:
+        return self.route("GET", path, **kw)
+
+    def post(self, path: str, **kw: Any) -> Callable[[Handler], Handler]:
+        return self.route("POST", path, **kw)
+
+    def put(self, path: str, **kw: Any) -> Callable[[Handler], Handler]:
+        return self.route("PUT", path, **kw)
+
+    def patch(self, path: str, **kw: Any) -> Callable[[Handler], Handler]:
+        return self.route("PATCH", path, **kw)
+
+    def delete(self, path: str, **kw: Any) -> Callable[[Handler], Handler]:
+        return self.route("DELETE", path, **kw)
+
+
+_PATH_PARAM = re.compile(r"\{([a-z_]+)(?::[^}]*)?\}")
+
+
+def openapi_document(route_sets: Sequence[ApiRoutes], *, title: str, version: str) -> dict[str, Any]:
+    """OpenAPI 3.1 from the declared routes and msgspec's JSON Schema of their types."""
+    types: set[type] = {ErrorBody}
+    for rs in route_sets:
+        for op in rs.operations:
+            if op.body is not None:
+                types.add(op.body)
+            types.update(t for t in op.responses.values() if t is not None)
+    ordered = sorted(types, key=lambda t: t.__name__)
+    schemas, components = msgspec.json.schema_components(ordered, ref_template="#/components/schemas/{name}")
+    refs = dict(zip(ordered, schemas))
+    paths: dict[str, dict[str, Any]] = {}
+    error_ref = refs[ErrorBody]
+    for rs in route_sets:
+        for op in rs.operations:
+            oa_path = _PATH_PARAM.sub(lambda m: "{" + m.group(1) + "}", op.path)
+            params: list[dict[str, Any]] = [
+                {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+                for name in _PATH_PARAM.findall(op.path)
+            ]
+            params += [
+                {"name": n, "in": "query", "required": req, "schema": {"type": t}, "description": d}
+                for n, t, req, d in op.query
+            ]
+            responses: dict[str, Any] = {}
+            for status, rtype in op.responses.items():
+                if rtype is None:
+                    responses[str(status)] = {"description": "OK" if status < 300 else "No content"}
+                else:
+                    responses[str(status)] = {
+                        "description": "OK",
+                        "content": {"application/json": {"schema": refs[rtype]}},
+                    }
+            for status, desc in ((400, "Malformed request"), (401, "Missing or invalid API key"),
+                                 (403, "Wrong role or tenant"), (404, "Not found"), (422, "Invalid field")):
+                responses.setdefault(
+                    str(status), {"description": desc, "content": {"application/json": {"schema": error_ref}}}
+                )
+            entry: dict[str, Any] = {
+                "summary": op.summary,
+                "operationId": op.handler.__name__,
+                "tags": list(op.tags),
+                "parameters": params,
+                "responses": responses,
+                "x-roles": list(op.roles),
+            }
+            if op.roles and op.roles != ("public",):
+                entry["security"] = [{"apiKey": []}]
+            if op.body is not None:
+                entry["requestBody"] = {
+                    "required": True,
+                    "content": {"application/json": {"schema": refs[op.body]}},
+                }
+            paths.setdefault(oa_path, {})[op.method.lower()] = entry
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": title, "version": version},
+        "paths": paths,
+        "components": {
+            "schemas": components,
+            "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer", "description": "API key"}},
+        },
+    }

@@ -1,0 +1,171 @@
+"""Subject commands (invoices, prospects, preferences, objection), bulk append, and
+stream reads for admins and auditors."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import msgspec
+from aiohttp import web
+
+from consent.vocabulary import subject_stream, tenant_stream
+from schemas import api as s
+from schemas.events import Event, InvoiceRecorded, MarketingActivityRecorded, PreferencesChanged, ProspectRegistered, RecordedEvent
+from services.ledger.api.app import STORE, Call
+from services.ledger.api.jsonapi import ApiError, ApiRoutes, json_response
+from services.ledger.store import StreamWrite
+
+routes = ApiRoutes(tag="subjects")
+SUBJECT = "/v1/tenants/{tenant}/subjects/{source}/{ref}"
+WRITERS = ("admin", "staff", "importer")
+READERS = ("admin", "auditor")
+
+
+def _subject(call: Call) -> tuple[str, str, str]:
+    return call.param("tenant"), call.param("source"), call.param("ref")
+
+
+@routes.post(SUBJECT + "/invoices", summary="Record an invoice (makes the subject a customer)",
+             roles=("admin", "importer"), body=s.RecordInvoice, responses={201: s.AppendResponse})
+async def record_invoice(call: Call) -> web.Response:
+    b: s.RecordInvoice = call.body
+    tenant, source, ref = _subject(call)
+    return json_response(await call.ledger.record_invoice(
+        call.ctx("import" if call.principal and call.principal.role == "importer" else "api"),
+        tenant, source, ref, b.invoice_id, b.invoice_date, b.contact, b.expected_version), status=201)
+
+
+@routes.post(SUBJECT + "/prospect", summary="Register a prospect (data acquired on a date)",
+             roles=("admin", "importer", "staff"), body=s.RegisterProspect, responses={201: s.AppendResponse})
+async def register_prospect(call: Call) -> web.Response:
+    b: s.RegisterProspect = call.body
+    tenant, source, ref = _subject(call)
+    return json_response(await call.ledger.register_prospect(
+        call.ctx(), tenant, source, ref, b.acquired_on, b.how, b.contact, b.expected_version), status=201)
+
+
+@routes.post(SUBJECT + "/preferences", summary="Change preferences per category and channel",
+             roles=WRITERS, body=s.ChangePreferences, responses={201: s.AppendResponse})
+async def change_preferences(call: Call) -> web.Response:
+    b: s.ChangePreferences = call.body
+    tenant, source, ref = _subject(call)
+    return json_response(await call.ledger.change_preferences(
+        call.ctx(), tenant, source, ref, b.changes, policy_version_shown=b.policy_version, note=b.note,
+        expected=b.expected_version), status=201)
+
+
+@routes.post(SUBJECT + "/objection", summary="Record an objection to all direct marketing (GDPR art. 21)",
+             roles=WRITERS, body=s.RecordObjection, responses={201: s.AppendResponse})
+async def record_objection(call: Call) -> web.Response:
+    b: s.RecordObjection = call.body
+    tenant, source, ref = _subject(call)
+    return json_response(await call.ledger.record_objection(
+        call.ctx(), tenant, source, ref, policy_version_shown=b.policy_version, note=b.note,
+        expected=b.expected_version), status=201)
+
+
+@routes.post(SUBJECT + "/objection/withdraw", summary="Withdraw the objection to direct marketing",
+             roles=WRITERS, body=s.RecordObjection, responses={201: s.AppendResponse})
+async def withdraw_objection(call: Call) -> web.Response:
+    b: s.RecordObjection = call.body
+    tenant, source, ref = _subject(call)
+    return json_response(await call.ledger.record_objection(
+        call.ctx(), tenant, source, ref, withdraw=True, policy_version_shown=b.policy_version, note=b.note,
+        expected=b.expected_version), status=201)
+
+
+@routes.post(SUBJECT + "/marketing-activities", summary="Record that a campaign reached the subject",
+             roles=("admin", "sender", "importer"), body=s.RecordMarketingActivity, responses={201: s.AppendResponse})
+async def record_marketing_activity(call: Call) -> web.Response:
+    b: s.RecordMarketingActivity = call.body
+    tenant, source, ref = _subject(call)
+    event = MarketingActivityRecorded(activity_on=b.activity_on, category=b.category, channel=b.channel,
+                                      campaign_id=b.campaign_id)
+    return json_response(await call.ledger.record_marketing_activity(call.ctx(), tenant, source, ref, event),
+                         status=201)
+
+
+@routes.post("/v1/tenants/{tenant}/subjects:batch", summary="Append many subject events atomically (max 5,000)",
+             roles=("admin", "importer"), body=s.BulkAppend, responses={201: s.AppendResponse})
+async def bulk_append(call: Call) -> web.Response:
+    tenant = call.param("tenant")
+    b: s.BulkAppend = call.body
+    for i, item in enumerate(b.items):
+        try:
+            await call.ledger.require_source(tenant, item.source)
+        except Exception as exc:
+            raise ApiError(422, "unknown_source", str(exc), field=f"$.items[{i}].source") from None
+    per_stream: dict[str, list[Event]] = defaultdict(list)
+    ctx = call.ctx("import")
+    for item in b.items:
+        stream = subject_stream(tenant, item.source, item.customer_ref)
+        event: Event
+        if isinstance(item, s.BulkInvoice):
+            event = InvoiceRecorded(invoice_id=item.invoice_id, invoice_date=item.invoice_date,
+                                    personal=await call.ledger.seal_contact(tenant, stream, item.contact))
+        elif isinstance(item, s.BulkProspect):
+            event = ProspectRegistered(acquired_on=item.acquired_on, how=item.how,
+                                       personal=await call.ledger.seal_contact(tenant, stream, item.contact))
+        else:
+            event = PreferencesChanged(changes=item.changes, changed_by=ctx.actor, method=item.method)
+        per_stream[stream].append(event)
+    result = await call.ledger.append_many(ctx, tenant, [StreamWrite(k, v) for k, v in per_stream.items()])
+    return json_response(result, status=201)
+
+
+def _page(stream_id: str, events: list[RecordedEvent], version: int, limit: int) -> s.StreamPage:
+    return s.StreamPage(
+        stream_id=stream_id,
+        version=version,
+        events=[
+            s.StreamEvent(
+                position=e.position, event_id=e.event_id, stream_id=e.stream_id, version=e.version,
+                event_type=e.event_type, schema_version=e.schema_version, recorded_at=e.recorded_at,
+                occurred_on=e.occurred_on, data=msgspec.to_builtins(e.event), metadata=msgspec.to_builtins(e.metadata),
+                hash=e.hash,
+            )
+            for e in events
+        ],
+        next_version=events[-1].version + 1 if len(events) == limit else None,
+    )
+
+
+def _paging(call: Call) -> tuple[int, int]:
+    q = call.request.query
+    try:
+        from_version = int(q.get("from_version", "1"))
+        limit = int(q.get("limit", "500"))
+    except ValueError:
+        raise ApiError(422, "validation_error", "from_version and limit are integers", field="from_version") from None
+    if from_version < 1 or not 1 <= limit <= 5000:
+        raise ApiError(422, "validation_error", "from_version >= 1 and 1 <= limit <= 5000", field="limit")
+    return from_version, limit
+
+
+_PAGING = (("from_version", "integer", False, "first stream version to return (default 1)"),
+           ("limit", "integer", False, "at most this many events (default 500, max 5000)"))
+
+
+@routes.get(SUBJECT + "/events", summary="Read a subject's stream (admins, auditors)", roles=READERS,
+            responses={200: s.StreamPage}, query=_PAGING)
+async def read_subject_stream(call: Call) -> web.Response:
+    tenant, source, ref = _subject(call)
+    from_version, limit = _paging(call)
+    stream = subject_stream(tenant, source, ref)
+    store = call.request.app[STORE]
+    events = await store.read_stream(stream, from_version, limit)
+    version = await store.stream_version(stream)
+    if version == 0:
+        raise ApiError(404, "unknown_subject", "no events for this subject", field="ref")
+    return json_response(_page(stream, events, version, limit))
+
+
+@routes.get("/v1/tenants/{tenant}/events", summary="Read the tenant's own stream (policy, terms, settings)",
+            roles=READERS, responses={200: s.StreamPage}, query=_PAGING)
+async def read_tenant_stream(call: Call) -> web.Response:
+    tenant = call.param("tenant")
+    from_version, limit = _paging(call)
+    stream = tenant_stream(tenant)
+    store = call.request.app[STORE]
+    events = await store.read_stream(stream, from_version, limit)
+    return json_response(_page(stream, events, await store.stream_version(stream), limit))

@@ -1,0 +1,174 @@
+"""Tenant commands: create, API keys, processor agreement, module, policy, term matrix."""
+
+from __future__ import annotations
+
+import msgspec
+from aiohttp import web
+
+from consent.policy import policy_version
+from schemas import api as s
+from services.ledger.api.app import POOL, Call
+from services.ledger.api.jsonapi import ApiError, ApiRoutes, json_response
+from services.ledger.api_keys import issue_key
+from services.ledger.commands import CommandRejected
+from services.ledger.errors import WrongExpectedVersion
+
+routes = ApiRoutes(tag="tenants")
+ADMIN = ("admin",)
+
+
+class ChapterView(msgspec.Struct, frozen=True):
+    chapter_id: str
+    title: str
+    body: str
+    active: bool
+
+
+class TermView(msgspec.Struct, frozen=True):
+    category: str
+    channel: str
+    months: int
+
+
+class TenantView(msgspec.Struct, frozen=True, kw_only=True):
+    tenant_id: str
+    name: str
+    version: int
+    data_sources: dict[str, str]
+    processor_agreement_signed: bool
+    processor_agreement_signed_on: str | None
+    module_active: bool
+    policy_version: str
+    chapters: list[ChapterView]
+    terms: list[TermView]
+
+
+class ChapterAdded(msgspec.Struct, frozen=True, kw_only=True):
+    chapter_id: str
+    result: s.AppendResponse
+
+
+@routes.post("/v1/tenants", summary="Create a tenant with the seed's policy and term matrix; returns its first admin key",
+             roles=("operator",), body=s.CreateTenant, responses={201: s.TenantCreatedResponse})
+async def create_tenant(call: Call) -> web.Response:
+    body: s.CreateTenant = call.body
+    try:
+        result = await call.ledger.create_tenant(call.ctx(), body.tenant_id, body.name)
+    except WrongExpectedVersion:
+        raise ApiError(409, "tenant_exists", f"tenant {body.tenant_id!r} already exists", field="$.tenant_id") from None
+    key = await issue_key(call.request.app[POOL], body.tenant_id, "admin", "first admin key")
+    return json_response(s.TenantCreatedResponse(tenant_id=body.tenant_id, admin_key=key,
+                                                 position=result.last_position), status=201)
+
+
+@routes.get("/v1/tenants/{tenant}", summary="The tenant's current settings, policy and term matrix",
+            roles=("admin", "staff", "auditor"), responses={200: TenantView})
+async def get_tenant(call: Call) -> web.Response:
+    version, state = await call.ledger.require_tenant(call.param("tenant"), fresh=True)
+    return json_response(TenantView(
+        tenant_id=state.tenant_id, name=state.name, version=version, data_sources=dict(state.data_sources),
+        processor_agreement_signed=state.processor_agreement_signed,
+        processor_agreement_signed_on=state.processor_agreement_signed_on.isoformat()
+        if state.processor_agreement_signed_on else None,
+        module_active=state.module_active,
+        policy_version=policy_version(state.chapters),
+        chapters=[ChapterView(c.chapter_id, c.title, c.body, c.active) for c in state.chapters],
+        terms=[TermView(c.category, c.channel, c.months) for c in state.terms.cells()],
+    ))
+
+
+@routes.post("/v1/tenants/{tenant}/api-keys", summary="Issue an API key for this tenant (shown once)",
+             roles=ADMIN, body=s.IssueApiKey, responses={201: s.ApiKeyIssued})
+async def issue_api_key(call: Call) -> web.Response:
+    tenant = call.param("tenant")
+    await call.ledger.require_tenant(tenant)
+    key = await issue_key(call.request.app[POOL], tenant, call.body.role, call.body.label)
+    return json_response(key, status=201)
+
+
+@routes.delete("/v1/tenants/{tenant}/api-keys/{key_id}", summary="Revoke an API key", roles=ADMIN,
+               responses={204: None})
+async def revoke_api_key(call: Call) -> web.Response:
+    from services.ledger.api.app import KEYRING
+
+    if not await call.request.app[KEYRING].revoke(call.param("key_id"), call.param("tenant")):
+        raise ApiError(404, "not_found", "no such active key for this tenant", field="key_id")
+    return web.Response(status=204)
+
+
+@routes.put("/v1/tenants/{tenant}/processor-agreement", summary="Verwerkersovereenkomst signed yes/no",
+            roles=ADMIN, body=s.SetProcessorAgreement, responses={200: s.AppendResponse})
+async def set_processor_agreement(call: Call) -> web.Response:
+    b: s.SetProcessorAgreement = call.body
+    return json_response(await call.ledger.set_processor_agreement(
+        call.ctx(), call.param("tenant"), b.signed, b.signed_on, b.expected_version))
+
+
+@routes.put("/v1/tenants/{tenant}/modules/mijngegevensbescherming", summary="Activate or deactivate the module",
+            roles=ADMIN, body=s.SetModuleActivation, responses={200: s.AppendResponse})
+async def set_module(call: Call) -> web.Response:
+    return json_response(await call.ledger.set_module(call.ctx(), call.param("tenant"), call.body.active,
+                                                      call.body.expected_version))
+
+
+@routes.post("/v1/tenants/{tenant}/data-sources", summary="Add a data source (databron)",
+             roles=ADMIN, body=s.AddDataSource, responses={201: s.AppendResponse})
+async def add_data_source(call: Call) -> web.Response:
+    return json_response(await call.ledger.add_data_source(call.ctx(), call.param("tenant"), call.body.source_id,
+                                                           call.body.label), status=201)
+
+
+@routes.post("/v1/tenants/{tenant}/policy/chapters", summary="Add a policy chapter at the end (Nieuw hoofdstuk)",
+             roles=ADMIN, body=s.AddChapter, responses={201: ChapterAdded})
+async def add_chapter(call: Call) -> web.Response:
+    b: s.AddChapter = call.body
+    chapter_id, result = await call.ledger.add_chapter(call.ctx(), call.param("tenant"), b.title, b.body, b.active,
+                                                       b.expected_version)
+    return json_response({"chapter_id": chapter_id, "result": result}, status=201)
+
+
+@routes.put("/v1/tenants/{tenant}/policy/chapters/{chapter_id}", summary="Edit a chapter (Bewerken)",
+            roles=ADMIN, body=s.EditChapter, responses={200: s.AppendResponse})
+async def edit_chapter(call: Call) -> web.Response:
+    b: s.EditChapter = call.body
+    return json_response(await call.ledger.edit_chapter(call.ctx(), call.param("tenant"), call.param("chapter_id"),
+                                                        b.title, b.body, b.active, b.expected_version))
+
+
+@routes.put("/v1/tenants/{tenant}/policy/chapters/{chapter_id}/active", summary="Show or hide a chapter (Actief)",
+            roles=ADMIN, body=s.SetChapterActive, responses={200: s.AppendResponse})
+async def set_chapter_active(call: Call) -> web.Response:
+    return json_response(await call.ledger.set_chapter_active(
+        call.ctx(), call.param("tenant"), call.param("chapter_id"), call.body.active, call.body.expected_version))
+
+
+@routes.post("/v1/tenants/{tenant}/policy/chapters/{chapter_id}/move", summary="Move a chapter (Up/Down)",
+             roles=ADMIN, body=s.MoveChapter, responses={200: s.AppendResponse})
+async def move_chapter(call: Call) -> web.Response:
+    b: s.MoveChapter = call.body
+    return json_response(await call.ledger.move_chapter(
+        call.ctx(), call.param("tenant"), call.param("chapter_id"), direction=b.direction, to_index=b.to_index,
+        expected=b.expected_version))
+
+
+@routes.delete("/v1/tenants/{tenant}/policy/chapters/{chapter_id}", summary="Delete a chapter (Verwijder)",
+               roles=ADMIN, responses={200: s.AppendResponse})
+async def delete_chapter(call: Call) -> web.Response:
+    return json_response(await call.ledger.delete_chapter(call.ctx(), call.param("tenant"), call.param("chapter_id")))
+
+
+@routes.patch("/v1/tenants/{tenant}/terms", summary="Edit cells of the opt-in term matrix (months, 0..120)",
+              roles=ADMIN, body=s.EditTerms, responses={200: s.AppendResponse})
+async def edit_terms(call: Call) -> web.Response:
+    return json_response(await call.ledger.edit_terms(call.ctx(), call.param("tenant"), call.body.cells,
+                                                      call.body.expected_version))
+
+
+@routes.put("/v1/tenants/{tenant}/retention", summary="Retention: years after last invoice, months for prospects",
+            roles=ADMIN, body=s.SetRetention, responses={200: s.AppendResponse})
+async def set_retention(call: Call) -> web.Response:
+    return json_response(await call.ledger.set_retention(call.ctx(), call.param("tenant"), call.body.customer_years,
+                                                         call.body.prospect_months))
+
+
+__all__ = ["routes", "CommandRejected"]

@@ -1,0 +1,327 @@
+"""The ledger's commands: validate against current state, seal personal data, append.
+
+One place used by the HTTP API, the portal and the DMS import alike, so a preference
+saved in the portal and one sent by a DMS pass the same checks and become the same
+events. Commands raise :class:`CommandRejected` for requests that are well-formed but
+not acceptable now (unknown tenant, unknown data source, missing chapter, ...).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+
+import asyncpg
+import structlog
+
+from consent.policy import next_chapter_id, policy_version
+from consent.seed import DEFAULT_CHAPTERS, default_term_cells
+from consent.tenant import TenantState, apply_tenant
+from consent.vocabulary import DEFAULT_DATA_SOURCES, subject_stream, tenant_stream
+from schemas.api import Contact
+from schemas.events import (
+    Actor,
+    Chapter,
+    DataSourceAdded,
+    Event,
+    InvoiceRecorded,
+    MarketingActivityRecorded,
+    Metadata,
+    Method,
+    ModuleActivationSet,
+    ObjectionRecorded,
+    ObjectionWithdrawn,
+    PolicyChapterActiveSet,
+    PolicyChapterAdded,
+    PolicyChapterDeleted,
+    PolicyChapterEdited,
+    PolicyChapterMoved,
+    PreferencesChanged,
+    PreferenceSetting,
+    ProcessorAgreementSet,
+    ProspectRegistered,
+    RetentionPolicySet,
+    Sealed,
+    TenantCreated,
+    TermCell,
+    TermMatrixEdited,
+)
+from services.ledger.errors import LedgerError
+from services.ledger.store import AppendRequest, AppendResult, EventStore, StreamWrite
+from services.ledger.subject_keys import SubjectKeys
+
+log = structlog.get_logger(__name__)
+
+
+class CommandRejected(LedgerError):
+    """A well-formed command that cannot be applied (HTTP 404/409/422)."""
+
+    def __init__(self, status: int, error: str, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error = error
+        self.message = message
+        self.field = field
+
+
+class Context:
+    """Who is asking, and how: becomes the events' metadata."""
+
+    __slots__ = ("actor", "method", "request_id", "idempotency_key", "fingerprint")
+
+    def __init__(self, actor: Actor, method: Method = "api", request_id: str | None = None,
+                 idempotency_key: str | None = None, fingerprint: bytes = b"") -> None:
+        self.actor = actor
+        self.method = method
+        self.request_id = request_id
+        self.idempotency_key = idempotency_key
+        self.fingerprint = fingerprint
+
+    def metadata(self) -> Metadata:
+        return Metadata(actor=self.actor, method=self.method, request_id=self.request_id,
+                        correlation_id=self.request_id)
+
+
+class Ledger:
+    """The application service over the event store."""
+
+    def __init__(self, pool: asyncpg.Pool, store: EventStore, keys: SubjectKeys) -> None:
+        self.pool = pool
+        self.store = store
+        self.keys = keys
+        # tenant_id -> (stream version, state); refreshed by reading only newer events.
+        self._tenants: dict[str, tuple[int, TenantState]] = {}
+
+    # -- tenants -------------------------------------------------------------------
+
+    async def tenant(self, tenant_id: str, *, fresh: bool = False) -> tuple[int, TenantState] | None:
+        """(version, state) of a tenant, or None if it does not exist."""
+        cached = self._tenants.get(tenant_id)
+        if cached is not None and not fresh:
+            return cached
+        version, state = cached if cached is not None else (0, None)
+        for recorded in await self.store.read_stream(tenant_stream(tenant_id), from_version=version + 1):
+            state = apply_tenant(state, recorded)
+            version = recorded.version
+        if state is None:
+            return None
+        self._tenants[tenant_id] = (version, state)
+        return version, state
+
+    async def require_tenant(self, tenant_id: str, *, fresh: bool = False) -> tuple[int, TenantState]:
+        found = await self.tenant(tenant_id, fresh=fresh)
+        if found is None:
+            raise CommandRejected(404, "unknown_tenant", f"tenant {tenant_id!r} does not exist", field="tenant")
+        return found
+
+    async def create_tenant(self, ctx: Context, tenant_id: str, name: str) -> AppendResult:
+        event = TenantCreated(
+            tenant_id=tenant_id,
+            name=name,
+            data_sources=dict(DEFAULT_DATA_SOURCES),
+            chapters=list(DEFAULT_CHAPTERS),
+            terms=default_term_cells(),
+        )
+        return await self._append(ctx, tenant_id, tenant_stream(tenant_id), [event], expected=0)
+
+    async def _tenant_command(
+        self, ctx: Context, tenant_id: str, events: Sequence[Event], expected: int | None, version: int
+    ) -> AppendResult:
+        # Without a client-supplied version, guard against lost updates with the version
+        # the command was validated against.
+        return await self._append(
+            ctx, tenant_id, tenant_stream(tenant_id), events, expected=version if expected is None else expected
+        )
+
+    async def set_processor_agreement(self, ctx: Context, tenant_id: str, signed: bool,
+                                      signed_on: dt.date | None, expected: int | None = None) -> AppendResult:
+        version, _ = await self.require_tenant(tenant_id, fresh=True)
+        if signed and signed_on is None:
+            raise CommandRejected(422, "validation_error", "a signed agreement needs its signing date", "$.signed_on")
+        if not signed and signed_on is not None:
+            raise CommandRejected(422, "validation_error", "an unsigned agreement has no signing date", "$.signed_on")
+        if signed_on is not None and signed_on > dt.date.today():
+            raise CommandRejected(422, "validation_error", "the signing date is in the future", "$.signed_on")
+        return await self._tenant_command(ctx, tenant_id, [ProcessorAgreementSet(signed=signed, signed_on=signed_on)],
+                                          expected, version)
+
+    async def set_module(self, ctx: Context, tenant_id: str, active: bool, expected: int | None = None) -> AppendResult:
+        version, _ = await self.require_tenant(tenant_id, fresh=True)
+        return await self._tenant_command(ctx, tenant_id, [ModuleActivationSet(active=active)], expected, version)
+
+    async def add_chapter(self, ctx: Context, tenant_id: str, title: str, body: str, active: bool,
+                          expected: int | None = None) -> tuple[str, AppendResult]:
+        version, state = await self.require_tenant(tenant_id, fresh=True)
+        chapter_id = next_chapter_id(state.chapters)
+        event = PolicyChapterAdded(chapter=Chapter(chapter_id=chapter_id, title=title, body=body, active=active))
+        return chapter_id, await self._tenant_command(ctx, tenant_id, [event], expected, version)
+
+    def _chapter_index(self, state: TenantState, chapter_id: str) -> int:
+        for i, c in enumerate(state.chapters):
+            if c.chapter_id == chapter_id:
+                return i
+        raise CommandRejected(404, "unknown_chapter", f"chapter {chapter_id!r} does not exist", field="chapter_id")
+
+    async def edit_chapter(self, ctx: Context, tenant_id: str, chapter_id: str, title: str, body: str, active: bool,
+                           expected: int | None = None) -> AppendResult:
+        version, state = await self.require_tenant(tenant_id, fresh=True)
+        self._chapter_index(state, chapter_id)
+        event = PolicyChapterEdited(chapter_id=chapter_id, title=title, body=body, active=active)
+        return await self._tenant_command(ctx, tenant_id, [event], expected, version)
+
+    async def set_chapter_active(self, ctx: Context, tenant_id: str, chapter_id: str, active: bool,
+                                 expected: int | None = None) -> AppendResult:
+        version, state = await self.require_tenant(tenant_id, fresh=True)
+        self._chapter_index(state, chapter_id)
+        return await self._tenant_command(
+            ctx, tenant_id, [PolicyChapterActiveSet(chapter_id=chapter_id, active=active)], expected, version
+        )
+
+    async def move_chapter(self, ctx: Context, tenant_id: str, chapter_id: str, *, direction: str | None = None,
+                           to_index: int | None = None, expected: int | None = None) -> AppendResult:
+        version, state = await self.require_tenant(tenant_id, fresh=True)
+        index = self._chapter_index(state, chapter_id)
+        if (direction is None) == (to_index is None):
+            raise CommandRejected(422, "validation_error", "give either direction or to_index", "$.direction")
+        if direction is not None:
+            to_index = max(0, min(len(state.chapters) - 1, index + (-1 if direction == "up" else 1)))
+        assert to_index is not None
+        if to_index >= len(state.chapters):
+            raise CommandRejected(422, "validation_error",
+                                  f"to_index must be below {len(state.chapters)}", "$.to_index")
+        if to_index == index:
+            raise CommandRejected(409, "no_change", "the chapter is already at that place", "$.to_index")
+        event = PolicyChapterMoved(chapter_id=chapter_id, to_index=to_index)
+        return await self._tenant_command(ctx, tenant_id, [event], expected, version)
+
+    async def delete_chapter(self, ctx: Context, tenant_id: str, chapter_id: str,
+                             expected: int | None = None) -> AppendResult:
+        version, state = await self.require_tenant(tenant_id, fresh=True)
+        self._chapter_index(state, chapter_id)
+        return await self._tenant_command(ctx, tenant_id, [PolicyChapterDeleted(chapter_id=chapter_id)],
+                                          expected, version)
+
+    async def edit_terms(self, ctx: Context, tenant_id: str, cells: Sequence[TermCell],
+                         expected: int | None = None) -> AppendResult:
+        version, _ = await self.require_tenant(tenant_id, fresh=True)
+        seen: set[tuple[str, str]] = set()
+        for i, cell in enumerate(cells):
+            if (cell.category, cell.channel) in seen:
+                raise CommandRejected(422, "validation_error", "the same cell appears twice", f"$.cells[{i}]")
+            seen.add((cell.category, cell.channel))
+        return await self._tenant_command(ctx, tenant_id, [TermMatrixEdited(cells=list(cells))], expected, version)
+
+    async def add_data_source(self, ctx: Context, tenant_id: str, source_id: str, label: str) -> AppendResult:
+        version, state = await self.require_tenant(tenant_id, fresh=True)
+        if source_id in state.data_sources:
+            raise CommandRejected(409, "source_exists", f"data source {source_id!r} already exists", "$.source_id")
+        return await self._tenant_command(ctx, tenant_id, [DataSourceAdded(source_id=source_id, label=label)],
+                                          None, version)
+
+    async def set_retention(self, ctx: Context, tenant_id: str, customer_years: int, prospect_months: int) -> AppendResult:
+        version, _ = await self.require_tenant(tenant_id, fresh=True)
+        event = RetentionPolicySet(customer_years=customer_years, prospect_months=prospect_months)
+        return await self._tenant_command(ctx, tenant_id, [event], None, version)
+
+    # -- subjects ------------------------------------------------------------------
+
+    async def require_source(self, tenant_id: str, source: str) -> TenantState:
+        _, state = await self.require_tenant(tenant_id)
+        if source not in state.data_sources:
+            # Data sources are only ever added: refresh once before refusing.
+            _, state = await self.require_tenant(tenant_id, fresh=True)
+            if source not in state.data_sources:
+                raise CommandRejected(
+                    422, "unknown_source",
+                    f"data source {source!r} does not exist (known: {', '.join(sorted(state.data_sources))})",
+                    field="source",
+                )
+        return state
+
+    async def seal_contact(self, tenant_id: str, stream_id: str, contact: Contact | None) -> Sealed | None:
+        if contact is None or contact == Contact():
+            return None
+        return await self.keys.seal(tenant_id, stream_id, contact)
+
+    async def seal_note(self, tenant_id: str, stream_id: str, note: str | None) -> Sealed | None:
+        if not note:
+            return None
+        return await self.keys.seal(tenant_id, stream_id, {"note": note})
+
+    async def record_invoice(self, ctx: Context, tenant_id: str, source: str, ref: str, invoice_id: str,
+                             invoice_date: dt.date, contact: Contact | None = None,
+                             expected: int | None = None) -> AppendResult:
+        await self.require_source(tenant_id, source)
+        stream = subject_stream(tenant_id, source, ref)
+        event = InvoiceRecorded(invoice_id=invoice_id, invoice_date=invoice_date,
+                                personal=await self.seal_contact(tenant_id, stream, contact))
+        return await self._append(ctx, tenant_id, stream, [event], expected=expected)
+
+    async def register_prospect(self, ctx: Context, tenant_id: str, source: str, ref: str, acquired_on: dt.date,
+                                how: str, contact: Contact | None = None, expected: int | None = None) -> AppendResult:
+        await self.require_source(tenant_id, source)
+        stream = subject_stream(tenant_id, source, ref)
+        event = ProspectRegistered(acquired_on=acquired_on, how=how,
+                                   personal=await self.seal_contact(tenant_id, stream, contact))
+        return await self._append(ctx, tenant_id, stream, [event], expected=expected)
+
+    async def change_preferences(self, ctx: Context, tenant_id: str, source: str, ref: str,
+                                 changes: Sequence[PreferenceSetting], *, policy_version_shown: str | None = None,
+                                 note: str | None = None, expected: int | None = None) -> AppendResult:
+        await self.require_source(tenant_id, source)
+        seen: set[tuple[str, str]] = set()
+        for i, change in enumerate(changes):
+            if (change.category, change.channel) in seen:
+                raise CommandRejected(422, "validation_error", "the same category and channel appear twice",
+                                      f"$.changes[{i}]")
+            seen.add((change.category, change.channel))
+        stream = subject_stream(tenant_id, source, ref)
+        event = PreferencesChanged(
+            changes=list(changes), changed_by=ctx.actor, method=ctx.method,
+            policy_version=policy_version_shown, note=await self.seal_note(tenant_id, stream, note),
+        )
+        return await self._append(ctx, tenant_id, stream, [event], expected=expected)
+
+    async def record_objection(self, ctx: Context, tenant_id: str, source: str, ref: str, *, withdraw: bool = False,
+                               policy_version_shown: str | None = None, note: str | None = None,
+                               expected: int | None = None) -> AppendResult:
+        await self.require_source(tenant_id, source)
+        stream = subject_stream(tenant_id, source, ref)
+        cls = ObjectionWithdrawn if withdraw else ObjectionRecorded
+        event = cls(changed_by=ctx.actor, method=ctx.method, policy_version=policy_version_shown,
+                    note=await self.seal_note(tenant_id, stream, note))
+        return await self._append(ctx, tenant_id, stream, [event], expected=expected)
+
+    async def record_marketing_activity(self, ctx: Context, tenant_id: str, source: str, ref: str,
+                                        activity: MarketingActivityRecorded) -> AppendResult:
+        await self.require_source(tenant_id, source)
+        return await self._append(ctx, tenant_id, subject_stream(tenant_id, source, ref), [activity])
+
+    async def current_policy_version(self, tenant_id: str) -> str:
+        _, state = await self.require_tenant(tenant_id, fresh=True)
+        return policy_version(state.chapters)
+
+    # -- append --------------------------------------------------------------------
+
+    async def _append(self, ctx: Context, tenant_id: str, stream_id: str, events: Sequence[Event],
+                      expected: int | None = None) -> AppendResult:
+        request = AppendRequest(
+            tenant_id=tenant_id,
+            writes=[StreamWrite(stream_id, list(events), expected)],
+            metadata=ctx.metadata(),
+            idempotency_key=ctx.idempotency_key,
+            fingerprint=ctx.fingerprint,
+        )
+        result = await self.store.append(request)
+        if stream_id.startswith("tenant/"):
+            self._tenants.pop(tenant_id, None)
+        log.debug("appended", tenant=tenant_id, stream=stream_id, events=len(events),
+                 position=result.last_position, replayed=result.replayed)
+        return result
+
+    async def append_many(self, ctx: Context, tenant_id: str, writes: Sequence[StreamWrite]) -> AppendResult:
+        """Several subject streams in one atomic append (bulk endpoint, DMS import)."""
+        return await self.store.append(AppendRequest(
+            tenant_id=tenant_id, writes=list(writes), metadata=ctx.metadata(),
+            idempotency_key=ctx.idempotency_key, fingerprint=ctx.fingerprint,
+        ))

@@ -1,0 +1,26 @@
+"""Prometheus metrics of one ledger process, on a registry of its own (no globals)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class LedgerMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.append_latency = Histogram(
+            "ledger_append_batch_seconds", "Time to commit one group-commit batch",
+            buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5), registry=self.registry,
+        )
+        self.request_latency = Histogram(
+            "ledger_http_request_seconds", "HTTP request latency", ["method", "route", "status"],
+            buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5), registry=self.registry,
+        )
+        self.events_appended = Counter("ledger_events_appended_total", "Events appended", registry=self.registry)
+        self.relay_lag = Gauge(
+            "ledger_relay_lag_events", "Ledger head position minus the relay's checkpoint", registry=self.registry,
+        )
+
+    def on_commit(self, events: int, seconds: float) -> None:
+        self.events_appended.inc(events)
+        self.append_latency.observe(seconds)

@@ -1,0 +1,104 @@
+"""Per-subject data keys: personal data in events is sealed with the subject's own
+AES-256-GCM key; erasing the subject deletes the key (crypto-shredding).
+
+Subject keys are stored wrapped with the deployment's master key
+(``LEDGER_MASTER_KEY``), so a copy of the database alone does not reveal them.
+The associated data binds each ciphertext to its subject stream.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+from typing import Any, Final
+
+import asyncpg
+import msgspec
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from schemas.events import Sealed
+from services.ledger.store import translate_errors
+
+_encode: Final = msgspec.json.Encoder().encode
+_b64e = base64.b64encode
+_b64d = base64.b64decode
+
+
+class SubjectKeys:
+    def __init__(self, pool: asyncpg.Pool, master_key: bytes) -> None:
+        if len(master_key) != 32:
+            raise ValueError("the master key must be 32 bytes")
+        self._pool = pool
+        self._master = AESGCM(master_key)
+
+    def _wrap(self, key: bytes, stream_id: str) -> bytes:
+        nonce = os.urandom(12)
+        return nonce + self._master.encrypt(nonce, key, stream_id.encode())
+
+    def _unwrap(self, wrapped: bytes, stream_id: str) -> bytes:
+        return self._master.decrypt(wrapped[:12], wrapped[12:], stream_id.encode())
+
+    async def key_for(self, tenant_id: str, stream_id: str) -> tuple[str, bytes]:
+        """The subject's (key_id, key), made on first use."""
+        with translate_errors():
+            row = await self._pool.fetchrow(
+                "SELECT key_id, wrapped_key FROM ledger.subject_keys WHERE stream_id = $1", stream_id
+            )
+            if row is None:
+                key = AESGCM.generate_key(bit_length=256)
+                key_id = "sk-" + secrets.token_hex(8)
+                row = await self._pool.fetchrow(
+                    "INSERT INTO ledger.subject_keys (key_id, tenant_id, stream_id, wrapped_key)"
+                    " VALUES ($1, $2, $3, $4) ON CONFLICT (stream_id) DO NOTHING RETURNING key_id, wrapped_key",
+                    key_id, tenant_id, stream_id, self._wrap(key, stream_id),
+                )
+                if row is None:  # another request made it first
+                    row = await self._pool.fetchrow(
+                        "SELECT key_id, wrapped_key FROM ledger.subject_keys WHERE stream_id = $1", stream_id
+                    )
+        assert row is not None
+        return row["key_id"], self._unwrap(bytes(row["wrapped_key"]), stream_id)
+
+    async def seal(self, tenant_id: str, stream_id: str, payload: Any) -> Sealed:
+        key_id, key = await self.key_for(tenant_id, stream_id)
+        return seal_with(key_id, key, stream_id, payload)
+
+    async def open(self, stream_id: str, sealed: Sealed) -> bytes | None:
+        """The plaintext JSON, or None when the subject's key was shredded."""
+        with translate_errors():
+            row = await self._pool.fetchrow(
+                "SELECT wrapped_key FROM ledger.subject_keys WHERE key_id = $1 AND stream_id = $2",
+                sealed.key_id, stream_id,
+            )
+        if row is None:
+            return None
+        key = self._unwrap(bytes(row["wrapped_key"]), stream_id)
+        return AESGCM(key).decrypt(_b64d(sealed.nonce), _b64d(sealed.ciphertext), stream_id.encode())
+
+    async def shred(self, conn: asyncpg.Connection, stream_id: str) -> bool:
+        """Delete the subject's key (inside the caller's transaction)."""
+        with translate_errors():
+            done = await conn.execute("DELETE FROM ledger.subject_keys WHERE stream_id = $1", stream_id)
+        return done != "DELETE 0"
+
+
+def seal_with(key_id: str, key: bytes, stream_id: str, payload: Any) -> Sealed:
+    nonce = os.urandom(12)
+    ciphertext = AESGCM(key).encrypt(nonce, _encode(payload), stream_id.encode())
+    return Sealed(key_id=key_id, nonce=_b64e(nonce).decode(), ciphertext=_b64e(ciphertext).decode())
+
+
+def new_master_key() -> str:
+    """A fresh master key, base64, for LEDGER_MASTER_KEY."""
+    return base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+def parse_master_key(text: str) -> bytes:
+    try:
+        key = base64.b64decode(text, validate=True)
+    except ValueError as exc:
+        raise ValueError("LEDGER_MASTER_KEY must be 32 bytes, base64") from exc
+    if len(key) != 32:
+        raise ValueError("LEDGER_MASTER_KEY must be 32 bytes, base64")
+    return key

@@ -1,0 +1,38 @@
+"""Configuration from the environment. One Settings object, built at start-up and
+passed down; nothing reads os.environ after that."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+import msgspec
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    database_url: str
+    kafka_bootstrap: str | None = None
+    master_key: str | None = None  # base64, 32 bytes (LEDGER_MASTER_KEY)
+    host: str = "127.0.0.1"
+    port: int = 8080
+    portal_port: int = 8081
+    portal_base_url: str = "http://127.0.0.1:8081"
+    log_level: str = "info"
+    pool_size: int = 10
+
+
+def from_env(env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+    e = os.environ if env is None else env
+    values: dict[str, object] = {
+        "database_url": e.get("LEDGER_DATABASE_URL", ""),
+        "kafka_bootstrap": e.get("LEDGER_KAFKA_BOOTSTRAP") or None,
+        "master_key": e.get("LEDGER_MASTER_KEY") or None,
+        "host": e.get("LEDGER_HTTP_HOST", "127.0.0.1"),
+        "port": int(e.get("LEDGER_HTTP_PORT", "8080")),
+        "portal_port": int(e.get("LEDGER_PORTAL_PORT", "8081")),
+        "portal_base_url": e.get("LEDGER_PORTAL_BASE_URL", "http://127.0.0.1:8081"),
+        "log_level": e.get("LEDGER_LOG_LEVEL", "info"),
+        "pool_size": int(e.get("LEDGER_DB_POOL_SIZE", "10")),
+    }
+    values.update(overrides)
+    return Settings(**values)  # type: ignore[arg-type]
