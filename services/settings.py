@@ -19,6 +19,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     portal_base_url: str = "http://127.0.0.1:8081"
     log_level: str = "info"
     pool_size: int = 10
+    # The relay to Kafka (services/ledger/relay.py): partitions and replication of the topic it creates.
+    relay_partitions: int = 6
+    relay_replication_factor: int = 1
+    # The local stack (services/devstack.py): data folder and the ports of the embedded servers.
+    var_dir: str = "var"
+    pg_port: int = 54329
+    broker_port: int = 19092
 
 
 def from_env(env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -33,6 +40,11 @@ def from_env(env: Mapping[str, str] | None = None, **overrides: object) -> Setti
         "portal_base_url": e.get("LEDGER_PORTAL_BASE_URL", "http://127.0.0.1:8081"),
         "log_level": e.get("LEDGER_LOG_LEVEL", "info"),
         "pool_size": int(e.get("LEDGER_DB_POOL_SIZE", "10")),
+        "relay_partitions": int(e.get("LEDGER_RELAY_PARTITIONS", "6")),
+        "relay_replication_factor": int(e.get("LEDGER_RELAY_REPLICATION_FACTOR", "1")),
+        "var_dir": e.get("LEDGER_VAR_DIR", "var"),
+        "pg_port": int(e.get("LEDGER_PG_PORT", "54329")),
+        "broker_port": int(e.get("LEDGER_BROKER_PORT", "19092")),
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]
