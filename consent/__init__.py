@@ -1,0 +1,11 @@
+"""The pure consent rules (PRODUCT.md): no I/O, no clock, no logging.
+
+* :mod:`consent.vocabulary`: categories, channels, preference values, stream ids.
+* :mod:`consent.terms`: calendar months, the ledger day, the opt-in term matrix.
+* :mod:`consent.seed`: the seed's ten policy chapters and default terms.
+* :mod:`consent.policy`: the policy fold and its version id.
+* :mod:`consent.tenant`: the tenant fold and its history (as-of matrix and policy).
+* :mod:`consent.subject`: the subject fold (invoices, acquisitions, preferences, ...).
+* :mod:`consent.eligibility`: THE eligibility rule, the 25-cell matrix, the next change.
+* :mod:`consent.warnings`: compliance warnings on a term matrix.
+"""

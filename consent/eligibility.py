@@ -1,0 +1,212 @@
+"""THE eligibility rule: may subject S get a message of category C on channel H on date D?
+
+PRODUCT.md, "Eligibility". Evaluated in this order; the first rule that decides wins:
+
+1. S erased -> no (``erased``); S objected to all direct marketing -> no (``objected``).
+2. Preference (C, H) = opt_out -> no (``opted_out``).
+3. Preference (C, H) = opt_in -> yes (``explicit_consent``, basis ``consent``).
+4. Customer: C != prospect -> yes iff D < add_months(last invoice date, term[C][H])
+   (``soft_opt_in``; basis ``soft_opt_in`` on digital channels, ``legitimate_interest`` on
+   post/phone), else no (``term_expired``). C = prospect -> no (``not_a_prospect``).
+5. Prospect: C != prospect -> no (``not_a_customer``). C = prospect: digital channels and
+   phone need an explicit opt-in (no: ``consent_required``; the Bel-me-niet register was
+   abolished on 2021-07-01, since then calling a non-customer needs prior consent); post ->
+   yes iff D < add_months(acquired_on, term[prospect][post]) (``prospect_term``, basis
+   ``legitimate_interest``), else no (``term_expired``); a prospect-post answer carries
+   ``requires_disclosure`` (GDPR art. 14 and 21(4): the first letter says why, with whom data
+   is shared, and the right to object).
+
+Bitemporal reading of "on D" (the knowledge time K is applied when folding the subject,
+:func:`consent.subject.fold_subject`, and by choosing the matrix in force,
+:meth:`consent.tenant.TenantHistory.state_at`):
+
+* a subject is a customer on D iff it has an invoice dated <= D; its last invoice on D is
+  the latest such (a future-dated invoice counts from its date);
+* a prospect acquisition counts from its acquired_on;
+* preferences and objections count from the (Dutch) day they were recorded: a later
+  opt-out does not make an earlier send unlawful;
+* erasure always wins, whatever D.
+
+A prospect-post subject without any acquisition in effect on D has no date to start a term
+from, so nothing but consent could allow it: ``consent_required``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Literal
+
+import msgspec
+
+from consent.subject import (
+    AcquisitionFact,
+    InvoiceFact,
+    ObjectionFact,
+    SubjectState,
+    acquisition_in_effect,
+    invoice_in_effect,
+    objection_in_effect,
+)
+from consent.terms import ALL_CELLS, TermMatrix, add_months, cell_key
+from consent.vocabulary import DIGITAL_CHANNELS
+
+__all__ = ["Basis", "Decision", "Reason", "eligibility_matrix", "evaluate", "next_change"]
+
+Basis = Literal["consent", "soft_opt_in", "legitimate_interest"]
+Reason = Literal[
+    "erased",
+    "objected",
+    "opted_out",
+    "explicit_consent",
+    "soft_opt_in",
+    "term_expired",
+    "not_a_prospect",
+    "not_a_customer",
+    "consent_required",
+    "prospect_term",
+]
+
+
+class Decision(msgspec.Struct, frozen=True, kw_only=True):
+    """One answer of the eligibility rule.
+
+    ``basis``: the legal ground when eligible, else None. ``until``: the first date the
+    current basis no longer covers (exclusive; None for explicit consent and for a "no").
+    ``evidence``: event_ids the decision rests on (invoice or acquisition, the tenant event
+    that set the term cell, the preference, objection or erasure event).
+    ``requires_disclosure``: set on every rule-5 prospect-post answer (the first letter must
+    carry the art. 14 / 21(4) information); False everywhere else.
+    """
+
+    eligible: bool
+    basis: Basis | None
+    reason: Reason
+    until: dt.date | None = None
+    evidence: tuple[str, ...] = ()
+    requires_disclosure: bool = False
+
+
+class _Facts:
+    """What every cell's decision on one date shares: computed once per subject and date."""
+
+    __slots__ = ("erased", "objection", "invoice", "acquisition", "ends")
+
+    def __init__(self, subject: SubjectState, on: dt.date) -> None:
+        self.erased: str | None = subject.erased
+        self.objection: ObjectionFact | None = objection_in_effect(subject, on) if subject.objections else None
+        self.invoice: InvoiceFact | None = invoice_in_effect(subject, on)
+        self.acquisition: AcquisitionFact | None = (
+            acquisition_in_effect(subject, on) if subject.acquisitions and self.invoice is None else None
+        )
+        # term end per number of months; one start date per _Facts (the invoice, else the acquisition)
+        self.ends: dict[int, dt.date] = {}
+
+    def end(self, start: dt.date, months: int) -> dt.date:
+        end = self.ends.get(months)
+        if end is None:
+            end = self.ends[months] = add_months(start, months)
+        return end
+
+
+def _with_term(first: str, terms: TermMatrix, key: str) -> tuple[str, ...]:
+    term_event = terms.set_by.get(key)
+    return (first, term_event) if term_event is not None else (first,)
+
+
+def _decide(
+    subject: SubjectState, facts: _Facts, terms: TermMatrix, category: str, channel: str, on: dt.date
+) -> Decision:
+    # 1. erasure, objection
+    if facts.erased is not None:
+        return Decision(eligible=False, basis=None, reason="erased", evidence=(facts.erased,))
+    if facts.objection is not None:
+        return Decision(eligible=False, basis=None, reason="objected", evidence=(facts.objection.event_id,))
+
+    # 2, 3. the subject's own choice for this cell, as in force on `on`
+    key = cell_key(category, channel)
+    history = subject.preferences.get(key)
+    if history:
+        for pref in reversed(history):
+            if pref.effective_on <= on:
+                if pref.value == "opt_out":
+                    return Decision(eligible=False, basis=None, reason="opted_out", evidence=(pref.event_id,))
+                if pref.value == "opt_in":
+                    return Decision(
+                        eligible=True, basis="consent", reason="explicit_consent", evidence=(pref.event_id,)
+                    )
+                break  # "default": follow the term matrix
+
+    # 4. customer
+    invoice = facts.invoice
+    if invoice is not None:
+        if category == "prospect":
+            return Decision(eligible=False, basis=None, reason="not_a_prospect", evidence=(invoice.event_id,))
+        end = facts.end(invoice.invoice_date, terms.months.get(key, 0))
+        evidence = _with_term(invoice.event_id, terms, key)
+        if on < end:
+            basis: Basis = "soft_opt_in" if channel in DIGITAL_CHANNELS else "legitimate_interest"
+            return Decision(eligible=True, basis=basis, reason="soft_opt_in", until=end, evidence=evidence)
+        return Decision(eligible=False, basis=None, reason="term_expired", evidence=evidence)
+
+    # 5. prospect
+    acquisition = facts.acquisition
+    acquired: tuple[str, ...] = (acquisition.event_id,) if acquisition is not None else ()
+    if category != "prospect":
+        return Decision(eligible=False, basis=None, reason="not_a_customer", evidence=acquired)
+    if channel != "post":
+        return Decision(eligible=False, basis=None, reason="consent_required", evidence=acquired)
+    if acquisition is None:
+        return Decision(eligible=False, basis=None, reason="consent_required", requires_disclosure=True)
+    end = facts.end(acquisition.acquired_on, terms.months.get(key, 0))
+    evidence = _with_term(acquisition.event_id, terms, key)
+    if on < end:
+        return Decision(
+            eligible=True,
+            basis="legitimate_interest",
+            reason="prospect_term",
+            until=end,
+            evidence=evidence,
+            requires_disclosure=True,
+        )
+    return Decision(eligible=False, basis=None, reason="term_expired", evidence=evidence, requires_disclosure=True)
+
+
+def evaluate(subject: SubjectState, terms: TermMatrix, category: str, channel: str, on: dt.date) -> Decision:
+    """May ``subject`` receive a ``category`` message on ``channel`` on date ``on``?
+
+    ``subject`` is the state as known at the knowledge time K (fold with ``known_at=K``)
+    and ``terms`` the matrix in force (``TenantHistory.state_at(...).terms``).
+    """
+    return _decide(subject, _Facts(subject, on), terms, category, channel, on)
+
+
+def eligibility_matrix(subject: SubjectState, terms: TermMatrix, on: dt.date) -> dict[str, Decision]:
+    """The decision for all 25 cells, keyed ``"category:channel"`` (same as :func:`evaluate`)."""
+    facts = _Facts(subject, on)
+    return {cell_key(c, h): _decide(subject, facts, terms, c, h, on) for c, h in ALL_CELLS}
+
+
+def next_change(subject: SubjectState, terms: TermMatrix, on: dt.date) -> dt.date | None:
+    """The earliest date after ``on`` on which some cell's decision changes with no new
+    event, or None if none ever will.
+
+    Changes come from a term lapsing (a decision's ``until``) and from facts already in the
+    ledger that take effect later (future-dated invoices and acquisitions; preferences or
+    objections recorded after ``on`` when ``on`` is in the past). The projector re-publishes
+    the subject's matrix on that date.
+    """
+    if subject.erased is not None:
+        return None
+    current = eligibility_matrix(subject, terms, on)
+    candidates: set[dt.date] = {d.until for d in current.values() if d.until is not None and d.until > on}
+    candidates.update(f.invoice_date for f in subject.invoices.values() if f.invoice_date > on)
+    candidates.update(f.acquired_on for f in subject.acquisitions if f.acquired_on > on)
+    candidates.update(f.effective_on for f in subject.objections if f.effective_on > on)
+    for history in subject.preferences.values():
+        candidates.update(f.effective_on for f in history if f.effective_on > on)
+    # Between two candidates nothing changes; at a candidate where nothing changes either,
+    # the `until`s are unchanged too, so the remaining candidates still cover every change.
+    for day in sorted(candidates):
+        if eligibility_matrix(subject, terms, day) != current:
+            return day
+    return None

@@ -1,0 +1,289 @@
+"""A subject's consent facts, folded from its stream ``subject/{tenant}/{source}/{ref}``.
+
+PRODUCT.md, "Domain": a subject is (tenant, data source, customer_ref); with at least one
+invoice it is a customer, without one a prospect. The state keeps only what the eligibility
+rule and the read models need, each fact with the event_id it rests on (evidence):
+
+* invoices by invoice_id (an :class:`~schemas.events.InvoiceCorrected` replaces the date);
+  ``last_invoice_on`` is the max invoice date, so an invoice recorded late with an earlier
+  date never moves it backwards;
+* prospect acquisitions (ProspectRegistered);
+* per (category, channel) the preference changes, and the objection changes. These are
+  short histories, not just the latest value, because a decision "on date D" must use the
+  preference in force on D: an opt-in followed by a later opt-out still covers the days in
+  between. Within one ledger day only the last change is kept (decisions are per day);
+* the erasure event, the last marketing activity date, and stream bookkeeping.
+
+Preferences and objections take effect on the Dutch calendar day they were recorded
+(:func:`consent.terms.ledger_day`), stored as ``effective_on``.
+
+The state is a frozen msgspec Struct with str-keyed dicts ("newsletter:email") and tuples,
+so it serialises to JSON as is.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+from typing import TypeVar
+
+import msgspec
+
+from consent.errors import OutOfOrderEvent
+from consent.terms import cell_key, ledger_day
+from consent.vocabulary import PreferenceValue, parse_subject_stream, subject_stream
+from schemas.events import (
+    InvoiceCorrected,
+    InvoiceRecorded,
+    MarketingActivityRecorded,
+    ObjectionRecorded,
+    ObjectionWithdrawn,
+    PreferencesChanged,
+    ProspectRegistered,
+    RecordedEvent,
+    SubjectErased,
+)
+
+__all__ = [
+    "AcquisitionFact",
+    "InvoiceFact",
+    "ObjectionFact",
+    "OutOfOrderEvent",
+    "PreferenceFact",
+    "SubjectState",
+    "acquisition_in_effect",
+    "apply_subject",
+    "current_preferences",
+    "fold_subject",
+    "invoice_in_effect",
+    "objection_in_effect",
+    "preference_in_effect",
+]
+
+
+class InvoiceFact(msgspec.Struct, frozen=True):
+    invoice_date: dt.date
+    event_id: str
+    recorded_at: dt.datetime
+
+
+class AcquisitionFact(msgspec.Struct, frozen=True):
+    acquired_on: dt.date
+    event_id: str
+    recorded_at: dt.datetime
+
+
+class PreferenceFact(msgspec.Struct, frozen=True):
+    value: PreferenceValue
+    event_id: str
+    recorded_at: dt.datetime
+    effective_on: dt.date
+    policy_version: str | None = None
+
+
+class ObjectionFact(msgspec.Struct, frozen=True):
+    """``objected`` True for ObjectionRecorded, False for ObjectionWithdrawn."""
+
+    objected: bool
+    event_id: str
+    recorded_at: dt.datetime
+    effective_on: dt.date
+
+
+class SubjectState(msgspec.Struct, frozen=True, kw_only=True):
+    """The consent facts of one subject (one data source of one customer)."""
+
+    tenant_id: str
+    source: str
+    customer_ref: str
+    invoices: dict[str, InvoiceFact] = {}
+    last_invoice_on: dt.date | None = None
+    acquisitions: tuple[AcquisitionFact, ...] = ()
+    preferences: dict[str, tuple[PreferenceFact, ...]] = {}
+    objections: tuple[ObjectionFact, ...] = ()
+    erased: str | None = None
+    last_activity_on: dt.date | None = None
+    version: int = 0
+    last_position: int = 0
+    last_recorded_at: dt.datetime | None = None
+
+    @property
+    def key(self) -> str:
+        """``{tenant}/{source}/{customer_ref}``: the eligibility topic key."""
+        return f"{self.tenant_id}/{self.source}/{self.customer_ref}"
+
+    @property
+    def is_customer(self) -> bool:
+        """Has any invoice (whatever its date); see :func:`invoice_in_effect` for "on D"."""
+        return bool(self.invoices)
+
+    @property
+    def objected(self) -> bool:
+        """The latest objection change is an objection."""
+        return bool(self.objections) and self.objections[-1].objected
+
+    @property
+    def objection(self) -> ObjectionFact | None:
+        """The current objection (latest change, if it is an objection), else None."""
+        return self.objections[-1] if self.objected else None
+
+    @property
+    def acquisition(self) -> AcquisitionFact | None:
+        """The latest prospect acquisition (by acquired_on), if any."""
+        return acquisition_in_effect(self, dt.date.max)
+
+    def preference(self, category: str, channel: str) -> PreferenceValue:
+        """The latest preference value of the cell (``"default"`` if never set)."""
+        history = self.preferences.get(cell_key(category, channel))
+        return history[-1].value if history else "default"
+
+
+# ---------------------------------------------------------------------------------------
+# Folding
+# ---------------------------------------------------------------------------------------
+
+
+_Fact = TypeVar("_Fact", PreferenceFact, ObjectionFact)
+
+
+def _push(history: tuple[_Fact, ...], fact: _Fact) -> tuple[_Fact, ...]:
+    """Append a change; earlier changes of the same (or a later) day are superseded."""
+    n = len(history)
+    while n and history[n - 1].effective_on >= fact.effective_on:
+        n -= 1
+    return history[:n] + (fact,)
+
+
+def apply_subject(state: SubjectState | None, recorded: RecordedEvent) -> SubjectState:
+    """The subject after one more event of its stream (cheap: copies only what changes).
+
+    Re-delivery of an applied event (``version <= state.version``) returns ``state``
+    unchanged; a version gap raises :class:`OutOfOrderEvent`; a non-subject event, or an
+    event of another stream, raises ``ValueError``.
+    """
+    if state is None:
+        parsed = parse_subject_stream(recorded.stream_id)
+        if parsed is None:
+            raise ValueError(f"{recorded.stream_id!r} is not a subject stream")
+        if recorded.version != 1:
+            raise OutOfOrderEvent(f"{recorded.stream_id}: first event has version {recorded.version}")
+        state = SubjectState(tenant_id=parsed[0], source=parsed[1], customer_ref=parsed[2])
+    else:
+        if recorded.stream_id != subject_stream(state.tenant_id, state.source, state.customer_ref):
+            raise ValueError(f"an event of {recorded.stream_id!r} applied to subject {state.key!r}")
+        if recorded.version <= state.version:
+            return state
+        if recorded.version != state.version + 1:
+            raise OutOfOrderEvent(f"{recorded.stream_id}: version {recorded.version} after {state.version}")
+
+    event = recorded.event
+    event_id = recorded.event_id
+    at = recorded.recorded_at
+    replace = msgspec.structs.replace
+    book = {"version": recorded.version, "last_position": recorded.position, "last_recorded_at": at}
+
+    if isinstance(event, (InvoiceRecorded, InvoiceCorrected)):
+        invoices = dict(state.invoices)
+        invoices[event.invoice_id] = InvoiceFact(event.invoice_date, event_id, at)
+        last = state.last_invoice_on
+        if event.invoice_id in state.invoices:  # correction (or re-delivery) may lower the max
+            last = max(f.invoice_date for f in invoices.values())
+        elif last is None or event.invoice_date > last:
+            last = event.invoice_date
+        return replace(state, invoices=invoices, last_invoice_on=last, **book)
+    if isinstance(event, PreferencesChanged):
+        day = ledger_day(at)
+        preferences = dict(state.preferences)
+        for change in event.changes:
+            key = cell_key(change.category, change.channel)
+            fact = PreferenceFact(change.value, event_id, at, day, event.policy_version)
+            preferences[key] = _push(preferences.get(key, ()), fact)
+        return replace(state, preferences=preferences, **book)
+    if isinstance(event, (ObjectionRecorded, ObjectionWithdrawn)):
+        objection = ObjectionFact(isinstance(event, ObjectionRecorded), event_id, at, ledger_day(at))
+        return replace(state, objections=_push(state.objections, objection), **book)
+    if isinstance(event, ProspectRegistered):
+        acquisition = AcquisitionFact(event.acquired_on, event_id, at)
+        return replace(state, acquisitions=state.acquisitions + (acquisition,), **book)
+    if isinstance(event, MarketingActivityRecorded):
+        last = state.last_activity_on
+        if last is None or event.activity_on > last:
+            last = event.activity_on
+        return replace(state, last_activity_on=last, **book)
+    if isinstance(event, SubjectErased):
+        return replace(state, erased=state.erased or event_id, **book)
+    raise ValueError(f"{type(event).__name__} is not a subject event")
+
+
+def fold_subject(events: Iterable[RecordedEvent], *, known_at: dt.datetime | None = None) -> SubjectState | None:
+    """The subject after its events (its stream, in order), or None if there are none.
+
+    ``known_at`` (knowledge time K) ignores events recorded after K: the state as the
+    ledger knew it at K. None means "everything recorded".
+    """
+    state: SubjectState | None = None
+    for recorded in events:
+        if known_at is not None and recorded.recorded_at > known_at:
+            continue
+        state = apply_subject(state, recorded)
+    return state
+
+
+# ---------------------------------------------------------------------------------------
+# Facts in effect on a date (the bitemporal reading used by the eligibility rule)
+# ---------------------------------------------------------------------------------------
+
+
+def invoice_in_effect(state: SubjectState, on: dt.date) -> InvoiceFact | None:
+    """The last invoice on ``on``: the latest invoice dated <= ``on`` (ties: the one
+    recorded first, so later duplicates do not change the evidence). None = not a customer
+    on that date."""
+    best: InvoiceFact | None = None
+    last = state.last_invoice_on
+    if last is None:
+        return None
+    if last <= on:  # fast path: the overall last invoice is in effect
+        for fact in state.invoices.values():
+            if fact.invoice_date == last and (best is None or fact.recorded_at < best.recorded_at):
+                best = fact
+        return best
+    for fact in state.invoices.values():
+        d = fact.invoice_date
+        if d <= on and (
+            best is None or d > best.invoice_date or (d == best.invoice_date and fact.recorded_at < best.recorded_at)
+        ):
+            best = fact
+    return best
+
+
+def acquisition_in_effect(state: SubjectState, on: dt.date) -> AcquisitionFact | None:
+    """The latest prospect acquisition dated <= ``on`` (ties: the one recorded first)."""
+    best: AcquisitionFact | None = None
+    for fact in state.acquisitions:
+        if fact.acquired_on <= on and (best is None or fact.acquired_on > best.acquired_on):
+            best = fact
+    return best
+
+
+def objection_in_effect(state: SubjectState, on: dt.date) -> ObjectionFact | None:
+    """The objection in force on ``on`` (recorded on or before that day and not withdrawn
+    by then), or None."""
+    for fact in reversed(state.objections):
+        if fact.effective_on <= on:
+            return fact if fact.objected else None
+    return None
+
+
+def preference_in_effect(state: SubjectState, category: str, channel: str, on: dt.date) -> PreferenceFact | None:
+    """The preference change of the cell in force on ``on`` (None: never set by then)."""
+    history = state.preferences.get(cell_key(category, channel))
+    if history:
+        for fact in reversed(history):
+            if fact.effective_on <= on:
+                return fact
+    return None
+
+
+def current_preferences(state: SubjectState) -> dict[str, PreferenceValue]:
+    """Latest value per cell key, for the cells ever set (the portal's view)."""
+    return {key: history[-1].value for key, history in state.preferences.items() if history}
