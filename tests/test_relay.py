@@ -302,3 +302,41 @@ async def test_every_acknowledged_append_survives_a_kill_9_of_serve_and_reaches_
     assert_topic_matches_ledger(records, ledger)
     on_topic = {r[1].event_id for r in records}
     assert all(e in on_topic for ids in acknowledged.values() for e in ids)
+
+
+async def test_consent_ledger_relay_runs_on_its_own_and_stops_cleanly_on_sigterm(
+    db_url: str, store: EventStore, fresh_broker: LocalBroker, tmp_path: Path
+) -> None:
+    metrics_port = free_port()
+    env = {**os.environ, "LEDGER_DATABASE_URL": db_url, "LEDGER_KAFKA_BOOTSTRAP": fresh_broker.bootstrap,
+           "LEDGER_RELAY_PARTITIONS": "2"}
+    log_path = tmp_path / "relay.log"
+    streams = [subject_stream("garage-a", "dealer", f"alone{n}") for n in range(4)]
+    await append_invoices(store, streams, 5, "alone")
+    with open(log_path, "ab") as out:
+        proc = subprocess.Popen([*consent_ledger(), "relay", "--metrics-port", str(metrics_port)],
+                                env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        async def caught_up() -> bool:
+            try:
+                async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{metrics_port}/metrics") as r:
+                    text = await r.text()
+            except aiohttp.ClientError:
+                return False
+            c = await asyncpg.connect(db_url)
+            try:
+                done = await c.fetchval("SELECT position FROM ledger.checkpoints WHERE name = $1", f"relay:{TOPIC}")
+            finally:
+                await c.close()
+            return done == 20 and "ledger_relay_lag_events 0.0" in text
+
+        await wait_for(caught_up, 20, "the relay process to publish 20 events and report lag 0")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0, log_path.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+    records = await read_topic(fresh_broker.bootstrap, TOPIC, at_least=20, timeout=10)
+    assert_topic_matches_ledger(records, await ledger_events(db_url))
+    assert "relay_stopped" in log_path.read_text()
