@@ -27,6 +27,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("migrate", help="apply pending database migrations")
     p.set_defaults(func=cmd_migrate)
     p = sub.add_parser("verify", help="check the hash chain of the whole ledger")
+    p.add_argument("--anchor", action="append", default=[], type=_anchor, metavar="POSITION:HASH",
+                   help="a hash kept outside the database (e.g. from the Kafka topic) that event POSITION must have;"
+                        " repeatable")
     p.set_defaults(func=cmd_verify)
     p = sub.add_parser("serve", help="run the ledger HTTP API (and the Kafka relay if a broker is set)")
     p.add_argument("--host", default=None)
@@ -61,19 +64,34 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _anchor(text: str) -> object:
+    from services.ledger.hashchain import parse_anchor
+
+    try:
+        return parse_anchor(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     from services.ledger.verify import verify_ledger
 
     async def run() -> tuple[int, object]:
         conn = await asyncpg.connect(_database_url())
         try:
-            return await verify_ledger(conn)
+            return await verify_ledger(conn, anchors=args.anchor)
         finally:
             await conn.close()
 
-    count, broken = asyncio.run(run())
+    try:
+        count, broken = asyncio.run(run())
+    except ValueError as exc:  # contradictory anchors
+        print(f"consent-ledger verify: {exc}", file=sys.stderr)
+        return 2
     if broken is None:
-        print(f"ok: {count} events, hash chain intact")
+        n = len(args.anchor)
+        anchored = f", {n} anchor{'s' if n != 1 else ''} matched" if n else ""
+        print(f"ok: {count} events, hash chain intact{anchored}")
         return 0
     print(f"BROKEN at position {broken.position}: {broken.problem} ({count} events verified before it)")  # type: ignore[attr-defined]
     return 1

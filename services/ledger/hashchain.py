@@ -62,12 +62,33 @@ class ChainBroken(msgspec.Struct, frozen=True):
     problem: str
 
 
+class Anchor(msgspec.Struct, frozen=True):
+    """A (position, hash) kept outside the database, e.g. the hash of an event as it was
+    published on Kafka. A forger who recomputes every hash after an edit produces a
+    self-consistent chain; only a hash remembered elsewhere tells the rewrite apart."""
+
+    position: int
+    hash: str  # hex, 64 characters
+
+
+def parse_anchor(text: str) -> Anchor:
+    """``POSITION:HASH`` (hash in hex), as given to ``consent-ledger verify --anchor``."""
+    position, sep, digest = text.strip().partition(":")
+    if not sep or not position.isdigit() or int(position) < 1:
+        raise ValueError(f"anchor {text!r} is not POSITION:HASH with a position >= 1")
+    digest = digest.lower()
+    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise ValueError(f"anchor {text!r}: the hash must be 64 hex characters (SHA-256)")
+    return Anchor(int(position), digest)
+
+
 def check_row(row: dict, expected_prev: bytes, expected_position: int) -> str | None:
     """The problem with one row given what the chain expects there, or None."""
     if row["position"] != expected_position:
         return f"expected position {expected_position}, found {row['position']} (missing or reordered event)"
     if bytes(row["prev_hash"]) != expected_prev:
-        return "prev_hash does not match the previous event's hash (missing, inserted or reordered event)"
+        return ("prev_hash does not match the previous event's hash (missing, inserted or reordered event,"
+                " or the previous event was altered and re-hashed)")
     recomputed = event_hash(
         expected_prev,
         row["position"],
@@ -87,8 +108,27 @@ def check_row(row: dict, expected_prev: bytes, expected_position: int) -> str | 
     return None
 
 
-async def verify_rows(rows: AsyncIterator[dict] | Iterable[dict], head: dict | None) -> tuple[int, ChainBroken | None]:
-    """Walk rows in position order; return (rows checked, first break or None)."""
+def _anchor_map(anchors: Iterable[Anchor]) -> dict[int, bytes]:
+    out: dict[int, bytes] = {}
+    for a in anchors:
+        digest = bytes.fromhex(a.hash)
+        if out.get(a.position, digest) != digest:
+            raise ValueError(f"two different anchors for position {a.position}")
+        out[a.position] = digest
+    return out
+
+
+async def verify_rows(
+    rows: AsyncIterator[dict] | Iterable[dict], head: dict | None, anchors: Iterable[Anchor] = ()
+) -> tuple[int, ChainBroken | None]:
+    """Walk rows in position order; return (rows checked, first break or None).
+
+    The first break is the lowest position at which something is wrong: a row that is
+    missing, out of place, altered, not linked to its predecessor, or whose hash differs
+    from an anchor; then the head (its position and hash must be the last event's).
+    """
+    anchored = _anchor_map(anchors)
+    last_matched = 0
     expected_prev = GENESIS
     expected_position = 1
     count = 0
@@ -103,15 +143,38 @@ async def verify_rows(rows: AsyncIterator[dict] | Iterable[dict], head: dict | N
         problem = check_row(row, expected_prev, expected_position)
         if problem:
             return count, ChainBroken(position=expected_position, problem=problem)
+        anchor = anchored.get(expected_position)
+        if anchor is not None:
+            if anchor != bytes(row["hash"]):
+                since = f", after position {last_matched} (the last anchor that matched)" if last_matched else ""
+                return count, ChainBroken(
+                    position=expected_position,
+                    problem="hash differs from the anchor kept outside the database: the chain was rewritten"
+                    f" at or before this position{since}",
+                )
+            last_matched = expected_position
         expected_prev = bytes(row["hash"])
         expected_position += 1
         count += 1
     if head is not None:
-        if head["position"] != count:
+        if head["position"] < count:
             return count, ChainBroken(
-                position=count + 1 if head["position"] > count else head["position"],
+                position=head["position"] + 1,
+                problem=f"event {head['position'] + 1} is beyond the ledger head (head says {head['position']}"
+                f" events, found {count}): appended behind the store's back, or the head was rolled back",
+            )
+        if head["position"] > count:
+            return count, ChainBroken(
+                position=count + 1,
                 problem=f"ledger head says {head['position']} events, found {count} (events missing at the end)",
             )
         if bytes(head["hash"]) != expected_prev:
             return count, ChainBroken(position=count, problem="ledger head hash does not match the last event")
+    beyond = [p for p in anchored if p > count]
+    if beyond:
+        return count, ChainBroken(
+            position=count + 1,
+            problem=f"an anchor names position {min(beyond)} but the ledger ends at {count}"
+            " (events missing at the end: truncated with the head rolled back)",
+        )
     return count, None
