@@ -46,11 +46,13 @@ from schemas.events import (
     TermCell,
     TermMatrixEdited,
 )
-from services.ledger.errors import LedgerError
-from services.ledger.store import AppendRequest, AppendResult, EventStore, StreamWrite
+from services.ledger.errors import LedgerError, WrongExpectedVersion
+from services.ledger.store import AppendRequest, AppendResult, EventStore, StreamWrite, translate_errors
 from services.ledger.subject_keys import SubjectKeys
 
 log = structlog.get_logger(__name__)
+
+_ERASED_CHECK_ATTEMPTS = 20
 
 
 class CommandRejected(LedgerError):
@@ -241,12 +243,40 @@ class Ledger:
     async def seal_contact(self, tenant_id: str, stream_id: str, contact: Contact | None) -> Sealed | None:
         if contact is None or contact == Contact():
             return None
+        await self.refuse_erased([stream_id])  # never make a new key for an erased subject
         return await self.keys.seal(tenant_id, stream_id, contact)
 
     async def seal_note(self, tenant_id: str, stream_id: str, note: str | None) -> Sealed | None:
         if not note:
             return None
+        await self.refuse_erased([stream_id])
         return await self.keys.seal(tenant_id, stream_id, {"note": note})
+
+    # -- erased subjects (GDPR art. 17, docs/erasure.md) --------------------------------
+
+    async def subject_heads(self, stream_ids: Sequence[str]) -> dict[str, tuple[int, bool]]:
+        """(version, erased) per subject stream, one index probe each: SubjectErased is
+        always a stream's last event, since nothing is appended after it."""
+        with translate_errors():
+            rows = await self.pool.fetch(
+                "SELECT s AS stream_id, e.version, e.event_type FROM unnest($1::text[]) AS s"
+                " LEFT JOIN LATERAL (SELECT version, event_type FROM ledger.events WHERE stream_id = s"
+                " ORDER BY version DESC LIMIT 1) e ON true",
+                list(stream_ids),
+            )
+        return {r["stream_id"]: (r["version"] or 0, r["event_type"] == "SubjectErased") for r in rows}
+
+    async def refuse_erased(self, stream_ids: Sequence[str]) -> dict[str, int]:
+        """Raise 410 if any subject stream was erased; else their current versions."""
+        heads = await self.subject_heads(stream_ids)
+        for stream_id, (_, erased) in heads.items():
+            if erased:
+                raise CommandRejected(
+                    410, "subject_erased",
+                    f"{stream_id} was erased (GDPR art. 17): its personal data is destroyed and nothing more"
+                    " can be recorded for it", field="ref",
+                )
+        return {stream_id: version for stream_id, (version, _) in heads.items()}
 
     async def record_invoice(self, ctx: Context, tenant_id: str, source: str, ref: str, invoice_id: str,
                              invoice_date: dt.date, contact: Contact | None = None,
@@ -305,14 +335,7 @@ class Ledger:
 
     async def _append(self, ctx: Context, tenant_id: str, stream_id: str, events: Sequence[Event],
                       expected: int | None = None) -> AppendResult:
-        request = AppendRequest(
-            tenant_id=tenant_id,
-            writes=[StreamWrite(stream_id, list(events), expected)],
-            metadata=ctx.metadata(),
-            idempotency_key=ctx.idempotency_key,
-            fingerprint=ctx.fingerprint,
-        )
-        result = await self.store.append(request)
+        result = await self._guarded_append(ctx, tenant_id, [StreamWrite(stream_id, list(events), expected)])
         if stream_id.startswith("tenant/"):
             self._tenants.pop(tenant_id, None)
         log.debug("appended", tenant=tenant_id, stream=stream_id, events=len(events),
@@ -321,7 +344,28 @@ class Ledger:
 
     async def append_many(self, ctx: Context, tenant_id: str, writes: Sequence[StreamWrite]) -> AppendResult:
         """Several subject streams in one atomic append (bulk endpoint, DMS import)."""
-        return await self.store.append(AppendRequest(
-            tenant_id=tenant_id, writes=list(writes), metadata=ctx.metadata(),
-            idempotency_key=ctx.idempotency_key, fingerprint=ctx.fingerprint,
-        ))
+        return await self._guarded_append(ctx, tenant_id, list(writes))
+
+    async def _guarded_append(self, ctx: Context, tenant_id: str, writes: list[StreamWrite]) -> AppendResult:
+        """Append, refusing erased subject streams (410) without a race: a subject write
+        without an expected version is pinned to the version seen when the stream was not
+        erased, so an erasure committed in between makes it conflict, and it is checked
+        again (a few times; then the 409 goes to the caller)."""
+        subjects = [w.stream_id for w in writes if w.stream_id.startswith("subject/")]
+        for attempt in range(_ERASED_CHECK_ATTEMPTS):
+            pinned = writes
+            if subjects:
+                versions = await self.refuse_erased(subjects)
+                pinned = [StreamWrite(w.stream_id, w.events, versions[w.stream_id])
+                          if w.expected_version is None and w.stream_id in versions else w for w in writes]
+            request = AppendRequest(
+                tenant_id=tenant_id, writes=pinned, metadata=ctx.metadata(),
+                idempotency_key=ctx.idempotency_key, fingerprint=ctx.fingerprint,
+            )
+            try:
+                return await self.store.append(request)
+            except WrongExpectedVersion as exc:
+                chosen = {w.stream_id for w in writes if w.expected_version is not None}
+                if exc.stream_id in chosen or attempt == _ERASED_CHECK_ATTEMPTS - 1:
+                    raise
+        raise AssertionError("unreachable")

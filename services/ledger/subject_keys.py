@@ -76,11 +76,45 @@ class SubjectKeys:
         key = self._unwrap(bytes(row["wrapped_key"]), stream_id)
         return AESGCM(key).decrypt(_b64d(sealed.nonce), _b64d(sealed.ciphertext), stream_id.encode())
 
+    async def opener(self, stream_id: str) -> SubjectOpener:
+        """One key lookup for many Sealed fields of a subject (audit views, access export).
+
+        Once the key is shredded the opener answers None for every field.
+        """
+        with translate_errors():
+            row = await self._pool.fetchrow(
+                "SELECT key_id, wrapped_key FROM ledger.subject_keys WHERE stream_id = $1", stream_id
+            )
+        if row is None:
+            return SubjectOpener(stream_id, None, None)
+        return SubjectOpener(stream_id, row["key_id"], self._unwrap(bytes(row["wrapped_key"]), stream_id))
+
     async def shred(self, conn: asyncpg.Connection, stream_id: str) -> bool:
         """Delete the subject's key (inside the caller's transaction)."""
         with translate_errors():
             done = await conn.execute("DELETE FROM ledger.subject_keys WHERE stream_id = $1", stream_id)
         return done != "DELETE 0"
+
+
+class SubjectOpener:
+    """Opens the Sealed fields of one subject with a key fetched once."""
+
+    __slots__ = ("stream_id", "_key_id", "_aead")
+
+    def __init__(self, stream_id: str, key_id: str | None, key: bytes | None) -> None:
+        self.stream_id = stream_id
+        self._key_id = key_id
+        self._aead = AESGCM(key) if key is not None else None
+
+    @property
+    def shredded(self) -> bool:
+        return self._aead is None
+
+    def open(self, sealed: Sealed) -> bytes | None:
+        """The plaintext JSON, or None when the key was shredded (or is not this subject's)."""
+        if self._aead is None or sealed.key_id != self._key_id:
+            return None
+        return self._aead.decrypt(_b64d(sealed.nonce), _b64d(sealed.ciphertext), self.stream_id.encode())
 
 
 def seal_with(key_id: str, key: bytes, stream_id: str, payload: Any) -> Sealed:
