@@ -61,6 +61,11 @@ class AppendRequest(msgspec.Struct, frozen=True, kw_only=True):
     idempotency_key: str | None = None
     # A hash of what the client asked for; a reused key with another fingerprint is refused.
     fingerprint: bytes = b""
+    # The caller's own statements, run in the SAME transaction right after this request's
+    # events are inserted (e.g. the DMS import's invoice index, docs/import.md): both
+    # commit or neither. A request with a hook commits in a transaction of its own (never
+    # grouped), so a failing hook fails only that request.
+    in_transaction: TransactionHook | None = None
 
 
 class StreamResult(msgspec.Struct, frozen=True):
@@ -79,6 +84,9 @@ class AppendResult(msgspec.Struct, frozen=True, kw_only=True):
 
 
 _result_decoder: Final = msgspec.json.Decoder(AppendResult)
+
+TransactionHook = Callable[[asyncpg.Connection, AppendResult], Awaitable[None]]
+"""``hook(conn, result)``: extra writes inside the append's transaction (see AppendRequest)."""
 
 
 @contextlib.contextmanager
@@ -188,24 +196,28 @@ class EventStore:
             live = [p for p in batch if not p.future.done()]
             if not live:
                 continue
-            started = time.perf_counter()
-            try:
-                with translate_errors():
-                    appended = await self._commit_batch(live)
-            except asyncio.CancelledError:
-                for p in live:
-                    if not p.future.done():
-                        p.future.set_exception(StoreUnavailable("event store is shutting down"))
-                raise
-            except Exception as exc:  # the whole transaction failed: every caller learns why
-                log.error("append_batch_failed", error=str(exc), requests=len(live))
-                err = exc if isinstance(exc, LedgerError) else StoreUnavailable(str(exc))
-                for p in live:
-                    if not p.future.done():
-                        p.future.set_exception(err)
-                continue
-            if self._on_commit is not None and appended:
-                self._on_commit(appended, time.perf_counter() - started)
+            for group in _transaction_groups(live):
+                await self._commit_group(group, live)
+
+    async def _commit_group(self, group: list[_Pending], live: list[_Pending]) -> None:
+        started = time.perf_counter()
+        try:
+            with translate_errors():
+                appended = await self._commit_batch(group)
+        except asyncio.CancelledError:
+            for p in live:
+                if not p.future.done():
+                    p.future.set_exception(StoreUnavailable("event store is shutting down"))
+            raise
+        except Exception as exc:  # the whole transaction failed: every caller learns why
+            log.error("append_batch_failed", error=str(exc), requests=len(group))
+            err = exc if isinstance(exc, LedgerError) else StoreUnavailable(str(exc))
+            for p in group:
+                if not p.future.done():
+                    p.future.set_exception(err)
+            return
+        if self._on_commit is not None and appended:
+            self._on_commit(appended, time.perf_counter() - started)
 
     async def _commit_batch(self, batch: list[_Pending]) -> int:
         """One transaction for the batch; resolves each future; returns events appended."""
@@ -348,6 +360,10 @@ class EventStore:
                     "INSERT INTO ledger.idempotency (tenant_id, key, fingerprint, result) VALUES ($1, $2, $3, $4)",
                     new_keys,
                 )
+            for pending, outcome in outcomes:
+                hook = pending.request.in_transaction
+                if hook is not None and isinstance(outcome, AppendResult) and not outcome.replayed:
+                    await hook(conn, outcome)
         # Committed: now, and only now, answer the callers.
         by_pending = {id(p): o for p, o in outcomes}
         for pending, outcome in outcomes:
@@ -427,6 +443,17 @@ class EventStore:
     async def head_position(self) -> int:
         with translate_errors():
             return await self._pool.fetchval("SELECT position FROM ledger.head")
+
+
+def _transaction_groups(pending: list[_Pending]) -> list[list[_Pending]]:
+    """Queue order kept; a request with an ``in_transaction`` hook gets a transaction alone."""
+    groups: list[list[_Pending]] = []
+    for p in pending:
+        if p.request.in_transaction is None and groups and groups[-1][-1].request.in_transaction is None:
+            groups[-1].append(p)
+        else:
+            groups.append([p])
+    return groups
 
 
 def request_fingerprint(*parts: bytes | str) -> bytes:
