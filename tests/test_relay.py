@@ -7,8 +7,6 @@ import asyncio
 import datetime as dt
 import os
 import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections import defaultdict
@@ -26,6 +24,7 @@ from services.devservers import LocalBroker, free_port
 from services.ledger.api_keys import issue_key
 from services.ledger.relay import TOPIC, RelayConfig, running_relay
 from services.ledger.store import AppendRequest, EventStore, StreamWrite
+from tests import processes
 from tests.conftest import MASTER_KEY
 
 META = Metadata(actor=Actor(kind="system", id="relay-test"), method="system")
@@ -196,31 +195,6 @@ async def test_a_second_relay_waits_as_a_standby_while_the_first_one_runs(
 # -- the whole process: `consent-ledger serve` killed with SIGKILL under load --------------
 
 
-def consent_ledger() -> list[str]:
-    script = Path(sys.executable).with_name("consent-ledger")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "services.cli"]
-
-
-def start_serve(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
-    with open(log_path, "ab") as out:
-        return subprocess.Popen([*consent_ledger(), "serve"], env=env, stdout=out, stderr=subprocess.STDOUT)
-
-
-async def wait_ready(base: str, proc: subprocess.Popen[bytes], log_path: Path) -> None:
-    async with aiohttp.ClientSession() as http:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, f"serve exited early:\n{log_path.read_text()}"
-            try:
-                async with http.get(f"{base}/readyz") as r:
-                    if r.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.1)
-    raise AssertionError(f"serve not ready:\n{log_path.read_text()}")
-
-
 async def test_every_acknowledged_append_survives_a_kill_9_of_serve_and_reaches_the_topic(
     db_url: str, fresh_broker: LocalBroker, tmp_path: Path
 ) -> None:
@@ -236,10 +210,10 @@ async def test_every_acknowledged_append_survives_a_kill_9_of_serve_and_reaches_
     finally:
         await conn.close()
 
-    proc = start_serve(env, log_path)
+    proc = processes.start(["serve"], env, log_path)
     acknowledged: dict[str, list[str]] = {}  # invoice id -> event ids, for every 2xx
     try:
-        await wait_ready(base, proc, log_path)
+        await processes.wait_http_ok(f"{base}/readyz", proc, log_path)
         async with aiohttp.ClientSession() as http:
             r = await http.post(f"{base}/v1/tenants", json={"tenant_id": "garage-k", "name": "Autobedrijf K"},
                                 headers={"Authorization": f"Bearer {operator}"})
@@ -266,8 +240,8 @@ async def test_every_acknowledged_append_survives_a_kill_9_of_serve_and_reaches_
             await asyncio.wait_for(asyncio.gather(*workers), 30)
         killed_at = len(acknowledged)
 
-        proc = start_serve(env, log_path)
-        await wait_ready(base, proc, log_path)
+        proc = processes.start(["serve"], env, log_path)
+        await processes.wait_http_ok(f"{base}/readyz", proc, log_path)
         ledger = await ledger_events(db_url)
 
         async def relayed() -> bool:
@@ -280,9 +254,7 @@ async def test_every_acknowledged_append_survives_a_kill_9_of_serve_and_reaches_
 
         await wait_for(relayed, 30, "the restarted relay to catch up")
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            proc.wait(10)
+        processes.stop(proc)
 
     assert killed_at >= 300
     # Postgres: every acknowledged invoice exactly once, with the event ids the client got.
@@ -313,9 +285,7 @@ async def test_consent_ledger_relay_runs_on_its_own_and_stops_cleanly_on_sigterm
     log_path = tmp_path / "relay.log"
     streams = [subject_stream("garage-a", "dealer", f"alone{n}") for n in range(4)]
     await append_invoices(store, streams, 5, "alone")
-    with open(log_path, "ab") as out:
-        proc = subprocess.Popen([*consent_ledger(), "relay", "--metrics-port", str(metrics_port)],
-                                env=env, stdout=out, stderr=subprocess.STDOUT)
+    proc = processes.start(["relay", "--metrics-port", str(metrics_port)], env, log_path)
     try:
         async def caught_up() -> bool:
             try:
@@ -334,9 +304,7 @@ async def test_consent_ledger_relay_runs_on_its_own_and_stops_cleanly_on_sigterm
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0, log_path.read_text()
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(5)
+        processes.stop(proc)
     records = await read_topic(fresh_broker.bootstrap, TOPIC, at_least=20, timeout=10)
     assert_topic_matches_ledger(records, await ledger_events(db_url))
     assert "relay_stopped" in log_path.read_text()

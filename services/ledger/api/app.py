@@ -19,7 +19,7 @@ import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from consent.vocabulary import is_customer_ref, is_slug
+from consent.vocabulary import is_customer_ref, is_slug, subject_stream
 from services.ledger.api.jsonapi import MAX_BODY, ApiError, ApiRoutes, Operation, json_response, openapi_document, read_body
 from services.ledger.api_keys import KeyRing, Principal
 from services.ledger.commands import CommandRejected, Context, Ledger
@@ -101,6 +101,9 @@ def _guard(op: Operation) -> Any:
             if tenant is not None and principal.tenant_id != tenant:
                 raise ApiError(403, "forbidden", "this key is not valid for that tenant", field="tenant")
             structlog.contextvars.bind_contextvars(tenant=tenant or principal.tenant_id, key_id=principal.key_id)
+            if tenant is not None and "source" in request.match_info and "ref" in request.match_info:
+                structlog.contextvars.bind_contextvars(
+                    stream=subject_stream(tenant, request.match_info["source"], request.match_info["ref"]))
         body = None
         if op.body is not None:
             body = await read_body(request, op.body)
