@@ -25,30 +25,37 @@ import os
 import secrets
 import sys
 import tempfile
+import time
 import uuid
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import asyncpg
 import msgspec
+import structlog
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import (  # noqa: E402
+    CpuMeter,
     LedgerProcess,
     LoadResult,
     closed_loop,
     create_database,
     local_postgres,
     machine,
+    postmaster_pid,
+    run_loop,
     ratio,
     server_settings,
     threaded_closed_loop,
     write_result,
 )
 from schemas.events import Actor, Metadata, PreferenceSetting, PreferencesChanged, encode_event  # noqa: E402
+from services.devservers import remove_tree  # noqa: E402
 from services.ledger.api_keys import issue_key  # noqa: E402
 from services.ledger.migrate import migrate  # noqa: E402
 from services.ledger.subject_keys import new_master_key  # noqa: E402
@@ -261,7 +268,37 @@ async def run_http_bulk(session: aiohttp.ClientSession, base: str, key: str, pro
     return await closed_loop(op, workers=profile.bulk_clients, seconds=profile.seconds, warmup=profile.warmup)
 
 
-# -- the run ------------------------------------------------------------------------------------
+class Phases:
+    """Runs the phases one by one; for each keeps the load result, the CPU split
+    (bench.common.CpuMeter) and, for ledger phases, the server's own counters."""
+
+    def __init__(self, postgres_pid: int) -> None:
+        self.postgres_pid = postgres_pid
+        self.summaries: dict[str, dict[str, Any]] = {}
+        self.results: dict[str, LoadResult] = {}
+
+    async def run(self, name: str, title: str, phase: Awaitable[LoadResult],
+                  ledger: LedgerProcess | None = None) -> LoadResult:
+        log(f"{title} ...")
+        before = await asyncio.to_thread(ledger.metrics) if ledger else {}
+        with CpuMeter(server_pid=ledger.pid if ledger else None, postgres_pid=self.postgres_pid) as cpu:
+            result = await phase
+        summary = result.summary()
+        summary["cpu_cores"] = cpu.cores
+        if ledger is not None:
+            after = await asyncio.to_thread(ledger.metrics)
+            batches = after.get(BATCHES, 0) - before.get(BATCHES, 0)
+            events = after.get(APPENDED, 0) - before.get(APPENDED, 0)
+            summary["server_batches"] = int(batches)
+            summary["server_mean_batch_events"] = round(events / batches, 1) if batches else None
+        log(f"  {summary}")
+        self.summaries[name] = summary
+        self.results[name] = result
+        return result
+
+
+BATCHES = "ledger_append_batch_seconds_count"
+APPENDED = "ledger_events_appended_total"
 
 
 def log(message: str) -> None:
@@ -276,41 +313,33 @@ async def run(profile: Profile, *, quick: bool, ledger_env: dict[str, str]) -> d
         pg_settings = await server_settings(url)
         log(f"postgres {pg_settings.get('server_version')} fsync={pg_settings.get('fsync')} "
             f"synchronous_commit={pg_settings.get('synchronous_commit')}")
-
-        log("raw asyncpg single-row inserts ...")
-        raw = await run_raw(url, profile)
-        log(f"  {raw.summary()}")
-        log("eventsourcing recorder ...")
-        es = await asyncio.to_thread(run_eventsourcing, pg.port, "bench", profile)
-        log(f"  {es.summary()}")
+        phases = Phases(postmaster_pid(pg))
+        raw = await phases.run("raw_insert", "raw asyncpg single-row inserts", run_raw(url, profile))
+        es = await phases.run("eventsourcing", "eventsourcing recorder",
+                              asyncio.to_thread(run_eventsourcing, pg.port, "bench", profile))
 
         conn = await asyncpg.connect(url)
         try:
             operator = (await issue_key(conn, None, "operator", "bench")).key
         finally:
             await conn.close()
-        ledger = LedgerProcess(url, new_master_key(), log_path=workdir / "ledger.log", extra_env=ledger_env)
-        with ledger:
+        with LedgerProcess(url, new_master_key(), log_path=workdir / "ledger.log", extra_env=ledger_env) as ledger:
             connector = aiohttp.TCPConnector(limit=profile.http_clients)
             async with aiohttp.ClientSession(connector=connector) as session:
                 keys = await tenant_keys(session, ledger.base_url, operator)
-                log("ledger over HTTP, one event per request ...")
-                cpu0 = ledger.cpu_seconds()
-                single = await run_http_single(session, ledger.base_url, keys["staff"], profile)
-                single_cpu = ledger.cpu_seconds() - cpu0
-                log(f"  {single.summary()}")
+                single = await phases.run(
+                    "ledger_http", "ledger over HTTP, one event per request",
+                    run_http_single(session, ledger.base_url, keys["staff"], profile), ledger)
+                many = await phases.run("raw_executemany", "raw asyncpg executemany, 500 rows a transaction",
+                                        run_executemany(url, profile))
+                bulk = await phases.run(
+                    "ledger_bulk", "ledger bulk endpoint, 500 events a request",
+                    run_http_bulk(session, ledger.base_url, keys["importer"], profile), ledger)
+        remove_tree(workdir)
 
-                log("raw asyncpg executemany, 500 rows a transaction ...")
-                many = await run_executemany(url, profile)
-                log(f"  {many.summary()}")
-                log("ledger bulk endpoint, 500 events a request ...")
-                cpu0 = ledger.cpu_seconds()
-                bulk = await run_http_bulk(session, ledger.base_url, keys["importer"], profile)
-                bulk_cpu = ledger.cpu_seconds() - cpu0
-                log(f"  {bulk.summary()}")
-
-    s = single.summary()
-    figures: dict[str, Any] = {
+    s = phases.summaries["ledger_http"]
+    everything = list(phases.results.values())
+    return {
         "benchmark": "append",
         "mode": "quick" if quick else "full",
         "events_per_s": s["events_per_s"],
@@ -323,29 +352,19 @@ async def run(profile: Profile, *, quick: bool, ledger_env: dict[str, str]) -> d
         "bulk_events_per_s": round(bulk.events_per_s, 1),
         "executemany_events_per_s": round(many.events_per_s, 1),
         "ratio_bulk_vs_executemany": ratio(bulk.events_per_s, many.events_per_s),
-        "errors": single.errors + bulk.errors + raw.errors + es.errors + many.errors,
-        "first_error": single.first_error or bulk.first_error or raw.first_error or es.first_error or many.first_error,
-        "server_cpu_per_event_us": {
-            "single": round(single_cpu / single.events * 1e6, 1) if single.events else None,
-            "bulk": round(bulk_cpu / bulk.events * 1e6, 1) if bulk.events else None,
-        },
-        "phases": {
-            "ledger_http": s,
-            "raw_insert": raw.summary(),
-            "eventsourcing": es.summary(),
-            "ledger_bulk": bulk.summary(),
-            "raw_executemany": many.summary(),
-        },
+        "errors": sum(r.errors for r in everything),
+        "first_error": next((r.first_error for r in everything if r.first_error), None),
+        "phases": phases.summaries,
         "setup": {
             **msgspec.structs.asdict(profile),
             "bulk_rows": BULK_ROWS,
             "streams_per_worker": STREAMS_PER_WORKER,
             "postgres": pg_settings,
             "ledger_env": ledger_env,
+            "event_loop": type(asyncio.get_running_loop()).__module__,
         },
         "machine": machine(),
     }
-    return figures
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -361,7 +380,9 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("LEDGER_DB_POOL_SIZE",):
         if name in os.environ:
             ledger_env[name] = os.environ[name]
-    figures = asyncio.run(run(profile, quick=args.quick, ledger_env=ledger_env))
+    # Progress and library logs go to stderr: stdout ends with the one JSON line.
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
+    figures = run_loop(run(profile, quick=args.quick, ledger_env=ledger_env))
     write_result("append", figures)
     return 1 if figures["errors"] else 0
 

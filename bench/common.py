@@ -23,9 +23,9 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import msgspec
@@ -34,6 +34,7 @@ from services.devservers import LocalPostgres, free_port, remove_tree
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
+T = TypeVar("T")
 
 
 # -- servers ---------------------------------------------------------------------------
@@ -135,6 +136,18 @@ class LedgerProcess:
         """User + system CPU time of the server process so far (Linux /proc)."""
         return process_cpu_seconds(self.pid)
 
+    def metrics(self) -> dict[str, float]:
+        """The server's Prometheus samples without labels (name -> value)."""
+        with urllib.request.urlopen(self.base_url + "/metrics", timeout=5) as r:
+            text = r.read().decode()
+        out: dict[str, float] = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#") and "{" not in line:
+                name, _, value = line.partition(" ")
+                with contextlib.suppress(ValueError):
+                    out[name] = float(value)
+        return out
+
     def stop(self) -> None:
         if self._proc is not None and self._proc.poll() is None:
             self._proc.terminate()
@@ -156,13 +169,78 @@ class LedgerProcess:
         self.stop()
 
 
-def process_cpu_seconds(pid: int) -> float:
+def process_cpu_seconds(pid: int, *, reaped_children: bool = False) -> float:
+    """User + system CPU of a process; with ``reaped_children`` also that of its
+    children that have exited and been waited for (Linux /proc)."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return math.nan
     ticks = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
+    total = int(fields[11]) + int(fields[12])  # utime + stime
+    if reaped_children:
+        total += int(fields[13]) + int(fields[14])  # cutime + cstime
+    return total / ticks
+
+
+def machine_busy_seconds() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine so far, all cores (/proc/stat)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    ticks = os.sysconf("SC_CLK_TCK")
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields) - idle) / ticks, sum(fields) / ticks
+
+
+def postgres_cpu_seconds(postmaster_pid: int) -> float:
+    """CPU of the postmaster and all its backends so far: the live ones, and the
+    exited ones through the postmaster's children's time."""
+    total = process_cpu_seconds(postmaster_pid, reaped_children=True)
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        fields = text.rsplit(")", 1)[1].split()
+        if int(fields[1]) == postmaster_pid:  # ppid
+            child = process_cpu_seconds(int(stat.parent.name))
+            if not math.isnan(child):  # it may just have exited
+                total += child
+    return total
+
+
+def postmaster_pid(server: LocalPostgres) -> int:
+    return int((server.data_dir / "postmaster.pid").read_text().split("\n", 1)[0])
+
+
+class CpuMeter:
+    """Where the CPU went during a phase, in cores (1.0 = one core busy all the time):
+    this load generator, the ledger server, PostgreSQL, and the whole machine (which
+    includes whatever else runs on it)."""
+
+    def __init__(self, *, server_pid: int | None = None, postgres_pid: int | None = None) -> None:
+        self.server_pid = server_pid
+        self.postgres_pid = postgres_pid
+
+    def _sample(self) -> tuple[float, ...]:
+        busy, _ = machine_busy_seconds()
+        return (time.perf_counter(), time.process_time(),
+                process_cpu_seconds(self.server_pid) if self.server_pid else 0.0,
+                postgres_cpu_seconds(self.postgres_pid) if self.postgres_pid else 0.0, busy)
+
+    def __enter__(self) -> CpuMeter:
+        self._start = self._sample()
+        self.cores: dict[str, float] = {}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        end = self._sample()
+        wall = end[0] - self._start[0]
+        names = ("load_generator", "ledger_server", "postgres", "machine")
+        self.cores = {n: round((e - s) / wall, 2) for n, s, e in zip(names, self._start[1:], end[1:])}
+        if not self.server_pid:
+            del self.cores["ledger_server"]
+        self.cores["other_processes"] = round(
+            self.cores["machine"] - sum(v for k, v in self.cores.items() if k != "machine"), 2)
 
 
 def machine() -> dict[str, Any]:
@@ -174,6 +252,16 @@ def machine() -> dict[str, Any]:
         "loadavg_1m_at_end": round(load1, 2),
         "loadavg_5m_at_end": round(load5, 2),
     }
+
+
+def run_loop(main: Coroutine[Any, Any, T]) -> T:
+    """Run the load generator on uvloop, as the server does (less CPU taken from the
+    server on this small machine); plain asyncio if uvloop is missing."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    return uvloop.run(main)
 
 
 # -- load ------------------------------------------------------------------------------

@@ -107,8 +107,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise SystemExit("consent-ledger: LEDGER_DATABASE_URL is not set")
     app = create_app(settings)
     web.run_app(app, host=args.host or settings.host, port=args.port or settings.port, access_log=None,
-                print=None)
+                print=None, loop=_event_loop())
     return 0
+
+
+def _event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop for the servers: its socket I/O in C costs less CPU per request than
+    asyncio's loop (docs/performance.md); the stock loop if uvloop is missing."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
