@@ -20,6 +20,7 @@ from services.settings import from_env
 COMMAND_MODULES: tuple[str, ...] = (
     "services.cli",
     "services.ledger.relay",
+    "services.devstack",
 )
 
 

@@ -1,0 +1,105 @@
+"""`consent-ledger run`: the local stack starts, serves, stops cleanly on Ctrl-C and keeps
+its data for the next start."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import aiohttp
+
+from services.devservers import free_port
+from services.devstack import READY_LINE
+from tests import processes
+
+
+def wait_for_line(log_path: Path, line: str, proc: subprocess.Popen[bytes], start: int, timeout: float = 90) -> str:
+    """The log from byte ``start`` once ``line`` appeared in it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = log_path.read_bytes()[start:].decode()
+        if line in text:
+            return text
+        if proc.poll() is not None:
+            raise AssertionError(f"exited with {proc.returncode} before {line!r}:\n{text}")
+        time.sleep(0.1)
+    raise AssertionError(f"no {line!r} after {timeout}s:\n{log_path.read_text()}")
+
+
+def start_stack(env: dict[str, str], log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
+    start = log_path.stat().st_size if log_path.exists() else 0
+    proc = processes.start(["run"], env, log_path)
+    return proc, wait_for_line(log_path, READY_LINE, proc, start)
+
+
+def interrupt(proc: subprocess.Popen[bytes]) -> int:
+    proc.send_signal(signal.SIGINT)
+    try:
+        return proc.wait(30)
+    except subprocess.TimeoutExpired:
+        processes.stop(proc)
+        raise AssertionError("consent-ledger run did not stop within 30 s of SIGINT") from None
+
+
+def demo_keys(output: str) -> dict[str, str]:
+    return dict(re.findall(r"^\s+(operator|admin|staff|auditor|sender|importer)\s+(clk_\S+)$", output, re.M))
+
+
+async def test_the_local_stack_starts_stops_on_ctrl_c_and_keeps_its_data(tmp_path: Path) -> None:
+    var = tmp_path / "var"
+    ports = {name: free_port() for name in ("LEDGER_HTTP_PORT", "LEDGER_PORTAL_PORT", "LEDGER_PG_PORT",
+                                             "LEDGER_BROKER_PORT")}
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("LEDGER_DATABASE_URL", "LEDGER_KAFKA_BOOTSTRAP", "LEDGER_MASTER_KEY")}
+    env.update({k: str(v) for k, v in ports.items()})
+    env.update(LEDGER_VAR_DIR=str(var), LEDGER_PORTAL_BASE_URL=f"http://127.0.0.1:{ports['LEDGER_PORTAL_PORT']}")
+    base = f"http://127.0.0.1:{ports['LEDGER_HTTP_PORT']}"
+    log_path = tmp_path / "run.log"
+
+    proc, output = start_stack(env, log_path)
+    try:
+        assert f"{base}/v1" in output
+        keys = demo_keys(output)
+        assert set(keys) == {"operator", "admin", "staff", "auditor", "sender", "importer"}
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{base}/readyz") as r:
+                assert r.status == 200
+            async with http.get(f"{base}/v1/tenants/demo-garage",
+                                headers={"Authorization": f"Bearer {keys['admin']}"}) as r:
+                assert r.status == 200
+                tenant = await r.json()
+            assert tenant["name"] == "Autobedrijf Demo"
+            async with http.get(f"{base}/v1/tenants/demo-garage/subjects/dealer/K1001/events",
+                                headers={"Authorization": f"Bearer {keys['auditor']}"}) as r:
+                assert r.status == 200
+                first_events = (await r.json())["events"]
+    finally:
+        code = interrupt(proc)
+    assert code == 0, log_path.read_text()
+    assert (var / "master.key").stat().st_mode & 0o777 == 0o600
+    assert not (var / "pg" / "postmaster.pid").exists(), "PostgreSQL was stopped"
+    for key in keys.values():
+        assert key.rsplit("_", 1)[-1] not in (var / "master.key").read_text()
+
+    proc, output = start_stack(env, log_path)
+    try:
+        new_keys = demo_keys(output)
+        assert new_keys["admin"] != keys["admin"]
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{base}/v1/tenants/demo-garage",
+                                headers={"Authorization": f"Bearer {keys['admin']}"}) as r:
+                assert r.status == 401, "the previous demo keys are revoked"
+            async with http.get(f"{base}/v1/tenants/demo-garage",
+                                headers={"Authorization": f"Bearer {new_keys['admin']}"}) as r:
+                assert r.status == 200
+                assert (await r.json())["version"] == tenant["version"], "the demo tenant is reused, not redone"
+            async with http.get(f"{base}/v1/tenants/demo-garage/subjects/dealer/K1001/events",
+                                headers={"Authorization": f"Bearer {new_keys['auditor']}"}) as r:
+                assert (await r.json())["events"] == first_events
+    finally:
+        code = interrupt(proc)
+    assert code == 0, log_path.read_text()
