@@ -22,6 +22,7 @@ _MIGRATION_LOCK = 0x6C6564676572  # "ledger"
 
 MIGRATION_PACKAGES: tuple[str, ...] = (
     "services.ledger",
+    "services.audit",
 )
 
 
