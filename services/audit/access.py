@@ -1,0 +1,115 @@
+"""Access export (GDPR art. 15): everything the ledger holds about one subject.
+
+The subject's events with their personal data opened (or "[erased]"), the state derived
+from them, the eligibility matrix today with its evidence, and the consent receipts; as
+JSON, and as CSV (one row per event, the personal data in columns) for people who open
+it in a spreadsheet.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+from collections.abc import Sequence
+from typing import Any, Final
+
+import msgspec
+
+from consent.subject import fold_subject
+from consent.terms import ledger_day
+from schemas.events import Actor, RecordedEvent, Sealed
+from services.audit.asof import AsOfView, explain_as_of
+from services.audit.loading import REDACTED, Reveal, TenantRecord
+from services.audit.receipts import ConsentReceipt, receipts_from
+
+CONTACT_FIELDS: Final = ("name", "email", "phone", "street", "postcode", "city", "country", "licence_plate")
+
+
+class ExportedEvent(msgspec.Struct, frozen=True, kw_only=True):
+    position: int
+    event_id: str
+    version: int
+    event_type: str
+    recorded_at: dt.datetime
+    occurred_on: dt.date | None
+    actor: Actor
+    method: str
+    data: dict[str, Any]
+    hash: str
+
+
+class AccessExport(msgspec.Struct, frozen=True, kw_only=True):
+    subject: str
+    tenant_id: str
+    source: str
+    customer_ref: str
+    controller: str
+    exported_at: dt.datetime
+    erased: bool
+    personal_data: dict[str, Any] | str | None
+    state: dict[str, Any]
+    eligibility_today: AsOfView | None
+    receipts: list[ConsentReceipt]
+    events: list[ExportedEvent]
+
+
+def _opened(recorded: RecordedEvent, reveal: Reveal) -> dict[str, Any]:
+    data = msgspec.to_builtins(recorded.event)
+    for field in ("personal", "note"):
+        value = getattr(recorded.event, field, None)
+        if isinstance(value, Sealed):
+            data[field] = reveal(value)
+    return data
+
+
+def build_export(subject_events: Sequence[RecordedEvent], tenant: TenantRecord, reveal: Reveal,
+                 now: dt.datetime) -> AccessExport:
+    state = fold_subject(subject_events)
+    assert state is not None, "an export needs at least one event"
+    events: list[ExportedEvent] = []
+    personal: dict[str, Any] | str | None = None
+    for e in subject_events:
+        data = _opened(e, reveal)
+        opened = data.get("personal")
+        if isinstance(opened, dict):
+            personal = {**personal, **opened} if isinstance(personal, dict) else dict(opened)
+        elif opened == REDACTED:
+            personal = REDACTED
+        events.append(ExportedEvent(
+            position=e.position, event_id=e.event_id, version=e.version, event_type=e.event_type,
+            recorded_at=e.recorded_at, occurred_on=e.occurred_on, actor=e.metadata.actor, method=e.metadata.method,
+            data=data, hash=e.hash,
+        ))
+    return AccessExport(
+        subject=state.key, tenant_id=state.tenant_id, source=state.source, customer_ref=state.customer_ref,
+        controller=tenant.state_at(now).name, exported_at=now, erased=state.erased is not None,
+        personal_data=personal, state=msgspec.to_builtins(state),
+        eligibility_today=explain_as_of(subject_events, tenant, now, ledger_day(now), reveal),
+        receipts=receipts_from(list(subject_events), tenant), events=events,
+    )
+
+
+CSV_COLUMNS: Final = ("position", "recorded_at", "event_type", "occurred_on", "actor", "method", "policy_version",
+                      *CONTACT_FIELDS, "note", "details")
+
+
+def export_csv(export: AccessExport) -> str:
+    """One row per event; personal data in its own columns, everything else in ``details``."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for e in export.events:
+        data = dict(e.data)
+        data.pop("type", None)
+        personal = data.pop("personal", None)
+        note = data.pop("note", None)
+        contact = [personal.get(f, "") if isinstance(personal, dict) else (personal or "") for f in CONTACT_FIELDS]
+        note_text = note.get("note", "") if isinstance(note, dict) else (note or "")
+        policy = data.pop("policy_version", None) or ""
+        writer.writerow([
+            e.position, e.recorded_at.isoformat(), e.event_type, e.occurred_on.isoformat() if e.occurred_on else "",
+            f"{e.actor.kind}:{e.actor.id}", e.method, policy, *contact, note_text,
+            msgspec.json.encode(data).decode(),
+        ])
+    return out.getvalue()

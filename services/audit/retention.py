@@ -1,0 +1,136 @@
+"""Retention: erase customers N years after their last invoice and prospects M months
+after their acquisition or last marketing activity (seed, "Hoe lang bewaren we uw
+gegevens?"; defaults 7 years and 3 months, per tenant via ``RetentionPolicySet``).
+
+:func:`retention_due` is the pure rule; :func:`run_retention` is the daily job (the
+clock is a parameter, so tests and ``--today`` can move it). Days are Dutch calendar
+days, like every other date in the ledger.
+
+The rule, for a subject that is not erased yet:
+
+* customer (any invoice): due on ``add_months(last invoice date, 12 * customer_years)``;
+* otherwise (prospect): due on ``add_months(base, prospect_months)`` where base is the
+  latest of its acquisition dates and its last marketing activity; a subject with neither
+  (e.g. only a preference saved in the portal) counts from the day of its last event.
+
+It is erased on or after its due day ("at most N years": the data is kept while
+``today < due``, the same half-open reading as the opt-in terms).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from typing import Literal
+
+import msgspec
+import structlog
+
+from consent.subject import SubjectState
+from consent.terms import add_months, ledger_day
+from services.audit.erasure import erase_subject, retention_context
+from services.audit.errors import AuditError
+from services.audit.loading import load_tenant
+from services.audit.scan import scan_subjects, tenant_ids
+from services.ledger.commands import Ledger
+from services.ledger.store import translate_errors
+
+log = structlog.get_logger(__name__)
+
+
+class RetentionDue(msgspec.Struct, frozen=True, kw_only=True):
+    subject: str
+    source: str
+    customer_ref: str
+    kind: Literal["customer", "prospect"]
+    basis: Literal["last_invoice", "acquisition", "marketing_activity", "last_event"]
+    basis_date: dt.date
+    due_on: dt.date
+
+
+class RetentionReport(msgspec.Struct, frozen=True, kw_only=True):
+    tenant_id: str
+    today: dt.date
+    dry_run: bool
+    customer_years: int
+    prospect_months: int
+    subjects_scanned: int
+    due: list[RetentionDue]
+    erased: int
+    keys_repaired: int
+
+
+def retention_due(state: SubjectState, customer_years: int, prospect_months: int) -> RetentionDue | None:
+    """When the subject's data must be gone (None if it is already erased)."""
+    if state.erased is not None:
+        return None
+    common = {"subject": state.key, "source": state.source, "customer_ref": state.customer_ref}
+    if state.invoices and state.last_invoice_on is not None:
+        return RetentionDue(**common, kind="customer", basis="last_invoice", basis_date=state.last_invoice_on,
+                            due_on=add_months(state.last_invoice_on, 12 * customer_years))
+    candidates: list[tuple[dt.date, Literal["acquisition", "marketing_activity", "last_event"]]] = [
+        (a.acquired_on, "acquisition") for a in state.acquisitions
+    ]
+    if state.last_activity_on is not None:
+        candidates.append((state.last_activity_on, "marketing_activity"))
+    if not candidates and state.last_recorded_at is not None:
+        candidates.append((ledger_day(state.last_recorded_at), "last_event"))
+    if not candidates:
+        return None
+    basis_date, basis = max(candidates, key=lambda c: c[0])
+    return RetentionDue(**common, kind="prospect", basis=basis, basis_date=basis_date,
+                        due_on=add_months(basis_date, prospect_months))
+
+
+async def run_retention(ledger: Ledger, master_key: bytes, *, now: dt.datetime, dry_run: bool,
+                        tenants: Sequence[str] | None = None) -> list[RetentionReport]:
+    """Erase every subject whose retention ended on or before ``now``'s Dutch day.
+
+    With ``dry_run`` nothing is written: the reports list who would be erased. Also
+    re-shreds keys of subjects erased earlier whose key deletion did not complete.
+    """
+    today = ledger_day(now)
+    wanted = list(tenants) if tenants is not None else await tenant_ids(ledger.pool)
+    reports: list[RetentionReport] = []
+    for tenant_id in wanted:
+        tenant = await load_tenant(ledger.store, tenant_id)
+        current = tenant.state_at(now)
+        years, months = current.retention_customer_years, current.retention_prospect_months
+        due: list[RetentionDue] = []
+        scanned = 0
+        with translate_errors():
+            async with ledger.pool.acquire() as conn:
+                async for state in scan_subjects(conn, tenant_id, now):
+                    scanned += 1
+                    item = retention_due(state, years, months)
+                    if item is not None and item.due_on <= today:
+                        due.append(item)
+        erased = repaired = 0
+        if not dry_run:
+            ctx = retention_context()
+            for item in due:
+                try:
+                    await erase_subject(ledger, master_key, ctx, tenant_id, item.source, item.customer_ref,
+                                        reason="retention")
+                    erased += 1
+                except AuditError as exc:  # e.g. erased meanwhile by a request: report, go on
+                    log.warning("retention_erase_skipped", tenant=tenant_id, error=exc.error)
+            repaired = await _repair_keys(ledger, tenant_id)
+        log.info("retention_done", tenant=tenant_id, today=today.isoformat(), dry_run=dry_run, scanned=scanned,
+                 due=len(due), erased=erased, keys_repaired=repaired)
+        reports.append(RetentionReport(
+            tenant_id=tenant_id, today=today, dry_run=dry_run, customer_years=years, prospect_months=months,
+            subjects_scanned=scanned, due=due, erased=erased, keys_repaired=repaired,
+        ))
+    return reports
+
+
+async def _repair_keys(ledger: Ledger, tenant_id: str) -> int:
+    """Delete keys that still exist for erased subjects (a crash between append and shred)."""
+    with translate_errors():
+        done = await ledger.pool.execute(
+            "DELETE FROM ledger.subject_keys k WHERE k.tenant_id = $1 AND EXISTS (SELECT 1 FROM ledger.events e"
+            " WHERE e.stream_id = k.stream_id AND e.event_type = 'SubjectErased')",
+            tenant_id,
+        )
+    return int(done.split()[-1])

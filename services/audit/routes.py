@@ -1,0 +1,216 @@
+"""HTTP routes of the audit package: as-of views, policy history, consent receipts,
+access export (art. 15), erasure (art. 17), suppression check, retention dry run.
+
+Reads are for the tenant's admins and auditors; erasure is an admin command.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+from typing import Literal
+
+import msgspec
+from aiohttp import web
+
+from consent.terms import ledger_day
+from services.audit import suppression
+from services.audit.access import AccessExport, build_export, export_csv
+from services.audit.asof import AsOfView, Comparison, compare_with_now, explain_as_of
+from services.audit.erasure import ErasureResult, erase_subject
+from services.audit.errors import AuditError
+from services.audit.loading import load_subject_events, load_tenant, revealer
+from services.audit.policy_history import PolicyHistory, PolicyText, policy_at, policy_by_version, versions
+from services.audit.receipts import ConsentReceipt, load_receipt, receipts_from
+from services.audit.retention import RetentionReport, run_retention
+from services.audit.suppression import Suppression
+from services.audit.times import UTC, parse_known_at, parse_on
+from services.ledger.api.app import SETTINGS, STORE, Call
+from services.ledger.api.jsonapi import ApiError, ApiRoutes, Handler, json_response
+from services.ledger.subject_keys import parse_master_key
+
+routes = ApiRoutes(tag="audit")
+AUDIT = "/v1/tenants/{tenant}/audit"
+AUDIT_SUBJECT = AUDIT + "/subjects/{source}/{ref}"
+SUBJECT = "/v1/tenants/{tenant}/subjects/{source}/{ref}"
+READERS = ("admin", "auditor")
+_TIMES = (
+    ("known_at", "string", False, "knowledge time K: ISO date-time with offset, or a date (= end of that Dutch day);"
+                                  " default now"),
+    ("on", "string", False, "date D the question is about (YYYY-MM-DD); default the Dutch day of K"),
+)
+
+
+class ReceiptList(msgspec.Struct, frozen=True, kw_only=True):
+    subject: str
+    receipts: list[ConsentReceipt]
+
+
+class EraseSubject(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """An erasure request (GDPR art. 17). ``confirm_ref`` must repeat the customer ref:
+    erasure cannot be undone."""
+
+    confirm_ref: str
+    reason: Literal["request"] = "request"
+
+
+def _answers(handler: Handler) -> Handler:
+    """AuditError -> the API's JSON error answer."""
+
+    @functools.wraps(handler)
+    async def wrapped(call: Call) -> web.StreamResponse:
+        try:
+            return await handler(call)
+        except AuditError as exc:
+            raise ApiError(exc.status, exc.error, exc.message, field=exc.field) from None
+
+    return wrapped
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(UTC)
+
+
+def _times(call: Call, now: dt.datetime) -> tuple[dt.datetime, dt.date]:
+    known_at = parse_known_at(call.request.query.get("known_at"), now)
+    return known_at, parse_on(call.request.query.get("on"), known_at)
+
+
+def _ids(call: Call) -> tuple[str, str, str]:
+    return call.param("tenant"), call.param("source"), call.param("ref")
+
+
+def _master_key(call: Call) -> bytes:
+    text = call.request.app[SETTINGS].master_key
+    assert text, "the app does not start without a master key"
+    return parse_master_key(text)
+
+
+@routes.get(AUDIT_SUBJECT, summary="A subject's eligibility matrix as known at K for date D, with evidence",
+            roles=READERS, responses={200: AsOfView}, query=_TIMES)
+@_answers
+async def audit_as_of(call: Call) -> web.Response:
+    tenant_id, source, ref = _ids(call)
+    now = _now()
+    known_at, on = _times(call, now)
+    store = call.request.app[STORE]
+    events = await load_subject_events(store, tenant_id, source, ref)
+    tenant = await load_tenant(store, tenant_id)
+    view = explain_as_of(events, tenant, known_at, on, await revealer(call.ledger.keys, tenant_id, source, ref))
+    if view is None:
+        raise AuditError(404, "not_known_at", f"the ledger knew nothing of this subject at {known_at.isoformat()}"
+                         f" (its first event was recorded at {events[0].recorded_at.isoformat()})", "known_at")
+    return json_response(view)
+
+
+@routes.get(AUDIT_SUBJECT + "/compare", summary="What was known at K about date D against what is known now",
+            roles=READERS, responses={200: Comparison}, query=_TIMES)
+@_answers
+async def audit_compare(call: Call) -> web.Response:
+    tenant_id, source, ref = _ids(call)
+    now = _now()
+    known_at, on = _times(call, now)
+    store = call.request.app[STORE]
+    events = await load_subject_events(store, tenant_id, source, ref)
+    tenant = await load_tenant(store, tenant_id)
+    reveal = await revealer(call.ledger.keys, tenant_id, source, ref)
+    return json_response(compare_with_now(events, tenant, known_at, now, on, reveal))
+
+
+@routes.get(AUDIT_SUBJECT + "/receipts", summary="Consent receipts of every preference and objection change",
+            roles=READERS, responses={200: ReceiptList})
+@_answers
+async def audit_receipts(call: Call) -> web.Response:
+    tenant_id, source, ref = _ids(call)
+    store = call.request.app[STORE]
+    events = await load_subject_events(store, tenant_id, source, ref)
+    tenant = await load_tenant(store, tenant_id)
+    return json_response(ReceiptList(subject=f"{tenant_id}/{source}/{ref}", receipts=receipts_from(events, tenant)))
+
+
+@routes.get(AUDIT_SUBJECT + "/receipts/{receipt_id}", summary="One consent receipt (JSON, for download)",
+            roles=READERS, responses={200: ConsentReceipt})
+@_answers
+async def audit_receipt(call: Call) -> web.Response:
+    tenant_id, source, ref = _ids(call)
+    receipt = await load_receipt(call.request.app[STORE], tenant_id, source, ref, call.param("receipt_id"))
+    return json_response(receipt, headers={
+        "Content-Disposition": f'attachment; filename="{receipt.receipt_id}.json"'})
+
+
+@routes.get(AUDIT + "/policy", summary="The privacy policy (every chapter, in order) in force at K",
+            roles=READERS, responses={200: PolicyText}, query=_TIMES[:1])
+@_answers
+async def audit_policy_at(call: Call) -> web.Response:
+    known_at = parse_known_at(call.request.query.get("known_at"), _now())
+    return json_response(policy_at(await load_tenant(call.request.app[STORE], call.param("tenant")), known_at))
+
+
+@routes.get(AUDIT + "/policy/versions", summary="Every policy version the tenant published, oldest first",
+            roles=READERS, responses={200: PolicyHistory})
+@_answers
+async def audit_policy_versions(call: Call) -> web.Response:
+    return json_response(versions(await load_tenant(call.request.app[STORE], call.param("tenant"))))
+
+
+@routes.get(AUDIT + "/policy/versions/{version}", summary="The exact policy text behind a version id",
+            roles=READERS, responses={200: PolicyText})
+@_answers
+async def audit_policy_version(call: Call) -> web.Response:
+    tenant = await load_tenant(call.request.app[STORE], call.param("tenant"))
+    return json_response(policy_by_version(tenant, call.param("version")))
+
+
+@routes.get(AUDIT + "/retention", summary="Dry run of the retention job: who would be erased today",
+            roles=READERS, responses={200: RetentionReport})
+@_answers
+async def audit_retention(call: Call) -> web.Response:
+    tenant_id = call.param("tenant")
+    await load_tenant(call.request.app[STORE], tenant_id)  # 404 for an unknown tenant
+    [report] = await run_retention(call.ledger, _master_key(call), now=_now(), dry_run=True, tenants=[tenant_id])
+    return json_response(report)
+
+
+@routes.get(SUBJECT + "/export", summary="Access export (GDPR art. 15): everything held about the subject",
+            roles=READERS, responses={200: AccessExport},
+            query=(("format", "string", False, "json (default) or csv"),))
+@_answers
+async def export_subject(call: Call) -> web.Response:
+    tenant_id, source, ref = _ids(call)
+    fmt = call.request.query.get("format", "json")
+    if fmt not in ("json", "csv"):
+        raise AuditError(422, "validation_error", "format is json or csv", "format")
+    store = call.request.app[STORE]
+    events = await load_subject_events(store, tenant_id, source, ref)
+    tenant = await load_tenant(store, tenant_id)
+    export = build_export(events, tenant, await revealer(call.ledger.keys, tenant_id, source, ref), _now())
+    name = f"{tenant_id}-{source}-{ref}-{ledger_day(export.exported_at).isoformat()}"
+    if fmt == "csv":
+        return web.Response(text=export_csv(export), content_type="text/csv", charset="utf-8",
+                            headers={"Content-Disposition": f'attachment; filename="{name}.csv"'})
+    return json_response(export, headers={"Content-Disposition": f'attachment; filename="{name}.json"'})
+
+
+@routes.post(SUBJECT + "/erasure", summary="Erase the subject (GDPR art. 17): shred its key, drop it everywhere",
+             roles=("admin",), body=EraseSubject, responses={201: ErasureResult, 200: ErasureResult})
+@_answers
+async def erase(call: Call) -> web.Response:
+    tenant_id, source, ref = _ids(call)
+    body: EraseSubject = call.body
+    if body.confirm_ref != ref:
+        raise AuditError(422, "validation_error", "confirm_ref must repeat the customer ref of the path",
+                         "$.confirm_ref")
+    result = await erase_subject(call.ledger, _master_key(call), call.ctx("api"), tenant_id, source, ref,
+                                 reason=body.reason)
+    return json_response(result, status=200 if result.already_erased else 201)
+
+
+@routes.get("/v1/tenants/{tenant}/suppressions/{source}/{ref}",
+            summary="Did this customer ref object before it was erased? (suppression list)",
+            roles=("admin", "auditor", "importer", "sender"), responses={200: Suppression})
+@_answers
+async def suppression_check(call: Call) -> web.Response:
+    tenant_id, source, ref = _ids(call)
+    found = await suppression.lookup(call.ledger.pool, _master_key(call), tenant_id, source, ref)
+    return json_response(found)
+

@@ -1,0 +1,62 @@
+"""Reading the two times of an as-of question: the knowledge time K and the date D.
+
+K is a moment (ISO 8601 with an offset, or a date meaning the end of that Dutch day);
+D is a calendar date and defaults to K's Dutch day (:func:`consent.terms.ledger_day`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Final
+
+from consent.terms import ledger_day
+from services.audit.errors import AuditError
+
+UTC: Final = dt.timezone.utc
+_OFFSETS: Final = (dt.timedelta(hours=1), dt.timedelta(hours=2))  # CET, CEST
+
+
+def end_of_dutch_day(day: dt.date) -> dt.datetime:
+    """The last microsecond of ``day`` in Europe/Amsterdam, as a UTC datetime."""
+    next_midnight = dt.datetime.combine(day + dt.timedelta(days=1), dt.time())
+    for offset in _OFFSETS:
+        candidate = (next_midnight - offset).replace(tzinfo=UTC) - dt.timedelta(microseconds=1)
+        if ledger_day(candidate) == day and ledger_day(candidate + dt.timedelta(microseconds=1)) != day:
+            return candidate
+    raise AssertionError(f"no end of day found for {day}")  # pragma: no cover - every day has one
+
+
+def parse_known_at(text: str | None, now: dt.datetime, field: str = "known_at") -> dt.datetime:
+    """K from a query value; None/empty means now. Refuses a K after ``now``."""
+    if not text:
+        return now
+    value = text.strip()
+    try:
+        if len(value) == 10:
+            day = dt.date.fromisoformat(value)
+            if day > ledger_day(now):
+                raise AuditError(422, "known_at_in_future",
+                                 f"{field} {value} is in the future: the ledger cannot know it yet", field)
+            return min(end_of_dutch_day(day), now)
+        moment = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise AuditError(422, "validation_error",
+                         f"{field} must be an ISO 8601 date-time with an offset (2025-03-01T12:00:00+01:00 or"
+                         f" ...Z) or a date (2025-03-01 = the end of that day), not {value!r}", field) from None
+    if moment.tzinfo is None:
+        raise AuditError(422, "validation_error",
+                         f"{field} needs a UTC offset (e.g. 'Z' or '+01:00'): {value!r} is ambiguous", field)
+    if moment > now:
+        raise AuditError(422, "known_at_in_future",
+                         f"{field} {value} is in the future: the ledger cannot know it yet", field)
+    return moment.astimezone(UTC)
+
+
+def parse_on(text: str | None, known_at: dt.datetime, field: str = "on") -> dt.date:
+    """D from a query value; None/empty means the Dutch day of K."""
+    if not text:
+        return ledger_day(known_at)
+    try:
+        return dt.date.fromisoformat(text.strip())
+    except ValueError:
+        raise AuditError(422, "validation_error", f"{field} must be a date YYYY-MM-DD, not {text!r}", field) from None

@@ -1,0 +1,178 @@
+"""The as-of view, policy history and receipts as pure functions over built histories."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from services.audit.asof import compare_with_now, explain_as_of
+from services.audit.errors import AuditError
+from services.audit.loading import TenantRecord
+from services.audit.policy_history import policy_at, policy_by_version, versions
+from services.audit.receipts import build_receipt, receipts_from
+from services.audit.times import end_of_dutch_day, parse_known_at, parse_on
+from tests.consent_builders import SubjectHistoryBuilder, TenantHistoryBuilder, day, moment
+
+
+def cell(view, key: str):
+    category, channel = key.split(":")
+    return next(c for c in view.cells if c.category == category and c.channel == channel)
+
+
+def test_a_late_recorded_invoice_is_the_difference_between_then_and_now() -> None:
+    tenant = TenantHistoryBuilder("acme")
+    subject = SubjectHistoryBuilder("acme").invoice("2020-01-10", at="2020-01-10")
+    subject.invoice("2023-06-01", at="2024-03-01")  # dated before D, recorded after K
+    record = TenantRecord(tenant.events)
+    known_at, on = moment("2024-01-15"), day("2024-01-15")
+
+    then = explain_as_of(subject.events, record, known_at, on)
+    assert then is not None and then.known_at == known_at and then.on == on
+    assert cell(then, "newsletter:email").reason == "term_expired"  # 18 months after 2020-01-10
+
+    comparison = compare_with_now(subject.events, record, known_at, moment("2024-06-01"), on)
+    now_cell = cell(comparison.now, "newsletter:email")
+    assert now_cell.eligible and now_cell.reason == "soft_opt_in" and now_cell.until == day("2024-12-01")
+    changed = {(c.category, c.channel) for c in comparison.changed_cells}
+    assert ("newsletter", "email") in changed
+    assert [e.facts["invoice_id"] for e in comparison.recorded_after] == ["INV2"]
+    assert comparison.then_known_at == known_at and comparison.on == on
+
+
+def test_each_decision_names_its_events_with_actor_method_and_policy_version() -> None:
+    tenant = TenantHistoryBuilder("acme").edit_term("newsletter", "post", 12, at="2021-01-01")
+    subject = (
+        SubjectHistoryBuilder("acme")
+        .invoice("2021-02-01")
+        .opt_in("newsletter", "sms", by="staff", method="phone", policy_version="pv-abc", at="2021-03-01")
+    )
+    view = explain_as_of(subject.events, TenantRecord(tenant.events), moment("2021-06-01"), day("2021-06-01"))
+    assert view is not None
+
+    sms = cell(view, "newsletter:sms")
+    assert sms.reason == "explicit_consent" and sms.basis == "consent"
+    [evidence] = sms.evidence
+    assert evidence.event_type == "PreferencesChanged"
+    assert evidence.actor.kind == "staff" and evidence.method == "phone" and evidence.policy_version == "pv-abc"
+    assert evidence.recorded_at == moment("2021-03-01")
+    assert evidence.facts == {"changes": [{"category": "newsletter", "channel": "sms", "value": "opt_in"}]}
+
+    post = cell(view, "newsletter:post")
+    assert post.reason == "soft_opt_in" and post.term_months == 12 and post.until == day("2022-02-01")
+    assert [e.event_type for e in post.evidence] == ["InvoiceRecorded", "TermMatrixEdited"]
+    assert post.evidence[1].facts == {"term_cells": [{"category": "newsletter", "channel": "post", "months": 12}]}
+
+
+def test_the_matrix_in_force_at_k_is_used_not_a_later_edit() -> None:
+    tenant = TenantHistoryBuilder("acme").edit_term("newsletter", "email", 6, at="2022-01-01")
+    subject = SubjectHistoryBuilder("acme").invoice("2021-06-01")
+    record = TenantRecord(tenant.events)
+    before = explain_as_of(subject.events, record, moment("2021-12-01"), day("2021-12-15"))
+    after = explain_as_of(subject.events, record, moment("2022-02-01"), day("2021-12-15"))
+    assert before is not None and after is not None
+    assert cell(before, "newsletter:email").eligible and cell(before, "newsletter:email").term_months == 18
+    assert not cell(after, "newsletter:email").eligible and cell(after, "newsletter:email").term_months == 6
+
+
+def test_an_erased_subject_answers_erased_for_every_cell_but_its_past_stays_explainable() -> None:
+    tenant = TenantHistoryBuilder("acme")
+    subject = SubjectHistoryBuilder("acme").invoice("2021-01-01").erase(at="2021-05-01")
+    record = TenantRecord(tenant.events)
+    after = explain_as_of(subject.events, record, moment("2021-06-01"), day("2021-03-01"))
+    assert after is not None and after.erased and after.status == "erased"
+    assert after.erased_at == moment("2021-05-01")
+    assert {c.reason for c in after.cells} == {"erased"}
+    assert after.cells[0].evidence[0].event_type == "SubjectErased"
+    before = explain_as_of(subject.events, record, moment("2021-04-01"), day("2021-03-01"))
+    assert before is not None and not before.erased and cell(before, "newsletter:email").eligible
+
+
+def test_nothing_known_at_k_gives_no_view_and_a_tenant_not_yet_created_is_a_clear_error() -> None:
+    tenant = TenantHistoryBuilder("acme", created_at="2020-01-01")
+    subject = SubjectHistoryBuilder("acme").invoice("2021-01-01")
+    record = TenantRecord(tenant.events)
+    assert explain_as_of(subject.events, record, moment("2020-06-01"), day("2020-06-01")) is None
+    with pytest.raises(AuditError) as err:
+        policy_at(record, moment("2019-01-01"))
+    assert err.value.status == 422 and err.value.field == "known_at"
+
+
+def test_the_policy_text_at_k_and_by_version_id_has_every_chapter_in_order() -> None:
+    tenant = TenantHistoryBuilder("acme")
+    first = tenant.state().policy_version
+    chapter = tenant.state().chapters[0]
+    tenant.edit_chapter(chapter.chapter_id, title="Nieuwe titel", at="2022-01-01")
+    record = TenantRecord(tenant.events)
+
+    old = policy_at(record, moment("2021-01-01"))
+    new = policy_at(record, moment("2022-02-01"))
+    assert old.version_id == first and new.version_id != first
+    assert old.chapters[0].title == chapter.title and new.chapters[0].title == "Nieuwe titel"
+    assert [c.order for c in new.chapters] == list(range(1, len(new.chapters) + 1))
+    assert sum(not c.active for c in old.chapters) == 2 and old.active_chapter_count == len(old.chapters) - 2
+    assert policy_by_version(record, first).chapters == old.chapters
+    assert [v.version_id for v in versions(record).versions] == [first, new.version_id]
+    with pytest.raises(AuditError) as err:
+        policy_by_version(record, "pv-nope")
+    assert err.value.status == 404
+
+
+def test_a_receipt_names_controller_purposes_basis_method_policy_and_how_to_withdraw() -> None:
+    tenant = TenantHistoryBuilder("acme", name="Autobedrijf Acme")
+    version = tenant.state().policy_version
+    subject = (
+        SubjectHistoryBuilder("acme", "dealer", "C7")
+        .invoice("2021-01-01")
+        .preferences({"newsletter:email": "opt_in", "sales_campaign:sms": "opt_out"}, policy_version=version)
+        .object()
+    )
+    record = TenantRecord(tenant.events)
+    receipts = receipts_from(subject.events, record)
+    assert len(receipts) == 2
+    prefs, objection = receipts
+    assert prefs.pii_controller.name == "Autobedrijf Acme" and prefs.pii_principal_id == "acme/dealer/C7"
+    assert prefs.policy_version == version and prefs.collection_method == "portal"
+    assert [(p.category, p.channel, p.preference, p.consent_type) for p in prefs.purposes] == [
+        ("newsletter", "email", "opt_in", "explicit"), ("sales_campaign", "sms", "opt_out", "withdrawn")]
+    assert "art. 6(1)(a)" in prefs.purposes[0].basis
+    assert "privacy portal" in prefs.how_to_withdraw and "7(3)" in prefs.how_to_withdraw
+    assert prefs.receipt_id == "cr-" + subject.events[1].event_id
+    assert objection.purposes[0].preference == "objection"
+    # the same event always gives the same receipt
+    again = build_receipt(subject.events[1], tenant.state(), portal_url="https://p.example/?key=abc")
+    assert again.receipt_id == prefs.receipt_id and "https://p.example/?key=abc" in again.how_to_withdraw
+    with pytest.raises(ValueError):
+        build_receipt(subject.events[0], tenant.state())
+
+
+NOW = dt.datetime(2025, 6, 15, 10, 0, tzinfo=dt.timezone.utc)
+
+
+@pytest.mark.parametrize("text", ["2025-06-16T00:00:00Z", "2025-06-17", "2030-01-01T00:00:00+01:00"])
+def test_a_knowledge_time_in_the_future_is_refused(text: str) -> None:
+    with pytest.raises(AuditError) as err:
+        parse_known_at(text, NOW)
+    assert (err.value.status, err.value.error, err.value.field) == (422, "known_at_in_future", "known_at")
+
+
+@pytest.mark.parametrize("text", ["yesterday", "2025-13-01", "2025-06-01T10:00:00"])
+def test_an_unreadable_or_ambiguous_knowledge_time_is_refused(text: str) -> None:
+    with pytest.raises(AuditError) as err:
+        parse_known_at(text, NOW)
+    assert err.value.status == 422 and err.value.field == "known_at"
+
+
+def test_a_date_as_knowledge_time_means_the_end_of_that_dutch_day() -> None:
+    assert parse_known_at("2025-06-01", NOW) == dt.datetime(2025, 6, 1, 21, 59, 59, 999999, tzinfo=dt.timezone.utc)
+    assert end_of_dutch_day(day("2025-01-10")) == dt.datetime(2025, 1, 10, 22, 59, 59, 999999, tzinfo=dt.timezone.utc)
+    assert parse_known_at("2025-06-15", NOW) == NOW  # today: what is known now
+    assert parse_known_at(None, NOW) == NOW
+
+
+def test_the_date_defaults_to_the_day_of_k_and_garbage_is_refused() -> None:
+    assert parse_on(None, dt.datetime(2025, 6, 1, 23, 30, tzinfo=dt.timezone.utc)) == day("2025-06-02")
+    assert parse_on("2024-02-29", NOW) == day("2024-02-29")
+    with pytest.raises(AuditError) as err:
+        parse_on("31-12-2024", NOW)
+    assert err.value.status == 422 and err.value.field == "on"
