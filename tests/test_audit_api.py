@@ -1,0 +1,166 @@
+"""The audit HTTP API end to end: as-of view, comparison, policy, receipts, access export."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+
+from aiohttp.test_utils import TestClient
+
+from consent.terms import ledger_day
+from tests.conftest import Dealer
+
+SUBJ = "/v1/tenants/garage-a/subjects/dealer/C1"
+AUDIT = "/v1/tenants/garage-a/audit"
+
+
+def today() -> dt.date:
+    return ledger_day(dt.datetime.now(dt.timezone.utc))
+
+
+async def post(api: TestClient, path: str, body: dict, auth: dict[str, str]) -> dict:
+    r = await api.post(path, json=body, headers=auth)
+    assert r.status == 201, await r.text()
+    return await r.json()
+
+
+async def policy_version(api: TestClient, dealer: Dealer) -> str:
+    r = await api.get(AUDIT + "/policy", headers=dealer.auth("auditor"))
+    assert r.status == 200, await r.text()
+    return (await r.json())["version_id"]
+
+
+async def test_the_as_of_view_shows_both_times_and_the_evidence_of_every_cell(api: TestClient, dealer: Dealer) -> None:
+    old_invoice = (today() - dt.timedelta(days=800)).isoformat()
+    first = await post(api, SUBJ + "/invoices", {"invoice_id": "F-1", "invoice_date": old_invoice,
+                                                 "contact": {"name": "Jan Jansen"}}, dealer.auth("importer"))
+    known_at = first["recorded_at"]
+    version = await policy_version(api, dealer)
+    await post(api, SUBJ + "/preferences", {
+        "changes": [{"category": "newsletter", "channel": "sms", "value": "opt_in"}],
+        "method": "phone", "policy_version": version, "note": "telefonisch verzoek"}, dealer.auth("staff"))
+    late_invoice = (today() - dt.timedelta(days=10)).isoformat()
+    await post(api, SUBJ + "/invoices", {"invoice_id": "F-2", "invoice_date": late_invoice}, dealer.auth("importer"))
+
+    r = await api.get(AUDIT + "/subjects/dealer/C1", params={"known_at": known_at, "on": today().isoformat()},
+                      headers=dealer.auth("auditor"))
+    assert r.status == 200, await r.text()
+    then = await r.json()
+    assert dt.datetime.fromisoformat(then["known_at"]) == dt.datetime.fromisoformat(known_at)
+    assert then["on"] == today().isoformat() and then["stream_version"] == 1
+    cells = {(c["category"], c["channel"]): c for c in then["cells"]}
+    assert len(cells) == 25
+    assert cells[("newsletter", "email")]["reason"] == "term_expired"
+    assert cells[("newsletter", "sms")]["reason"] == "term_expired"  # the opt-in came after K
+    [invoice] = cells[("newsletter", "email")]["evidence"][:1]
+    assert invoice["event_type"] == "InvoiceRecorded" and invoice["actor"]["kind"] == "importer"
+
+    r = await api.get(AUDIT + "/subjects/dealer/C1", headers=dealer.auth("auditor"))
+    now = await r.json()
+    cells = {(c["category"], c["channel"]): c for c in now["cells"]}
+    sms = cells[("newsletter", "sms")]
+    assert sms["reason"] == "explicit_consent"
+    [pref] = sms["evidence"]
+    assert (pref["method"], pref["policy_version"], pref["note"]) == ("phone", version, "telefonisch verzoek")
+    assert pref["actor"]["kind"] == "staff"
+
+    r = await api.get(AUDIT + "/subjects/dealer/C1/compare", params={"known_at": known_at, "on": today().isoformat()},
+                      headers=dealer.auth("admin"))
+    assert r.status == 200, await r.text()
+    comparison = await r.json()
+    changed = {(c["category"], c["channel"]): c for c in comparison["changed_cells"]}
+    assert changed[("newsletter", "email")]["then_reason"] == "term_expired"
+    assert changed[("newsletter", "email")]["now_reason"] == "soft_opt_in"
+    assert [e["event_type"] for e in comparison["recorded_after"]] == ["PreferencesChanged", "InvoiceRecorded"]
+    assert comparison["recorded_after"][1]["facts"]["invoice_id"] == "F-2"
+
+
+async def test_bad_times_unknown_subjects_and_wrong_roles_get_clear_4xx(api: TestClient, dealer: Dealer,
+                                                                         other_dealer: Dealer) -> None:
+    await post(api, SUBJ + "/invoices", {"invoice_id": "F-1", "invoice_date": "2024-01-01"}, dealer.auth("importer"))
+    path = AUDIT + "/subjects/dealer/C1"
+    auditor = dealer.auth("auditor")
+    cases = [
+        ({"known_at": "2999-01-01T00:00:00Z"}, 422, "known_at_in_future", "known_at"),
+        ({"known_at": "next week"}, 422, "validation_error", "known_at"),
+        ({"known_at": "2024-01-01T10:00:00"}, 422, "validation_error", "known_at"),
+        ({"on": "1 januari"}, 422, "validation_error", "on"),
+        ({"known_at": "2000-01-01"}, 404, "not_known_at", "known_at"),
+    ]
+    for params, status, error, field in cases:
+        r = await api.get(path, params=params, headers=auditor)
+        body = await r.json()
+        assert (r.status, body["error"], body.get("field")) == (status, error, field), (params, body)
+    r = await api.get(AUDIT + "/subjects/dealer/NOPE", headers=auditor)
+    assert r.status == 404 and (await r.json())["error"] == "unknown_subject"
+    r = await api.get(path, headers=dealer.auth("sender"))
+    assert r.status == 403
+    r = await api.get(path, headers=other_dealer.auth("auditor"))
+    assert r.status == 403
+    r = await api.get("/v1/tenants/garage-b/audit/subjects/dealer/C1", headers=other_dealer.auth("auditor"))
+    assert r.status == 404  # garage-b has no such subject: one tenant never sees another's
+    r = await api.get(AUDIT + "/policy/versions/pv-0000", headers=auditor)
+    assert r.status == 404 and (await r.json())["field"] == "version"
+
+
+async def test_policy_history_returns_the_exact_text_by_time_and_by_version(api: TestClient, dealer: Dealer) -> None:
+    first = await policy_version(api, dealer)
+    r = await api.get(AUDIT + "/policy/versions/" + first, headers=dealer.auth("auditor"))
+    original = await r.json()
+    r = await api.put("/v1/tenants/garage-a/policy/chapters/" + original["chapters"][0]["chapter_id"],
+                        json={"title": "Wie zijn wij?", "body": "Nieuwe tekst", "active": True},
+                        headers=dealer.auth("admin"))
+    assert r.status in (200, 201), await r.text()
+    second = await policy_version(api, dealer)
+    assert second != first
+    r = await api.get(AUDIT + "/policy/versions", headers=dealer.auth("auditor"))
+    assert [v["version_id"] for v in (await r.json())["versions"]] == [first, second]
+    r = await api.get(AUDIT + "/policy", params={"known_at": original["first_published_at"]},
+                      headers=dealer.auth("auditor"))
+    assert (await r.json())["chapters"] == original["chapters"]
+    assert len(original["chapters"]) == 10 and original["active_chapter_count"] == 8
+
+
+async def test_receipts_list_and_download(api: TestClient, dealer: Dealer) -> None:
+    version = await policy_version(api, dealer)
+    done = await post(api, SUBJ + "/preferences", {
+        "changes": [{"category": "newsletter", "channel": "email", "value": "opt_in"}],
+        "method": "portal", "policy_version": version}, dealer.auth("staff"))
+    r = await api.get(AUDIT + "/subjects/dealer/C1/receipts", headers=dealer.auth("auditor"))
+    [receipt] = (await r.json())["receipts"]
+    assert receipt["receipt_id"] == "cr-" + done["event_ids"][0]
+    assert receipt["pii_controller"]["name"] == "Autobedrijf garage-a"
+    assert receipt["policy_version"] == version and receipt["purposes"][0]["consent_type"] == "explicit"
+    r = await api.get(AUDIT + "/subjects/dealer/C1/receipts/" + receipt["receipt_id"], headers=dealer.auth("admin"))
+    assert r.status == 200 and "attachment" in r.headers["Content-Disposition"]
+    assert (await r.json()) == receipt
+    r = await api.get(AUDIT + "/subjects/dealer/C1/receipts/cr-nope", headers=dealer.auth("admin"))
+    assert r.status == 404 and (await r.json())["error"] == "unknown_receipt"
+
+
+async def test_the_access_export_holds_the_decrypted_personal_data_as_json_and_csv(api: TestClient,
+                                                                                     dealer: Dealer) -> None:
+    contact = {"name": "Jan Jansen", "email": "jan@example.nl", "phone": "+31 6 1234 5678", "licence_plate": "AB-123-C"}
+    await post(api, SUBJ + "/invoices", {"invoice_id": "F-1", "invoice_date": "2024-05-01", "contact": contact},
+               dealer.auth("importer"))
+    await post(api, SUBJ + "/objection", {"method": "phone", "note": "belde boos op"}, dealer.auth("staff"))
+    r = await api.get(SUBJ + "/export", headers=dealer.auth("auditor"))
+    assert r.status == 200, await r.text()
+    export = await r.json()
+    assert export["personal_data"] == contact and export["controller"] == "Autobedrijf garage-a"
+    assert [e["event_type"] for e in export["events"]] == ["InvoiceRecorded", "ObjectionRecorded"]
+    assert export["events"][1]["data"]["note"] == {"note": "belde boos op"}
+    assert export["state"]["last_invoice_on"] == "2024-05-01"
+    assert {c["reason"] for c in export["eligibility_today"]["cells"]} == {"objected"}
+    assert [x["purposes"][0]["preference"] for x in export["receipts"]] == ["objection"]
+
+    r = await api.get(SUBJ + "/export", params={"format": "csv"}, headers=dealer.auth("admin"))
+    assert r.status == 200 and r.content_type == "text/csv"
+    rows = list(csv.DictReader(io.StringIO(await r.text())))
+    assert rows[0]["name"] == "Jan Jansen" and rows[0]["licence_plate"] == "AB-123-C"
+    assert rows[1]["note"] == "belde boos op" and rows[1]["event_type"] == "ObjectionRecorded"
+    r = await api.get(SUBJ + "/export", params={"format": "xml"}, headers=dealer.auth("admin"))
+    assert r.status == 422 and (await r.json())["field"] == "format"
+    r = await api.get(SUBJ + "/export", headers=dealer.auth("staff"))
+    assert r.status == 403
