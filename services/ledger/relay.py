@@ -121,38 +121,35 @@ class Relay:
                     backoff = self.config.backoff_initial
                 self._log.warning("relay_retrying", error=f"{type(exc).__name__}: {exc}",
                                   checkpoint=self.checkpoint, retry_in_s=round(backoff, 2))
+            except Exception:  # a bug must not stop the relay for good: log it loudly and retry
+                self._log.exception("relay_failed", checkpoint=self.checkpoint, retry_in_s=round(backoff, 2))
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, self.config.backoff_max)
 
     async def _session(self) -> None:
         """One connection to each side; returns or raises when either breaks."""
-        conn: asyncpg.Connection = await asyncpg.connect(self.config.database_url, timeout=10)
-        try:
+        async with contextlib.AsyncExitStack() as stack:
+            conn: asyncpg.Connection = await asyncpg.connect(self.config.database_url, timeout=10)
+            stack.push_async_callback(conn.close, timeout=5)
             await self._become_leader(conn)
             self.checkpoint = await self._load_checkpoint(conn)
             await self._update_lag(conn)
             admin = AIOKafkaAdminClient(bootstrap_servers=self.config.bootstrap,
                                         request_timeout_ms=self.config.request_timeout_ms)
+            stack.push_async_callback(admin.close)  # safe after a failed start
             await admin.start()
-            try:
-                await self._ensure_topic(conn, admin)
-                producer = AIOKafkaProducer(
-                    bootstrap_servers=self.config.bootstrap,
-                    acks="all",
-                    request_timeout_ms=self.config.request_timeout_ms,
-                    linger_ms=2,
-                    max_batch_size=256 * 1024,
-                )
-                await producer.start()
-                try:
-                    self._log.info("relay_connected", bootstrap=self.config.bootstrap, checkpoint=self.checkpoint)
-                    await self._publish_loop(conn, admin, producer)
-                finally:
-                    await producer.stop()
-            finally:
-                await admin.close()
-        finally:
-            await conn.close(timeout=5)
+            await self._ensure_topic(conn, admin)
+            producer = AIOKafkaProducer(
+                bootstrap_servers=self.config.bootstrap,
+                acks="all",
+                request_timeout_ms=self.config.request_timeout_ms,
+                linger_ms=2,
+                max_batch_size=256 * 1024,
+            )
+            stack.push_async_callback(producer.stop)
+            await producer.start()
+            self._log.info("relay_connected", bootstrap=self.config.bootstrap, checkpoint=self.checkpoint)
+            await self._publish_loop(conn, admin, producer)
 
     async def _become_leader(self, conn: asyncpg.Connection) -> None:
         waiting = False
@@ -236,8 +233,8 @@ class Relay:
         """No partition ever held a record (end offsets never go back on a healthy broker)."""
         consumer = AIOKafkaConsumer(bootstrap_servers=self.config.bootstrap, enable_auto_commit=False,
                                     request_timeout_ms=self.config.request_timeout_ms)
-        await consumer.start()
         try:
+            await consumer.start()
             ends = await consumer.end_offsets([TopicPartition(self.config.topic, p) for p in partitions])
         finally:
             await consumer.stop()
