@@ -21,6 +21,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "services.cli",
     "services.ledger.relay",
     "services.devstack",
+    "services.audit.cli",
 )
 
 
