@@ -186,9 +186,14 @@ def eligibility_matrix(subject: SubjectState, terms: TermMatrix, on: dt.date) ->
     return {cell_key(c, h): _decide(subject, facts, terms, c, h, on) for c, h in ALL_CELLS}
 
 
-def next_change(subject: SubjectState, terms: TermMatrix, on: dt.date) -> dt.date | None:
+def next_change(
+    subject: SubjectState, terms: TermMatrix, on: dt.date, *, current: dict[str, Decision] | None = None
+) -> dt.date | None:
     """The earliest date after ``on`` on which some cell's decision changes with no new
     event, or None if none ever will.
+
+    ``current``: ``eligibility_matrix(subject, terms, on)`` if the caller already has it
+    (the projector does), so it is not computed twice.
 
     Changes come from a term lapsing (a decision's ``until``) and from facts already in the
     ledger that take effect later (future-dated invoices and acquisitions; preferences or
@@ -197,7 +202,8 @@ def next_change(subject: SubjectState, terms: TermMatrix, on: dt.date) -> dt.dat
     """
     if subject.erased is not None:
         return None
-    current = eligibility_matrix(subject, terms, on)
+    if current is None:
+        current = eligibility_matrix(subject, terms, on)
     candidates: set[dt.date] = {d.until for d in current.values() if d.until is not None and d.until > on}
     candidates.update(f.invoice_date for f in subject.invoices.values() if f.invoice_date > on)
     candidates.update(f.acquired_on for f in subject.acquisitions if f.acquired_on > on)
