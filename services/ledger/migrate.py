@@ -23,6 +23,8 @@ _MIGRATION_LOCK = 0x6C6564676572  # "ledger"
 MIGRATION_PACKAGES: tuple[str, ...] = (
     "services.ledger",
     "services.audit",
+    "services.portal",
+    "services.projector",
 )
 
 
@@ -37,9 +39,23 @@ def migration_files() -> list[tuple[str, str]]:
     return out
 
 
+async def pending_migrations(conn: asyncpg.Connection) -> list[str]:
+    """Names of the migrations not applied yet; read-only (needs SELECT on
+    ledger.schema_migrations, nothing more)."""
+    names = [name for name, _ in migration_files()]
+    if await conn.fetchval("SELECT to_regclass('ledger.schema_migrations')") is None:
+        return names
+    done = {r["name"] for r in await conn.fetch("SELECT name FROM ledger.schema_migrations")}
+    return [name for name in names if name not in done]
+
+
 async def migrate(conn: asyncpg.Connection) -> list[str]:
     """Apply pending migrations; returns the names applied."""
     applied_now: list[str] = []
+    # Nothing pending: run no DDL at all, so that services connecting as a least-privilege
+    # role (no CREATE right, deploy/postgres-roles.sql) start once `migrate` has run.
+    if not await pending_migrations(conn):
+        return applied_now
     await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
     try:
         await conn.execute("CREATE SCHEMA IF NOT EXISTS ledger")

@@ -1,0 +1,433 @@
+"""Applies ledger events to the read model, exactly once, and publishes what changed.
+
+:meth:`Projection.apply` takes a batch of :class:`~schemas.events.RecordedEvent` (from the
+Kafka consumer, or anything else that delivers the ledger at least once, in stream order
+per stream) and:
+
+1. applies the tenant events (their own transaction): each tenant row keeps its folded
+   :class:`~consent.tenant.TenantState`; an edit of the term matrix marks the tenant for a
+   re-evaluation of all its subjects (:meth:`Projection.reevaluate_tenant`, in batches);
+2. applies the subject events, with the Kafka offsets, in one transaction: the rows are
+   locked in key order, an event at or below a row's version is a duplicate (ignored), a
+   version gap is filled from the ledger (``EventStore.read_stream``), every touched subject
+   is evaluated with the pure rules (:mod:`consent.eligibility`) on today's date, and each
+   subject whose matrix changed is published before the transaction commits.
+
+Every writer of a subject row (events, a term edit, a new day, a pending publication) locks
+the row, evaluates, publishes and waits for the broker, then commits: so the messages for
+one key reach the topic in the order of the row's changes, and a crash re-publishes
+(same value) instead of losing one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Final
+
+import asyncpg
+import msgspec
+import structlog
+
+from consent.errors import OutOfOrderEvent
+from consent.subject import SubjectState, apply_subject
+from consent.tenant import TenantState, apply_tenant
+from consent.terms import TermMatrix
+from consent.vocabulary import parse_subject_stream, tenant_stream
+from schemas.eligibility import topic_key
+from schemas.events import RecordedEvent
+from services.ledger.store import EventStore
+from services.projector.clock import Clock
+from services.projector.metrics import ProjectorMetrics
+from services.projector.publisher import Message, Publisher
+from services.projector.readmodel import (
+    SUBJECT_COLUMNS,
+    TENANT_SELECT,
+    SubjectRow,
+    TenantRow,
+    decode_state,
+    encode_state,
+    encode_tenant,
+    evaluate_subject,
+    fetch_subject_rows,
+    matrix_json,
+    row_from_record,
+    suppressed,
+    tenant_from_record,
+    upsert_subject_rows,
+)
+
+log = structlog.get_logger(__name__)
+
+SubjectKey = tuple[str, str, str]
+_NO_TERMS: Final = TermMatrix()
+
+
+class ApplyResult(msgspec.Struct, kw_only=True):
+    applied: int = 0
+    duplicates: int = 0
+    gap_events: int = 0
+    published: int = 0
+    reeval_marked: list[str] = []
+
+
+class Projection:
+    """The read model's writer. One per process; safe to run in several processes at once."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        clock: Clock,
+        publisher: Publisher | None = None,
+        store: EventStore | None = None,
+        metrics: ProjectorMetrics | None = None,
+        batch_size: int = 2000,
+    ) -> None:
+        self.pool = pool
+        self.clock = clock
+        self.publisher = publisher
+        self.store = store or EventStore(pool)  # reads only (gap filling)
+        self.metrics = metrics or ProjectorMetrics()
+        self.batch_size = batch_size
+        self.reeval_wanted = asyncio.Event()
+        self._tenants: dict[str, TenantRow] = {}  # decoded tenant rows, reused while the version matches
+
+    # -- events --------------------------------------------------------------------------
+
+    async def apply(
+        self, events: Sequence[RecordedEvent], offsets: Mapping[tuple[str, int], int] | None = None
+    ) -> ApplyResult:
+        """Apply a delivered batch; ``offsets`` ((topic, partition) -> next offset) are
+        stored in the same transaction as the subjects."""
+        started = time.perf_counter()
+        result = ApplyResult()
+        rebuilt_through = await self.pool.fetchval("SELECT rebuilt_through FROM projector.checkpoint") or 0
+        tenant_events: dict[str, list[RecordedEvent]] = defaultdict(list)
+        subject_events: dict[SubjectKey, dict[int, RecordedEvent]] = defaultdict(dict)
+        for e in events:
+            if e.position <= rebuilt_through:
+                result.duplicates += 1
+                continue
+            parsed = parse_subject_stream(e.stream_id)
+            if parsed is not None:
+                delivered = subject_events[parsed]
+                if e.version in delivered:
+                    result.duplicates += 1  # delivered twice in this batch
+                delivered[e.version] = e
+            elif e.stream_id == tenant_stream(e.tenant_id):
+                tenant_events[e.tenant_id].append(e)
+            else:
+                log.warning("projector_unknown_stream", stream=e.stream_id, position=e.position)
+
+        if tenant_events:
+            async with self.pool.acquire() as conn, conn.transaction():
+                for tenant_id in sorted(tenant_events):
+                    row, applied, gap, marked = await self._advance_tenant(conn, tenant_id, tenant_events[tenant_id])
+                    result.applied += applied
+                    result.gap_events += gap
+                    result.duplicates += len(tenant_events[tenant_id]) - (applied - gap)
+                    if marked:
+                        result.reeval_marked.append(tenant_id)
+
+        async with self.pool.acquire() as conn, conn.transaction():
+            if subject_events:
+                await self._apply_subjects(conn, subject_events, result)
+            if offsets:
+                await conn.execute(
+                    "INSERT INTO projector.offsets (topic, partition, next_offset)"
+                    " SELECT * FROM unnest($1::text[], $2::int[], $3::bigint[])"
+                    " ON CONFLICT (topic, partition) DO UPDATE SET next_offset = excluded.next_offset,"
+                    " updated_at = now()",
+                    [t for t, _ in offsets], [p for _, p in offsets], list(offsets.values()),
+                )
+        if result.reeval_marked:
+            self.reeval_wanted.set()
+        m = self.metrics
+        m.events_applied.inc(result.applied)
+        m.duplicates.inc(result.duplicates)
+        m.gap_events.inc(result.gap_events)
+        m.published.inc(result.published)
+        m.batch_seconds.observe(time.perf_counter() - started)
+        return result
+
+    async def _apply_subjects(
+        self, conn: asyncpg.Connection, subject_events: dict[SubjectKey, dict[int, RecordedEvent]],
+        result: ApplyResult,
+    ) -> None:
+        keys = sorted(subject_events)
+        rows = await fetch_subject_rows(conn, keys, lock=True)
+        tenants = await self._tenant_rows(conn, {k[0] for k in keys})
+        today = self.clock.today()
+        out: list[SubjectRow] = []
+        messages: list[Message] = []
+        for key in keys:
+            delivered = subject_events[key]
+            row = rows.get(key)
+            state = decode_state(row.state) if row is not None else None
+            version = row.version if row is not None else 0
+            new = [delivered[v] for v in sorted(delivered) if v > version]
+            result.duplicates += len(delivered) - len(new)
+            if not new:
+                continue
+            if new[0].version != version + 1:
+                stream = new[0].stream_id
+                missing = await self.store.read_stream(stream, version + 1, new[0].version - version - 1)
+                log.info("projector_gap_filled", stream=stream, after_version=version, events=len(missing))
+                result.gap_events += len(missing)
+                new = missing + new
+            for e in new:
+                state = apply_subject(state, e)  # raises OutOfOrderEvent if the ledger itself has a hole
+            assert state is not None
+            result.applied += len(new)
+            if state.erased is not None:
+                state = suppressed(state)
+            tenant = tenants.get(key[0])
+            if tenant is None:  # its tenant's events have not arrived yet: fold them from the ledger
+                tenant, applied, gap, marked = await self._advance_tenant(conn, key[0], None)
+                result.applied += applied
+                result.gap_events += gap
+                if marked:
+                    result.reeval_marked.append(key[0])
+                if tenant is None:
+                    log.error("projector_subject_without_tenant", tenant=key[0], stream=new[0].stream_id)
+                else:
+                    tenants[key[0]] = tenant
+            new_row, message = self._evaluate(state, tenant, today, row.published_hash if row else None)
+            out.append(new_row)
+            if message is not None:
+                messages.append(message)
+        result.published += await self._publish_and_write(conn, messages, out)
+
+    # -- evaluation and writing ------------------------------------------------------------
+
+    def _evaluate(
+        self, state: SubjectState, tenant: TenantRow | None, today: dt.date, published_hash: bytes | None
+    ) -> tuple[SubjectRow, Message | None]:
+        """The subject's new row and, if its matrix differs from the published one (and a
+        publisher is configured), the message to publish."""
+        terms = tenant.state.terms if tenant is not None else _NO_TERMS  # no tenant: fail closed
+        terms_version = tenant.version if tenant is not None else 0
+        tenant_position = tenant.last_position if tenant is not None else 0
+        evaluation = evaluate_subject(state, terms, today)
+        row = SubjectRow(
+            tenant_id=state.tenant_id, source=state.source, customer_ref=state.customer_ref,
+            version=state.version, last_position=state.last_position, erased=state.erased is not None,
+            state=encode_state(state), terms_version=terms_version, evaluated_on=today,
+            next_change=evaluation.next_change, matrix_hash=evaluation.matrix_hash, published_hash=published_hash,
+        )
+        if self.publisher is None or evaluation.matrix_hash == published_hash:
+            return row, None
+        row.published_hash = evaluation.matrix_hash
+        key = topic_key(state.tenant_id, state.source, state.customer_ref)
+        if evaluation.decisions is None:
+            return row, (key, None)  # erased: tombstone
+        value = matrix_json(state, evaluation, terms_version=terms_version, tenant_position=tenant_position)
+        return row, (key, value)
+
+    async def _publish_and_write(
+        self, conn: asyncpg.Connection, messages: list[Message], rows: list[SubjectRow],
+        table: str = "projector.subjects",
+    ) -> int:
+        """Publish, write the rows while the broker acknowledges, then wait for every
+        acknowledgement; the caller's transaction commits only after that."""
+        acknowledged: Awaitable[None] | None = None
+        if messages:
+            assert self.publisher is not None
+            acknowledged = await self.publisher.send(messages)
+        try:
+            await upsert_subject_rows(conn, rows, table=table)
+        finally:
+            if acknowledged is not None:
+                await acknowledged
+        return len(messages)
+
+    # -- tenants ----------------------------------------------------------------------------
+
+    def _decoded(self, record: asyncpg.Record) -> TenantRow:
+        cached = self._tenants.get(record[0])
+        if cached is not None and cached.version == record[1]:
+            return msgspec.structs.replace(cached, reeval_version=record[5],
+                                           reeval_after=(record[6], record[7]) if record[6] is not None else None)
+        row = tenant_from_record(record)
+        self._tenants[row.tenant_id] = row
+        return row
+
+    async def _tenant_rows(self, conn: asyncpg.Connection, tenant_ids: set[str]) -> dict[str, TenantRow]:
+        records = await conn.fetch(TENANT_SELECT + " WHERE tenant_id = ANY($1::text[])", list(tenant_ids))
+        return {r[0]: self._decoded(r) for r in records}
+
+    async def _advance_tenant(
+        self, conn: asyncpg.Connection, tenant_id: str, delivered: list[RecordedEvent] | None
+    ) -> tuple[TenantRow | None, int, int, bool]:
+        """Apply a tenant's delivered events (None: catch up from the ledger) to its row.
+
+        Returns (row, events applied, of which read from the ledger, re-evaluation marked)."""
+        record = await conn.fetchrow(TENANT_SELECT + " WHERE tenant_id = $1 FOR UPDATE", tenant_id)
+        row = self._decoded(record) if record is not None else None
+        version = row.version if row is not None else 0
+        stream = tenant_stream(tenant_id)
+        gap = 0
+        if delivered is None:
+            new = await self.store.read_stream(stream, version + 1)
+            gap = len(new)
+        else:
+            by_version = {e.version: e for e in delivered if e.version > version}
+            new = [by_version[v] for v in sorted(by_version)]
+            if new and new[0].version != version + 1:
+                missing = await self.store.read_stream(stream, version + 1, new[0].version - version - 1)
+                log.info("projector_gap_filled", stream=stream, after_version=version, events=len(missing))
+                gap = len(missing)
+                new = missing + new
+        if not new:
+            return row, 0, 0, False
+        state: TenantState | None = row.state if row is not None else None
+        terms_version = row.terms_version if row is not None else 0
+        for e in new:
+            before = state.terms if state is not None else None
+            state = apply_tenant(state, e)
+            if state.terms != before:
+                terms_version = e.version
+        assert state is not None
+        changed = row is None or terms_version != row.terms_version
+        reeval_version = terms_version if changed else (row.reeval_version if row is not None else None)
+        after = None if changed else (row.reeval_after if row is not None else None)
+        updated = TenantRow(
+            tenant_id=tenant_id, version=state.version, last_position=state.last_position, state=state,
+            terms_version=terms_version, reeval_version=reeval_version, reeval_after=after,
+        )
+        await conn.execute(
+            "INSERT INTO projector.tenants (tenant_id, version, last_position, state, terms_version, reeval_version,"
+            " reeval_after_source, reeval_after_ref) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+            " ON CONFLICT (tenant_id) DO UPDATE SET version = excluded.version,"
+            " last_position = excluded.last_position, state = excluded.state,"
+            " terms_version = excluded.terms_version, reeval_version = excluded.reeval_version,"
+            " reeval_after_source = excluded.reeval_after_source, reeval_after_ref = excluded.reeval_after_ref",
+            tenant_id, updated.version, updated.last_position, encode_tenant(state), terms_version, reeval_version,
+            after[0] if after else None, after[1] if after else None,
+        )
+        self._tenants[tenant_id] = updated
+        return updated, len(new), gap, changed
+
+    # -- re-evaluation: term edits, new days, pending publications ------------------------------
+
+    async def reevaluate_pending(self) -> int:
+        """Run every pending tenant re-evaluation to its end; returns subjects re-evaluated."""
+        self.reeval_wanted.clear()
+        ids = await self.pool.fetch(
+            "SELECT tenant_id FROM projector.tenants WHERE reeval_version IS NOT NULL ORDER BY tenant_id"
+        )
+        total = 0
+        for r in ids:
+            total += await self.reevaluate_tenant(r[0])
+        return total
+
+    async def reevaluate_tenant(self, tenant_id: str) -> int:
+        """Re-evaluate every subject of the tenant not yet evaluated with its current term
+        matrix, in key order, one batch per transaction; publish those that changed."""
+        done = 0
+        while True:
+            async with self.pool.acquire() as conn, conn.transaction():
+                record = await conn.fetchrow(TENANT_SELECT + " WHERE tenant_id = $1", tenant_id)
+                if record is None or record[5] is None:
+                    return done
+                tenant = self._decoded(record)
+                target = tenant.reeval_version
+                after = tenant.reeval_after or ("", "")
+                records = await conn.fetch(
+                    f"SELECT {', '.join('s.' + c for c in SUBJECT_COLUMNS)} FROM projector.subjects s"
+                    " WHERE tenant_id = $1 AND (source, customer_ref) > ($2, $3)"
+                    " ORDER BY source, customer_ref LIMIT $4 FOR UPDATE",
+                    tenant_id, after[0], after[1], self.batch_size,
+                )
+                rows = [row_from_record(r) for r in records]
+                stale = [r for r in rows if r.terms_version < tenant.terms_version]
+                done += await self._reevaluate_rows(conn, stale, {tenant_id: tenant}, "terms")
+                if len(rows) < self.batch_size:
+                    await conn.execute(
+                        "UPDATE projector.tenants SET reeval_version = NULL, reeval_after_source = NULL,"
+                        " reeval_after_ref = NULL WHERE tenant_id = $1 AND reeval_version = $2",
+                        tenant_id, target,
+                    )
+                    finished = True
+                else:
+                    await conn.execute(
+                        "UPDATE projector.tenants SET reeval_after_source = $3, reeval_after_ref = $4"
+                        " WHERE tenant_id = $1 AND reeval_version = $2",
+                        tenant_id, target, rows[-1].source, rows[-1].customer_ref,
+                    )
+                    finished = False
+            if finished:
+                log.info("projector_tenant_reevaluated", tenant=tenant_id, terms_version=tenant.terms_version,
+                         subjects=done)
+                return done
+
+    async def run_due(self) -> int:
+        """Re-evaluate (and publish) the subjects whose matrix changes today with no new
+        event: a term lapses, a future-dated invoice starts counting. Returns subjects done."""
+        return await self._sweep("next_change <= $1", lambda: (self.clock.today(),), "day")
+
+    async def publish_pending(self) -> int:
+        """Publish the subjects whose current matrix is not on the topic (after a rebuild,
+        or while the projector ran without a broker)."""
+        if self.publisher is None:
+            return 0
+        return await self._sweep("published_hash IS DISTINCT FROM matrix_hash", lambda: (), "pending")
+
+    async def _sweep(self, where: str, args: Callable[[], tuple[object, ...]], why: str) -> int:
+        """Re-evaluate, batch by batch, the rows matching ``where`` (rows another
+        transaction holds are skipped: it is evaluating them anyway)."""
+        done = 0
+        while True:
+            async with self.pool.acquire() as conn, conn.transaction():
+                params = args()
+                n = len(params)
+                records = await conn.fetch(
+                    f"SELECT {', '.join('s.' + c for c in SUBJECT_COLUMNS)} FROM projector.subjects s WHERE {where}"
+                    f" ORDER BY tenant_id, source, customer_ref LIMIT ${n + 1} FOR UPDATE SKIP LOCKED",
+                    *params, self.batch_size,
+                )
+                if not records:
+                    return done
+                rows = [row_from_record(r) for r in records]
+                tenants = await self._tenant_rows(conn, {r.tenant_id for r in rows})
+                done += await self._reevaluate_rows(conn, rows, tenants, why)
+            if len(records) < self.batch_size:
+                return done
+
+    async def _reevaluate_rows(
+        self, conn: asyncpg.Connection, rows: list[SubjectRow], tenants: dict[str, TenantRow], why: str
+    ) -> int:
+        if not rows:
+            return 0
+        today = self.clock.today()
+        out: list[SubjectRow] = []
+        messages: list[Message] = []
+        for row in rows:
+            new_row, message = self._evaluate(decode_state(row.state), tenants.get(row.tenant_id), today,
+                                              row.published_hash)
+            out.append(new_row)
+            if message is not None:
+                messages.append(message)
+        published = await self._publish_and_write(conn, messages, out)
+        self.metrics.published.inc(published)
+        self.metrics.reevaluated.labels(why).inc(len(rows))
+        return len(rows)
+
+
+async def apply_until_caught_up(projection: Projection, *, batch: int = 2000, after: int = 0) -> int:
+    """Apply the whole ledger from the event store (no Kafka): for tests and tools.
+    Returns the last position applied."""
+    position = after
+    while True:
+        events = await projection.store.read_all(position, batch)
+        if not events:
+            return position
+        await projection.apply(events)
+        position = events[-1].position
+
+
+__all__ = ["ApplyResult", "OutOfOrderEvent", "Projection", "apply_until_caught_up"]

@@ -1,0 +1,107 @@
+"""Helpers for the projector tests: write real events to the event store, read the rows."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+
+import asyncpg
+
+from consent.seed import new_tenant
+from consent.subject import SubjectState, fold_subject
+from consent.tenant import TenantState, fold_tenant
+from consent.vocabulary import subject_stream, tenant_stream
+from schemas.events import (
+    Actor,
+    Event,
+    InvoiceRecorded,
+    Metadata,
+    ObjectionRecorded,
+    PreferencesChanged,
+    PreferenceSetting,
+    ProspectRegistered,
+    SubjectErased,
+    TermCell,
+    TermMatrixEdited,
+)
+from services.ledger.store import AppendRequest, AppendResult, EventStore, StreamWrite
+from services.projector.readmodel import SUBJECT_COLUMNS, SubjectRow, decode_state, row_from_record
+
+META = Metadata(actor=Actor(kind="api", id="test"), method="api")
+ACTOR = Actor(kind="staff", id="u-test")
+
+
+async def append(store: EventStore, tenant: str, stream: str, *events: Event) -> AppendResult:
+    return await store.append(AppendRequest(tenant_id=tenant, writes=[StreamWrite(stream, list(events))],
+                                            metadata=META))
+
+
+async def create_tenant(store: EventStore, tenant: str) -> AppendResult:
+    return await append(store, tenant, tenant_stream(tenant), new_tenant(tenant, f"Autobedrijf {tenant}"))
+
+
+async def subject(store: EventStore, tenant: str, ref: str, *events: Event, source: str = "dealer") -> AppendResult:
+    return await append(store, tenant, subject_stream(tenant, source, ref), *events)
+
+
+def invoice(day: str, invoice_id: str = "F1") -> InvoiceRecorded:
+    return InvoiceRecorded(invoice_id=invoice_id, invoice_date=dt.date.fromisoformat(day))
+
+
+def prospect(day: str) -> ProspectRegistered:
+    return ProspectRegistered(acquired_on=dt.date.fromisoformat(day), how="beurs")
+
+
+def prefs(**cells: str) -> PreferencesChanged:
+    """``prefs(newsletter__email="opt_out")``."""
+    changes = [PreferenceSetting(category=k.split("__")[0], channel=k.split("__")[1], value=v)  # type: ignore[arg-type]
+               for k, v in cells.items()]
+    return PreferencesChanged(changes=changes, changed_by=ACTOR, method="staff_portal")
+
+
+def objection() -> ObjectionRecorded:
+    return ObjectionRecorded(changed_by=ACTOR, method="phone")
+
+
+def erased() -> SubjectErased:
+    return SubjectErased(reason="request")
+
+
+def term_edit(**cells: int) -> TermMatrixEdited:
+    return TermMatrixEdited(cells=[
+        TermCell(category=k.split("__")[0], channel=k.split("__")[1], months=v)  # type: ignore[arg-type]
+        for k, v in cells.items()
+    ])
+
+
+async def folded_subject(store: EventStore, tenant: str, ref: str, source: str = "dealer") -> SubjectState:
+    state = fold_subject(await store.read_stream(subject_stream(tenant, source, ref)))
+    assert state is not None
+    return state
+
+
+async def folded_tenant(store: EventStore, tenant: str) -> TenantState:
+    return fold_tenant(await store.read_stream(tenant_stream(tenant)))
+
+
+async def subject_rows(conn: asyncpg.Pool | asyncpg.Connection, table: str = "projector.subjects") -> list[SubjectRow]:
+    records = await conn.fetch(f"SELECT {', '.join(SUBJECT_COLUMNS)} FROM {table}"
+                               " ORDER BY tenant_id, source, customer_ref")
+    return [row_from_record(r) for r in records]
+
+
+async def subject_row(pool: asyncpg.Pool, tenant: str, ref: str, source: str = "dealer") -> SubjectRow | None:
+    for row in await subject_rows(pool):
+        if row.key == (tenant, source, ref):
+            return row
+    return None
+
+
+def state_of(row: SubjectRow) -> SubjectState:
+    return decode_state(row.state)
+
+
+def comparable(rows: Sequence[SubjectRow]) -> list[tuple[object, ...]]:
+    """Rows as tuples with the state decoded (msgpack map order is not part of equality)."""
+    return [(r.key, r.version, r.last_position, r.erased, decode_state(r.state), r.terms_version, r.evaluated_on,
+             r.next_change, r.matrix_hash, r.published_hash) for r in rows]

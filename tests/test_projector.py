@@ -1,0 +1,192 @@
+"""The projector's read model: exactly-once application, gaps, tenants, term edits, time.
+
+These tests feed the projection the ledger's own RecordedEvents (read back from a real
+event store); tests/test_projector_kafka.py does the same through Kafka.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+from consent.eligibility import eligibility_matrix, next_change
+from consent.terms import add_months, ledger_day
+from services.ledger.store import EventStore
+from services.projector.clock import FixedClock
+from services.projector.projection import Projection, apply_until_caught_up
+from services.projector.readmodel import TOMBSTONE_HASH, evaluate_subject
+from tests.projector_support import (
+    append,
+    create_tenant,
+    erased,
+    folded_subject,
+    folded_tenant,
+    invoice,
+    objection,
+    prefs,
+    prospect,
+    state_of,
+    subject,
+    subject_row,
+    subject_rows,
+    term_edit,
+)
+
+# The ledger stamps events with the real time, so the tests' clock starts at the real now
+# and every domain date is relative to it.
+NOW = dt.datetime.now(dt.timezone.utc)
+TODAY = ledger_day(NOW)
+UTC = dt.timezone.utc
+
+
+def months_ago(n: int) -> str:
+    return add_months(TODAY, -n).isoformat()
+
+
+@pytest.fixture
+async def store(pool: asyncpg.Pool) -> AsyncIterator[EventStore]:
+    s = EventStore(pool)
+    await s.start()
+    yield s
+    await s.stop()
+
+
+@pytest.fixture
+def clock() -> FixedClock:
+    return FixedClock(NOW)
+
+
+@pytest.fixture
+def projection(pool: asyncpg.Pool, store: EventStore, clock: FixedClock) -> Projection:
+    return Projection(pool, clock=clock, store=store, batch_size=3)
+
+
+async def test_a_customer_row_holds_the_folded_state_and_when_it_next_changes(
+    store: EventStore, projection: Projection, pool: asyncpg.Pool
+) -> None:
+    await create_tenant(store, "acme")
+    await subject(store, "acme", "C1", invoice(months_ago(9)), prefs(newsletter__email="opt_out"))
+    await apply_until_caught_up(projection)
+
+    row = await subject_row(pool, "acme", "C1")
+    assert row is not None
+    expected = await folded_subject(store, "acme", "C1")
+    terms = (await folded_tenant(store, "acme")).terms
+    assert state_of(row) == expected
+    assert (row.version, row.last_position) == (2, expected.last_position)
+    assert row.evaluated_on == TODAY
+    # 18 months of sales and newsletter e-mail, sms and app from the invoice lapse first
+    lapse = add_months(dt.date.fromisoformat(months_ago(9)), 18)
+    assert row.next_change == next_change(expected, terms, TODAY) == lapse
+    assert row.matrix_hash == evaluate_subject(expected, terms, TODAY).matrix_hash
+    assert row.published_hash is None  # no broker configured: the publication is pending
+
+
+async def test_redelivered_events_are_ignored_by_stream_version(
+    store: EventStore, projection: Projection, pool: asyncpg.Pool
+) -> None:
+    await create_tenant(store, "acme")
+    await subject(store, "acme", "C1", invoice(months_ago(9)), objection())
+    events = await store.read_all(0, 100)
+    first = await projection.apply(events)
+    before = await subject_rows(pool)
+    again = await projection.apply(events + events)
+    assert first.applied == 3 and first.duplicates == 0
+    assert again.applied == 0 and again.duplicates == 6
+    assert await subject_rows(pool) == before
+
+
+async def test_a_version_gap_is_filled_from_the_ledger(
+    store: EventStore, projection: Projection, pool: asyncpg.Pool
+) -> None:
+    await create_tenant(store, "acme")
+    await subject(store, "acme", "C1", invoice(months_ago(9)))
+    await subject(store, "acme", "C1", prefs(sales_campaign__sms="opt_in"))
+    await subject(store, "acme", "C1", invoice(months_ago(6), "F2"))
+    events = await store.read_all(0, 100)
+    last_only = [e for e in events if e.stream_id == "subject/acme/dealer/C1" and e.version == 3]
+    result = await projection.apply(last_only)  # versions 1 and 2 never delivered, nor the tenant
+    assert result.gap_events == 1 + 2  # the tenant stream and two subject events, read from the ledger
+    row = await subject_row(pool, "acme", "C1")
+    assert row is not None and row.version == 3
+    assert state_of(row) == await folded_subject(store, "acme", "C1")
+    tenant_version = await pool.fetchval("SELECT version FROM projector.tenants WHERE tenant_id = 'acme'")
+    assert tenant_version == 1
+
+
+async def test_an_erased_subject_keeps_only_a_suppression_record(
+    store: EventStore, projection: Projection, pool: asyncpg.Pool
+) -> None:
+    await create_tenant(store, "acme")
+    await subject(store, "acme", "C1", invoice(months_ago(9)), prefs(newsletter__email="opt_in"), erased())
+    await apply_until_caught_up(projection)
+    row = await subject_row(pool, "acme", "C1")
+    assert row is not None and row.erased and row.matrix_hash == TOMBSTONE_HASH and row.next_change is None
+    state = state_of(row)
+    assert state.erased is not None and state.invoices == {} and state.preferences == {}
+    assert state.version == 3
+
+
+async def test_a_term_edit_reevaluates_every_subject_of_that_tenant_only(
+    store: EventStore, projection: Projection, pool: asyncpg.Pool, clock: FixedClock
+) -> None:
+    await create_tenant(store, "acme")
+    await create_tenant(store, "other")
+    for i in range(7):  # more than one batch (batch_size=3)
+        await subject(store, "acme", f"C{i}", invoice(months_ago(i + 1)))
+    await subject(store, "other", "X1", invoice(months_ago(10)))
+    await apply_until_caught_up(projection)
+    await projection.reevaluate_pending()
+    other_before = await subject_row(pool, "other", "X1")
+
+    result = await append(store, "acme", "tenant/acme", term_edit(newsletter__email=6))
+    applied = await projection.apply(await store.read_all(result.first_position - 1, 10))
+    assert applied.reeval_marked == ["acme"]
+    assert projection.reeval_wanted.is_set()
+    done = await projection.reevaluate_pending()
+    assert done == 7
+
+    terms = (await folded_tenant(store, "acme")).terms
+    for row in await subject_rows(pool):
+        if row.tenant_id != "acme":
+            continue
+        state = state_of(row)
+        assert row.terms_version == 2
+        assert row.matrix_hash == evaluate_subject(state, terms, clock.today()).matrix_hash
+        decisions = eligibility_matrix(state, terms, clock.today())
+        assert decisions["newsletter:email"].evidence[-1] == result.event_ids[0]
+    assert await subject_row(pool, "other", "X1") == other_before
+    pending = await pool.fetchval("SELECT count(*) FROM projector.tenants WHERE reeval_version IS NOT NULL")
+    assert pending == 0
+
+
+async def test_a_lapsing_term_is_reevaluated_on_the_day_it_lapses(
+    store: EventStore, projection: Projection, pool: asyncpg.Pool, clock: FixedClock
+) -> None:
+    await create_tenant(store, "acme")
+    await subject(store, "acme", "P1", prospect(months_ago(1)))  # prospect post: 3 months
+    await subject(store, "acme", "C1", invoice(months_ago(9)))
+    await apply_until_caught_up(projection)
+    row = await subject_row(pool, "acme", "P1")
+    lapse = add_months(dt.date.fromisoformat(months_ago(1)), 3)
+    assert row is not None and row.next_change == lapse
+
+    evening_before = dt.datetime.combine(lapse - dt.timedelta(days=1), dt.time(21, 30), UTC)
+    assert ledger_day(evening_before) == lapse - dt.timedelta(days=1)
+    clock.set(evening_before)
+    assert await projection.run_due() == 0
+    night_of = dt.datetime.combine(lapse, dt.time(0, 30), UTC)
+    assert ledger_day(night_of) == lapse
+    clock.set(night_of)
+    assert await projection.run_due() == 1
+    row = await subject_row(pool, "acme", "P1")
+    assert row is not None and row.evaluated_on == lapse and row.next_change is None
+    terms = (await folded_tenant(store, "acme")).terms
+    state = state_of(row)
+    assert eligibility_matrix(state, terms, lapse)["prospect:post"].reason == "term_expired"
+    assert row.matrix_hash == evaluate_subject(state, terms, lapse).matrix_hash
+    untouched = await subject_row(pool, "acme", "C1")
+    assert untouched is not None and untouched.evaluated_on == TODAY
