@@ -1,0 +1,146 @@
+"""Erasure (GDPR art. 17) through the API: the key is shredded, the stream refuses new
+events (410), audit views show "[erased]", an objection leaves only a hashed suppression
+record, and the hash chain still verifies."""
+
+from __future__ import annotations
+
+import asyncpg
+from aiohttp.test_utils import TestClient
+
+from services.ledger.verify import verify_ledger
+from tests.conftest import Dealer
+
+SUBJ = "/v1/tenants/garage-a/subjects/dealer/C1"
+AUDIT = "/v1/tenants/garage-a/audit/subjects/dealer/C1"
+CONTACT = {"name": "Jan Jansen", "email": "jan.jansen@example.nl", "phone": "+31 6 1111 2222",
+           "licence_plate": "ZZ-999-Z"}
+NOTE = "klant belde zelf, wil niets meer"
+
+
+async def make_subject(api: TestClient, dealer: Dealer, *, objection: bool) -> None:
+    r = await api.post(SUBJ + "/invoices", json={"invoice_id": "F-1", "invoice_date": "2025-02-01",
+                                                 "contact": CONTACT}, headers=dealer.auth("importer"))
+    assert r.status == 201, await r.text()
+    r = await api.post(SUBJ + "/preferences", json={
+        "changes": [{"category": "newsletter", "channel": "email", "value": "opt_out"}], "method": "phone",
+        "note": NOTE}, headers=dealer.auth("staff"))
+    assert r.status == 201, await r.text()
+    if objection:
+        r = await api.post(SUBJ + "/objection", json={"method": "phone"}, headers=dealer.auth("staff"))
+        assert r.status == 201, await r.text()
+
+
+async def erase(api: TestClient, dealer: Dealer, ref: str = "C1", role: str = "admin"):
+    return await api.post(f"/v1/tenants/garage-a/subjects/dealer/{ref}/erasure", json={"confirm_ref": ref},
+                          headers=dealer.auth(role))
+
+
+async def test_erasure_shreds_the_key_and_refuses_every_later_event(api: TestClient, dealer: Dealer,
+                                                                      db_url: str) -> None:
+    await make_subject(api, dealer, objection=False)
+    r = await erase(api, dealer)
+    assert r.status == 201, await r.text()
+    result = await r.json()
+    assert result["keys_shredded"] == 1 and not result["already_erased"] and not result["suppressed"]
+    assert result["reason"] == "request"
+
+    conn = await asyncpg.connect(db_url)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM ledger.subject_keys WHERE stream_id LIKE '%/C1'") == 0
+        assert await conn.fetchval("SELECT count(*) FROM audit.suppressions") == 0
+        count, broken = await verify_ledger(conn)
+        assert broken is None and count >= 4
+    finally:
+        await conn.close()
+
+    for path, body, role in [
+        ("/invoices", {"invoice_id": "F-2", "invoice_date": "2025-03-01", "contact": {"name": "Jan"}}, "importer"),
+        ("/invoices", {"invoice_id": "F-3", "invoice_date": "2025-03-01"}, "importer"),
+        ("/preferences", {"changes": [{"category": "newsletter", "channel": "sms", "value": "opt_in"}]}, "staff"),
+        ("/objection", {"method": "phone", "note": "nog een keer"}, "staff"),
+    ]:
+        r = await api.post(SUBJ + path, json=body, headers=dealer.auth(role))
+        answer = await r.json()
+        assert r.status == 410, (path, answer)
+        assert answer["error"] == "subject_erased" and "erased" in answer["message"] and answer["field"] == "ref"
+    r = await api.post("/v1/tenants/garage-a/subjects:batch", headers=dealer.auth("importer"), json={"items": [
+        {"kind": "invoice", "source": "dealer", "customer_ref": "C2", "invoice_id": "F-9", "invoice_date": "2025-01-01"},
+        {"kind": "invoice", "source": "dealer", "customer_ref": "C1", "invoice_id": "F-9", "invoice_date": "2025-01-01"},
+    ]})
+    assert r.status == 410, await r.text()
+    r = await api.get("/v1/tenants/garage-a/subjects/dealer/C2/events", headers=dealer.auth("auditor"))
+    assert r.status == 404  # all or nothing: the other subject of the batch was not written either
+    conn = await asyncpg.connect(db_url)
+    try:  # no new key was made for the erased subject by the refused commands
+        assert await conn.fetchval("SELECT count(*) FROM ledger.subject_keys WHERE stream_id LIKE '%/C1'") == 0
+    finally:
+        await conn.close()
+
+    r = await erase(api, dealer)
+    assert r.status == 200 and (await r.json())["already_erased"]
+
+
+async def test_audit_views_show_erased_personal_data_as_redacted(api: TestClient, dealer: Dealer) -> None:
+    await make_subject(api, dealer, objection=False)
+    r = await api.get(SUBJ + "/export", headers=dealer.auth("auditor"))
+    assert (await r.json())["personal_data"] == CONTACT
+    assert (await erase(api, dealer)).status == 201
+
+    r = await api.get(SUBJ + "/export", headers=dealer.auth("auditor"))
+    text = await r.text()
+    export = await r.json()
+    assert export["erased"] and export["personal_data"] == "[erased]"
+    assert export["events"][0]["data"]["personal"] == "[erased]" and export["events"][1]["data"]["note"] == "[erased]"
+    for value in (*CONTACT.values(), NOTE):
+        assert value not in text
+
+    r = await api.get(AUDIT, headers=dealer.auth("auditor"))
+    view = await r.json()
+    assert view["erased"] and view["status"] == "erased" and {c["reason"] for c in view["cells"]} == {"erased"}
+    r = await api.get(AUDIT, params={"known_at": export["events"][1]["recorded_at"]}, headers=dealer.auth("auditor"))
+    before = await r.json()  # the past stays explainable: the opt-out, its note redacted
+    email = next(c for c in before["cells"] if (c["category"], c["channel"]) == ("newsletter", "email"))
+    assert email["reason"] == "opted_out" and email["evidence"][0]["note"] == "[erased]"
+
+    r = await api.get(SUBJ + "/export", params={"format": "csv"}, headers=dealer.auth("auditor"))
+    assert "[erased]" in await r.text() and "Jan Jansen" not in await r.text()
+
+
+async def test_an_objection_outlives_erasure_as_a_hashed_suppression_record(api: TestClient, dealer: Dealer,
+                                                                              other_dealer: Dealer, db_url: str) -> None:
+    await make_subject(api, dealer, objection=True)
+    r = await erase(api, dealer)
+    result = await r.json()
+    assert r.status == 201 and result["suppressed"] and result["objected_on"]
+
+    conn = await asyncpg.connect(db_url)
+    try:
+        rows = await conn.fetch("SELECT * FROM audit.suppressions")
+    finally:
+        await conn.close()
+    [row] = rows
+    assert set(dict(row)) == {"tenant_id", "ref_hmac", "objected_on", "erased_at", "reason"}
+    assert len(row["ref_hmac"]) == 32 and b"C1" not in row["ref_hmac"]
+    assert str(row["objected_on"]) == result["objected_on"]
+
+    r = await api.get("/v1/tenants/garage-a/suppressions/dealer/C1", headers=dealer.auth("importer"))
+    found = await r.json()
+    assert found["suppressed"] and found["objected_on"] == result["objected_on"]
+    r = await api.get("/v1/tenants/garage-a/suppressions/dealer/C2", headers=dealer.auth("sender"))
+    assert not (await r.json())["suppressed"]
+    r = await api.get("/v1/tenants/garage-b/suppressions/dealer/C1", headers=other_dealer.auth("importer"))
+    assert not (await r.json())["suppressed"]  # the hash is per tenant
+
+
+async def test_erasure_refuses_bad_requests_with_clear_answers(api: TestClient, dealer: Dealer) -> None:
+    await make_subject(api, dealer, objection=False)
+    r = await api.post(SUBJ + "/erasure", json={"confirm_ref": "C2"}, headers=dealer.auth("admin"))
+    assert r.status == 422 and (await r.json())["field"] == "$.confirm_ref"
+    r = await api.post(SUBJ + "/erasure", json={}, headers=dealer.auth("admin"))
+    assert r.status == 422
+    assert (await erase(api, dealer, role="staff")).status == 403
+    assert (await erase(api, dealer, role="auditor")).status == 403
+    r = await erase(api, dealer, ref="NOBODY")
+    assert r.status == 404 and (await r.json())["error"] == "unknown_subject"
+    r = await api.get(AUDIT, headers=dealer.auth("auditor"))
+    assert not (await r.json())["erased"]  # nothing was half-done
