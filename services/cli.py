@@ -22,6 +22,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "services.ledger.relay",
     "services.devstack",
     "services.audit.cli",
+    "services.portal.cli",
 )
 
 

@@ -1,0 +1,135 @@
+"""``consent-ledger portal ...``: run the portal, create users, issue links.
+
+* ``portal serve``: the privacy portal and AVG Beheer pages (``LEDGER_PORTAL_PORT``).
+* ``portal create-user --tenant T --email E --role admin``: the first admin of a tenant;
+  the password is read from a prompt (twice) or, when stdin is not a terminal, from its
+  first line. Never from the command line, where it would end up in shell history.
+* ``portal issue-link --tenant T --source S --ref R [--rotate]``: print a subject's portal
+  URL (the only time the token is visible).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import sys
+
+import asyncpg
+
+from consent.vocabulary import is_customer_ref, is_slug
+from services.settings import from_env
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    portal = sub.add_parser("portal", help="the privacy portal and AVG Beheer pages")
+    psub = portal.add_subparsers(dest="portal_command", required=True)
+    p = psub.add_parser("serve", help="run the portal HTTP server")
+    p.add_argument("--host", default=None)
+    p.add_argument("--port", type=int, default=None)
+    p.set_defaults(func=cmd_serve)
+    p = psub.add_parser("create-user", help="create a user account for a tenant (password from prompt or stdin)")
+    p.add_argument("--tenant", required=True)
+    p.add_argument("--email", required=True)
+    p.add_argument("--role", choices=("admin", "staff"), default="admin")
+    p.set_defaults(func=cmd_create_user)
+    p = psub.add_parser("issue-link", help="issue a subject's personal portal link and print its URL")
+    p.add_argument("--tenant", required=True)
+    p.add_argument("--source", default="dealer")
+    p.add_argument("--ref", required=True)
+    p.add_argument("--rotate", action="store_true", help="revoke the live link and issue a new one")
+    p.set_defaults(func=cmd_issue_link)
+
+
+def _database_url() -> str:
+    url = from_env().database_url
+    if not url:
+        raise SystemExit("consent-ledger: LEDGER_DATABASE_URL is not set")
+    return url
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from services.portal.app import create_portal_app
+
+    settings = from_env()
+    if not settings.database_url:
+        raise SystemExit("consent-ledger: LEDGER_DATABASE_URL is not set")
+    web.run_app(create_portal_app(settings), host=args.host or settings.host,
+                port=args.port or settings.portal_port, access_log=None, print=None)
+    return 0
+
+
+def read_password() -> str:
+    if sys.stdin.isatty():
+        first = getpass.getpass("Password: ")
+        if getpass.getpass("Repeat password: ") != first:
+            raise SystemExit("consent-ledger: the passwords differ")
+        return first
+    return sys.stdin.readline().rstrip("\r\n")
+
+
+async def create_user(url: str, tenant: str, email: str, role: str, password: str) -> str:
+    """Create the account after checking that the tenant exists in the ledger."""
+    from services.ledger.migrate import migrate
+    from services.ledger.store import EventStore
+    from services.portal.accounts import Accounts
+
+    conn = await asyncpg.connect(url)
+    try:
+        await migrate(conn)
+    finally:
+        await conn.close()
+    pool = await asyncpg.create_pool(url, min_size=1, max_size=2)
+    assert pool is not None
+    try:
+        if await EventStore(pool).stream_version(f"tenant/{tenant}") == 0:
+            raise SystemExit(f"consent-ledger: tenant {tenant!r} does not exist")
+        user = await Accounts(pool).create(tenant, email, role, password, created_by="cli")
+        return user.user_id
+    finally:
+        await pool.close()
+
+
+def cmd_create_user(args: argparse.Namespace) -> int:
+    from services.portal.accounts import AccountError
+    from services.portal.messages import TEXT
+
+    if not is_slug(args.tenant):
+        raise SystemExit("consent-ledger: --tenant must be a tenant id (lower-case letters, digits, _ and -)")
+    password = read_password()
+    try:
+        user_id = asyncio.run(create_user(_database_url(), args.tenant, args.email, args.role, password))
+    except AccountError as exc:
+        print(f"consent-ledger: {TEXT['en'].get(exc.message_key, exc.message_key)}", file=sys.stderr)
+        return 2
+    print(f"created {args.role} {args.email} for {args.tenant} ({user_id})")
+    return 0
+
+
+def cmd_issue_link(args: argparse.Namespace) -> int:
+    from services.portal.links import PortalLinkExists, UnknownSubject, issue_portal_link
+
+    if not (is_slug(args.tenant) and is_slug(args.source) and is_customer_ref(args.ref)):
+        raise SystemExit("consent-ledger: --tenant/--source must be ids and --ref a customer ref")
+    settings = from_env()
+
+    async def run() -> str:
+        pool = await asyncpg.create_pool(_database_url(), min_size=1, max_size=2)
+        assert pool is not None
+        try:
+            return await issue_portal_link(pool, args.tenant, args.source, args.ref, rotate=args.rotate,
+                                           base_url=settings.portal_base_url, issued_by="cli")
+        finally:
+            await pool.close()
+
+    try:
+        print(asyncio.run(run()))
+    except PortalLinkExists as exc:
+        print(f"consent-ledger: {exc}; use --rotate for a new link", file=sys.stderr)
+        return 3
+    except UnknownSubject as exc:
+        print(f"consent-ledger: {exc}", file=sys.stderr)
+        return 2
+    return 0

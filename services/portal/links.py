@@ -1,0 +1,201 @@
+"""Personal portal links ``/p/{token}``: issue, rotate, revoke, look up.
+
+A token is 33 URL-safe characters: an 11-character *selector* (64 random bits) followed by a
+22-character *verifier* (128 random bits), 192 bits in all. Both halves are stored only as
+SHA-256 digests (a fast hash is enough for this much randomness): the selector digest finds
+the row through a unique index, and the verifier digest is compared with
+:func:`hmac.compare_digest`, also against a dummy digest when no row matches, so the answer
+time does not depend on how much of a guessed token was right.
+
+The raw token exists only in the return value of :func:`issue_portal_link` /
+:func:`LinkStore.issue`: a link that already exists can never be shown again. Callers that
+issue links in bulk (the DMS import for mailings) either ask for new links (``rotate=True``,
+which revokes the old link) or learn that a live one exists (:class:`PortalLinkExists`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import re
+import secrets
+from typing import Final
+
+import asyncpg
+import msgspec
+
+from consent.vocabulary import is_customer_ref, is_slug, subject_stream
+from services.ledger.store import EventStore, translate_errors
+
+SELECTOR_BYTES: Final = 8
+VERIFIER_BYTES: Final = 16
+SELECTOR_CHARS: Final = 11  # base64url of 8 bytes, no padding
+TOKEN_CHARS: Final = 33
+TOKEN_PATTERN: Final = re.compile(r"^[A-Za-z0-9_-]{33}$")
+DEFAULT_BASE_URL: Final = "http://127.0.0.1:8081"
+_DUMMY_DIGEST: Final = hashlib.sha256(b"no such portal link").digest()
+
+
+class PortalLinkExists(LookupError):
+    """The subject already has a live link; its token cannot be shown again (stored hashed).
+
+    Pass ``rotate=True`` to revoke it and issue a new one.
+    """
+
+    def __init__(self, tenant_id: str, source: str, customer_ref: str, issued_at: dt.datetime) -> None:
+        super().__init__(f"subject {tenant_id}/{source}/{customer_ref} already has a portal link "
+                         f"(issued {issued_at.isoformat()})")
+        self.issued_at = issued_at
+
+
+class UnknownSubject(LookupError):
+    """No ledger events for this subject: there is nothing to show behind a link."""
+
+
+class LinkTarget(msgspec.Struct, frozen=True):
+    """What a live token opens."""
+
+    link_id: int
+    tenant_id: str
+    source: str
+    customer_ref: str
+    issued_at: dt.datetime
+
+
+class LinkInfo(msgspec.Struct, frozen=True):
+    """A link as staff see it (never the token)."""
+
+    link_id: int
+    issued_at: dt.datetime
+    issued_by: str
+    revoked_at: dt.datetime | None
+    revoked_by: str | None
+
+
+def _digest(text: str) -> bytes:
+    return hashlib.sha256(text.encode()).digest()
+
+
+def new_token() -> str:
+    selector = secrets.token_urlsafe(SELECTOR_BYTES)
+    verifier = secrets.token_urlsafe(VERIFIER_BYTES)
+    assert len(selector) == SELECTOR_CHARS and len(selector) + len(verifier) == TOKEN_CHARS
+    return selector + verifier
+
+
+def split_token(token: str) -> tuple[bytes, bytes] | None:
+    """(selector digest, verifier digest), or None if the text cannot be a token."""
+    if not TOKEN_PATTERN.match(token):
+        return None
+    return _digest(token[:SELECTOR_CHARS]), _digest(token[SELECTOR_CHARS:])
+
+
+def portal_url(base_url: str, token: str) -> str:
+    return f"{base_url.rstrip('/')}/p/{token}"
+
+
+class LinkStore:
+    """The ``portal.links`` table."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def lookup(self, token: str) -> LinkTarget | None:
+        """The subject a live token opens, or None (unknown, malformed or revoked alike)."""
+        parts = split_token(token)
+        if parts is None:
+            return None
+        selector_hash, verifier_hash = parts
+        with translate_errors():
+            row = await self._pool.fetchrow(
+                "SELECT link_id, verifier_hash, tenant_id, source, customer_ref, issued_at, revoked_at"
+                " FROM portal.links WHERE selector_hash = $1",
+                selector_hash,
+            )
+        stored = bytes(row["verifier_hash"]) if row is not None else _DUMMY_DIGEST
+        matches = hmac.compare_digest(stored, verifier_hash)
+        if row is None or not matches or row["revoked_at"] is not None:
+            return None
+        return LinkTarget(row["link_id"], row["tenant_id"], row["source"], row["customer_ref"], row["issued_at"])
+
+    async def live(self, tenant_id: str, source: str, customer_ref: str) -> LinkInfo | None:
+        with translate_errors():
+            row = await self._pool.fetchrow(
+                "SELECT link_id, issued_at, issued_by, revoked_at, revoked_by FROM portal.links"
+                " WHERE tenant_id = $1 AND source = $2 AND customer_ref = $3 AND revoked_at IS NULL",
+                tenant_id, source, customer_ref,
+            )
+        return None if row is None else LinkInfo(**dict(row))
+
+    async def history(self, tenant_id: str, source: str, customer_ref: str) -> list[LinkInfo]:
+        with translate_errors():
+            rows = await self._pool.fetch(
+                "SELECT link_id, issued_at, issued_by, revoked_at, revoked_by FROM portal.links"
+                " WHERE tenant_id = $1 AND source = $2 AND customer_ref = $3 ORDER BY link_id DESC LIMIT 20",
+                tenant_id, source, customer_ref,
+            )
+        return [LinkInfo(**dict(r)) for r in rows]
+
+    async def issue(self, tenant_id: str, source: str, customer_ref: str, *, rotate: bool, issued_by: str) -> str:
+        """A new raw token for the subject (shown once). With ``rotate`` the live link is
+        revoked in the same transaction; without it an existing live link raises
+        :class:`PortalLinkExists`."""
+        token = new_token()
+        parts = split_token(token)
+        assert parts is not None
+        with translate_errors():
+            async with self._pool.acquire() as conn, conn.transaction():
+                # Serialise issuers of the same subject so that "rotate" never races into
+                # the unique index and "exists" is answered from a settled state.
+                await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 7))",
+                                   f"{tenant_id}/{source}/{customer_ref}")
+                live = await conn.fetchrow(
+                    "SELECT link_id, issued_at FROM portal.links"
+                    " WHERE tenant_id = $1 AND source = $2 AND customer_ref = $3 AND revoked_at IS NULL",
+                    tenant_id, source, customer_ref,
+                )
+                if live is not None:
+                    if not rotate:
+                        raise PortalLinkExists(tenant_id, source, customer_ref, live["issued_at"])
+                    await conn.execute(
+                        "UPDATE portal.links SET revoked_at = now(), revoked_by = $2 WHERE link_id = $1",
+                        live["link_id"], issued_by,
+                    )
+                await conn.execute(
+                    "INSERT INTO portal.links (selector_hash, verifier_hash, tenant_id, source, customer_ref,"
+                    " issued_by) VALUES ($1, $2, $3, $4, $5, $6)",
+                    parts[0], parts[1], tenant_id, source, customer_ref, issued_by,
+                )
+        return token
+
+    async def revoke(self, tenant_id: str, source: str, customer_ref: str, *, revoked_by: str) -> bool:
+        """Revoke the subject's live link; False if it had none."""
+        with translate_errors():
+            done = await self._pool.execute(
+                "UPDATE portal.links SET revoked_at = now(), revoked_by = $4"
+                " WHERE tenant_id = $1 AND source = $2 AND customer_ref = $3 AND revoked_at IS NULL",
+                tenant_id, source, customer_ref, revoked_by,
+            )
+        return done != "UPDATE 0"
+
+
+async def issue_portal_link(pool: asyncpg.Pool, tenant: str, source: str, ref: str, *, rotate: bool = False,
+                            base_url: str = DEFAULT_BASE_URL, issued_by: str = "import") -> str:
+    """Issue the subject's personal portal link and return its URL (the only time the raw
+    token is available).
+
+    For bulk issuing (e.g. the DMS import before a mailing): ``rotate=False`` raises
+    :class:`PortalLinkExists` when the subject already has a live link (its URL cannot be
+    shown again: only hashes are stored), so the caller can report "link exists" or call
+    again with ``rotate=True`` to revoke the old link and get a new URL. Raises
+    :class:`UnknownSubject` if the ledger holds no events for the subject and
+    ``ValueError`` for ids that are not valid. ``base_url`` is the portal's public address
+    (``Settings.portal_base_url``).
+    """
+    if not is_slug(tenant) or not is_slug(source) or not is_customer_ref(ref):
+        raise ValueError("tenant/source must be slugs and ref a customer ref")
+    if await EventStore(pool).stream_version(subject_stream(tenant, source, ref)) == 0:
+        raise UnknownSubject(f"no ledger events for subject {tenant}/{source}/{ref}")
+    token = await LinkStore(pool).issue(tenant, source, ref, rotate=rotate, issued_by=issued_by)
+    return portal_url(base_url, token)

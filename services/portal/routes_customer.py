@@ -1,0 +1,207 @@
+"""The customer's privacy portal behind the personal link ``/p/{token}``.
+
+An unknown, malformed or revoked token (and an erased subject) gets the same neutral page
+with the same status. Every request under ``/p/`` counts against the client address's rate
+limit. A save appends ``PreferencesChanged`` (or an objection) through the Ledger with
+actor = subject, method = portal and the policy version the page showed.
+"""
+
+from __future__ import annotations
+
+import msgspec
+import structlog
+from aiohttp import web
+
+from consent.tenant import TenantHistory
+from consent.vocabulary import subject_stream, tenant_stream
+from schemas.events import Actor
+from services.audit.receipts import build_receipt, is_receipt_event
+from services.ledger.commands import CommandRejected, Context
+from services.ledger.errors import WrongExpectedVersion
+from services.portal.app import CSRF, LEDGER, LIMITER, LINKS, MESSAGES, STORE, error_page, render, url_for
+from services.portal.links import LinkTarget
+from services.portal.security import Csrf, same_origin
+from services.portal.view import FormProblem, PortalView, load_view, preference_changes
+
+log = structlog.get_logger(__name__)
+
+SUBJECT_ACTOR = Actor(kind="subject", id="subject")
+_receipt_encoder = msgspec.json.Encoder()
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/p/{token}", portal_page)
+    app.router.add_post("/p/{token}/preferences", save_preferences)
+    app.router.add_post("/p/{token}/objection", record_objection)
+    app.router.add_post("/p/{token}/objection/withdraw", withdraw_objection)
+    app.router.add_get("/p/{token}/receipt/{event_id}", download_receipt)
+
+
+def link_purpose(target: LinkTarget) -> str:
+    return f"link:{target.link_id}"
+
+
+def neutral(request: web.Request) -> web.Response:
+    return error_page(request, 404, "neutral_title", "neutral_body")
+
+
+async def _open(request: web.Request) -> LinkTarget | web.Response:
+    """The link's subject, or the response to send instead (rate limited / neutral)."""
+    limiter = request.app[LIMITER]
+    if not limiter.allow(request.remote or "unknown"):
+        return error_page(request, 429, "rate_title", "rate_body", {"Retry-After": str(limiter.retry_after())})
+    target = await request.app[LINKS].lookup(request.match_info["token"])
+    if target is None:
+        return neutral(request)
+    structlog.contextvars.bind_contextvars(tenant=target.tenant_id, link_id=target.link_id)
+    return target
+
+
+async def _checked_form(request: web.Request, csrf: Csrf, purpose: str) -> dict[str, str] | web.Response:
+    """The posted form if its CSRF token is right and it came from this site."""
+    form = await request.post()
+    fields = {k: v for k, v in form.items() if isinstance(v, str)}
+    if not same_origin(request) or not csrf.valid(purpose, fields.get(Csrf.FIELD)):
+        log.warning("csrf_refused", route=request.match_info.route.resource.canonical
+                    if request.match_info.route.resource else None)
+        return error_page(request, 403, "forbidden_title", "csrf_body")
+    return fields
+
+
+def _page(request: web.Request, target: LinkTarget, view: PortalView, *, status: int = 200,
+          notice: str | None = None, error: str | None = None, saved_event: str | None = None) -> web.Response:
+    token = request.match_info["token"]
+    base = f"/p/{token}"
+    return render(
+        request, "portal.html", status=status, view=view, base=base, preview=False, notice=notice, error=error,
+        saved_event=saved_event, csrf_token=request.app[CSRF].token(link_purpose(target)),
+        receipt_url=url_for(request, f"{base}/receipt/{saved_event}") if saved_event else None,
+    )
+
+
+async def portal_page(request: web.Request) -> web.StreamResponse:
+    target = await _open(request)
+    if isinstance(target, web.Response):
+        return target
+    t = request[MESSAGES]
+    loaded = await load_view(request.app[LEDGER], target.tenant_id, target.source, target.customer_ref, t)
+    if loaded is None or loaded[0].erased:
+        return neutral(request)
+    view = loaded[0]
+    saved = request.query.get("saved")
+    notice = None
+    if saved is not None:
+        notice = t("saved")
+        if not any(e.event_id == saved for e in loaded[1]):
+            saved, notice = None, None
+    elif request.query.get("unchanged") == "1":
+        notice = t("nothing_changed")
+    return _page(request, target, view, notice=notice, saved_event=saved)
+
+
+async def _context_and_view(request: web.Request) -> tuple[LinkTarget, PortalView, dict[str, str]] | web.Response:
+    target = await _open(request)
+    if isinstance(target, web.Response):
+        return target
+    form = await _checked_form(request, request.app[CSRF], link_purpose(target))
+    if isinstance(form, web.Response):
+        return form
+    loaded = await load_view(request.app[LEDGER], target.tenant_id, target.source, target.customer_ref,
+                             request[MESSAGES])
+    if loaded is None or loaded[0].erased:
+        return neutral(request)
+    view = loaded[0]
+    if form.get("policy_version") != view.policy_version:
+        # The customer must have seen the text their choice refers to.
+        return _page(request, target, view, status=409, error=request[MESSAGES]("policy_changed"))
+    return target, view, form
+
+
+def _ctx() -> Context:
+    return Context(actor=SUBJECT_ACTOR, method="portal")
+
+
+def _after_save(request: web.Request, event_id: str | None) -> web.Response:
+    token = request.match_info["token"]
+    if event_id is None:
+        raise web.HTTPSeeOther(url_for(request, f"/p/{token}", unchanged="1"))
+    raise web.HTTPSeeOther(url_for(request, f"/p/{token}", saved=event_id))
+
+
+async def save_preferences(request: web.Request) -> web.StreamResponse:
+    found = await _context_and_view(request)
+    if isinstance(found, web.Response):
+        return found
+    target, view, form = found
+    try:
+        changes = preference_changes(view, form)
+    except FormProblem:
+        return _page(request, target, view, status=400, error=request[MESSAGES]("invalid_choice"))
+    if not changes:
+        return _after_save(request, None)
+    try:
+        result = await request.app[LEDGER].change_preferences(
+            _ctx(), target.tenant_id, target.source, target.customer_ref, changes,
+            policy_version_shown=view.policy_version, expected=view.subject_version,
+        )
+    except WrongExpectedVersion:
+        return await _conflict(request, target)
+    except CommandRejected as exc:
+        log.warning("portal_save_rejected", error=exc.error)
+        return _page(request, target, view, status=exc.status, error=request[MESSAGES]("not_allowed_now",
+                                                                                     message=exc.message))
+    log.info("portal_preferences_saved", cells=len(changes))
+    return _after_save(request, result.event_ids[0])
+
+
+async def _conflict(request: web.Request, target: LinkTarget) -> web.Response:
+    loaded = await load_view(request.app[LEDGER], target.tenant_id, target.source, target.customer_ref,
+                             request[MESSAGES])
+    if loaded is None:
+        return neutral(request)
+    return _page(request, target, loaded[0], status=409, error=request[MESSAGES]("conflict"))
+
+
+async def _objection(request: web.Request, withdraw: bool) -> web.StreamResponse:
+    found = await _context_and_view(request)
+    if isinstance(found, web.Response):
+        return found
+    target, view, _ = found
+    if view.objected != withdraw:  # already in the asked state: nothing to record
+        return _after_save(request, None)
+    try:
+        result = await request.app[LEDGER].record_objection(
+            _ctx(), target.tenant_id, target.source, target.customer_ref, withdraw=withdraw,
+            policy_version_shown=view.policy_version, expected=view.subject_version,
+        )
+    except WrongExpectedVersion:
+        return await _conflict(request, target)
+    log.info("portal_objection_saved", withdraw=withdraw)
+    return _after_save(request, result.event_ids[0])
+
+
+async def record_objection(request: web.Request) -> web.StreamResponse:
+    return await _objection(request, withdraw=False)
+
+
+async def withdraw_objection(request: web.Request) -> web.StreamResponse:
+    return await _objection(request, withdraw=True)
+
+
+async def download_receipt(request: web.Request) -> web.StreamResponse:
+    """The consent receipt of one of this subject's changes, built by the audit service's
+    :func:`services.audit.receipts.build_receipt` with the dealer as it stood then."""
+    target = await _open(request)
+    if isinstance(target, web.Response):
+        return target
+    store = request.app[STORE]
+    event_id = request.match_info["event_id"]
+    subject_events = await store.read_stream(subject_stream(target.tenant_id, target.source, target.customer_ref))
+    recorded = next((e for e in subject_events if e.event_id == event_id), None)
+    if recorded is None or not is_receipt_event(recorded):
+        return error_page(request, 404, "not_found_title", "not_found_body")
+    history = TenantHistory(await store.read_stream(tenant_stream(target.tenant_id)))
+    receipt = build_receipt(recorded, history.state_at(recorded.recorded_at))
+    name = f"bevestiging-{recorded.recorded_at:%Y%m%d-%H%M%S}.json"
+    return web.Response(body=_receipt_encoder.encode(receipt), content_type="application/json",
+                        headers={"Content-Disposition": f'attachment; filename="{name}"'})

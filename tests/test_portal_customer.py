@@ -1,0 +1,231 @@
+"""The customer portal without a browser: token lookup, neutral page, headers, CSRF, rate
+limit, saving preferences and objections as ledger events, the receipt."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import re
+
+import pytest
+
+from consent.eligibility import evaluate
+from consent.subject import fold_subject
+from consent.vocabulary import subject_stream
+from services.portal.app import LINKS
+from services.portal.links import split_token
+from services.portal.security import CSP
+from tests.portal_support import OPERATOR, World, csrf_of, make_world
+
+
+@pytest.fixture
+async def world(settings, aiohttp_client) -> World:  # type: ignore[no-untyped-def]
+    return await make_world(aiohttp_client, settings)
+
+
+async def test_a_portal_page_shows_the_dealer_the_policy_in_order_and_the_settings_explained(world: World) -> None:
+    r = await world.client.get(world.url("garage-a/dealer/K1"))
+    assert r.status == 200
+    html = await r.text()
+    assert "Autobedrijf A" in html
+    assert 'lang="nl"' in html
+    # active chapters only, in the dealer's order
+    assert html.index("Wie is verantwoordelijk") < html.index("Wanneer verzamelen wij") < html.index("Hoe lang bewaren")
+    assert "Aan wie geven we internationale toegang" not in html  # inactive in the seed
+    assert "Nieuwsbrief per e-mail" in html and "Onderhoudsherinneringen per post" in html
+    until = dt.date.today() - dt.timedelta(days=30)
+    assert re.search(r"Ja, tot \d+ \w+ \d{4}, op basis van uw laatste aankoop of werkplaatsbezoek", html)
+    assert str(until.year) in html
+
+
+async def test_english_is_served_on_request_by_query_or_accept_language(world: World) -> None:
+    r = await world.client.get(world.url("garage-a/dealer/K1") + "?lang=en")
+    html = await r.text()
+    assert 'lang="en"' in html and "Newsletter by e-mail" in html and "Your settings" in html
+    assert 'action="/p/' in html and "?lang=en" in html  # forms keep the language
+    r = await world.client.get(world.url("garage-a/dealer/K1"), headers={"Accept-Language": "en-GB,en;q=0.9,nl;q=0.5"})
+    assert "Privacy Portal" in await r.text()
+    r = await world.client.get(world.url("garage-a/dealer/K1"), headers={"Accept-Language": "de,nl;q=0.8,en;q=0.7"})
+    assert "Privacy Portaal" in await r.text()
+
+
+async def test_unknown_malformed_and_revoked_tokens_get_the_same_neutral_page(world: World) -> None:
+    valid = world.links["garage-a/dealer/K1"]
+    unknown = ("A" if valid[0] != "A" else "B") + valid[1:]
+    wrong_verifier = valid[:11] + ("x" if valid[11] != "x" else "y") + valid[12:]
+    assert await world.client.app[LINKS].revoke("garage-a", "dealer", "P1", revoked_by="tests")
+    bodies = set()
+    for token in (unknown, wrong_verifier, "short", world.links["garage-a/dealer/P1"]):
+        r = await world.client.get(f"/p/{token}")
+        assert r.status == 404
+        body = await r.text()
+        assert "Link niet geldig" in body and "Autobedrijf" not in body
+        bodies.add(body.replace(token, "TOKEN"))
+    assert len(bodies) == 1
+
+
+async def test_tokens_are_long_random_and_stored_only_as_hashes(world: World, pool) -> None:  # type: ignore[no-untyped-def]
+    token = world.links["garage-a/dealer/K1"]
+    assert len(token) == 33  # 11 + 22 base64url characters = 64 + 128 random bits
+    rows = await pool.fetch("SELECT * FROM portal.links")
+    dump = repr([dict(r) for r in rows])
+    assert token not in dump and token[:11] not in dump and token[11:] not in dump
+    selector_hash, verifier_hash = split_token(token)  # type: ignore[misc]
+    assert selector_hash == hashlib.sha256(token[:11].encode()).digest()
+    row = await pool.fetchrow("SELECT verifier_hash FROM portal.links WHERE selector_hash = $1", selector_hash)
+    assert bytes(row["verifier_hash"]) == verifier_hash
+
+
+async def test_rotating_a_link_revokes_the_old_one(world: World) -> None:
+    old = world.links["garage-a/dealer/K1"]
+    new = await world.client.app[LINKS].issue("garage-a", "dealer", "K1", rotate=True, issued_by="tests")
+    assert new != old
+    assert (await world.client.get(f"/p/{old}")).status == 404
+    assert (await world.client.get(f"/p/{new}")).status == 200
+
+
+async def test_every_page_has_strict_security_headers_and_is_not_cached(world: World) -> None:
+    for path in (world.url("garage-a/dealer/K1"), "/p/nonsense", "/login"):
+        r = await world.client.get(path)
+        h = r.headers
+        assert h["Content-Security-Policy"] == CSP
+        assert "script-src" not in CSP and "default-src 'none'" in CSP and "frame-ancestors 'none'" in CSP
+        assert h["X-Frame-Options"] == "DENY"
+        assert h["Referrer-Policy"] == "no-referrer"
+        assert h["X-Content-Type-Options"] == "nosniff"
+        assert h["Cache-Control"] == "no-store"
+        assert "<script" not in (await r.text()).lower()
+
+
+async def _form(world: World, key: str, lang: str = "") -> tuple[str, str, str]:
+    r = await world.client.get(world.url(key) + lang)
+    html = await r.text()
+    version = re.search(r'name="policy_version" value="(pv-[0-9a-f]+)"', html)
+    assert version
+    return html, csrf_of(html), version.group(1)
+
+
+async def test_a_customer_opting_out_of_newsletter_email_appends_a_subject_event(world: World) -> None:
+    _, csrf, version = await _form(world, "garage-a/dealer/K1")
+    r = await world.client.post(world.url("garage-a/dealer/K1") + "/preferences", allow_redirects=False,
+                                data={"csrf_token": csrf, "policy_version": version,
+                                      "pref.newsletter.email": "opt_out", "pref.newsletter.post": "default"})
+    assert r.status == 303
+    assert "saved=" in r.headers["Location"]
+    events = await world.ledger.store.read_stream(subject_stream("garage-a", "dealer", "K1"))
+    last = events[-1]
+    assert last.event_type == "PreferencesChanged"
+    assert last.event.changed_by.kind == "subject" and last.event.method == "portal"
+    assert last.metadata.actor.kind == "subject" and last.metadata.method == "portal"
+    assert last.event.policy_version == version
+    assert [(c.category, c.channel, c.value) for c in last.event.changes] == [("newsletter", "email", "opt_out")]
+    _, tenant = await world.ledger.require_tenant("garage-a", fresh=True)
+    decision = evaluate(fold_subject(events), tenant.terms, "newsletter", "email", dt.date.today())  # type: ignore[arg-type]
+    assert not decision.eligible and decision.reason == "opted_out"
+
+    page = await world.client.get(r.headers["Location"])
+    html = await page.text()
+    assert "Uw wijziging is opgeslagen" in html and "Nee: u heeft zich hiervoor afgemeld" in html
+    receipt_link = re.search(r'href="(/p/[^"]+/receipt/[^"]+)"', html)
+    assert receipt_link
+    receipt = await world.client.get(receipt_link.group(1))
+    assert receipt.status == 200
+    assert receipt.headers["Content-Disposition"].startswith("attachment;")
+    body = await receipt.json()
+    assert body["event_id"] == last.event_id and body["policy_version"] == version
+    assert body["collection_method"] == "portal"
+
+
+async def test_saving_unchanged_settings_records_nothing(world: World) -> None:
+    _, csrf, version = await _form(world, "garage-a/dealer/K1")
+    before = await world.ledger.store.stream_version(subject_stream("garage-a", "dealer", "K1"))
+    r = await world.client.post(world.url("garage-a/dealer/K1") + "/preferences", allow_redirects=False,
+                                data={"csrf_token": csrf, "policy_version": version, "pref.newsletter.email": "default"})
+    assert r.status == 303 and "unchanged=1" in r.headers["Location"]
+    assert await world.ledger.store.stream_version(subject_stream("garage-a", "dealer", "K1")) == before
+
+
+async def test_a_receipt_of_another_subject_is_not_served(world: World) -> None:
+    _, csrf, version = await _form(world, "garage-b/dealer/B1")
+    r = await world.client.post(world.url("garage-b/dealer/B1") + "/objection", allow_redirects=False,
+                                data={"csrf_token": csrf, "policy_version": version})
+    event_id = r.headers["Location"].split("saved=")[1]
+    assert (await world.client.get(world.url("garage-b/dealer/B1") + f"/receipt/{event_id}")).status == 200
+    assert (await world.client.get(world.url("garage-a/dealer/K1") + f"/receipt/{event_id}")).status == 404
+
+
+async def test_unsubscribing_from_all_marketing_records_an_objection_and_can_be_withdrawn(world: World) -> None:
+    _, csrf, version = await _form(world, "garage-a/dealer/K1")
+    r = await world.client.post(world.url("garage-a/dealer/K1") + "/objection", allow_redirects=False,
+                                data={"csrf_token": csrf, "policy_version": version})
+    assert r.status == 303
+    events = await world.ledger.store.read_stream(subject_stream("garage-a", "dealer", "K1"))
+    assert events[-1].event_type == "ObjectionRecorded"
+    assert events[-1].event.changed_by.kind == "subject" and events[-1].event.policy_version == version
+    html = await (await world.client.get(world.url("garage-a/dealer/K1"))).text()
+    assert "U heeft zich afgemeld voor alle marketing" in html and "Afmelding intrekken" in html
+    r = await world.client.post(world.url("garage-a/dealer/K1") + "/objection/withdraw", allow_redirects=False,
+                                data={"csrf_token": csrf, "policy_version": version})
+    assert r.status == 303
+    events = await world.ledger.store.read_stream(subject_stream("garage-a", "dealer", "K1"))
+    assert events[-1].event_type == "ObjectionWithdrawn"
+
+
+async def test_a_post_without_or_with_a_foreign_csrf_token_is_refused_and_records_nothing(world: World) -> None:
+    _, _, version = await _form(world, "garage-a/dealer/K1")
+    _, other_csrf, _ = await _form(world, "garage-b/dealer/B1")
+    before = await world.ledger.store.stream_version(subject_stream("garage-a", "dealer", "K1"))
+    for data in ({"policy_version": version, "pref.newsletter.email": "opt_out"},
+                 {"csrf_token": other_csrf, "policy_version": version, "pref.newsletter.email": "opt_out"},
+                 {"csrf_token": "0" * 64, "policy_version": version}):
+        r = await world.client.post(world.url("garage-a/dealer/K1") + "/preferences", data=data)
+        assert r.status == 403
+    r = await world.client.post(world.url("garage-a/dealer/K1") + "/objection", data={"policy_version": version})
+    assert r.status == 403
+    assert await world.ledger.store.stream_version(subject_stream("garage-a", "dealer", "K1")) == before
+
+
+async def test_a_post_from_another_site_is_refused_even_with_the_token(world: World) -> None:
+    _, csrf, version = await _form(world, "garage-a/dealer/K1")
+    r = await world.client.post(world.url("garage-a/dealer/K1") + "/objection",
+                                data={"csrf_token": csrf, "policy_version": version},
+                                headers={"Origin": "https://evil.example"})
+    assert r.status == 403
+
+
+async def test_a_save_against_an_outdated_policy_is_not_recorded(world: World) -> None:
+    _, csrf, version = await _form(world, "garage-a/dealer/K1")
+    await world.ledger.set_chapter_active(OPERATOR, "garage-a", "c07", True)
+    r = await world.client.post(world.url("garage-a/dealer/K1") + "/preferences",
+                                data={"csrf_token": csrf, "policy_version": version, "pref.newsletter.email": "opt_out"})
+    assert r.status == 409
+    assert "privacybeleid is gewijzigd" in await r.text()
+    events = await world.ledger.store.read_stream(subject_stream("garage-a", "dealer", "K1"))
+    assert all(e.event_type != "PreferencesChanged" for e in events)
+
+
+async def test_an_invalid_choice_is_refused(world: World) -> None:
+    _, csrf, version = await _form(world, "garage-a/dealer/K1")
+    r = await world.client.post(world.url("garage-a/dealer/K1") + "/preferences",
+                                data={"csrf_token": csrf, "policy_version": version, "pref.newsletter.email": "maybe"})
+    assert r.status == 400
+
+
+async def test_a_prospect_sees_the_prospect_category_and_can_opt_in(world: World) -> None:
+    html, csrf, version = await _form(world, "garage-a/dealer/P1")
+    assert "Kennismakingsberichten per e-mail" in html
+    assert "Nee: alleen als u hiervoor toestemming geeft." in html
+    r = await world.client.post(world.url("garage-a/dealer/P1") + "/preferences", allow_redirects=False,
+                                data={"csrf_token": csrf, "policy_version": version, "pref.prospect.email": "opt_in"})
+    assert r.status == 303
+    html = await (await world.client.get(r.headers["Location"])).text()
+    assert "Ja: u heeft hiervoor toestemming gegeven" in html
+
+
+async def test_requests_beyond_the_rate_limit_per_address_get_429(settings, aiohttp_client) -> None:  # type: ignore[no-untyped-def]
+    world = await make_world(aiohttp_client, settings, portal_rate_per_minute=60, portal_rate_burst=5)
+    statuses = [(await world.client.get(world.url("garage-a/dealer/K1"))).status for _ in range(7)]
+    assert statuses[:5] == [200] * 5 and statuses[5:] == [429, 429]
+    r = await world.client.get("/p/unknown-token-but-still-limited")
+    assert r.status == 429 and int(r.headers["Retry-After"]) >= 1
+
