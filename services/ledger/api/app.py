@@ -7,6 +7,7 @@ its roles; :func:`_guard` checks the key, the role and the tenant before the han
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -77,6 +78,30 @@ _PARAM_CHECKS = {
     "source": (is_slug, "a data source id is lower-case letters, digits, _ and - (max 40)"),
     "ref": (is_customer_ref, "a customer ref is letters, digits, '.', '_' and '-' (max 64)"),
 }
+
+
+def _param_with_slash(route_sets: Sequence[ApiRoutes], method: str, path: str) -> str | None:
+    """For a path that matched no route: the path parameter that would make it match if
+    it held a '/' (e.g. a customer ref "12/345"), so the answer can name that field. The
+    most specific reading wins: same method first, then the fewest extra segments. Only a
+    parameter followed by more of the route counts: "/v1/tenants/a/nothing" is an unknown
+    route, not a tenant id "a/nothing"."""
+    best: tuple[bool, int, int, str] | None = None
+    for rs in route_sets:
+        for op in rs.operations:
+            parts = re.split(r"\{([a-z_]+)(?::[^}]*)?\}", op.path)
+            names = parts[1::2]
+            followed = [name for i, name in enumerate(names) if parts[2 * i + 2]]
+            for rank, target in enumerate(reversed(followed)):  # a ref or id on the right is the likelier culprit
+                pattern = "".join(
+                    re.escape(part) if i % 2 == 0 else ("(.+)" if part == target else "[^/]+")
+                    for i, part in enumerate(parts)
+                )
+                m = re.fullmatch(pattern, path)
+                if m is not None and "/" in m.group(1):
+                    candidate = (op.method != method, m.group(1).count("/"), rank, target)
+                    best = candidate if best is None or candidate < best else best
+    return best[3] if best is not None else None
 
 
 def _guard(op: Operation) -> Any:
@@ -157,10 +182,16 @@ async def _answer_errors_as_json(request: web.Request, handler: Any) -> web.Stre
         log.error("integrity_error", error=str(exc))
         return _as_response(ApiError(409, "conflict", "the write conflicts with existing data"))
     except web.HTTPRequestEntityTooLarge:
-        return _as_response(ApiError(413, "body_too_large", f"the body may be at most {MAX_BODY} bytes"))
+        return _as_response(ApiError(413, "body_too_large", f"the body may be at most {MAX_BODY} bytes", field="$"))
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
+        if exc.status == 404 and request.match_info.route.resource is None:
+            name = _param_with_slash(request.app[ROUTE_SETS], request.method, request.path)
+            if name is not None:
+                return _as_response(ApiError(422, "validation_error", f"{name} must not contain '/'"
+                                             + (f": {_PARAM_CHECKS[name][1]}" if name in _PARAM_CHECKS else ""),
+                                             field=name))
         error = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
         headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
         return _as_response(ApiError(exc.status, error, exc.reason, headers=headers))

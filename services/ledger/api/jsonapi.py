@@ -48,21 +48,32 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
 _AT_PATH = re.compile(r"^(?P<msg>.*?)(?: - at `(?P<path>[^`]+)`)?$", re.S)
 
 
+# For these two msgspec names the object, not the field: "... field `x` - at `$.contact`".
+_FIELD_OF_OBJECT = re.compile(r"^Object (?:missing required|contains unknown) field `(?P<name>[^`]+)`$")
+_PLAIN_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
 def validation_error(exc: msgspec.ValidationError | msgspec.DecodeError) -> ApiError:
-    """msgspec says e.g. "Expected `int` <= 120, got 130 - at `$.cells[0].months`"."""
+    """msgspec says e.g. "Expected `int` <= 120, got 130 - at `$.cells[0].months`".
+    ``field`` is the JSON path of the offending value: for a missing or unknown field,
+    the field itself (``$.contact.nme``) rather than the object holding it."""
     m = _AT_PATH.match(str(exc))
     message = m.group("msg") if m else str(exc)
-    path = m.group("path") if m else None
+    path = (m.group("path") if m else None) or "$"
+    named = _FIELD_OF_OBJECT.match(message)
+    if named is not None:
+        name = named.group("name")
+        path += f".{name}" if _PLAIN_NAME.match(name) else f"[{msgspec.json.encode(name).decode()}]"
     if isinstance(exc, msgspec.ValidationError):
-        return ApiError(422, "validation_error", message, field=path or "$")
-    return ApiError(400, "malformed_json", message, field=path or "$")
+        return ApiError(422, "validation_error", message, field=path)
+    return ApiError(400, "malformed_json", message, field=path)
 
 
 async def read_body(request: web.Request, body_type: type[T]) -> T:
     if request.content_type != "application/json":
         raise ApiError(415, "unsupported_media_type", "send the body as application/json", field="Content-Type")
     if request.content_length is not None and request.content_length > MAX_BODY:
-        raise ApiError(413, "body_too_large", f"the body may be at most {MAX_BODY} bytes")
+        raise ApiError(413, "body_too_large", f"the body may be at most {MAX_BODY} bytes", field="$")
     raw = await request.read()
     decoder = _decoders.get(body_type)
     if decoder is None:

@@ -132,14 +132,17 @@ def _page(stream_id: str, events: list[RecordedEvent], version: int, limit: int)
 
 def _paging(call: Call) -> tuple[int, int]:
     q = call.request.query
-    try:
-        from_version = int(q.get("from_version", "1"))
-        limit = int(q.get("limit", "500"))
-    except ValueError:
-        raise ApiError(422, "validation_error", "from_version and limit are integers", field="from_version") from None
-    if from_version < 1 or not 1 <= limit <= 5000:
-        raise ApiError(422, "validation_error", "from_version >= 1 and 1 <= limit <= 5000", field="limit")
-    return from_version, limit
+    values: dict[str, int] = {}
+    for name, default in (("from_version", "1"), ("limit", "500")):
+        text = q.get(name, default)
+        if not text.isascii() or not text.isdigit():
+            raise ApiError(422, "validation_error", f"{name} must be a positive integer, got {text[:20]!r}", field=name)
+        values[name] = int(text)
+    if values["from_version"] < 1:
+        raise ApiError(422, "validation_error", "from_version must be >= 1", field="from_version")
+    if not 1 <= values["limit"] <= 5000:
+        raise ApiError(422, "validation_error", "limit must be between 1 and 5000", field="limit")
+    return values["from_version"], values["limit"]
 
 
 _PAGING = (("from_version", "integer", False, "first stream version to return (default 1)"),
