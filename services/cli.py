@@ -23,6 +23,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "services.devstack",
     "services.audit.cli",
     "services.portal.cli",
+    "services.importer.cli",
 )
 
 

@@ -29,6 +29,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     var_dir: str = "var"
     pg_port: int = 54329
     broker_port: int = 19092
+    # The DMS import's HTTP upload (services/importer/): folder of named mapping files
+    # (<name>.toml, chosen with ?mapping=name) and the largest upload accepted.
+    import_mappings_dir: str | None = None
+    import_max_upload_mb: int = 200
 
 
 def from_env(env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -50,6 +54,8 @@ def from_env(env: Mapping[str, str] | None = None, **overrides: object) -> Setti
         "var_dir": e.get("LEDGER_VAR_DIR", "var"),
         "pg_port": int(e.get("LEDGER_PG_PORT", "54329")),
         "broker_port": int(e.get("LEDGER_BROKER_PORT", "19092")),
+        "import_mappings_dir": e.get("LEDGER_IMPORT_MAPPINGS_DIR") or None,
+        "import_max_upload_mb": int(e.get("LEDGER_IMPORT_MAX_UPLOAD_MB", "200")),
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]

@@ -25,6 +25,7 @@ MIGRATION_PACKAGES: tuple[str, ...] = (
     "services.audit",
     "services.portal",
     "services.projector",
+    "services.importer",
 )
 
 

@@ -9,8 +9,10 @@ The associated data binds each ciphertext to its subject stream.
 from __future__ import annotations
 
 import base64
+import hmac
 import os
 import secrets
+from collections.abc import Sequence
 from typing import Any, Final
 
 import asyncpg
@@ -59,6 +61,39 @@ class SubjectKeys:
                     )
         assert row is not None
         return row["key_id"], self._unwrap(bytes(row["wrapped_key"]), stream_id)
+
+    async def keys_for(self, tenant_id: str, stream_ids: Sequence[str]) -> dict[str, SubjectSealer]:
+        """A sealer per subject stream, made on first use: one round trip for the existing
+        keys and one insert for the missing ones, whatever the number of subjects (bulk
+        import). The caller must not pass erased subjects (this would make them a new key)."""
+        wanted = sorted(set(stream_ids))
+        if not wanted:
+            return {}
+        with translate_errors():
+            rows = await self._pool.fetch(
+                "SELECT stream_id, key_id, wrapped_key FROM ledger.subject_keys WHERE stream_id = ANY($1::text[])",
+                wanted,
+            )
+            found = {r["stream_id"]: (r["key_id"], bytes(r["wrapped_key"])) for r in rows}
+            missing = [s for s in wanted if s not in found]
+            if missing:
+                made = [("sk-" + secrets.token_hex(8), s, AESGCM.generate_key(bit_length=256)) for s in missing]
+                inserted = await self._pool.fetch(
+                    "INSERT INTO ledger.subject_keys (key_id, tenant_id, stream_id, wrapped_key)"
+                    " SELECT k, $1, s, w FROM unnest($2::text[], $3::text[], $4::bytea[]) AS u(k, s, w)"
+                    " ON CONFLICT (stream_id) DO NOTHING RETURNING stream_id, key_id, wrapped_key",
+                    tenant_id, [m[0] for m in made], [m[1] for m in made],
+                    [self._wrap(m[2], m[1]) for m in made],
+                )
+                found.update({r["stream_id"]: (r["key_id"], bytes(r["wrapped_key"])) for r in inserted})
+                raced = [s for s in missing if s not in found]
+                if raced:  # made by another writer meanwhile
+                    rows = await self._pool.fetch(
+                        "SELECT stream_id, key_id, wrapped_key FROM ledger.subject_keys"
+                        " WHERE stream_id = ANY($1::text[])", raced,
+                    )
+                    found.update({r["stream_id"]: (r["key_id"], bytes(r["wrapped_key"])) for r in rows})
+        return {s: SubjectSealer(s, key_id, self._unwrap(wrapped, s)) for s, (key_id, wrapped) in found.items()}
 
     async def seal(self, tenant_id: str, stream_id: str, payload: Any) -> Sealed:
         key_id, key = await self.key_for(tenant_id, stream_id)
@@ -115,6 +150,29 @@ class SubjectOpener:
         if self._aead is None or sealed.key_id != self._key_id:
             return None
         return self._aead.decrypt(_b64d(sealed.nonce), _b64d(sealed.ciphertext), self.stream_id.encode())
+
+
+class SubjectSealer:
+    """Seals many payloads for one subject with a key fetched once (see ``keys_for``)."""
+
+    __slots__ = ("stream_id", "key_id", "_aead", "_aad", "_key")
+
+    def __init__(self, stream_id: str, key_id: str, key: bytes) -> None:
+        self.stream_id = stream_id
+        self.key_id = key_id
+        self._key = key
+        self._aead = AESGCM(key)
+        self._aad = stream_id.encode()
+
+    def seal_json(self, plaintext: bytes) -> Sealed:
+        """Seal already-encoded JSON (same format as :func:`seal_with`)."""
+        nonce = os.urandom(12)
+        ciphertext = self._aead.encrypt(nonce, plaintext, self._aad)
+        return Sealed(key_id=self.key_id, nonce=_b64e(nonce).decode(), ciphertext=_b64e(ciphertext).decode())
+
+    def derive(self, purpose: bytes) -> bytes:
+        """A sub-key for another use (e.g. keyed fingerprints), gone with the subject key."""
+        return hmac.digest(self._key, purpose, "sha256")
 
 
 def seal_with(key_id: str, key: bytes, stream_id: str, payload: Any) -> Sealed:

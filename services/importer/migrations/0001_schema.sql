@@ -1,0 +1,2 @@
+-- The DMS import's own tables (docs/import.md).
+CREATE SCHEMA IF NOT EXISTS importer;

@@ -1,0 +1,446 @@
+"""What one batch of rows appends: per kind, a planner turns checked rows into events.
+
+A planner looks up, for the whole batch at once (``= ANY``/``unnest``, never per row):
+the import's own index (importer.invoices / importer.prospects), the subjects' stream
+heads (version, erased) and, for contact data, the subjects' keys. Then, per row:
+
+* invoices: unknown id -> InvoiceRecorded; same data as recorded -> nothing; changed
+  date or contact -> InvoiceCorrected; recorded for another customer -> rejected;
+* prospects: unknown (subject, acquired_on) -> ProspectRegistered; same data -> nothing;
+  changed "how" or contact -> ProspectRegistered again;
+* preferences: equal to the current preference -> nothing; equal to what the last
+  import said while the customer changed it since (portal, staff) -> kept, nothing
+  appended (a nightly full export must not undo a customer's own choice); else the
+  subject gets one PreferencesChanged with the net changes of the batch;
+* an erased subject -> rejected (nothing is recorded for it again).
+
+Every stream write carries the expected version the plan was made against, so a
+concurrent writer (portal, staff, an erasure) makes the append fail as a whole and the
+batch is planned again. The index rows are written by the append's in-transaction hook.
+
+``Effects`` is what a plan will have changed once committed; the next batch is planned
+while this one commits, on top of these effects (docs/import.md, "Pipelining").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hmac
+from collections.abc import Sequence
+from typing import Final
+
+import asyncpg
+import msgspec
+
+from consent.terms import cell_key
+from consent.vocabulary import subject_stream
+from schemas.events import (
+    Actor,
+    Event,
+    InvoiceCorrected,
+    InvoiceRecorded,
+    PreferenceSetting,
+    PreferencesChanged,
+    ProspectRegistered,
+)
+from services.importer.rows import InvoiceRow, PreferenceRow, ProspectRow, Row
+from services.ledger.commands import Ledger
+from services.ledger.errors import LedgerError
+from services.ledger.store import AppendResult, StreamWrite, TransactionHook, translate_errors
+from services.ledger.subject_keys import SubjectSealer
+
+_FP_PURPOSE: Final = b"importer/contact-fingerprint/v1"
+_preferences_decoder: Final = msgspec.json.Decoder(PreferencesChanged)
+
+
+class IndexConflict(LedgerError):
+    """The import's index changed under a batch (a concurrent import): plan it again."""
+
+
+class Rejection(msgspec.Struct, frozen=True):
+    line: int
+    field: str
+    problem: str
+
+
+class Counts(msgspec.Struct, kw_only=True):
+    recorded: int = 0   # rows that appended a new fact
+    corrected: int = 0  # invoices re-delivered with changed data
+    unchanged: int = 0  # rows that were already in the ledger as delivered
+    kept: int = 0       # preference rows not applied: the customer changed it since the last import
+    ignored: int = 0    # preference rows whose value maps to "ignore"
+
+    def add(self, other: Counts) -> None:
+        for f in self.__struct_fields__:
+            setattr(self, f, getattr(self, f) + getattr(other, f))
+
+
+class InvoiceState(msgspec.Struct, frozen=True):
+    stream_id: str
+    invoice_date: dt.date
+    contact_fp: bytes | None
+
+
+class ProspectState(msgspec.Struct, frozen=True):
+    how: str
+    contact_fp: bytes | None
+
+
+class PreferenceState(msgspec.Struct, frozen=True):
+    """Per cell key: the current value, and what the DMS said last."""
+
+    current: dict[str, str]
+    imported: dict[str, str]
+
+
+class Effects(msgspec.Struct):
+    versions: dict[str, int] = {}
+    invoices: dict[str, InvoiceState] = {}
+    prospects: dict[tuple[str, dt.date], ProspectState] = {}
+    preferences: dict[str, PreferenceState] = {}
+
+
+class Plan(msgspec.Struct, kw_only=True):
+    rows: Sequence[Row]
+    writes: list[StreamWrite]
+    hook: TransactionHook | None
+    rejections: list[Rejection]
+    counts: Counts
+    effects: Effects
+
+    @property
+    def events(self) -> int:
+        return sum(len(w.events) for w in self.writes)
+
+
+class Planner:
+    """Shared by the kinds: the batched lookups and the bookkeeping of a plan."""
+
+    def __init__(self, ledger: Ledger, tenant: str, source: str, actor: Actor, ref_column: str) -> None:
+        self.ledger = ledger
+        self.pool: asyncpg.Pool = ledger.pool
+        self.tenant = tenant
+        self.source = source
+        self.actor = actor
+        self.ref_column = ref_column
+        self._prefix = subject_stream(tenant, source, "")
+
+    def stream(self, ref: str) -> str:
+        return self._prefix + ref
+
+    async def heads(self, streams: Sequence[str], overlay: Effects | None) -> tuple[dict[str, int], set[str]]:
+        heads = await self.ledger.subject_heads(streams)
+        versions = {s: v for s, (v, _) in heads.items()}
+        if overlay is not None:
+            versions.update((s, v) for s, v in overlay.versions.items() if s in versions)
+        return versions, {s for s, (_, erased) in heads.items() if erased}
+
+    async def sealers(self, streams: set[str]) -> dict[str, SubjectSealer]:
+        return await self.ledger.keys.keys_for(self.tenant, sorted(streams)) if streams else {}
+
+    def erased(self, line: int) -> Rejection:
+        return Rejection(line, self.ref_column,
+                         "this customer was erased (GDPR art. 17): nothing is recorded for them any more")
+
+    async def plan(self, rows: Sequence[Row], overlay: Effects | None) -> Plan:
+        raise NotImplementedError
+
+
+class _Writes:
+    """Events per stream in first-seen order, and where each lands in the append."""
+
+    def __init__(self) -> None:
+        self.per_stream: dict[str, list[Event]] = {}
+
+    def add(self, stream: str, event: Event) -> tuple[str, int]:
+        events = self.per_stream.setdefault(stream, [])
+        events.append(event)
+        return stream, len(events) - 1
+
+    def build(self, versions: dict[str, int]) -> tuple[list[StreamWrite], dict[str, int]]:
+        """The stream writes (each pinned to its version) and each stream's offset in the
+        append: event (stream, i) gets position ``first_position + offset[stream] + i``."""
+        writes: list[StreamWrite] = []
+        offsets: dict[str, int] = {}
+        n = 0
+        for stream, events in self.per_stream.items():
+            offsets[stream] = n
+            n += len(events)
+            writes.append(StreamWrite(stream, events, versions.get(stream, 0)))
+        return writes, offsets
+
+    def versions_after(self, versions: dict[str, int]) -> dict[str, int]:
+        return {s: versions.get(s, 0) + len(e) for s, e in self.per_stream.items()}
+
+
+def _fingerprint(keys: dict[str, bytes], sealer: SubjectSealer, contact: bytes) -> bytes:
+    fp_key = keys.get(sealer.stream_id)
+    if fp_key is None:
+        fp_key = keys[sealer.stream_id] = sealer.derive(_FP_PURPOSE)
+    return hmac.digest(fp_key, contact, "sha256")[:16]
+
+
+def _affected(status: str) -> int:
+    return int(status.rsplit(" ", 1)[-1])
+
+
+# ---------------------------------------------------------------------------------------
+# Invoices
+# ---------------------------------------------------------------------------------------
+
+
+class InvoicePlanner(Planner):
+    async def plan(self, rows: Sequence[Row], overlay: Effects | None) -> Plan:
+        stream_of = self.stream
+        streams = sorted({stream_of(r.customer_ref) for r in rows})
+        ids = sorted({r.invoice_id for r in rows})  # type: ignore[union-attr]
+
+        async def index() -> list[asyncpg.Record]:
+            with translate_errors():
+                return await self.pool.fetch(
+                    "SELECT invoice_id, stream_id, invoice_date, contact_fp FROM importer.invoices"
+                    " WHERE tenant_id = $1 AND invoice_id = ANY($2::text[])", self.tenant, ids)
+
+        found, (versions, erased) = await asyncio.gather(index(), self.heads(streams, overlay))
+        known: dict[str, InvoiceState] = {
+            r["invoice_id"]: InvoiceState(r["stream_id"], r["invoice_date"],
+                                          bytes(r["contact_fp"]) if r["contact_fp"] is not None else None)
+            for r in found
+        }
+        if overlay is not None:
+            wanted = set(ids)
+            known.update((i, s) for i, s in overlay.invoices.items() if i in wanted)
+        sealers = await self.sealers({stream_of(r.customer_ref) for r in rows
+                                      if r.contact is not None} - erased)  # type: ignore[union-attr]
+        fp_keys: dict[str, bytes] = {}
+        writes = _Writes()
+        changed: dict[str, tuple[InvoiceState, tuple[str, int]]] = {}
+        rejections: list[Rejection] = []
+        counts = Counts()
+        for row in rows:
+            assert isinstance(row, InvoiceRow)
+            stream = stream_of(row.customer_ref)
+            if stream in erased:
+                rejections.append(self.erased(row.line))
+                continue
+            sealer = sealers.get(stream) if row.contact is not None else None
+            fp = _fingerprint(fp_keys, sealer, row.contact) if sealer is not None else None  # type: ignore[arg-type]
+            state = known.get(row.invoice_id)
+            if state is not None and state.stream_id != stream:
+                rejections.append(Rejection(row.line, self.ref_column,
+                                            f"invoice {row.invoice_id} is already recorded for another customer"))
+                continue
+            personal = sealer.seal_json(row.contact) if sealer is not None else None  # type: ignore[arg-type]
+            event: Event
+            if state is None:
+                event = InvoiceRecorded(invoice_id=row.invoice_id, invoice_date=row.invoice_date, personal=personal)
+                counts.recorded += 1
+            elif state.invoice_date == row.invoice_date and (fp is None or fp == state.contact_fp):
+                counts.unchanged += 1
+                continue
+            else:
+                event = InvoiceCorrected(invoice_id=row.invoice_id, invoice_date=row.invoice_date, personal=personal)
+                counts.corrected += 1
+            new_state = InvoiceState(stream, row.invoice_date, fp if fp is not None else
+                                     (state.contact_fp if state is not None else None))
+            known[row.invoice_id] = new_state
+            changed[row.invoice_id] = (new_state, writes.add(stream, event))
+        stream_writes, offsets = writes.build(versions)
+        tenant = self.tenant
+
+        async def hook(conn: asyncpg.Connection, result: AppendResult) -> None:
+            base = result.first_position
+            status = await conn.execute(
+                "INSERT INTO importer.invoices AS i (tenant_id, invoice_id, stream_id, invoice_date, contact_fp,"
+                " position) SELECT $1, u.* FROM unnest($2::text[], $3::text[], $4::date[], $5::bytea[], $6::bigint[])"
+                " AS u ON CONFLICT (tenant_id, invoice_id) DO UPDATE SET invoice_date = EXCLUDED.invoice_date,"
+                " contact_fp = EXCLUDED.contact_fp, position = EXCLUDED.position, updated_at = now()"
+                " WHERE i.stream_id = EXCLUDED.stream_id",
+                tenant, list(changed), [s.stream_id for s, _ in changed.values()],
+                [s.invoice_date for s, _ in changed.values()], [s.contact_fp for s, _ in changed.values()],
+                [base + offsets[stream] + i for _, (stream, i) in changed.values()],
+            )
+            if _affected(status) != len(changed):
+                raise IndexConflict("an invoice of this batch was recorded for another customer meanwhile")
+
+        return Plan(rows=rows, writes=stream_writes, hook=hook if changed else None, rejections=rejections,
+                    counts=counts, effects=Effects(versions=writes.versions_after(versions),
+                                                   invoices={i: s for i, (s, _) in changed.items()}))
+
+
+# ---------------------------------------------------------------------------------------
+# Prospects
+# ---------------------------------------------------------------------------------------
+
+
+class ProspectPlanner(Planner):
+    async def plan(self, rows: Sequence[Row], overlay: Effects | None) -> Plan:
+        stream_of = self.stream
+        streams = sorted({stream_of(r.customer_ref) for r in rows})
+        keys = sorted({(stream_of(r.customer_ref), r.acquired_on) for r in rows})  # type: ignore[union-attr]
+
+        async def index() -> list[asyncpg.Record]:
+            with translate_errors():
+                return await self.pool.fetch(
+                    "SELECT p.stream_id, p.acquired_on, p.how, p.contact_fp FROM importer.prospects p"
+                    " JOIN unnest($2::text[], $3::date[]) AS k(stream_id, acquired_on)"
+                    " ON p.stream_id = k.stream_id AND p.acquired_on = k.acquired_on WHERE p.tenant_id = $1",
+                    self.tenant, [k[0] for k in keys], [k[1] for k in keys])
+
+        found, (versions, erased) = await asyncio.gather(index(), self.heads(streams, overlay))
+        known: dict[tuple[str, dt.date], ProspectState] = {
+            (r["stream_id"], r["acquired_on"]): ProspectState(
+                r["how"], bytes(r["contact_fp"]) if r["contact_fp"] is not None else None)
+            for r in found
+        }
+        if overlay is not None:
+            known.update(overlay.prospects)
+        sealers = await self.sealers({stream_of(r.customer_ref) for r in rows
+                                      if r.contact is not None} - erased)  # type: ignore[union-attr]
+        fp_keys: dict[str, bytes] = {}
+        writes = _Writes()
+        changed: dict[tuple[str, dt.date], tuple[ProspectState, tuple[str, int]]] = {}
+        rejections: list[Rejection] = []
+        counts = Counts()
+        for row in rows:
+            assert isinstance(row, ProspectRow)
+            stream = stream_of(row.customer_ref)
+            if stream in erased:
+                rejections.append(self.erased(row.line))
+                continue
+            sealer = sealers.get(stream) if row.contact is not None else None
+            fp = _fingerprint(fp_keys, sealer, row.contact) if sealer is not None else None  # type: ignore[arg-type]
+            key = (stream, row.acquired_on)
+            state = known.get(key)
+            if state is not None and state.how == row.how and (fp is None or fp == state.contact_fp):
+                counts.unchanged += 1
+                continue
+            personal = sealer.seal_json(row.contact) if sealer is not None else None  # type: ignore[arg-type]
+            counts.recorded += 1
+            new_state = ProspectState(row.how, fp if fp is not None else (state.contact_fp if state else None))
+            known[key] = new_state
+            changed[key] = (new_state, writes.add(stream, ProspectRegistered(
+                acquired_on=row.acquired_on, how=row.how, personal=personal)))
+        stream_writes, offsets = writes.build(versions)
+        tenant = self.tenant
+
+        async def hook(conn: asyncpg.Connection, result: AppendResult) -> None:
+            base = result.first_position
+            await conn.execute(
+                "INSERT INTO importer.prospects AS p (tenant_id, stream_id, acquired_on, how, contact_fp, position)"
+                " SELECT $1, u.* FROM unnest($2::text[], $3::date[], $4::text[], $5::bytea[], $6::bigint[]) AS u"
+                " ON CONFLICT (tenant_id, stream_id, acquired_on) DO UPDATE SET how = EXCLUDED.how,"
+                " contact_fp = EXCLUDED.contact_fp, position = EXCLUDED.position, updated_at = now()",
+                tenant, [k[0] for k in changed], [k[1] for k in changed], [s.how for s, _ in changed.values()],
+                [s.contact_fp for s, _ in changed.values()],
+                [base + offsets[stream] + i for _, (stream, i) in changed.values()],
+            )
+
+        return Plan(rows=rows, writes=stream_writes, hook=hook if changed else None, rejections=rejections,
+                    counts=counts, effects=Effects(versions=writes.versions_after(versions),
+                                                   prospects={k: s for k, (s, _) in changed.items()}))
+
+
+# ---------------------------------------------------------------------------------------
+# Opt-in settings
+# ---------------------------------------------------------------------------------------
+
+
+class PreferencePlanner(Planner):
+    async def current(self, streams: Sequence[str]) -> dict[str, dict[str, str]]:
+        """Per subject, the current value per cell (cells never set are "default")."""
+        with translate_errors():
+            rows = await self.pool.fetch(
+                "SELECT stream_id, data FROM ledger.events WHERE stream_id = ANY($1::text[])"
+                " AND event_type = 'PreferencesChanged' ORDER BY stream_id, version", list(streams))
+        current: dict[str, dict[str, str]] = {}
+        for r in rows:
+            cells = current.setdefault(r["stream_id"], {})
+            for change in _preferences_decoder.decode(r["data"]).changes:
+                cells[cell_key(change.category, change.channel)] = change.value
+        return current
+
+    async def delivered(self, streams: Sequence[str]) -> dict[str, dict[str, str]]:
+        """Per subject, what the DMS said last per cell."""
+        with translate_errors():
+            rows = await self.pool.fetch(
+                "SELECT stream_id, cell, value FROM importer.preferences WHERE tenant_id = $1"
+                " AND stream_id = ANY($2::text[])", self.tenant, list(streams))
+        delivered: dict[str, dict[str, str]] = {}
+        for r in rows:
+            delivered.setdefault(r["stream_id"], {})[r["cell"]] = r["value"]
+        return delivered
+
+    async def plan(self, rows: Sequence[Row], overlay: Effects | None) -> Plan:
+        stream_of = self.stream
+        streams = sorted({stream_of(r.customer_ref) for r in rows})
+        current, delivered, (versions, erased) = await asyncio.gather(
+            self.current(streams), self.delivered(streams), self.heads(streams, overlay))
+        if overlay is not None:
+            for s, p in overlay.preferences.items():
+                if s in versions:
+                    current[s] = p.current
+                    delivered[s] = p.imported
+        rejections: list[Rejection] = []
+        counts = Counts()
+        after: dict[str, PreferenceState] = {}
+        cells: dict[str, tuple[str, str]] = {}
+        news: dict[tuple[str, str], str] = {}  # (stream, cell) -> value newly delivered
+        for row in rows:
+            assert isinstance(row, PreferenceRow)
+            stream = stream_of(row.customer_ref)
+            if stream in erased:
+                rejections.append(self.erased(row.line))
+                continue
+            if row.value == "ignore":
+                counts.ignored += 1
+                continue
+            state = after.get(stream)
+            if state is None:
+                state = after[stream] = PreferenceState(dict(current.get(stream, {})), dict(delivered.get(stream, {})))
+            key = cell_key(row.category, row.channel)
+            cells[key] = (row.category, row.channel)
+            now = state.current.get(key, "default")
+            if state.imported.get(key) == row.value:  # the DMS says what it said before
+                if now == row.value:
+                    counts.unchanged += 1
+                else:
+                    counts.kept += 1  # changed since by the customer or staff: their choice stands
+                continue
+            state.imported[key] = row.value
+            news[(stream, key)] = row.value
+            if now == row.value:
+                counts.unchanged += 1
+            else:
+                counts.recorded += 1
+                state.current[key] = row.value
+        writes = _Writes()
+        for stream, state in after.items():
+            old = current.get(stream, {})
+            changes = [PreferenceSetting(category=cells[k][0], channel=cells[k][1], value=v)  # type: ignore[arg-type]
+                       for k, v in sorted(state.current.items()) if k in cells and old.get(k, "default") != v]
+            if changes:
+                writes.add(stream, PreferencesChanged(changes=changes, changed_by=self.actor, method="import"))
+        stream_writes, _ = writes.build(versions)
+        tenant = self.tenant
+
+        async def remember(conn: asyncpg.Connection | asyncpg.Pool, result: AppendResult | None = None) -> None:
+            """What the DMS said: with the batch's events, or alone if there are none."""
+            await conn.execute(
+                "INSERT INTO importer.preferences AS p (tenant_id, stream_id, cell, value)"
+                " SELECT $1, u.* FROM unnest($2::text[], $3::text[], $4::text[]) AS u"
+                " ON CONFLICT (tenant_id, stream_id, cell) DO UPDATE SET value = EXCLUDED.value, updated_at = now()",
+                tenant, [k[0] for k in news], [k[1] for k in news], list(news.values()),
+            )
+
+        return Plan(rows=rows, writes=stream_writes, hook=remember if news else None, rejections=rejections,
+                    counts=counts, effects=Effects(versions=writes.versions_after(versions),
+                                                   preferences={s: after[s] for s in after}))
+
+
+PLANNERS: Final[dict[str, type[Planner]]] = {
+    "invoices": InvoicePlanner,
+    "prospects": ProspectPlanner,
+    "preferences": PreferencePlanner,
+}

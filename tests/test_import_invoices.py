@@ -1,0 +1,251 @@
+"""DMS import of invoices: CSV as Dutch DMS exports write it, idempotency, corrections,
+rejected rows, atomic batches."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from schemas.events import Actor, InvoiceCorrected, InvoiceRecorded, Metadata, SubjectErased
+from services.importer.mapping import parse_mapping
+from services.ledger.commands import Ledger
+from services.ledger.store import AppendRequest, StreamWrite
+from tests.conftest import MASTER_KEY
+from tests.import_support import (
+    INVOICE_HEADER,
+    TENANT,
+    event_types,
+    open_sealed,
+    run_import,
+    start_ledger,
+    subject_events,
+    write,
+)
+
+DMS_MAPPING = parse_mapping("""
+[invoices.columns]
+customer_ref = "Klantnummer"
+invoice_id = "Factuurnummer"
+invoice_date = "Factuurdatum"
+name = "Naam"
+email = "E-mailadres"
+city = "Woonplaats"
+""")
+
+
+@pytest.fixture
+async def ledger(pool: asyncpg.Pool) -> AsyncIterator[Ledger]:
+    led = await start_ledger(pool, MASTER_KEY)
+    yield led
+    await led.store.stop()
+
+
+async def test_a_windows_1252_dms_export_becomes_one_sealed_invoice_event_per_row(
+    ledger: Ledger, pool: asyncpg.Pool, tmp_path: Path
+) -> None:
+    path = write(tmp_path, "facturen.csv",
+                 "Factuurnummer;Klantnummer;Factuurdatum;Naam;E-mailadres;Woonplaats;Kenteken\n"
+                 "F-1001;K001;05-03-2024;José Ruïz;jose@example.nl;Den Haag;AB-12-CD\n"
+                 'F-1002;K002;1-4-2024;"Jansen; Piet";;\'s-Hertogenbosch;\n', encoding="cp1252")
+    summary, rejected = await run_import(ledger, path, mapping=DMS_MAPPING)
+    assert rejected == []
+    assert (summary.kind, summary.encoding, summary.rows, summary.recorded, summary.events) == (
+        "invoices", "cp1252", 2, 2, 2)
+    [first] = await subject_events(pool, "K001")
+    assert isinstance(first, InvoiceRecorded)
+    assert (first.invoice_id, first.invoice_date) == ("F-1001", dt.date(2024, 3, 5))
+    assert await open_sealed(ledger, "K001", first.personal) == {
+        "name": "José Ruïz", "email": "jose@example.nl", "city": "Den Haag"}
+    [second] = await subject_events(pool, "K002")
+    assert second.invoice_date == dt.date(2024, 4, 1)
+    assert await open_sealed(ledger, "K002", second.personal) == {"name": "Jansen; Piet", "city": "'s-Hertogenbosch"}
+    # The contact is never in clear in the ledger.
+    raw = await pool.fetchval("SELECT string_agg(data::text, '') FROM ledger.events")
+    assert "jose@example.nl" not in raw and "Ruïz" not in raw
+    meta = await pool.fetchval("SELECT metadata::text FROM ledger.events WHERE stream_id LIKE 'subject/%' LIMIT 1")
+    assert '"method":"import"' in meta and summary.run_id in meta
+
+
+async def test_a_utf8_file_with_a_bom_and_iso_dates_is_read_as_utf8(
+    ledger: Ledger, pool: asyncpg.Pool, tmp_path: Path
+) -> None:
+    path = write(tmp_path, "f.csv", "\ufeff" + INVOICE_HEADER + "\nK1;F1;2024-02-29;Zoë;\n")
+    summary, rejected = await run_import(ledger, path)
+    assert (summary.encoding, summary.recorded, rejected) == ("utf-8-sig", 1, [])
+    [event] = await subject_events(pool, "K1")
+    assert await open_sealed(ledger, "K1", event.personal) == {"name": "Zoë"}
+
+
+async def test_importing_the_same_file_twice_appends_nothing_the_second_time(
+    ledger: Ledger, pool: asyncpg.Pool, tmp_path: Path
+) -> None:
+    rows = "\n".join(f"K{i % 7};F{i};0{1 + i % 9}-01-2024;Klant {i};k{i}@example.nl" for i in range(40))
+    path = write(tmp_path, "f.csv", INVOICE_HEADER + "\n" + rows + "\n")
+    first, _ = await run_import(ledger, path, batch_size=8)
+    assert (first.recorded, first.events, first.batches) == (40, 40, 5)
+    head = await pool.fetchval("SELECT position FROM ledger.head")
+    again, rejected = await run_import(ledger, path, batch_size=8)
+    assert rejected == []
+    assert (again.rows, again.recorded, again.corrected, again.unchanged, again.events) == (40, 0, 0, 40, 0)
+    assert await pool.fetchval("SELECT position FROM ledger.head") == head
+
+
+async def test_overlapping_files_append_only_the_invoices_not_seen_before(
+    ledger: Ledger, pool: asyncpg.Pool, tmp_path: Path
+) -> None:
+    monday = write(tmp_path, "mon.csv", INVOICE_HEADER + "\nK1;F1;01-03-2024;;\nK2;F2;02-03-2024;;\n")
+    tuesday = write(tmp_path, "tue.csv", INVOICE_HEADER + "\nK2;F2;02-03-2024;;\nK3;F3;03-03-2024;;\n")
+    await run_import(ledger, monday)
+    summary, _ = await run_import(ledger, tuesday)
+    assert (summary.recorded, summary.unchanged) == (1, 1)
+    assert await event_types(pool) == ["InvoiceRecorded"] * 3
+
+
+async def test_a_redelivered_invoice_with_a_changed_date_appends_an_invoice_corrected(
+    ledger: Ledger, pool: asyncpg.Pool, tmp_path: Path
+) -> None:
+    await run_import(ledger, write(tmp_path, "a.csv", INVOICE_HEADER + "\nK1;F1;01-03-2024;Jan;jan@example.nl\n"))
+    summary, _ = await run_import(ledger, write(tmp_path, "b.csv",
+                                                INVOICE_HEADER + "\nK1;F1;11-03-2024;Jan;jan@example.nl\n"))
+    assert (summary.corrected, summary.recorded) == (1, 0)
+    recorded, corrected = await subject_events(pool, "K1")
+    assert isinstance(corrected, InvoiceCorrected)
+    assert (corrected.invoice_id, corrected.invoice_date) == ("F1", dt.date(2024, 3, 11))
+    # and the index now holds the corrected state: the same file again is a no-op
+    again, _ = await run_import(ledger, write(tmp_path, "c.csv",
+                                              INVOICE_HEADER + "\nK1;F1;11-03-2024;Jan;jan@example.nl\n"))
+    assert (again.unchanged, again.events) == (1, 0)
+
+
+async def test_changed_contact_data_is_a_correction_but_a_file_without_contact_columns_is_not(
+    ledger: Ledger, pool: asyncpg.Pool, tmp_path: Path
+) -> None:
+    await run_import(ledger, write(tmp_path, "a.csv", INVOICE_HEADER + "\nK1;F1;01-03-2024;Jan;jan@example.nl\n"))
+    moved, _ = await run_import(ledger, write(tmp_path, "b.csv",
+                                              INVOICE_HEADER + "\nK1;F1;01-03-2024;Jan;jan@nieuw.nl\n"))
+    assert moved.corrected == 1
+    corrected = (await subject_events(pool, "K1"))[-1]
+    assert await open_sealed(ledger, "K1", corrected.personal) == {"name": "Jan", "email": "jan@nieuw.nl"}
+    bare, _ = await run_import(ledger, write(tmp_path, "c.csv",
+                                             "customer_ref;invoice_id;invoice_date\nK1;F1;01-03-2024\n"))
+    assert (bare.unchanged, bare.events) == (1, 0)
+    same, _ = await run_import(ledger, write(tmp_path, "d.csv",
+                                             INVOICE_HEADER + "\nK1;F1;01-03-2024;Jan;jan@nieuw.nl\n"))
+    assert (same.unchanged, same.events) == (1, 0)
+
+
+async def test_the_same_invoice_twice_in_one_file_is_recorded_once_and_then_corrected(
+    ledger: Ledger, pool: asyncpg.Pool, tmp_path: Path
+) -> None:
+    path = write(tmp_path, "f.csv", INVOICE_HEADER + "\nK1;F1;01-03-2024;;\nK1;F1;01-03-2024;;\nK1;F1;02-03-2024;;\n")
+    summary, _ = await run_import(ledger, path)
+    assert (summary.recorded, summary.unchanged, summary.corrected) == (1, 1, 1)
+    assert [type(e).__name__ for e in await subject_events(pool, "K1")] == ["InvoiceRecorded", "InvoiceCorrected"]
+    date = await pool.fetchval("SELECT invoice_date FROM importer.invoices WHERE invoice_id = 'F1'")
+    assert date == dt.date(2024, 3, 2)
+
+
+async def test_bad_rows_are_reported_with_line_field_and_problem_and_the_valid_rows_are_committed(
+    ledger: Ledger, pool: asyncpg.Pool, tmp_path: Path
+) -> None:
+    path = write(tmp_path, "facturen.csv",
+                 "Factuurnummer;Klantnummer;Factuurdatum;Naam;E-mailadres;Woonplaats\n"
+                 "F1;K1;31-02-2024;;;\n"          # 2: no such date
+                 "F2;K2;01-03-2024;;geen-mail;\n"  # 3: bad e-mail
+                 "F3;;01-03-2024;;;\n"             # 4: no customer
+                 "F 4;K4;01-03-2024;;;\n"          # 5: bad invoice number
+                 "F5;K5;01-03-2024;;;;extra\n"     # 6: a stray separator
+                 "F6;K6;01-03-2099;;;\n"           # 7: in the future
+                 "F7;K7;01-03-2024;Anna;anna@example.nl;Utrecht\n")  # 8: fine
+    summary, rejected = await run_import(ledger, path, mapping=DMS_MAPPING)
+    assert [(r.line, r.field) for r in rejected] == [
+        (2, "Factuurdatum"), (3, "E-mailadres"), (4, "Klantnummer"), (5, "Factuurnummer"), (6, "(row)"),
+        (7, "Factuurdatum")]
+    problems = {r.line: r.problem for r in rejected}
+    assert "not a date (dd-mm-yyyy)" in problems[2]
+    assert "not an e-mail address" in problems[3] and "geen-mail" not in problems[3]  # no personal data
+    assert problems[4] == "is empty"
+    assert "in the future" in problems[7]
+    assert (summary.rows, summary.recorded, summary.rejected, summary.ok) == (7, 1, 6, False)
+    assert await event_types(pool) == ["InvoiceRecorded"]
+
+
+async def test_a_missing_column_refuses_the_whole_file_before_anything_is_written(
+    ledger: Ledger, pool: asyncpg.Pool, tmp_path: Path
+) -> None:
+    from services.importer.pipeline import ImportRefused
+
+    path = write(tmp_path, "f.csv", "Factuurnummer;Klantnummer;Datum\nF1;K1;01-03-2024\n")
+    with pytest.raises(ImportRefused) as info:
+        await run_import(ledger, path, mapping=DMS_MAPPING, kind="invoices")
+    assert info.value.field == "header" and "'Factuurdatum' (invoice_date)" in str(info.value)
+    with pytest.raises(ImportRefused) as info:
+        await run_import(ledger, write(tmp_path, "g.csv", INVOICE_HEADER + "\n"), source="nope")
+    assert info.value.field == "source"
+    assert await event_types(pool) == []
+
+
+async def test_an_invoice_already_recorded_for_another_customer_is_rejected(
+    ledger: Ledger, pool: asyncpg.Pool, tmp_path: Path
+) -> None:
+    await run_import(ledger, write(tmp_path, "a.csv", INVOICE_HEADER + "\nK1;F1;01-03-2024;;\n"))
+    summary, rejected = await run_import(ledger, write(tmp_path, "b.csv",
+                                                       INVOICE_HEADER + "\nK2;F1;01-03-2024;;\nK2;F2;01-03-2024;;\n"))
+    assert [(r.line, r.field) for r in rejected] == [(2, "customer_ref")]
+    assert "already recorded for another customer" in rejected[0].problem
+    assert summary.recorded == 1
+
+
+async def test_an_erased_customer_is_rejected_and_gets_no_new_key(
+    ledger: Ledger, pool: asyncpg.Pool, tmp_path: Path
+) -> None:
+    await run_import(ledger, write(tmp_path, "a.csv", INVOICE_HEADER + "\nK1;F1;01-03-2024;Jan;jan@example.nl\n"))
+    stream = "subject/garage-a/dealer/K1"
+    async with pool.acquire() as conn:
+        await ledger.keys.shred(conn, stream)
+    await ledger.store.append(AppendRequest(
+        tenant_id=TENANT, writes=[StreamWrite(stream, [SubjectErased(reason="request")])],
+        metadata=Metadata(actor=Actor(kind="staff", id="test"))))
+    summary, rejected = await run_import(ledger, write(tmp_path, "b.csv",
+                                                       INVOICE_HEADER + "\nK1;F2;02-03-2024;Jan;jan@example.nl\n"))
+    assert [(r.line, r.field) for r in rejected] == [(2, "customer_ref")] and "erased" in rejected[0].problem
+    assert await pool.fetchval("SELECT count(*) FROM ledger.subject_keys WHERE stream_id = $1", stream) == 0
+    assert summary.events == 0
+
+
+async def test_a_batch_planned_on_a_stale_stream_version_is_planned_again_and_nothing_is_duplicated(
+    ledger: Ledger, pool: asyncpg.Pool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await run_import(ledger, write(tmp_path, "a.csv", INVOICE_HEADER + "\nK1;F1;01-03-2024;;\n"))
+    real = Ledger.subject_heads
+    calls = {"n": 0}
+
+    async def stale_once(self: Ledger, streams: list[str]) -> dict[str, tuple[int, bool]]:
+        heads = await real(self, streams)
+        calls["n"] += 1
+        if calls["n"] == 1:  # as if a portal write landed between the plan and the append
+            return {s: (max(0, v - 1), e) for s, (v, e) in heads.items()}
+        return heads
+
+    monkeypatch.setattr(Ledger, "subject_heads", stale_once)
+    summary, _ = await run_import(ledger, write(tmp_path, "b.csv", INVOICE_HEADER + "\nK1;F2;02-03-2024;;\n"))
+    assert (summary.retries, summary.recorded, summary.events) == (1, 1, 1)
+    assert await event_types(pool) == ["InvoiceRecorded", "InvoiceRecorded"]
+
+
+async def test_a_second_import_for_the_same_tenant_is_refused_while_one_runs(
+    ledger: Ledger, pool: asyncpg.Pool, tmp_path: Path
+) -> None:
+    from services.importer.pipeline import ImportRefused
+
+    async with pool.acquire() as conn:
+        await conn.execute("SELECT pg_advisory_lock(hashtextextended('importer/garage-a', 0))")
+        with pytest.raises(ImportRefused) as info:
+            await run_import(ledger, write(tmp_path, "a.csv", INVOICE_HEADER + "\nK1;F1;01-03-2024;;\n"))
+        await conn.execute("SELECT pg_advisory_unlock_all()")
+    assert info.value.status == 409 and "another import" in str(info.value)
+    assert await event_types(pool) == []
