@@ -93,14 +93,16 @@ async def run_retention(ledger: Ledger, master_key: bytes, *, now: dt.datetime, 
     wanted = list(tenants) if tenants is not None else await tenant_ids(ledger.pool)
     reports: list[RetentionReport] = []
     for tenant_id in wanted:
+        # Everything recorded counts (an injected clock may stand before the last event), and
+        # the retention periods are the tenant's current ones.
         tenant = await load_tenant(ledger.store, tenant_id)
-        current = tenant.state_at(now)
+        current = tenant.history.current
         years, months = current.retention_customer_years, current.retention_prospect_months
         due: list[RetentionDue] = []
         scanned = 0
         with translate_errors():
             async with ledger.pool.acquire() as conn:
-                async for state in scan_subjects(conn, tenant_id, now):
+                async for state in scan_subjects(conn, tenant_id):
                     scanned += 1
                     item = retention_due(state, years, months)
                     if item is not None and item.due_on <= today:
