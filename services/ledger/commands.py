@@ -46,13 +46,11 @@ from schemas.events import (
     TermCell,
     TermMatrixEdited,
 )
-from services.ledger.errors import LedgerError, WrongExpectedVersion
+from services.ledger.errors import LedgerError, StreamClosed
 from services.ledger.store import AppendRequest, AppendResult, EventStore, StreamWrite, translate_errors
 from services.ledger.subject_keys import SubjectKeys
 
 log = structlog.get_logger(__name__)
-
-_ERASED_CHECK_ATTEMPTS = 20
 
 
 class CommandRejected(LedgerError):
@@ -64,6 +62,14 @@ class CommandRejected(LedgerError):
         self.error = error
         self.message = message
         self.field = field
+
+
+def _erased(stream_id: str) -> CommandRejected:
+    return CommandRejected(
+        410, "subject_erased",
+        f"{stream_id} was erased (GDPR art. 17): its personal data is destroyed and nothing more"
+        " can be recorded for it", field="ref",
+    )
 
 
 class Context:
@@ -271,11 +277,7 @@ class Ledger:
         heads = await self.subject_heads(stream_ids)
         for stream_id, (_, erased) in heads.items():
             if erased:
-                raise CommandRejected(
-                    410, "subject_erased",
-                    f"{stream_id} was erased (GDPR art. 17): its personal data is destroyed and nothing more"
-                    " can be recorded for it", field="ref",
-                )
+                raise _erased(stream_id)
         return {stream_id: version for stream_id, (version, _) in heads.items()}
 
     async def record_invoice(self, ctx: Context, tenant_id: str, source: str, ref: str, invoice_id: str,
@@ -347,25 +349,14 @@ class Ledger:
         return await self._guarded_append(ctx, tenant_id, list(writes))
 
     async def _guarded_append(self, ctx: Context, tenant_id: str, writes: list[StreamWrite]) -> AppendResult:
-        """Append, refusing erased subject streams (410) without a race: a subject write
-        without an expected version is pinned to the version seen when the stream was not
-        erased, so an erasure committed in between makes it conflict, and it is checked
-        again (a few times; then the 409 goes to the caller)."""
-        subjects = [w.stream_id for w in writes if w.stream_id.startswith("subject/")]
-        for attempt in range(_ERASED_CHECK_ATTEMPTS):
-            pinned = writes
-            if subjects:
-                versions = await self.refuse_erased(subjects)
-                pinned = [StreamWrite(w.stream_id, w.events, versions[w.stream_id])
-                          if w.expected_version is None and w.stream_id in versions else w for w in writes]
-            request = AppendRequest(
-                tenant_id=tenant_id, writes=pinned, metadata=ctx.metadata(),
-                idempotency_key=ctx.idempotency_key, fingerprint=ctx.fingerprint,
-            )
-            try:
-                return await self.store.append(request)
-            except WrongExpectedVersion as exc:
-                chosen = {w.stream_id for w in writes if w.expected_version is not None}
-                if exc.stream_id in chosen or attempt == _ERASED_CHECK_ATTEMPTS - 1:
-                    raise
-        raise AssertionError("unreachable")
+        """Append, refusing erased subject streams (410) without a race: the store checks,
+        under its append lock and in the append's own transaction, that no stream's last
+        event is SubjectErased (no query of its own per request: docs/performance.md)."""
+        request = AppendRequest(
+            tenant_id=tenant_id, writes=writes, metadata=ctx.metadata(),
+            idempotency_key=ctx.idempotency_key, fingerprint=ctx.fingerprint,
+        )
+        try:
+            return await self.store.append(request)
+        except StreamClosed as exc:
+            raise _erased(exc.stream_id) from None

@@ -35,3 +35,12 @@ class StoreUnavailable(LedgerError):
 
 class IntegrityError(LedgerError):
     """A write broke a constraint the store relies on (never expected in normal use)."""
+
+
+class StreamClosed(LedgerError):
+    """The stream's last event closes it (e.g. SubjectErased): nothing more may be appended."""
+
+    def __init__(self, stream_id: str, closed_by: str) -> None:
+        super().__init__(f"stream {stream_id!r} is closed by {closed_by}: nothing more can be appended to it")
+        self.stream_id = stream_id
+        self.closed_by = closed_by

@@ -9,7 +9,10 @@
 Appends go through one writer task per process that batches whatever requests arrived
 while the previous batch was committing into a single transaction (group commit): one
 WAL flush for many requests, and every caller is answered only after that commit.
-A request whose expected version is stale fails alone; the rest of the batch commits.
+A request whose expected version is stale, or that writes to a closed stream (one whose
+last event is in ``CLOSING_EVENTS``: an erased subject), fails alone; the rest of the
+batch commits. Those checks run under the head lock, inside the batch's transaction, so
+no request needs a query of its own before it is queued.
 """
 
 from __future__ import annotations
@@ -18,8 +21,8 @@ import asyncio
 import contextlib
 import datetime as dt
 import hashlib
+import os
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from typing import Any, Final
 
@@ -27,12 +30,13 @@ import asyncpg
 import msgspec
 import structlog
 
-from schemas.events import Event, Metadata, RecordedEvent, decode_event, encode_event
+from schemas.events import Event, Metadata, RecordedEvent, SubjectErased, decode_event, encode_event
 from services.ledger.errors import (
     IdempotencyKeyReused,
     IntegrityError,
     LedgerError,
     StoreUnavailable,
+    StreamClosed,
     WrongExpectedVersion,
 )
 from services.ledger.hashchain import event_hash
@@ -84,6 +88,85 @@ class AppendResult(msgspec.Struct, frozen=True, kw_only=True):
 
 
 _result_decoder: Final = msgspec.json.Decoder(AppendResult)
+
+# Event types after which a stream takes no more events (a closed stream): an erased
+# subject (GDPR art. 17, docs/erasure.md). Checked under the head lock, in the batch.
+CLOSING_EVENTS: Final = frozenset({SubjectErased.__name__})
+
+# An append batch is one transaction in four round trips (docs/performance.md):
+# 1. begin and take the head lock (simple protocol: two statements, one round trip);
+_BEGIN_AND_LOCK: Final = "BEGIN ISOLATION LEVEL READ COMMITTED; SELECT 1 FROM ledger.head FOR UPDATE"
+# 2. read, in a statement that starts after the lock is held (so its snapshot includes
+#    every earlier append): the head, each stream's last version and event type, and
+#    the idempotency keys already used;
+_READ_STATE: Final = (
+    "SELECT h.position, h.hash, h.recorded_at, s.versions, s.last_types,"
+    " k.key_tenants, k.keys, k.fingerprints, k.results"
+    " FROM ledger.head h"
+    " CROSS JOIN LATERAL ("
+    "  SELECT array_agg(coalesce(e.version, 0) ORDER BY u.ord) AS versions,"
+    "   array_agg(e.event_type ORDER BY u.ord) AS last_types"
+    "  FROM unnest($1::text[]) WITH ORDINALITY AS u(stream_id, ord)"
+    "  LEFT JOIN LATERAL (SELECT ev.version, ev.event_type FROM ledger.events ev"
+    "   WHERE ev.stream_id = u.stream_id ORDER BY ev.version DESC LIMIT 1) e ON true"
+    " ) s"
+    " CROSS JOIN LATERAL ("
+    "  SELECT array_agg(i.tenant_id ORDER BY q.ord) AS key_tenants, array_agg(i.key ORDER BY q.ord) AS keys,"
+    "   array_agg(i.fingerprint ORDER BY q.ord) AS fingerprints, array_agg(i.result ORDER BY q.ord) AS results"
+    "  FROM unnest($2::text[], $3::text[]) WITH ORDINALITY AS q(tenant_id, key, ord)"
+    "  JOIN ledger.idempotency i ON i.tenant_id = q.tenant_id AND i.key = q.key"
+    " ) k"
+)
+# 3. write the events, the new idempotency keys and the new head in one statement;
+_WRITE: Final = (
+    "WITH new_events AS ("
+    " INSERT INTO ledger.events (position, event_id, stream_id, version, tenant_id, event_type,"
+    " schema_version, recorded_at, occurred_on, data, metadata, prev_hash, hash)"
+    " SELECT p, e, s, v, t, ty, sv, $8, o, d, m, ph, h FROM unnest("
+    "$1::bigint[], $2::uuid[], $3::text[], $4::int[], $5::text[], $6::text[], $7::smallint[],"
+    " $9::date[], $10::json[], $11::json[], $12::bytea[], $13::bytea[])"
+    " AS u(p, e, s, v, t, ty, sv, o, d, m, ph, h)"
+    "), new_keys AS ("
+    " INSERT INTO ledger.idempotency (tenant_id, key, fingerprint, result)"
+    " SELECT * FROM unnest($14::text[], $15::text[], $16::bytea[], $17::json[])"
+    ")"
+    " UPDATE ledger.head SET position = $18, hash = $19, recorded_at = $8"
+)
+# 4. COMMIT. The writer keeps its own connection between batches: taking one from the
+#    pool and giving it back would add a reset round trip to every batch.
+_CONNECTION_LOST: Final = (
+    OSError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.InterfaceError,
+    asyncpg.exceptions.AdminShutdownError,
+)
+
+
+def _usable(conn: asyncpg.Connection) -> bool:
+    try:
+        return not conn.is_closed()
+    except asyncpg.exceptions.InterfaceError:  # lost, and taken back by the pool
+        return False
+
+
+class _EventIds:
+    """Random (version 4) UUIDs as text for a batch, from one ``os.urandom`` call
+    (a system call per event is a visible cost at a few thousand events a second)."""
+
+    __slots__ = ("_raw", "_at")
+
+    def __init__(self, count: int) -> None:
+        self._raw = os.urandom(16 * count)
+        self._at = 0
+
+    def next(self) -> str:
+        at = self._at
+        self._at = at + 16
+        b = bytearray(self._raw[at:at + 16])
+        b[6] = (b[6] & 0x0F) | 0x40  # version 4
+        b[8] = (b[8] & 0x3F) | 0x80  # RFC 4122 variant
+        h = b.hex()
+        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 TransactionHook = Callable[[asyncpg.Connection, AppendResult], Awaitable[None]]
 """``hook(conn, result)``: extra writes inside the append's transaction (see AppendRequest)."""
@@ -147,12 +230,15 @@ class EventStore:
         *,
         max_batch_events: int = 5000,
         on_commit: AppendObserver | None = None,
+        closing_events: frozenset[str] = CLOSING_EVENTS,
     ) -> None:
         self._pool = pool
         self._max_batch_events = max_batch_events
         self._on_commit = on_commit
+        self._closing_events = closing_events
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
+        self._conn: asyncpg.Connection | None = None  # the writer's own, between batches
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -170,12 +256,16 @@ class EventStore:
             pending = self._queue.get_nowait()
             if not pending.future.done():
                 pending.future.set_exception(StoreUnavailable("event store is shutting down"))
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            with contextlib.suppress(Exception):  # lost connections are the pool's already
+                await self._pool.release(conn)
 
     # -- writing -------------------------------------------------------------------
 
     async def append(self, request: AppendRequest) -> AppendResult:
         """Append atomically; returns after commit. Raises WrongExpectedVersion,
-        IdempotencyKeyReused, StoreUnavailable."""
+        StreamClosed, IdempotencyKeyReused, StoreUnavailable."""
         if not request.writes or not any(w.events for w in request.writes):
             raise ValueError("append needs at least one event")
         if self._writer is None:
@@ -219,46 +309,77 @@ class EventStore:
         if self._on_commit is not None and appended:
             self._on_commit(appended, time.perf_counter() - started)
 
+    async def _connection(self) -> asyncpg.Connection:
+        if self._conn is not None and not _usable(self._conn):
+            await self._drop_connection()
+        if self._conn is None:
+            self._conn = await self._pool.acquire()
+        return self._conn
+
+    async def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.terminate()
+            with contextlib.suppress(Exception):  # the pool may have taken it back already
+                await self._pool.release(conn)
+
+    async def _abandon(self, conn: asyncpg.Connection) -> None:
+        """After a failed batch: roll back and keep the connection, or, if even that
+        fails, drop it (the next batch takes a fresh one from the pool)."""
+        try:
+            if _usable(conn):
+                if conn.is_in_transaction():
+                    await conn.execute("ROLLBACK", timeout=5)
+                return
+        except (Exception, asyncio.CancelledError):
+            pass
+        await self._drop_connection()
+
     async def _commit_batch(self, batch: list[_Pending]) -> int:
-        """One transaction for the batch; resolves each future; returns events appended."""
+        """One transaction for the batch, in four round trips (begin and lock; read; write;
+        commit); resolves each future; returns events appended."""
         outcomes: list[tuple[_Pending, AppendResult | Exception]] = []
-        async with self._pool.acquire() as conn, conn.transaction():
-            # The lock that keeps insert order equal to commit order: FOR UPDATE on the
-            # single head row is held until this transaction commits, so no other writer
-            # can assign the next positions before our rows are visible.
-            head = await conn.fetchrow("SELECT position, hash, recorded_at FROM ledger.head FOR UPDATE")
-            assert head is not None
-            position: int = head["position"]
-            prev_hash: bytes = bytes(head["hash"])
+        conn = await self._connection()
+        try:
+            try:
+                # The lock that keeps insert order equal to commit order: FOR UPDATE on the
+                # single head row is held until this transaction commits, so no other
+                # writer can assign the next positions before our rows are visible.
+                await conn.execute(_BEGIN_AND_LOCK)
+            except _CONNECTION_LOST:
+                # The kept connection died while idle (server restart, idle timeout):
+                # nothing of this batch was written, so begin again on a fresh one.
+                await self._abandon(conn)
+                conn = await self._connection()
+                await conn.execute(_BEGIN_AND_LOCK)
+            # A statement of its own, after the lock is ours: its snapshot sees every
+            # append committed before, so versions and idempotency keys are current.
+            stream_ids = sorted({w.stream_id for p in batch for w in p.request.writes})
+            keyed = [(p.request.tenant_id, p.request.idempotency_key) for p in batch if p.request.idempotency_key]
+            state = await conn.fetchrow(
+                _READ_STATE, stream_ids, [t for t, _ in keyed], [k for _, k in keyed]
+            )
+            assert state is not None
+            position: int = state["position"]
+            prev_hash: bytes = bytes(state["hash"])
             now = dt.datetime.now(dt.timezone.utc)
             # recorded_at never goes backwards along the log, whatever the writers' clocks
             # say: "recorded up to K" is then always a prefix of the global order.
-            recorded_at = max(now, head["recorded_at"])
-
-            stream_ids = sorted({w.stream_id for p in batch for w in p.request.writes})
-            versions: dict[str, int] = {
-                r["stream_id"]: r["version"] or 0
-                for r in await conn.fetch(
-                    "SELECT s AS stream_id,"
-                    " (SELECT max(version) FROM ledger.events e WHERE e.stream_id = s) AS version"
-                    " FROM unnest($1::text[]) AS s",
-                    stream_ids,
-                )
+            recorded_at = max(now, state["recorded_at"])
+            versions: dict[str, int] = dict(zip(stream_ids, state["versions"] or ()))
+            closed: dict[str, str] = {
+                s: t for s, t in zip(stream_ids, state["last_types"] or ()) if t in self._closing_events
             }
-            keyed = [(p.request.tenant_id, p.request.idempotency_key) for p in batch if p.request.idempotency_key]
             seen_keys: dict[tuple[str, str], tuple[bytes, AppendResult]] = {}
-            if keyed:
-                for r in await conn.fetch(
-                    "SELECT i.tenant_id, i.key, i.fingerprint, i.result FROM ledger.idempotency i"
-                    " JOIN unnest($1::text[], $2::text[]) AS k(tenant_id, key)"
-                    " ON i.tenant_id = k.tenant_id AND i.key = k.key",
-                    [t for t, _ in keyed],
-                    [k for _, k in keyed],
-                ):
-                    seen_keys[(r["tenant_id"], r["key"])] = (
-                        bytes(r["fingerprint"]),
-                        msgspec.structs.replace(_result_decoder.decode(r["result"]), replayed=True),
-                    )
+            for tenant_id, key, fingerprint, result in zip(
+                state["key_tenants"] or (), state["keys"] or (), state["fingerprints"] or (),
+                state["results"] or (),
+            ):
+                seen_keys[(tenant_id, key)] = (
+                    bytes(fingerprint),
+                    msgspec.structs.replace(_result_decoder.decode(result), replayed=True),
+                )
 
             cols: dict[str, list[Any]] = {
                 k: []
@@ -270,6 +391,7 @@ class EventStore:
             new_keys: list[tuple[str, str, bytes, str]] = []
             batch_keys: dict[tuple[str, str], tuple[bytes, _Pending]] = {}
             followers: list[tuple[_Pending, _Pending]] = []
+            event_ids = _EventIds(sum(len(w.events) for p in batch for w in p.request.writes))
             for pending in batch:
                 req = pending.request
                 key = (req.tenant_id, req.idempotency_key) if req.idempotency_key else None
@@ -286,13 +408,13 @@ class EventStore:
                     else:
                         outcomes.append((pending, IdempotencyKeyReused(key[1])))
                     continue
-                conflict = self._check_versions(req, versions)
-                if conflict is not None:
-                    outcomes.append((pending, conflict))
+                refusal = self._check_closed(req, closed) or self._check_versions(req, versions)
+                if refusal is not None:
+                    outcomes.append((pending, refusal))
                     continue
                 metadata_json = _encode(req.metadata).decode()
                 results: list[StreamResult] = []
-                event_ids: list[str] = []
+                request_event_ids: list[str] = []
                 first_position = position + 1
                 for write in req.writes:
                     if not write.events:
@@ -302,7 +424,7 @@ class EventStore:
                     for event in write.events:
                         position += 1
                         version += 1
-                        event_id = str(uuid.uuid4())
+                        event_id = event_ids.next()
                         data = encode_event(event).decode()
                         occurred = event.occurred_on()
                         event_type = type(event).__name__
@@ -323,14 +445,16 @@ class EventStore:
                         cols["prev_hash"].append(prev_hash)
                         cols["hash"].append(digest)
                         prev_hash = digest
-                        event_ids.append(event_id)
+                        request_event_ids.append(event_id)
+                        if event_type in self._closing_events:
+                            closed[write.stream_id] = event_type
                     versions[write.stream_id] = version
                     results.append(StreamResult(write.stream_id, start_version + 1, version))
                 result = AppendResult(
                     streams=results,
                     first_position=first_position,
                     last_position=position,
-                    event_ids=event_ids,
+                    event_ids=request_event_ids,
                     recorded_at=recorded_at,
                 )
                 outcomes.append((pending, result))
@@ -340,30 +464,23 @@ class EventStore:
 
             appended = len(cols["position"])
             if appended:
+                # Events, idempotency keys and the new head in one statement (one round trip).
                 await conn.execute(
-                    "INSERT INTO ledger.events (position, event_id, stream_id, version, tenant_id, event_type,"
-                    " schema_version, recorded_at, occurred_on, data, metadata, prev_hash, hash)"
-                    " SELECT p, e, s, v, t, ty, sv, $8, o, d, m, ph, h FROM unnest("
-                    "$1::bigint[], $2::uuid[], $3::text[], $4::int[], $5::text[], $6::text[], $7::smallint[],"
-                    " $9::date[], $10::json[], $11::json[], $12::bytea[], $13::bytea[])"
-                    " AS u(p, e, s, v, t, ty, sv, o, d, m, ph, h)",
+                    _WRITE,
                     cols["position"], cols["event_id"], cols["stream_id"], cols["version"], cols["tenant_id"],
                     cols["event_type"], cols["schema_version"], recorded_at, cols["occurred_on"], cols["data"],
                     cols["metadata"], cols["prev_hash"], cols["hash"],
-                )
-                await conn.execute(
-                    "UPDATE ledger.head SET position = $1, hash = $2, recorded_at = $3",
-                    position, prev_hash, recorded_at,
-                )
-            if new_keys:
-                await conn.executemany(
-                    "INSERT INTO ledger.idempotency (tenant_id, key, fingerprint, result) VALUES ($1, $2, $3, $4)",
-                    new_keys,
+                    [k[0] for k in new_keys], [k[1] for k in new_keys], [k[2] for k in new_keys],
+                    [k[3] for k in new_keys], position, prev_hash,
                 )
             for pending, outcome in outcomes:
                 hook = pending.request.in_transaction
                 if hook is not None and isinstance(outcome, AppendResult) and not outcome.replayed:
                     await hook(conn, outcome)
+            await conn.execute("COMMIT")
+        except BaseException:
+            await self._abandon(conn)
+            raise
         # Committed: now, and only now, answer the callers.
         by_pending = {id(p): o for p, o in outcomes}
         for pending, outcome in outcomes:
@@ -381,6 +498,14 @@ class EventStore:
                 else:
                     pending.future.set_result(msgspec.structs.replace(outcome, replayed=True))
         return appended
+
+    @staticmethod
+    def _check_closed(req: AppendRequest, closed: dict[str, str]) -> StreamClosed | None:
+        if closed:
+            for write in req.writes:
+                if write.events and write.stream_id in closed:
+                    return StreamClosed(write.stream_id, closed[write.stream_id])
+        return None
 
     @staticmethod
     def _check_versions(req: AppendRequest, versions: dict[str, int]) -> WrongExpectedVersion | None:

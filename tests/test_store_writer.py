@@ -1,0 +1,145 @@
+"""The group-commit writer's own guarantees (docs/performance.md): closed streams are
+refused inside the batch's transaction, and the connection the writer keeps between
+batches survives failed batches and a server-side disconnect."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+from aiohttp.test_utils import TestClient
+
+from schemas.events import Actor, InvoiceRecorded, Metadata, SubjectErased
+from services.ledger.api.app import STORE
+from services.ledger.errors import IntegrityError, StreamClosed, WrongExpectedVersion
+from services.ledger.hashchain import verify_rows
+from services.ledger.store import AppendRequest, AppendResult, EventStore, StreamWrite
+from tests.conftest import Dealer
+
+META = Metadata(actor=Actor(kind="api", id="writer-test"), method="api")
+STREAM = "subject/acme/dealer/C1"
+
+
+def invoice(n: int) -> InvoiceRecorded:
+    return InvoiceRecorded(invoice_id=f"F{n}", invoice_date=dt.date(2024, 1, 1) + dt.timedelta(days=n))
+
+
+def req(stream: str, *events: object, expected: int | None = None, key: str | None = None) -> AppendRequest:
+    return AppendRequest(tenant_id="acme", writes=[StreamWrite(stream, list(events), expected)],  # type: ignore[arg-type]
+                         metadata=META, idempotency_key=key, fingerprint=b"fp" if key else b"")
+
+
+@pytest.fixture
+async def store(pool: asyncpg.Pool) -> AsyncIterator[EventStore]:
+    s = EventStore(pool)
+    await s.start()
+    yield s
+    await s.stop()
+
+
+async def chain_is_intact(pool: asyncpg.Pool) -> int:
+    async with pool.acquire() as conn:
+        rows = [dict(r) for r in await conn.fetch("SELECT * FROM ledger.events ORDER BY position")]
+        head = dict(await conn.fetchrow("SELECT position, hash FROM ledger.head"))
+    count, broken = await verify_rows(rows, head)
+    assert broken is None, broken
+    return count
+
+
+async def test_nothing_can_be_appended_after_a_closing_event(store: EventStore, pool: asyncpg.Pool) -> None:
+    await store.append(req(STREAM, invoice(1)))
+    await store.append(req(STREAM, SubjectErased(reason="request")))
+    with pytest.raises(StreamClosed) as refused:
+        await store.append(req(STREAM, invoice(2)))
+    assert refused.value.stream_id == STREAM and refused.value.closed_by == "SubjectErased"
+    with pytest.raises(StreamClosed):  # an expected version does not reopen it either
+        await store.append(req(STREAM, invoice(3), expected=2))
+    assert [e.event_type for e in await store.read_stream(STREAM)] == ["InvoiceRecorded", "SubjectErased"]
+    assert await chain_is_intact(pool) == 2
+
+
+async def test_a_stream_closed_earlier_in_the_same_batch_refuses_the_rest_of_the_batch(store: EventStore) -> None:
+    await store.append(req(STREAM, invoice(1)))
+    other = "subject/acme/dealer/C2"
+    # Queued together, so they share one transaction: the erasure is first in the queue.
+    outcomes = await asyncio.gather(
+        store.append(req(STREAM, SubjectErased(reason="request"))),
+        store.append(req(STREAM, invoice(2))),
+        store.append(req(other, invoice(3))),
+        return_exceptions=True,
+    )
+    assert isinstance(outcomes[0], AppendResult)
+    assert isinstance(outcomes[1], StreamClosed)
+    assert isinstance(outcomes[2], AppendResult)  # a refused request fails alone
+    assert outcomes[0].first_position == outcomes[2].first_position - 1  # one batch, no gap left behind
+    assert [e.event_type for e in await store.read_stream(STREAM)] == ["InvoiceRecorded", "SubjectErased"]
+
+
+async def test_a_replayed_idempotent_request_still_gets_its_first_answer_after_the_stream_closed(
+    store: EventStore,
+) -> None:
+    first = await store.append(req(STREAM, invoice(1), key="k-1"))
+    await store.append(req(STREAM, SubjectErased(reason="request")))
+    again = await store.append(req(STREAM, invoice(1), key="k-1"))
+    assert again.replayed and again.event_ids == first.event_ids
+
+
+async def test_a_failed_batch_rolls_back_and_the_writer_goes_on(store: EventStore, pool: asyncpg.Pool) -> None:
+    await store.append(req(STREAM, invoice(1)))
+
+    async def break_the_transaction(conn: asyncpg.Connection, result: AppendResult) -> None:
+        await conn.execute("INSERT INTO ledger.head (id, position, hash, recorded_at) VALUES (true, 0, '', now())")
+
+    hooked = AppendRequest(tenant_id="acme", writes=[StreamWrite(STREAM, [invoice(2)])], metadata=META,
+                           in_transaction=break_the_transaction)
+    with pytest.raises(IntegrityError):
+        await store.append(hooked)
+    after = await store.append(req(STREAM, invoice(3), expected=1))  # invoice 2 was rolled back
+    assert after.streams[0].to_version == 2
+    with pytest.raises(WrongExpectedVersion):
+        await store.append(req(STREAM, invoice(4), expected=1))
+    assert await chain_is_intact(pool) == 2
+
+
+async def test_the_writer_reconnects_when_its_connection_is_killed_between_batches(
+    store: EventStore, pool: asyncpg.Pool, db_url: str
+) -> None:
+    await store.append(req(STREAM, invoice(1)))
+    killer = await asyncpg.connect(db_url)
+    try:
+        killed = await killer.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
+        )
+    finally:
+        await killer.close()
+    assert killed >= 1
+    result = await store.append(req(STREAM, invoice(2), expected=1))
+    assert result.streams[0].to_version == 2
+    assert await chain_is_intact(pool) == 2
+
+
+async def test_the_api_answers_410_for_an_erased_subject_and_records_nothing(api: TestClient, dealer: Dealer) -> None:
+    store: EventStore = api.server.app[STORE]
+    stream = "subject/garage-a/dealer/C9"
+    await store.append(AppendRequest(tenant_id="garage-a", writes=[StreamWrite(stream, [invoice(1)])], metadata=META))
+    await store.append(AppendRequest(tenant_id="garage-a", writes=[StreamWrite(stream, [SubjectErased(reason="request")])],
+                                     metadata=META))
+    r = await api.post("/v1/tenants/garage-a/subjects/dealer/C9/preferences",
+                       json={"changes": [{"category": "newsletter", "channel": "email", "value": "opt_in"}]},
+                       headers=dealer.auth("staff"))
+    assert r.status == 410, await r.text()
+    body = await r.json()
+    assert (body["error"], body["field"]) == ("subject_erased", "ref")
+    r = await api.post("/v1/tenants/garage-a/subjects:batch", headers=dealer.auth("importer"), json={"items": [
+        {"kind": "preferences", "source": "dealer", "customer_ref": "C10",
+         "changes": [{"category": "newsletter", "channel": "email", "value": "opt_in"}]},
+        {"kind": "preferences", "source": "dealer", "customer_ref": "C9",
+         "changes": [{"category": "newsletter", "channel": "email", "value": "opt_in"}]},
+    ]})
+    assert r.status == 410, await r.text()
+    assert [e.event_type for e in await store.read_stream(stream)] == ["InvoiceRecorded", "SubjectErased"]
+    assert await store.read_stream("subject/garage-a/dealer/C10") == []  # all or nothing
