@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import asyncpg
 
 from services.logs import configure_logging
-from services.settings import from_env
+from services.settings import SettingsError, from_env
 
 COMMAND_MODULES: tuple[str, ...] = (
     "services.cli",
@@ -158,7 +158,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    configure_logging(from_env().log_level)
+    try:
+        settings = from_env()
+    except SettingsError as exc:  # e.g. LEDGER_MASTER_KEY_FILE names a missing file
+        print(f"consent-ledger: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

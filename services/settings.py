@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import msgspec
 
@@ -38,9 +39,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 def from_env(env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
     e = os.environ if env is None else env
     values: dict[str, object] = {
-        "database_url": e.get("LEDGER_DATABASE_URL", ""),
+        "database_url": _with_password(e.get("LEDGER_DATABASE_URL", ""),
+                                       _secret_file(e, "LEDGER_DATABASE_PASSWORD_FILE")),
         "kafka_bootstrap": e.get("LEDGER_KAFKA_BOOTSTRAP") or None,
-        "master_key": e.get("LEDGER_MASTER_KEY") or None,
+        "master_key": e.get("LEDGER_MASTER_KEY") or _secret_file(e, "LEDGER_MASTER_KEY_FILE"),
         "host": e.get("LEDGER_HTTP_HOST", "127.0.0.1"),
         "port": int(e.get("LEDGER_HTTP_PORT", "8080")),
         "portal_port": int(e.get("LEDGER_PORTAL_PORT", "8081")),
@@ -59,3 +61,41 @@ def from_env(env: Mapping[str, str] | None = None, **overrides: object) -> Setti
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]
+
+
+# -- secrets from files (container secrets, systemd credentials, Kubernetes secret volumes) ------
+
+
+class SettingsError(ValueError):
+    """The environment names a secret file that cannot be used; the message says which."""
+
+
+def _secret_file(env: Mapping[str, str], name: str) -> str | None:
+    """The content of the file that ``env[name]`` points to, without its trailing newline,
+    so a secret never has to sit in the environment itself (``docker inspect``, /proc)."""
+    path = env.get(name)
+    if not path:
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = f.read().rstrip("\r\n")
+    except OSError as exc:
+        raise SettingsError(f"{name}={path}: cannot read it ({exc.strerror})") from None
+    if not value:
+        raise SettingsError(f"{name}={path}: the file is empty")
+    return value
+
+
+def _with_password(url: str, password: str | None) -> str:
+    """``postgresql://user@host/db`` plus the password from LEDGER_DATABASE_PASSWORD_FILE
+    (percent-encoded, as libpq and asyncpg decode it)."""
+    if password is None or not url:
+        return url
+    parts = urlsplit(url)
+    userinfo, at, hosts = parts.netloc.rpartition("@")
+    if not at or not userinfo:
+        raise SettingsError("LEDGER_DATABASE_PASSWORD_FILE needs a user in LEDGER_DATABASE_URL"
+                            " (postgresql://user@host:5432/db)")
+    if ":" in userinfo:
+        raise SettingsError("LEDGER_DATABASE_URL has a password and LEDGER_DATABASE_PASSWORD_FILE is set: use one")
+    return urlunsplit(parts._replace(netloc=f"{userinfo}:{quote(password, safe='')}@{hosts}"))
