@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
-from collections.abc import Sequence
+import time
+from collections.abc import Awaitable, Callable, Sequence
 
 import asyncpg
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from consent.seed import new_tenant
 from consent.subject import SubjectState, fold_subject
@@ -105,3 +108,38 @@ def comparable(rows: Sequence[SubjectRow]) -> list[tuple[object, ...]]:
     """Rows as tuples with the state decoded (msgpack map order is not part of equality)."""
     return [(r.key, r.version, r.last_position, r.erased, decode_state(r.state), r.terms_version, r.evaluated_on,
              r.next_change, r.matrix_hash, r.published_hash) for r in rows]
+
+
+# -- Kafka -------------------------------------------------------------------------------
+
+
+async def topic_records(bootstrap: str, topic: str, timeout: float = 20.0) -> list[tuple[str, bytes | None]]:
+    """Every (key, value) on the topic from its beginning to its current end."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        await consumer.topics()
+        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
+        if not partitions:
+            return []
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        ends = await consumer.end_offsets(partitions)
+        out: list[tuple[str, bytes | None]] = []
+        deadline = time.monotonic() + timeout
+        while [tp for tp in partitions if await consumer.position(tp) < ends[tp]]:
+            assert time.monotonic() < deadline, f"reading {topic} timed out"
+            for records in (await consumer.getmany(timeout_ms=200)).values():
+                out += [(r.key.decode(), r.value) for r in records]
+        return out
+    finally:
+        await consumer.stop()
+
+
+async def wait_for(condition: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await condition():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
