@@ -128,16 +128,14 @@ class Accounts:
         if problem:
             raise AccountError(problem, "password")
         password_hash = await _hash(password)
-        try:
-            with translate_errors():
-                row = await self._pool.fetchrow(
-                    f"INSERT INTO portal.users (user_id, tenant_id, email, role, password_hash, created_by)"
-                    f" VALUES ($1, $2, $3, $4, $5, $6) RETURNING {_USER_COLUMNS}",
-                    "u-" + secrets.token_hex(8), tenant_id, email, role, password_hash, created_by,
-                )
-        except asyncpg.UniqueViolationError:
-            raise AccountError("email_taken", "email") from None
-        assert row is not None
+        with translate_errors():
+            row = await self._pool.fetchrow(
+                f"INSERT INTO portal.users (user_id, tenant_id, email, role, password_hash, created_by)"
+                f" VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING RETURNING {_USER_COLUMNS}",
+                "u-" + secrets.token_hex(8), tenant_id, email, role, password_hash, created_by,
+            )
+        if row is None:  # the (tenant, lower(email)) index already has this address
+            raise AccountError("email_taken", "email")
         return _user(row)
 
     async def get(self, tenant_id: str, user_id: str) -> User | None:
