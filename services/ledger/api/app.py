@@ -195,6 +195,9 @@ async def _answer_errors_as_json(request: web.Request, handler: Any) -> web.Stre
         error = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
         headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
         return _as_response(ApiError(exc.status, error, exc.reason, headers=headers))
+    except Exception:  # a bug: logged with its traceback, answered in JSON like every other error
+        log.exception("unhandled_error", method=request.method, path=request.path)
+        return _as_response(ApiError(500, "internal_error", "the ledger failed to handle this request; it was logged"))
 
 
 def _as_response(exc: ApiError) -> web.Response:

@@ -15,6 +15,7 @@ from typing import Any, Final, TypeVar
 import msgspec
 from aiohttp import web
 
+from consent.vocabulary import CUSTOMER_REF_PATTERN, SLUG_PATTERN
 from schemas.api import ErrorBody
 
 T = TypeVar("T")
@@ -148,6 +149,29 @@ class ApiRoutes:
 _PATH_PARAM = re.compile(r"\{([a-z_]+)(?::[^}]*)?\}")
 
 
+# What the guard in app.py checks path parameters against, as the document says it.
+PATH_PARAMETER_SCHEMAS: Final[dict[str, dict[str, Any]]] = {
+    "tenant": {"type": "string", "pattern": SLUG_PATTERN},
+    "source": {"type": "string", "pattern": SLUG_PATTERN},
+    "ref": {"type": "string", "pattern": CUSTOMER_REF_PATTERN},
+}
+
+
+def _error_statuses(op: Operation) -> list[tuple[int, str]]:
+    """The error answers an operation can give (all as ErrorBody), so clients and
+    schemathesis see every status the middleware may produce for it."""
+    out = [(400, "Malformed request"), (404, "Not found"), (422, "Invalid field"),
+           (503, "The ledger database is unavailable; retry later")]
+    if op.roles != ("public",):
+        out += [(401, "Missing or invalid API key"), (403, "Wrong role or tenant")]
+    if op.method != "GET":
+        out += [(409, "Conflict: a stale expected_version, or it exists already"),
+                (410, "Gone: the subject was erased")]
+    if op.body is not None or op.content_type != "application/json":
+        out += [(413, f"Body larger than {MAX_BODY} bytes"), (415, "Wrong Content-Type")]
+    return sorted(out)
+
+
 def openapi_document(route_sets: Sequence[ApiRoutes], *, title: str, version: str) -> dict[str, Any]:
     """OpenAPI 3.1 from the declared routes and msgspec's JSON Schema of their types."""
     types: set[type] = {ErrorBody}
@@ -165,7 +189,8 @@ def openapi_document(route_sets: Sequence[ApiRoutes], *, title: str, version: st
         for op in rs.operations:
             oa_path = _PATH_PARAM.sub(lambda m: "{" + m.group(1) + "}", op.path)
             params: list[dict[str, Any]] = [
-                {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+                {"name": name, "in": "path", "required": True,
+                 "schema": PATH_PARAMETER_SCHEMAS.get(name, {"type": "string"})}
                 for name in _PATH_PARAM.findall(op.path)
             ]
             params += [
@@ -181,8 +206,7 @@ def openapi_document(route_sets: Sequence[ApiRoutes], *, title: str, version: st
                         "description": "OK",
                         "content": {"application/json": {"schema": refs[rtype]}},
                     }
-            for status, desc in ((400, "Malformed request"), (401, "Missing or invalid API key"),
-                                 (403, "Wrong role or tenant"), (404, "Not found"), (422, "Invalid field")):
+            for status, desc in _error_statuses(op):
                 responses.setdefault(
                     str(status), {"description": desc, "content": {"application/json": {"schema": error_ref}}}
                 )

@@ -130,6 +130,9 @@ def _page(stream_id: str, events: list[RecordedEvent], version: int, limit: int)
     )
 
 
+MAX_VERSION = 2**31 - 1  # ledger.events.version is an integer column
+
+
 def _paging(call: Call) -> tuple[int, int]:
     q = call.request.query
     values: dict[str, int] = {}
@@ -138,8 +141,9 @@ def _paging(call: Call) -> tuple[int, int]:
         if not text.isascii() or not text.isdigit():
             raise ApiError(422, "validation_error", f"{name} must be a positive integer, got {text[:20]!r}", field=name)
         values[name] = int(text)
-    if values["from_version"] < 1:
-        raise ApiError(422, "validation_error", "from_version must be >= 1", field="from_version")
+    if not 1 <= values["from_version"] <= MAX_VERSION:
+        raise ApiError(422, "validation_error", f"from_version must be between 1 and {MAX_VERSION}",
+                       field="from_version")
     if not 1 <= values["limit"] <= 5000:
         raise ApiError(422, "validation_error", "limit must be between 1 and 5000", field="limit")
     return values["from_version"], values["limit"]
