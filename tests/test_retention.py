@@ -17,7 +17,8 @@ from services.audit.retention import retention_due, run_retention
 from services.audit.times import end_of_dutch_day
 from services.ledger.api.app import LEDGER
 from services.ledger.subject_keys import parse_master_key
-from tests.conftest import MASTER_KEY, Dealer
+from services.settings import Settings
+from tests.conftest import Dealer
 from tests.consent_builders import SubjectHistoryBuilder, day
 
 SUBJECTS = "/v1/tenants/garage-a/subjects/dealer/"
@@ -71,7 +72,7 @@ async def record(api: TestClient, dealer: Dealer, ref: str, path: str, body: dic
 
 
 async def test_the_daily_job_erases_exactly_who_is_due_on_the_injected_day(api: TestClient, dealer: Dealer,
-                                                                           other_dealer: Dealer, db_url: str) -> None:
+                                                                           other_dealer: Dealer, settings: Settings) -> None:
     await record(api, dealer, "OLD", "/invoices", {"invoice_id": "F-1", "invoice_date": "2018-03-15",
                                                    "contact": {"name": "Oud Klant"}})
     await record(api, dealer, "RECENT", "/invoices", {"invoice_id": "F-2", "invoice_date": "2018-03-16"})
@@ -83,7 +84,7 @@ async def test_the_daily_job_erases_exactly_who_is_due_on_the_injected_day(api: 
                        json={"invoice_id": "F-1", "invoice_date": "2018-03-15"})
     assert r.status == 201
     ledger = api.server.app[LEDGER]
-    master = parse_master_key(MASTER_KEY)
+    master = parse_master_key(settings.master_key or "")
 
     def at(d: str) -> dt.datetime:
         return end_of_dutch_day(day(d))
@@ -126,9 +127,10 @@ def export_events(export: dict) -> list[dict]:
 
 
 async def test_the_cli_dry_run_lists_who_would_be_erased_and_refuses_a_bad_date(api: TestClient, dealer: Dealer,
-                                                                                  db_url: str) -> None:
+                                                                                  settings: Settings) -> None:
     await record(api, dealer, "PROS", "/prospect", {"acquired_on": "2024-12-15", "how": "beurs"})
-    env = {**os.environ, "LEDGER_DATABASE_URL": db_url, "LEDGER_MASTER_KEY": MASTER_KEY, "LEDGER_LOG_LEVEL": "warning"}
+    env = {**os.environ, "LEDGER_DATABASE_URL": settings.database_url,
+           "LEDGER_MASTER_KEY": settings.master_key or "", "LEDGER_LOG_LEVEL": "warning"}
 
     async def cli(*args: str) -> tuple[int, str, str]:
         proc = await asyncio.create_subprocess_exec(
