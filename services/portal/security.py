@@ -90,18 +90,20 @@ class Csrf:
 
 
 def same_origin(request: web.Request) -> bool:
-    """False when the browser says the POST came from another site (Origin or, failing
-    that, Sec-Fetch-Site). Absent headers (old browsers, scripts) are left to the token."""
+    """False when the browser says the POST came from another site. ``Origin`` is compared
+    when it is a real origin; under ``Referrer-Policy: no-referrer`` browsers send
+    ``Origin: null`` for form posts, and then ``Sec-Fetch-Site`` decides. With neither
+    (old browsers, scripts) the CSRF token alone decides."""
     origin = request.headers.get("Origin")
     if origin is not None and origin != "null":
         expected = f"{request.scheme}://{request.host}"
         forwarded = request.headers.get("X-Forwarded-Host")
         allowed = {expected} | ({f"https://{forwarded}", f"http://{forwarded}"} if forwarded else set())
         return origin in allowed
-    if origin == "null":
-        return False
     site = request.headers.get("Sec-Fetch-Site")
-    return site in (None, "same-origin", "none")
+    if site is not None:
+        return site in ("same-origin", "none")
+    return True
 
 
 # -- rate limit --------------------------------------------------------------------------

@@ -222,6 +222,9 @@ def create_app(settings: Settings, route_sets: Sequence[ApiRoutes] | None = None
         for op in rs.operations:
             app.router.add_route(op.method, op.path, _guard(op), name=op.handler.__name__)
     app.cleanup_ctx.append(_database)
+    from services.audit.routes import audit_context  # the audit views' stream cache (needs the store)
+
+    app.cleanup_ctx.append(audit_context)
     if settings.kafka_bootstrap:  # the relay to Kafka runs next to the API (services/ledger/relay.py)
         from services.ledger.relay import relay_context
 

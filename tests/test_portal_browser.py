@@ -1,0 +1,219 @@
+"""The portal and the AVG Beheer pages in a real browser (Playwright driving Debian's
+chromium, headless). The pages have no JavaScript of their own: everything here is what a
+person does with mouse and keyboard. Screenshots go to test-artifacts/ (git-ignored).
+
+``make test`` installs chromium (apt) before the suite runs.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from playwright.async_api import Browser, Page, async_playwright, expect
+
+from consent.eligibility import evaluate
+from consent.subject import fold_subject
+from consent.vocabulary import subject_stream
+from tests.portal_support import OPERATOR, PASSWORD, World, make_world
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--no-first-run", "--disable-sync"]
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+
+@pytest.fixture(scope="module")
+async def browser() -> AsyncIterator[Browser]:
+    assert Path(CHROMIUM).exists(), "chromium is missing: `make test` installs it (apt-get install -y chromium)"
+    async with async_playwright() as p:
+        b = await p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield b
+        await b.close()
+
+
+@pytest.fixture
+async def world(settings, aiohttp_client) -> World:  # type: ignore[no-untyped-def]
+    return await make_world(aiohttp_client, settings)
+
+
+@pytest.fixture
+async def page(browser: Browser) -> AsyncIterator[Page]:
+    context = await browser.new_context(locale="nl-NL", viewport={"width": 1280, "height": 900})
+    p = await context.new_page()
+    p.set_default_timeout(10_000)
+    errors: list[str] = []
+    p.on("pageerror", lambda exc: errors.append(str(exc)))
+    yield p
+    await context.close()
+    assert not errors, errors
+
+
+def url(world: World, path: str) -> str:
+    return str(world.client.make_url(path))
+
+
+async def shot(page: Page, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    await page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+async def log_in(page: Page, world: World, tenant: str, role: str) -> None:
+    await page.goto(url(world, "/login"))
+    await page.get_by_label("Bedrijf (code)").fill(tenant)
+    await page.get_by_label("E-mailadres").fill(world.users[f"{tenant}:{role}"])
+    await page.get_by_label("Wachtwoord").fill(PASSWORD)
+    await page.get_by_role("button", name="Inloggen").click()
+    await expect(page.get_by_role("heading", level=1)).to_have_text("AVG Beheer")
+
+
+async def test_a_customer_opts_out_of_newsletter_email_and_the_campaign_check_says_opted_out(
+        world: World, page: Page) -> None:
+    response = await page.goto(url(world, world.url("garage-a/dealer/K1")))
+    assert response is not None and response.status == 200
+    assert response.headers["content-security-policy"].startswith("default-src 'none'")
+    await expect(page.get_by_role("heading", level=1)).to_have_text("Privacy Portaal")
+    await shot(page, "portal")
+    # keyboard: the first Tab stop is the skip link; every form control has a label
+    await page.keyboard.press("Tab")
+    assert await page.evaluate("document.activeElement.textContent") == "Naar de inhoud"
+    unlabelled = await page.evaluate(
+        "[...document.querySelectorAll('select, input:not([type=hidden]), textarea')]"
+        ".filter(e => !e.labels || e.labels.length === 0).map(e => e.name)")
+    assert unlabelled == []
+
+    choice = page.get_by_label("Nieuwsbrief per e-mail: Uw keuze")
+    await choice.focus()
+    await choice.select_option("opt_out")
+    await page.get_by_role("button", name="Instellingen opslaan").click()
+    await expect(page.get_by_role("status")).to_contain_text("Uw wijziging is opgeslagen.")
+    row = page.get_by_role("row", name=re.compile("^Nieuwsbrief per e-mail"))
+    await expect(row).to_contain_text("Nee: u heeft zich hiervoor afgemeld")
+    await expect(page.get_by_label("Nieuwsbrief per e-mail: Uw keuze")).to_have_value("opt_out")
+    async with page.expect_download() as download_info:
+        await page.get_by_role("link", name="Download uw bevestiging (JSON)").click()
+    download = await download_info.value
+    assert download.suggested_filename.startswith("bevestiging-")
+
+    # The campaign check: the eligibility rule on the ledger's events for this subject.
+    events = await world.ledger.store.read_stream(subject_stream("garage-a", "dealer", "K1"))
+    assert events[-1].event.changed_by.kind == "subject" and events[-1].event.method == "portal"
+    _, tenant = await world.ledger.require_tenant("garage-a", fresh=True)
+    subject = fold_subject(events)
+    assert subject is not None
+    decision = evaluate(subject, tenant.terms, "newsletter", "email", dt.date.today())
+    assert (decision.eligible, decision.reason) == (False, "opted_out")
+    assert evaluate(subject, tenant.terms, "newsletter", "post", dt.date.today()).eligible
+
+
+async def test_an_admin_moves_a_chapter_up_and_deactivates_another_and_the_portal_follows(
+        world: World, page: Page) -> None:
+    await log_in(page, world, "garage-a", "admin")
+    await shot(page, "avg-beheer")
+    await page.get_by_role("link", name="AVG Beleid").first.click()
+    await expect(page.get_by_role("heading", level=1)).to_have_text("AVG Beleid")
+    await shot(page, "avg-beleid")
+    await page.get_by_role("button", name="Up: Wanneer verzamelen wij persoonsgegevens?").click()
+    await expect(page.get_by_role("status")).to_contain_text("Opgeslagen.")
+    await page.get_by_role("link", name="Bewerken: Wat is het doel van de verwerking van uw gegevens?").click()
+    active = page.get_by_label("Actief")
+    await expect(active).to_be_checked()
+    await active.uncheck()
+    await page.get_by_role("button", name="Wijzigingen opslaan").click()
+    await expect(page.get_by_role("status")).to_contain_text("Opgeslagen.")
+    titles = await page.locator("table.chapters tbody tr td:last-child").all_inner_texts()
+    assert titles[:2] == ["Wanneer verzamelen wij persoonsgegevens?",
+                          "Wie is verantwoordelijk voor gegevensverwerkingshandelingen?"]
+    await page.get_by_role("link", name="AVG opt-in beleid").first.click()
+    await expect(page.get_by_role("heading", name="Aandachtspunten")).to_be_visible()
+    await shot(page, "avg-opt-in")
+
+    portal = await page.context.new_page()
+    await portal.goto(url(world, world.url("garage-a/dealer/K1")))
+    shown = await portal.locator("article.chapter h3").all_inner_texts()
+    assert shown[:2] == ["Wanneer verzamelen wij persoonsgegevens?",
+                         "Wie is verantwoordelijk voor gegevensverwerkingshandelingen?"]
+    assert "Wat is het doel van de verwerking van uw gegevens?" not in shown
+    assert "Welke gegevens over u kunnen worden verzameld?" in shown
+
+
+async def test_a_chapter_body_with_a_script_tag_is_shown_inert(world: World, page: Page) -> None:
+    await log_in(page, world, "garage-a", "admin")
+    await page.goto(url(world, "/beheer/garage-a/beleid/c01/bewerken"))
+    await page.get_by_label("Body").fill(
+        '<p>Veilig</p><script>window.pwned = 1</script><img src="x" onerror="window.pwned = 2">'
+        '<a href="javascript:window.pwned=3">klik</a>')
+    await page.get_by_role("button", name="Wijzigingen opslaan").click()
+    await expect(page.get_by_role("status")).to_contain_text("Opgeslagen.")
+    # and one that reached the ledger unsanitised (e.g. through the HTTP API)
+    await world.ledger.edit_chapter(OPERATOR, "garage-a", "c02", "Via de API",
+                                    '<p>Ook veilig</p><script>window.pwned = 4</script>'
+                                    '<svg onload="window.pwned = 5"></svg>', True)
+    csp_violations: list[str] = []
+    page.on("console", lambda m: csp_violations.append(m.text) if "Content Security Policy" in m.text else None)
+    await page.goto(url(world, world.url("garage-a/dealer/K1")))
+    await expect(page.get_by_text("Veilig", exact=True)).to_be_visible()
+    await expect(page.get_by_text("Ook veilig", exact=True)).to_be_visible()
+    await page.get_by_text("klik", exact=True).click()  # its javascript: href was removed
+    assert await page.evaluate("typeof window.pwned") == "undefined"
+    assert await page.locator("article script, article img, article svg, article [onerror]").count() == 0
+    assert csp_violations == []  # nothing was even attempted: the markup never reached the page
+
+
+async def test_a_forged_cross_site_form_post_without_the_csrf_token_is_refused(
+        world: World, page: Page) -> None:
+    target = url(world, world.url("garage-a/dealer/K1") + "/objection")
+
+    async def evil_page(request: web.Request) -> web.Response:
+        return web.Response(content_type="text/html", text=(
+            f'<form id="f" method="post" action="{target}"><input name="policy_version" value="x"></form>'
+            '<script>document.getElementById("f").submit()</script>'))
+
+    evil = web.Application()
+    evil.router.add_get("/", evil_page)
+    server = TestServer(evil, host="127.0.0.1")
+    await server.start_server()
+    try:
+        async with page.expect_navigation(url=re.compile("/objection$")) as navigation:
+            await page.goto(str(server.make_url("/")))
+        response = await navigation.value
+        assert response is not None and response.status == 403
+        await expect(page.get_by_role("heading", level=1)).to_have_text("Geen toegang")
+    finally:
+        await server.close()
+    # the same form on the portal's own origin, but without its token, is refused too
+    await page.goto(url(world, world.url("garage-a/dealer/K1")))
+    await page.evaluate("document.querySelectorAll('input[name=csrf_token]').forEach(e => e.remove())")
+    async with page.expect_navigation() as navigation:
+        await page.get_by_role("button", name="Afmelden voor alle marketing").click()
+    assert (await navigation.value).status == 403  # type: ignore[union-attr]
+    events = await world.ledger.store.read_stream(subject_stream("garage-a", "dealer", "K1"))
+    assert [e.event_type for e in events] == ["InvoiceRecorded"]
+
+
+async def test_a_staff_user_of_dealer_a_cannot_open_a_customer_of_dealer_b(world: World, page: Page) -> None:
+    await log_in(page, world, "garage-a", "staff")
+    response = await page.goto(url(world, "/beheer/garage-b/klanten/dealer/B1"))
+    assert response is not None and response.status == 403
+    await expect(page.get_by_role("heading", level=1)).to_have_text("Geen toegang")
+    assert "Autobedrijf B" not in await page.content()
+    # looking B1 up among dealer A's own customers finds nothing
+    await page.goto(url(world, "/beheer/garage-a/klanten"))
+    await page.get_by_label("Klantnummer").fill("B1")
+    await page.get_by_role("button", name="Zoeken").click()
+    await expect(page.get_by_role("alert")).to_contain_text("Geen klant gevonden")
+    # its own customer opens, and a phone request is recorded with a reason
+    await page.get_by_label("Klantnummer").fill("K1")
+    await page.get_by_role("button", name="Zoeken").click()
+    await expect(page.get_by_role("heading", level=1)).to_contain_text("Klant K1")
+    await page.get_by_label("Nieuwsbrief per post: Uw keuze").select_option("opt_out")
+    await page.locator("#pref-reason").fill("telefonisch verzoek")
+    await page.get_by_role("button", name="Instellingen opslaan").click()
+    await expect(page.get_by_role("status")).to_contain_text("Opgeslagen.")
+    await expect(page.get_by_role("table").last).to_contain_text("telefonisch verzoek")
+    await shot(page, "klant-raadplegen")
