@@ -34,7 +34,7 @@ from, so nothing but consent could allow it: ``consent_required``.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Literal
+from typing import Final, Literal
 
 import msgspec
 
@@ -108,13 +108,16 @@ class _Facts:
         return end
 
 
+_KEYED_CELLS: Final = tuple((c, h, cell_key(c, h)) for c, h in ALL_CELLS)  # keys made once, not per matrix
+
+
 def _with_term(first: str, terms: TermMatrix, key: str) -> tuple[str, ...]:
     term_event = terms.set_by.get(key)
     return (first, term_event) if term_event is not None else (first,)
 
 
 def _decide(
-    subject: SubjectState, facts: _Facts, terms: TermMatrix, category: str, channel: str, on: dt.date
+    subject: SubjectState, facts: _Facts, terms: TermMatrix, category: str, channel: str, on: dt.date, key: str
 ) -> Decision:
     # 1. erasure, objection
     if facts.erased is not None:
@@ -123,7 +126,6 @@ def _decide(
         return Decision(eligible=False, basis=None, reason="objected", evidence=(facts.objection.event_id,))
 
     # 2, 3. the subject's own choice for this cell, as in force on `on`
-    key = cell_key(category, channel)
     history = subject.preferences.get(key)
     if history:
         for pref in reversed(history):
@@ -177,13 +179,13 @@ def evaluate(subject: SubjectState, terms: TermMatrix, category: str, channel: s
     ``subject`` is the state as known at the knowledge time K (fold with ``known_at=K``)
     and ``terms`` the matrix in force (``TenantHistory.state_at(...).terms``).
     """
-    return _decide(subject, _Facts(subject, on), terms, category, channel, on)
+    return _decide(subject, _Facts(subject, on), terms, category, channel, on, cell_key(category, channel))
 
 
 def eligibility_matrix(subject: SubjectState, terms: TermMatrix, on: dt.date) -> dict[str, Decision]:
     """The decision for all 25 cells, keyed ``"category:channel"`` (same as :func:`evaluate`)."""
     facts = _Facts(subject, on)
-    return {cell_key(c, h): _decide(subject, facts, terms, c, h, on) for c, h in ALL_CELLS}
+    return {key: _decide(subject, facts, terms, c, h, on, key) for c, h, key in _KEYED_CELLS}
 
 
 def next_change(
