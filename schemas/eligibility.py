@@ -80,8 +80,9 @@ class EligibilityMatrix(msgspec.Struct, frozen=True, kw_only=True):
     """One subject's full category x channel matrix, as of ``evaluated_on``.
 
     ``position`` is the ledger position of the newest event (subject or tenant stream)
-    this matrix reflects; ``subject_version`` and ``terms_version`` are the stream versions
-    of the subject and of the tenant (term matrix) it was evaluated from.
+    this matrix reflects; ``subject_version`` is the subject stream's version, and
+    ``terms_version`` the tenant stream version of the last term matrix edit it was
+    evaluated with.
     """
 
     schema_version: int = SCHEMA_VERSION

@@ -210,7 +210,7 @@ class Projection:
         """The subject's new row and, if its matrix differs from the published one (and a
         publisher is configured), the message to publish."""
         terms = tenant.state.terms if tenant is not None else _NO_TERMS  # no tenant: fail closed
-        terms_version = tenant.version if tenant is not None else 0
+        terms_version = tenant.terms_version if tenant is not None else 0
         tenant_position = tenant.last_position if tenant is not None else 0
         evaluation = evaluate_subject(state, terms, today)
         row = SubjectRow(
