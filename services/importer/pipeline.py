@@ -80,6 +80,9 @@ class Summary(msgspec.Struct, kw_only=True):
     last_position: int | None = None
     aborted: str | None = None  # why the run stopped early; rows after last_line_done were not imported
     last_line_done: int = 0
+    # Seconds spent reading and checking rows, planning batches (lookups, sealing) and
+    # waiting for appends to commit: where an import's time goes.
+    timings: dict[str, float] = msgspec.field(default_factory=lambda: {"read": 0.0, "plan": 0.0, "wait": 0.0})
 
     @property
     def ok(self) -> bool:
@@ -140,18 +143,31 @@ class Importer:
         batches = _Batches(iter(reader), parser, self.batch_size, summary, on_reject)
         inflight: tuple[Plan, asyncio.Task[AppendResult | None]] | None = None
         try:
-            while rows := await batches.next():
+            clock = time.perf_counter
+            timings = summary.timings
+            while True:
+                t0 = clock()
+                rows = await batches.next()
+                t1 = clock()
+                timings["read"] += t1 - t0
+                if not rows:
+                    break
                 plan = await planner.plan(rows, inflight[0].effects if inflight else None)
+                t2 = clock()
+                timings["plan"] += t2 - t1
                 if inflight is not None:
                     settled, inflight = inflight, None
                     if not await self._settle(settled, planner, metadata, summary, on_reject):
                         plan = await planner.plan(rows, None)  # it was planned on a batch that was redone
+                    timings["wait"] += clock() - t2
                 inflight = (plan, asyncio.create_task(self._submit(plan, metadata, summary)))
                 if on_progress is not None:
                     on_progress(summary.rows, reader.position())
             if inflight is not None:
+                t3 = clock()
                 settled, inflight = inflight, None
                 await self._settle(settled, planner, metadata, summary, on_reject)
+                timings["wait"] += clock() - t3
             if batches.stopped is not None:
                 raise _Aborted(batches.stopped)
         except _Aborted as exc:
@@ -160,6 +176,7 @@ class Importer:
         finally:
             if inflight is not None:  # an unexpected error or a cancelled request: the batch
                 inflight[1].cancel()  # commits whole or not at all; a re-run completes it
+        summary.timings = {k: round(v, 3) for k, v in summary.timings.items()}
         summary.seconds = round(time.perf_counter() - started, 3)
         summary.rows_per_s = round(summary.rows / summary.seconds, 1) if summary.seconds else 0.0
         if on_progress is not None:

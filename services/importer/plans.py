@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import hmac
+import os
+from hashlib import blake2b
 from collections.abc import Sequence
 from typing import Final
 
@@ -52,6 +53,7 @@ from services.ledger.subject_keys import SubjectSealer
 
 _FP_PURPOSE: Final = b"importer/contact-fingerprint/v1"
 _preferences_decoder: Final = msgspec.json.Decoder(PreferencesChanged)
+_json: Final = msgspec.json.Encoder()
 
 
 class IndexConflict(LedgerError):
@@ -136,8 +138,16 @@ class Planner:
             versions.update((s, v) for s, v in overlay.versions.items() if s in versions)
         return versions, {s for s, (_, erased) in heads.items() if erased}
 
-    async def sealers(self, streams: set[str]) -> dict[str, SubjectSealer]:
-        return await self.ledger.keys.keys_for(self.tenant, sorted(streams)) if streams else {}
+    async def existing_sealers(self, streams: set[str]) -> dict[str, SubjectSealer]:
+        """Keys of subjects that have one; fetched alongside the other lookups (it makes no
+        key, so an erased subject cannot get a new one here)."""
+        return await self.ledger.keys.existing_sealers(sorted(streams)) if streams else {}
+
+    async def sealers(self, streams: set[str], existing: dict[str, SubjectSealer]) -> dict[str, SubjectSealer]:
+        """A sealer for each (not erased) subject with contact data; makes missing keys."""
+        if not streams:
+            return {}
+        return await self.ledger.keys.keys_for(self.tenant, sorted(streams), existing=existing)
 
     def erased(self, line: int) -> Rejection:
         return Rejection(line, self.ref_column,
@@ -175,14 +185,36 @@ class _Writes:
 
 
 def _fingerprint(keys: dict[str, bytes], sealer: SubjectSealer, contact: bytes) -> bytes:
+    """A MAC of the contact JSON under a key derived from the subject's key (BLAKE2b,
+    keyed): comparable between deliveries, useless once the subject key is shredded."""
     fp_key = keys.get(sealer.stream_id)
     if fp_key is None:
         fp_key = keys[sealer.stream_id] = sealer.derive(_FP_PURPOSE)
-    return hmac.digest(fp_key, contact, "sha256")[:16]
+    return blake2b(contact, key=fp_key, digest_size=16).digest()
 
 
 def _affected(status: str) -> int:
     return int(status.rsplit(" ", 1)[-1])
+
+
+def _joined(ids: Sequence[str]) -> str:
+    """Ids as one text parameter for ``string_to_array($n, E'\\n')``: asyncpg checks every
+    element of a list parameter in Python, which costs more than the query for thousands
+    of ids. Invoice ids and stream ids cannot hold a newline (their patterns)."""
+    return "\n".join(ids)
+
+
+class _Nonces:
+    """AES-GCM nonces for a batch drawn in one call to the OS random source."""
+
+    def __init__(self, n: int) -> None:
+        self._pool = os.urandom(12 * n) if n else b""
+        self._at = 0
+
+    def next(self) -> bytes:
+        at = self._at
+        self._at = at + 12
+        return self._pool[at:at + 12]
 
 
 # ---------------------------------------------------------------------------------------
@@ -196,13 +228,17 @@ class InvoicePlanner(Planner):
         streams = sorted({stream_of(r.customer_ref) for r in rows})
         ids = sorted({r.invoice_id for r in rows})  # type: ignore[union-attr]
 
+        with_contact = {stream_of(r.customer_ref) for r in rows if r.contact is not None}  # type: ignore[union-attr]
+
         async def index() -> list[asyncpg.Record]:
             with translate_errors():
                 return await self.pool.fetch(
                     "SELECT invoice_id, stream_id, invoice_date, contact_fp FROM importer.invoices"
-                    " WHERE tenant_id = $1 AND invoice_id = ANY($2::text[])", self.tenant, ids)
+                    " WHERE tenant_id = $1 AND invoice_id = ANY(string_to_array($2, E'\\n'))",
+                    self.tenant, _joined(ids))
 
-        found, (versions, erased) = await asyncio.gather(index(), self.heads(streams, overlay))
+        found, (versions, erased), existing = await asyncio.gather(
+            index(), self.heads(streams, overlay), self.existing_sealers(with_contact))
         known: dict[str, InvoiceState] = {
             r["invoice_id"]: InvoiceState(r["stream_id"], r["invoice_date"],
                                           bytes(r["contact_fp"]) if r["contact_fp"] is not None else None)
@@ -211,9 +247,9 @@ class InvoicePlanner(Planner):
         if overlay is not None:
             wanted = set(ids)
             known.update((i, s) for i, s in overlay.invoices.items() if i in wanted)
-        sealers = await self.sealers({stream_of(r.customer_ref) for r in rows
-                                      if r.contact is not None} - erased)  # type: ignore[union-attr]
+        sealers = await self.sealers(with_contact - erased, existing)
         fp_keys: dict[str, bytes] = {}
+        nonces = _Nonces(len(rows))
         writes = _Writes()
         changed: dict[str, tuple[InvoiceState, tuple[str, int]]] = {}
         rejections: list[Rejection] = []
@@ -231,7 +267,7 @@ class InvoicePlanner(Planner):
                 rejections.append(Rejection(row.line, self.ref_column,
                                             f"invoice {row.invoice_id} is already recorded for another customer"))
                 continue
-            personal = sealer.seal_json(row.contact) if sealer is not None else None  # type: ignore[arg-type]
+            personal = sealer.seal_json(row.contact, nonces.next()) if sealer is not None else None  # type: ignore[arg-type]
             event: Event
             if state is None:
                 event = InvoiceRecorded(invoice_id=row.invoice_id, invoice_date=row.invoice_date, personal=personal)
@@ -251,15 +287,18 @@ class InvoicePlanner(Planner):
 
         async def hook(conn: asyncpg.Connection, result: AppendResult) -> None:
             base = result.first_position
+            # One JSON parameter, not five arrays: see _joined. bytes travel as base64.
+            rows_json = _json.encode([(invoice_id, st.stream_id, st.invoice_date, st.contact_fp,
+                                       base + offsets[stream] + i)
+                                      for invoice_id, (st, (stream, i)) in changed.items()])
             status = await conn.execute(
                 "INSERT INTO importer.invoices AS i (tenant_id, invoice_id, stream_id, invoice_date, contact_fp,"
-                " position) SELECT $1, u.* FROM unnest($2::text[], $3::text[], $4::date[], $5::bytea[], $6::bigint[])"
-                " AS u ON CONFLICT (tenant_id, invoice_id) DO UPDATE SET invoice_date = EXCLUDED.invoice_date,"
+                " position) SELECT $1, r->>0, r->>1, (r->>2)::date, decode(r->>3, 'base64'), (r->>4)::bigint"
+                " FROM json_array_elements($2::json) AS r"
+                " ON CONFLICT (tenant_id, invoice_id) DO UPDATE SET invoice_date = EXCLUDED.invoice_date,"
                 " contact_fp = EXCLUDED.contact_fp, position = EXCLUDED.position, updated_at = now()"
                 " WHERE i.stream_id = EXCLUDED.stream_id",
-                tenant, list(changed), [s.stream_id for s, _ in changed.values()],
-                [s.invoice_date for s, _ in changed.values()], [s.contact_fp for s, _ in changed.values()],
-                [base + offsets[stream] + i for _, (stream, i) in changed.values()],
+                tenant, rows_json.decode(),
             )
             if _affected(status) != len(changed):
                 raise IndexConflict("an invoice of this batch was recorded for another customer meanwhile")
@@ -288,7 +327,9 @@ class ProspectPlanner(Planner):
                     " ON p.stream_id = k.stream_id AND p.acquired_on = k.acquired_on WHERE p.tenant_id = $1",
                     self.tenant, [k[0] for k in keys], [k[1] for k in keys])
 
-        found, (versions, erased) = await asyncio.gather(index(), self.heads(streams, overlay))
+        with_contact = {stream_of(r.customer_ref) for r in rows if r.contact is not None}  # type: ignore[union-attr]
+        found, (versions, erased), existing = await asyncio.gather(
+            index(), self.heads(streams, overlay), self.existing_sealers(with_contact))
         known: dict[tuple[str, dt.date], ProspectState] = {
             (r["stream_id"], r["acquired_on"]): ProspectState(
                 r["how"], bytes(r["contact_fp"]) if r["contact_fp"] is not None else None)
@@ -296,8 +337,7 @@ class ProspectPlanner(Planner):
         }
         if overlay is not None:
             known.update(overlay.prospects)
-        sealers = await self.sealers({stream_of(r.customer_ref) for r in rows
-                                      if r.contact is not None} - erased)  # type: ignore[union-attr]
+        sealers = await self.sealers(with_contact - erased, existing)
         fp_keys: dict[str, bytes] = {}
         writes = _Writes()
         changed: dict[tuple[str, dt.date], tuple[ProspectState, tuple[str, int]]] = {}

@@ -29,6 +29,7 @@ _IDENTIFIER: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _AMSTERDAM: Final = ZoneInfo("Europe/Amsterdam")
 EARLIEST: Final = dt.date(1950, 1, 1)
 _contact_encoder: Final = msgspec.json.Encoder()
+_DATE_CACHE: Final = 20_000  # distinct date texts remembered per file (bounded memory)
 
 _CONTACT_PROBLEMS: Final[dict[str, str]] = {
     "email": "not an e-mail address (name@domain, at most 254 characters)",
@@ -107,6 +108,7 @@ class RowParser:
         self.fields = fields_of(kind)
         self._date = date_parser(mapping.csv.date_format)
         self._date_hint = date_hint(mapping.csv.date_format)
+        self._days: dict[str, dt.date] = {}
         self._today = today_ or today()
         self._columns = {f: mapping.column_for(kind, f) for f in self.fields}
         if kind == "preferences":
@@ -131,6 +133,9 @@ class RowParser:
         return ref
 
     def _day(self, field: str, value: str | None) -> dt.date:
+        day = self._days.get(value)  # type: ignore[arg-type]
+        if day is not None:  # a file has few distinct dates: checked once each
+            return day
         text = self._required(field, value)
         try:
             day = self._date(text)
@@ -140,6 +145,8 @@ class RowParser:
             raise RowProblem(self._columns[field], f"{day.isoformat()} is in the future")
         if day < EARLIEST:
             raise RowProblem(self._columns[field], f"{day.isoformat()} is before {EARLIEST.isoformat()}")
+        if len(self._days) < _DATE_CACHE:
+            self._days[value] = day  # type: ignore[index]
         return day
 
     def _contact(self, values: Values, start: int) -> bytes | None:

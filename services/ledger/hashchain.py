@@ -9,6 +9,7 @@ that row; :func:`verify_rows` names the first such row.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 from collections.abc import AsyncIterator, Iterable
 from typing import Final
@@ -19,6 +20,7 @@ GENESIS: Final = bytes(32)
 _encode = msgspec.json.Encoder().encode
 
 
+@functools.lru_cache(maxsize=64)  # every event of an append batch has the same recorded_at
 def format_timestamp(ts: dt.datetime) -> str:
     """One fixed text form of a timestamp (UTC, microseconds), for hashing."""
     return ts.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

@@ -9,7 +9,8 @@ The associated data binds each ciphertext to its subject stream.
 from __future__ import annotations
 
 import base64
-import hmac
+import binascii
+import hashlib
 import os
 import secrets
 from collections.abc import Sequence
@@ -24,6 +25,7 @@ from services.ledger.store import translate_errors
 
 _encode: Final = msgspec.json.Encoder().encode
 _b64e = base64.b64encode
+_b64 = binascii.b2a_base64
 _b64d = base64.b64decode
 
 
@@ -62,38 +64,47 @@ class SubjectKeys:
         assert row is not None
         return row["key_id"], self._unwrap(bytes(row["wrapped_key"]), stream_id)
 
-    async def keys_for(self, tenant_id: str, stream_ids: Sequence[str]) -> dict[str, SubjectSealer]:
-        """A sealer per subject stream, made on first use: one round trip for the existing
-        keys and one insert for the missing ones, whatever the number of subjects (bulk
-        import). The caller must not pass erased subjects (this would make them a new key)."""
-        wanted = sorted(set(stream_ids))
-        if not wanted:
+    async def existing_sealers(self, stream_ids: Sequence[str]) -> dict[str, SubjectSealer]:
+        """Sealers for the subjects that have a key, in one round trip (makes none: safe to
+        call for subjects that may have been erased)."""
+        if not stream_ids:
             return {}
         with translate_errors():
             rows = await self._pool.fetch(
-                "SELECT stream_id, key_id, wrapped_key FROM ledger.subject_keys WHERE stream_id = ANY($1::text[])",
-                wanted,
+                "SELECT stream_id, key_id, wrapped_key FROM ledger.subject_keys WHERE stream_id = ANY("
+                + _ids_sql(stream_ids, 1) + ")", _ids_param(stream_ids),
             )
-            found = {r["stream_id"]: (r["key_id"], bytes(r["wrapped_key"])) for r in rows}
-            missing = [s for s in wanted if s not in found]
-            if missing:
-                made = [("sk-" + secrets.token_hex(8), s, AESGCM.generate_key(bit_length=256)) for s in missing]
+        return {r["stream_id"]: SubjectSealer(r["stream_id"], r["key_id"],
+                                              self._unwrap(bytes(r["wrapped_key"]), r["stream_id"])) for r in rows}
+
+    async def keys_for(self, tenant_id: str, stream_ids: Sequence[str], *,
+                       existing: dict[str, SubjectSealer] | None = None) -> dict[str, SubjectSealer]:
+        """A sealer per subject stream, made on first use: one round trip for the existing
+        keys (skipped when the caller has them from :meth:`existing_sealers`) and one insert
+        for the missing ones, whatever the number of subjects (bulk import). The caller must
+        not pass erased subjects (this would make them a new key)."""
+        wanted = sorted(set(stream_ids))
+        if not wanted:
+            return {}
+        found = existing if existing is not None else await self.existing_sealers(wanted)
+        sealers = {s: found[s] for s in wanted if s in found}
+        missing = [s for s in wanted if s not in found]
+        if missing:
+            made = {s: ("sk-" + secrets.token_hex(8), AESGCM.generate_key(bit_length=256)) for s in missing}
+            with translate_errors():
                 inserted = await self._pool.fetch(
                     "INSERT INTO ledger.subject_keys (key_id, tenant_id, stream_id, wrapped_key)"
-                    " SELECT k, $1, s, w FROM unnest($2::text[], $3::text[], $4::bytea[]) AS u(k, s, w)"
-                    " ON CONFLICT (stream_id) DO NOTHING RETURNING stream_id, key_id, wrapped_key",
-                    tenant_id, [m[0] for m in made], [m[1] for m in made],
-                    [self._wrap(m[2], m[1]) for m in made],
+                    " SELECT k->>0, $1, k->>1, decode(k->>2, 'base64') FROM json_array_elements($2::json) AS k"
+                    " ON CONFLICT (stream_id) DO NOTHING RETURNING stream_id",
+                    tenant_id, _encode([(key_id, s, self._wrap(key, s)) for s, (key_id, key) in made.items()]).decode(),
                 )
-                found.update({r["stream_id"]: (r["key_id"], bytes(r["wrapped_key"])) for r in inserted})
-                raced = [s for s in missing if s not in found]
-                if raced:  # made by another writer meanwhile
-                    rows = await self._pool.fetch(
-                        "SELECT stream_id, key_id, wrapped_key FROM ledger.subject_keys"
-                        " WHERE stream_id = ANY($1::text[])", raced,
-                    )
-                    found.update({r["stream_id"]: (r["key_id"], bytes(r["wrapped_key"])) for r in rows})
-        return {s: SubjectSealer(s, key_id, self._unwrap(wrapped, s)) for s, (key_id, wrapped) in found.items()}
+            for r in inserted:
+                s = r["stream_id"]
+                sealers[s] = SubjectSealer(s, made[s][0], made[s][1])
+            raced = [s for s in missing if s not in sealers]
+            if raced:  # made by another writer meanwhile
+                sealers.update(await self.existing_sealers(raced))
+        return sealers
 
     async def seal(self, tenant_id: str, stream_id: str, payload: Any) -> Sealed:
         key_id, key = await self.key_for(tenant_id, stream_id)
@@ -152,6 +163,19 @@ class SubjectOpener:
         return self._aead.decrypt(_b64d(sealed.nonce), _b64d(sealed.ciphertext), self.stream_id.encode())
 
 
+def _ids_param(ids: Sequence[str]) -> str | list[str]:
+    """Many ids as ONE text parameter, split in SQL: asyncpg checks every element of a
+    list parameter against collections.abc (a Python-level call each), which costs more
+    than the query for the thousands of ids of a bulk import. Ids never hold a newline
+    (subject streams are slugs and customer refs); otherwise the list is passed as is."""
+    joined = "\n".join(ids)
+    return list(ids) if joined.count("\n") != len(ids) - 1 else joined
+
+
+def _ids_sql(ids: Sequence[str], n: int) -> str:
+    return f"string_to_array(${n}, E'\\n')" if not isinstance(_ids_param(ids), list) else f"${n}::text[]"
+
+
 class SubjectSealer:
     """Seals many payloads for one subject with a key fetched once (see ``keys_for``)."""
 
@@ -164,15 +188,19 @@ class SubjectSealer:
         self._aead = AESGCM(key)
         self._aad = stream_id.encode()
 
-    def seal_json(self, plaintext: bytes) -> Sealed:
-        """Seal already-encoded JSON (same format as :func:`seal_with`)."""
-        nonce = os.urandom(12)
+    def seal_json(self, plaintext: bytes, nonce: bytes | None = None) -> Sealed:
+        """Seal already-encoded JSON (same format as :func:`seal_with`). ``nonce``: 12
+        random bytes (a bulk caller draws them many at a time); never reuse one."""
+        if nonce is None:
+            nonce = os.urandom(12)
         ciphertext = self._aead.encrypt(nonce, plaintext, self._aad)
-        return Sealed(key_id=self.key_id, nonce=_b64e(nonce).decode(), ciphertext=_b64e(ciphertext).decode())
+        return Sealed(key_id=self.key_id, nonce=_b64(nonce, newline=False).decode(),
+                      ciphertext=_b64(ciphertext, newline=False).decode())
 
     def derive(self, purpose: bytes) -> bytes:
-        """A sub-key for another use (e.g. keyed fingerprints), gone with the subject key."""
-        return hmac.digest(self._key, purpose, "sha256")
+        """A sub-key for another use (e.g. keyed fingerprints), gone with the subject key
+        (BLAKE2b in keyed mode: a MAC in one call)."""
+        return hashlib.blake2b(purpose, key=self._key, digest_size=32).digest()
 
 
 def seal_with(key_id: str, key: bytes, stream_id: str, payload: Any) -> Sealed:

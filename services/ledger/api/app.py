@@ -207,9 +207,11 @@ def _as_response(exc: ApiError) -> web.Response:
 
 def default_route_sets() -> list[ApiRoutes]:
     from services.audit import routes as routes_audit
+    from services.importer import routes as routes_import
     from services.ledger.api import routes_ops, routes_subjects, routes_tenants
 
-    return [routes_ops.routes, routes_tenants.routes, routes_subjects.routes, routes_audit.routes]
+    return [routes_ops.routes, routes_tenants.routes, routes_subjects.routes, routes_audit.routes,
+            routes_import.routes]
 
 
 def create_app(settings: Settings, route_sets: Sequence[ApiRoutes] | None = None) -> web.Application:

@@ -225,6 +225,11 @@ def openapi_document(route_sets: Sequence[ApiRoutes], *, title: str, version: st
                     "required": True,
                     "content": {"application/json": {"schema": refs[op.body]}},
                 }
+            elif op.content_type != "application/json":  # a raw upload (e.g. a CSV file), read by the handler
+                entry["requestBody"] = {
+                    "required": True,
+                    "content": {ct.strip(): {"schema": {"type": "string"}} for ct in op.content_type.split(",")},
+                }
             paths.setdefault(oa_path, {})[op.method.lower()] = entry
     return {
         "openapi": "3.1.0",
