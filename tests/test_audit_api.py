@@ -164,3 +164,18 @@ async def test_the_access_export_holds_the_decrypted_personal_data_as_json_and_c
     assert r.status == 422 and (await r.json())["field"] == "format"
     r = await api.get(SUBJ + "/export", headers=dealer.auth("staff"))
     assert r.status == 403
+
+
+async def test_the_as_of_view_sees_events_recorded_after_an_earlier_request(api: TestClient, dealer: Dealer) -> None:
+    await post(api, SUBJ + "/invoices", {"invoice_id": "F-1", "invoice_date": "2020-01-01"}, dealer.auth("importer"))
+    r = await api.get(AUDIT + "/subjects/dealer/C1", headers=dealer.auth("auditor"))
+    assert (await r.json())["stream_version"] == 1
+    await post(api, SUBJ + "/invoices", {"invoice_id": "F-2", "invoice_date": "2021-01-01"}, dealer.auth("importer"))
+    r = await api.patch("/v1/tenants/garage-a/terms", json={"cells": [
+        {"category": "aftersales_service", "channel": "post", "months": 120}]}, headers=dealer.auth("admin"))
+    assert r.status in (200, 201), await r.text()
+    r = await api.get(AUDIT + "/subjects/dealer/C1", params={"on": "2026-01-01"}, headers=dealer.auth("auditor"))
+    view = await r.json()
+    assert view["stream_version"] == 2 and view["last_invoice_on"] == "2021-01-01"
+    post_cell = next(c for c in view["cells"] if (c["category"], c["channel"]) == ("aftersales_service", "post"))
+    assert post_cell["term_months"] == 120 and post_cell["eligible"]

@@ -176,3 +176,30 @@ def test_the_date_defaults_to_the_day_of_k_and_garbage_is_refused() -> None:
     with pytest.raises(AuditError) as err:
         parse_on("31-12-2024", NOW)
     assert err.value.status == 422 and err.value.field == "on"
+
+
+def test_the_cached_history_folds_to_exactly_what_fold_subject_gives_at_every_knowledge_time() -> None:
+    from consent.subject import fold_subject
+    from services.audit.cache import CHECKPOINT, SubjectHistory
+
+    builder = SubjectHistoryBuilder("acme").invoice("2020-01-01", at="2020-01-01")
+    for i in range(3 * CHECKPOINT + 5):
+        when = dt.datetime(2020, 1, 2, tzinfo=dt.timezone.utc) + dt.timedelta(hours=7 * i)
+        if i % 17 == 0:
+            builder.object(at=when)
+        elif i % 17 == 1 and i > 1:
+            builder.withdraw_objection(at=when)
+        else:
+            builder.preferences({"newsletter:email": "opt_in" if i % 2 else "opt_out"}, at=when)
+    history = SubjectHistory()
+    history.extend(builder.events[:100])
+    history.extend(builder.events[50:])  # overlapping re-delivery is ignored
+    assert len(history.events) == len(builder.events)
+    assert history.state_at(moment("2019-12-31")) is None
+    for recorded in builder.events[::7] + builder.events[-1:]:
+        for known_at in (recorded.recorded_at, recorded.recorded_at + dt.timedelta(minutes=1)):
+            assert history.state_at(known_at) == fold_subject(builder.events, known_at=known_at)
+    tenant = TenantRecord(TenantHistoryBuilder("acme").events)
+    k = builder.events[150].recorded_at
+    assert explain_as_of(history.events, tenant, k, day("2021-01-01"), state=history.state_at(k)) == explain_as_of(
+        builder.events, tenant, k, day("2021-01-01"))

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable, Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
@@ -36,6 +36,9 @@ from schemas.events import (
 )
 from services.audit.errors import AuditError
 from services.audit.loading import Reveal, TenantRecord
+
+if TYPE_CHECKING:
+    from services.audit.cache import SubjectHistory
 
 Status = Literal["customer", "prospect", "erased"]
 
@@ -180,13 +183,22 @@ def explain_as_of(
     known_at: dt.datetime,
     on: dt.date,
     reveal: Reveal | None = None,
+    *,
+    state: SubjectState | None = None,
 ) -> AsOfView | None:
     """The subject's matrix as known at ``known_at`` for date ``on``, with evidence; None
-    if the ledger knew nothing of the subject at ``known_at``."""
-    known = [e for e in subject_events if e.recorded_at <= known_at]
-    state = fold_subject(known)
+    if the ledger knew nothing of the subject at ``known_at``.
+
+    ``state``: the subject already folded as of ``known_at`` (services/audit/cache.py),
+    saving the fold; it must be the fold of exactly the events recorded up to ``known_at``.
+    """
     if state is None:
-        return None
+        known = [e for e in subject_events if e.recorded_at <= known_at]
+        state = fold_subject(known)
+        if state is None:
+            return None
+    else:
+        known = list(subject_events[: state.version])
     tenant_state = tenant.state_at(known_at)
     terms = tenant_state.terms
     matrix: dict[str, Decision] = eligibility_matrix(state, terms, on)
@@ -237,6 +249,8 @@ def compare_with_now(
     now: dt.datetime,
     on: dt.date,
     reveal: Reveal | None = None,
+    *,
+    history: SubjectHistory | None = None,
 ) -> Comparison:
     """What was known at ``known_at`` about ``on`` against what is known at ``now``.
 
@@ -244,8 +258,13 @@ def compare_with_now(
     after ``known_at``: the facts that explain every changed cell (e.g. an invoice dated
     before D but recorded after K).
     """
-    then = explain_as_of(subject_events, tenant, known_at, on, reveal)
-    current = explain_as_of(subject_events, tenant, now, on, reveal)
+    if history is not None:
+        then_state, now_state = history.state_at(known_at), history.state_at(now)
+        then = explain_as_of(subject_events, tenant, known_at, on, reveal, state=then_state) if then_state else None
+        current = explain_as_of(subject_events, tenant, now, on, reveal, state=now_state) if now_state else None
+    else:
+        then = explain_as_of(subject_events, tenant, known_at, on, reveal)
+        current = explain_as_of(subject_events, tenant, now, on, reveal)
     if current is None:  # pragma: no cover - callers only compare subjects that exist
         raise AuditError(404, "unknown_subject", "the ledger holds nothing about this subject", "ref")
     changed: list[CellChange] = []

@@ -38,6 +38,14 @@ class TenantRecord:
         self.history = TenantHistory(self.events)
         self._by_id = {e.event_id: e for e in self.events}
 
+    def extend(self, newer: Sequence[RecordedEvent]) -> None:
+        """Add events recorded since (ignores versions already held)."""
+        for recorded in newer:
+            if recorded.version == len(self.events) + 1:
+                self.events.append(recorded)
+                self.history.append(recorded)
+                self._by_id[recorded.event_id] = recorded
+
     def get(self, event_id: str) -> RecordedEvent | None:
         return self._by_id.get(event_id)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+from collections.abc import AsyncIterator
 from typing import Literal
 
 import msgspec
@@ -16,6 +17,7 @@ from aiohttp import web
 from consent.terms import ledger_day
 from services.audit import suppression
 from services.audit.access import AccessExport, build_export, export_csv
+from services.audit.cache import StreamCache
 from services.audit.asof import AsOfView, Comparison, compare_with_now, explain_as_of
 from services.audit.erasure import ErasureResult, erase_subject
 from services.audit.errors import AuditError
@@ -30,6 +32,7 @@ from services.ledger.api.jsonapi import ApiError, ApiRoutes, Handler, json_respo
 from services.ledger.subject_keys import parse_master_key
 
 routes = ApiRoutes(tag="audit")
+STREAM_CACHE = web.AppKey("audit_stream_cache", StreamCache)
 AUDIT = "/v1/tenants/{tenant}/audit"
 AUDIT_SUBJECT = AUDIT + "/subjects/{source}/{ref}"
 SUBJECT = "/v1/tenants/{tenant}/subjects/{source}/{ref}"
@@ -86,6 +89,12 @@ def _master_key(call: Call) -> bytes:
     return parse_master_key(text)
 
 
+async def audit_context(app: web.Application) -> AsyncIterator[None]:
+    """``cleanup_ctx``: the app's stream cache for the as-of views (after the store exists)."""
+    app[STREAM_CACHE] = StreamCache(app[STORE])
+    yield
+
+
 @routes.get(AUDIT_SUBJECT, summary="A subject's eligibility matrix as known at K for date D, with evidence",
             roles=READERS, responses={200: AsOfView}, query=_TIMES)
 @_answers
@@ -93,14 +102,16 @@ async def audit_as_of(call: Call) -> web.Response:
     tenant_id, source, ref = _ids(call)
     now = _now()
     known_at, on = _times(call, now)
-    store = call.request.app[STORE]
-    events = await load_subject_events(store, tenant_id, source, ref)
-    tenant = await load_tenant(store, tenant_id)
-    view = explain_as_of(events, tenant, known_at, on, await revealer(call.ledger.keys, tenant_id, source, ref))
-    if view is None:
+    cache = call.request.app[STREAM_CACHE]
+    history = await cache.subject(tenant_id, source, ref)
+    tenant = await cache.tenant(tenant_id)
+    state = history.state_at(known_at)
+    if state is None:
         raise AuditError(404, "not_known_at", f"the ledger knew nothing of this subject at {known_at.isoformat()}"
-                         f" (its first event was recorded at {events[0].recorded_at.isoformat()})", "known_at")
-    return json_response(view)
+                         f" (its first event was recorded at {history.events[0].recorded_at.isoformat()})",
+                         "known_at")
+    reveal = await revealer(call.ledger.keys, tenant_id, source, ref)
+    return json_response(explain_as_of(history.events, tenant, known_at, on, reveal, state=state))
 
 
 @routes.get(AUDIT_SUBJECT + "/compare", summary="What was known at K about date D against what is known now",
@@ -110,11 +121,11 @@ async def audit_compare(call: Call) -> web.Response:
     tenant_id, source, ref = _ids(call)
     now = _now()
     known_at, on = _times(call, now)
-    store = call.request.app[STORE]
-    events = await load_subject_events(store, tenant_id, source, ref)
-    tenant = await load_tenant(store, tenant_id)
+    cache = call.request.app[STREAM_CACHE]
+    history = await cache.subject(tenant_id, source, ref)
+    tenant = await cache.tenant(tenant_id)
     reveal = await revealer(call.ledger.keys, tenant_id, source, ref)
-    return json_response(compare_with_now(events, tenant, known_at, now, on, reveal))
+    return json_response(compare_with_now(history.events, tenant, known_at, now, on, reveal, history=history))
 
 
 @routes.get(AUDIT_SUBJECT + "/receipts", summary="Consent receipts of every preference and objection change",
