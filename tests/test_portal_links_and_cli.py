@@ -1,0 +1,129 @@
+"""Issuing portal links for mailings (``issue_portal_link``), the CLI that makes the first
+admin, and the small pure parts: language choice, the rate limiter, the sanitiser."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from schemas.events import Actor
+from services.ledger.commands import Context, Ledger
+from services.ledger.store import EventStore
+from services.ledger.subject_keys import SubjectKeys, parse_master_key
+from services.portal.accounts import Accounts
+from services.portal.links import LinkStore, PortalLinkExists, UnknownSubject, issue_portal_link
+from services.portal.messages import pick_language
+from services.portal.security import RateLimiter, sanitise_html
+from tests.conftest import MASTER_KEY
+
+REPO = Path(__file__).resolve().parent.parent
+OPERATOR = Context(actor=Actor(kind="operator", id="tests"))
+
+
+@pytest.fixture
+async def ledger(pool: asyncpg.Pool) -> Ledger:  # type: ignore[misc]
+    store = EventStore(pool)
+    await store.start()
+    ledger = Ledger(pool, store, SubjectKeys(pool, parse_master_key(MASTER_KEY)))
+    await ledger.create_tenant(OPERATOR, "garage-a", "Autobedrijf A")
+    await ledger.record_invoice(OPERATOR, "garage-a", "dealer", "K1", "F1", dt.date.today())
+    yield ledger
+    await store.stop()
+
+
+async def test_issuing_a_link_says_when_one_exists_and_rotating_replaces_it(pool, ledger: Ledger) -> None:  # type: ignore[no-untyped-def]
+    url = await issue_portal_link(pool, "garage-a", "dealer", "K1", base_url="https://portal.example.nl/")
+    assert url.startswith("https://portal.example.nl/p/") and len(url.rsplit("/", 1)[1]) == 33
+    with pytest.raises(PortalLinkExists) as exists:
+        await issue_portal_link(pool, "garage-a", "dealer", "K1")
+    assert exists.value.issued_at.tzinfo is not None
+    rotated = await issue_portal_link(pool, "garage-a", "dealer", "K1", rotate=True)
+    links = LinkStore(pool)
+    assert await links.lookup(url.rsplit("/", 1)[1]) is None
+    target = await links.lookup(rotated.rsplit("/", 1)[1])
+    assert target is not None and (target.tenant_id, target.source, target.customer_ref) == ("garage-a", "dealer", "K1")
+    assert len(await links.history("garage-a", "dealer", "K1")) == 2
+
+
+async def test_a_link_is_only_issued_for_a_subject_the_ledger_knows(pool, ledger: Ledger) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(UnknownSubject):
+        await issue_portal_link(pool, "garage-a", "dealer", "NOBODY")
+    with pytest.raises(UnknownSubject):
+        await issue_portal_link(pool, "garage-b", "dealer", "K1")
+    with pytest.raises(ValueError):
+        await issue_portal_link(pool, "garage-a", "dealer", "../K1")
+
+
+def _cli(args: list[str], db_url: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, LEDGER_DATABASE_URL=db_url, LEDGER_MASTER_KEY=MASTER_KEY)
+    return subprocess.run([sys.executable, "-m", "services.cli", *args], input=stdin, capture_output=True, text=True,
+                          cwd=REPO, env=env, timeout=60)
+
+
+async def test_the_cli_creates_the_first_admin_with_a_password_from_stdin(pool, db_url: str, ledger: Ledger) -> None:  # type: ignore[no-untyped-def]
+    done = _cli(["portal", "create-user", "--tenant", "garage-a", "--email", "eigenaar@garage-a.nl", "--role", "admin"],
+                db_url, "een lang geheim wachtwoord\n")
+    assert done.returncode == 0, done.stderr
+    assert "created admin eigenaar@garage-a.nl for garage-a" in done.stdout
+    assert "een lang geheim wachtwoord" not in done.stdout + done.stderr
+    outcome, user = await Accounts(pool).login("garage-a", "eigenaar@garage-a.nl", "een lang geheim wachtwoord")
+    assert outcome == "ok" and user is not None and user.role == "admin"
+
+    too_short = _cli(["portal", "create-user", "--tenant", "garage-a", "--email", "b@garage-a.nl"], db_url, "kort\n")
+    assert too_short.returncode != 0 and "at least 12 characters" in too_short.stderr
+    unknown = _cli(["portal", "create-user", "--tenant", "garage-x", "--email", "c@garage-a.nl"], db_url,
+                   "een lang geheim wachtwoord\n")
+    assert unknown.returncode != 0 and "does not exist" in unknown.stderr
+
+    link = _cli(["portal", "issue-link", "--tenant", "garage-a", "--ref", "K1"], db_url)
+    assert link.returncode == 0 and "/p/" in link.stdout
+    again = _cli(["portal", "issue-link", "--tenant", "garage-a", "--ref", "K1"], db_url)
+    assert again.returncode == 3 and "--rotate" in again.stderr
+
+
+def test_the_language_follows_the_url_then_accept_language_then_dutch() -> None:
+    assert pick_language("en", "nl") == ("en", True)
+    assert pick_language(None, "fr-FR, en-US;q=0.8, nl;q=0.5") == ("en", False)
+    assert pick_language(None, "en;q=0.2, nl-BE;q=0.9") == ("nl", False)
+    assert pick_language("de", "fr") == ("nl", False)
+    assert pick_language(None, "en;q=0") == ("nl", False)
+
+
+def test_the_rate_limiter_allows_a_burst_then_refills_per_minute() -> None:
+    now = [0.0]
+    limiter = RateLimiter(per_minute=60, burst=3, clock=lambda: now[0])
+    assert [limiter.allow("1.2.3.4") for _ in range(4)] == [True, True, True, False]
+    assert limiter.allow("5.6.7.8")  # another address has its own bucket
+    now[0] += 1.0
+    assert limiter.allow("1.2.3.4") and not limiter.allow("1.2.3.4")
+    assert RateLimiter(per_minute=0, burst=1).allow("x")
+
+
+@pytest.mark.parametrize("body", [
+    "<script>alert(1)</script>",
+    '<img src=x onerror="alert(1)">',
+    '<a href="javascript:alert(1)">x</a>',
+    '<p style="background:url(javascript:alert(1))" onclick="alert(1)">x</p>',
+    "<iframe src=https://evil.example></iframe>",
+    '<svg><script>alert(1)</script></svg>',
+    "<scr<script>ipt>alert(1)</script>",
+    '<form action="https://evil.example"><input name=x></form>',
+    '<math><mtext><table><mglyph><style><img src=x onerror=alert(1)>',
+])
+def test_the_sanitiser_leaves_no_active_content(body: str) -> None:
+    clean = sanitise_html(body).lower()
+    for bad in ("<script", "onerror", "onclick", "javascript:", "<iframe", "<form", "<img", "<svg", "style="):
+        assert bad not in clean, (body, clean)
+
+
+def test_the_sanitiser_keeps_the_seed_formatting() -> None:
+    body = '<p>Wij <strong>bewaren</strong>:</p><ul><li>Naam</li></ul><a href="https://example.nl">site</a>'
+    clean = sanitise_html(body)
+    assert "<strong>bewaren</strong>" in clean and "<ul><li>Naam</li></ul>" in clean
+    assert 'href="https://example.nl"' in clean and 'rel="noopener noreferrer nofollow"' in clean
