@@ -175,8 +175,9 @@ class CampaignCheckResult(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class TermWarnings(msgspec.Struct, frozen=True, kw_only=True):
-    """Compliance notes on the tenant's current term matrix (they never change it)."""
+    """Compliance notes on the tenant's current term matrix (they never change it);
+    ``tenant_version`` is the tenant stream version they were computed from."""
 
     tenant_id: str
-    terms_version: int
+    tenant_version: int
     warnings: list[ComplianceWarning]

@@ -24,6 +24,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "services.audit.cli",
     "services.portal.cli",
     "services.importer.cli",
+    "services.projector.cli",
 )
 
 

@@ -209,9 +209,10 @@ def default_route_sets() -> list[ApiRoutes]:
     from services.audit import routes as routes_audit
     from services.importer import routes as routes_import
     from services.ledger.api import routes_ops, routes_subjects, routes_tenants
+    from services.projector import routes as routes_eligibility
 
     return [routes_ops.routes, routes_tenants.routes, routes_subjects.routes, routes_audit.routes,
-            routes_import.routes]
+            routes_import.routes, routes_eligibility.routes]
 
 
 def create_app(settings: Settings, route_sets: Sequence[ApiRoutes] | None = None) -> web.Application:
@@ -227,6 +228,9 @@ def create_app(settings: Settings, route_sets: Sequence[ApiRoutes] | None = None
     from services.audit.routes import audit_context  # the audit views' stream cache (needs the store)
 
     app.cleanup_ctx.append(audit_context)
+    from services.projector.routes import eligibility_context  # the eligibility checks' tenant cache
+
+    app.cleanup_ctx.append(eligibility_context)
     if settings.kafka_bootstrap:  # the relay to Kafka runs next to the API (services/ledger/relay.py)
         from services.ledger.relay import relay_context
 

@@ -1,0 +1,156 @@
+"""``consent-ledger projector run|rebuild|status``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+
+import asyncpg
+import msgspec
+import structlog
+
+from services.projector.clock import SystemClock
+from services.projector.consumer import DEFAULT_GROUP
+from services.settings import Settings, from_env
+
+log = structlog.get_logger(__name__)
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("projector", help="the eligibility projector (read models, consent.eligibility.v1)")
+    commands = p.add_subparsers(dest="projector_command", required=True)
+
+    run = commands.add_parser("run", help="consume consent.ledger.events.v1, keep the read model, publish eligibility")
+    run.add_argument("--group", default=DEFAULT_GROUP,
+                     help=f"Kafka consumer group shared by all instances (default {DEFAULT_GROUP})")
+    run.add_argument("--no-group", action="store_true",
+                     help="no consumer group: this single instance takes every partition")
+    run.add_argument("--batch", type=int, default=2000, help="events per consumed batch / subjects per re-evaluation")
+    run.add_argument("--partitions", type=int, default=6, help="partitions of consent.eligibility.v1 if created")
+    run.add_argument("--metrics-port", type=int, default=None, help="serve /metrics and /healthz on this port")
+    run.set_defaults(func=cmd_run)
+
+    rebuild = commands.add_parser("rebuild", help="rebuild the read model from the PostgreSQL ledger and swap it in")
+    rebuild.add_argument("--fetch", type=int, default=20_000, help="rows per cursor fetch")
+    rebuild.set_defaults(func=cmd_rebuild)
+
+    status = commands.add_parser("status", help="offsets, pending work and the checkpoint of the read model")
+    status.set_defaults(func=cmd_status)
+
+
+def _settings(*, kafka: bool) -> Settings:
+    settings = from_env()
+    if not settings.database_url:
+        raise SystemExit("consent-ledger: LEDGER_DATABASE_URL is not set")
+    if kafka and not settings.kafka_bootstrap:
+        raise SystemExit("consent-ledger: LEDGER_KAFKA_BOOTSTRAP is not set (the projector consumes Kafka)")
+    return settings
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from services.projector.service import ProjectorConfig
+
+    settings = _settings(kafka=True)
+    if args.batch < 1 or args.partitions < 1:
+        raise SystemExit("consent-ledger: --batch and --partitions must be at least 1")
+    config = ProjectorConfig(
+        database_url=settings.database_url, bootstrap=settings.kafka_bootstrap,
+        group_id=None if args.no_group else args.group, batch_size=args.batch,
+        eligibility_partitions=args.partitions, pool_size=max(2, min(settings.pool_size, 10)),
+    )
+    return asyncio.run(_run(config, settings.host, args.metrics_port))
+
+
+async def _run(config: object, host: str, metrics_port: int | None) -> int:
+    from aiohttp import web
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    from services.projector.service import ProjectorConfig, ProjectorService
+
+    assert isinstance(config, ProjectorConfig)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    service = ProjectorService(config)
+    await service.start()
+    runner: web.AppRunner | None = None
+    if metrics_port is not None:
+        async def metrics(_: web.Request) -> web.Response:
+            return web.Response(body=generate_latest(service.metrics.registry),
+                                headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+        async def healthz(_: web.Request) -> web.Response:
+            failed = service.failed()
+            if failed is not None:
+                return web.json_response({"status": "failed", "error": type(failed).__name__}, status=503)
+            return web.json_response({"status": "ok", "leader": service.leader})
+
+        app = web.Application()
+        app.router.add_get("/metrics", metrics)
+        app.router.add_get("/healthz", healthz)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, host, metrics_port).start()
+    code = 0
+    try:
+        while not stop.is_set():
+            failed = service.failed()
+            if failed is not None:
+                log.error("projector_failed", error=f"{type(failed).__name__}: {failed}")
+                code = 1
+                break
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=1.0)
+            except asyncio.TimeoutError:
+                pass
+    finally:
+        if runner is not None:
+            await runner.cleanup()
+        await service.stop()
+    return code
+
+
+def cmd_rebuild(args: argparse.Namespace) -> int:
+    from services.projector.rebuild import RebuildInProgress, rebuild
+
+    settings = _settings(kafka=False)
+    if args.fetch < 1:
+        raise SystemExit("consent-ledger: --fetch must be at least 1")
+    try:
+        report = asyncio.run(rebuild(settings.database_url, clock=SystemClock(), fetch_size=args.fetch))
+    except RebuildInProgress as exc:
+        print(f"consent-ledger: {exc}", file=sys.stderr)
+        return 1
+    figures = msgspec.structs.asdict(report) | {"events_per_s": round(report.events_per_s, 1)}
+    print(msgspec.json.encode(figures).decode())
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    settings = _settings(kafka=False)
+
+    async def status() -> dict[str, object]:
+        conn = await asyncpg.connect(settings.database_url)
+        try:
+            return {
+                "subjects": await conn.fetchval("SELECT count(*) FROM projector.subjects"),
+                "tenants": await conn.fetchval("SELECT count(*) FROM projector.tenants"),
+                "ledger_head": await conn.fetchval("SELECT position FROM ledger.head"),
+                "rebuilt_through": await conn.fetchval("SELECT rebuilt_through FROM projector.checkpoint"),
+                "offsets": {f"{r[0]}/{r[1]}": r[2] for r in await conn.fetch(
+                    "SELECT topic, partition, next_offset FROM projector.offsets ORDER BY topic, partition")},
+                "pending_term_reevaluations": [r[0] for r in await conn.fetch(
+                    "SELECT tenant_id FROM projector.tenants WHERE reeval_version IS NOT NULL ORDER BY 1")],
+                "unpublished": await conn.fetchval(
+                    "SELECT count(*) FROM projector.subjects WHERE published_hash IS DISTINCT FROM matrix_hash"),
+                "due_today_or_earlier": await conn.fetchval(
+                    "SELECT count(*) FROM projector.subjects WHERE next_change <= $1", SystemClock().today()),
+            }
+        finally:
+            await conn.close()
+
+    print(msgspec.json.encode(asyncio.run(status())).decode())
+    return 0

@@ -1,0 +1,207 @@
+"""The eligibility HTTP API for senders: one subject's matrix, the bulk campaign check,
+and the compliance warnings on the term matrix."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import asyncpg
+import pytest
+from aiohttp.test_utils import TestClient
+
+from consent.eligibility import eligibility_matrix, evaluate
+from consent.terms import add_months, ledger_day
+from schemas.eligibility import decode_matrix
+from services.projector.clock import SystemClock
+from services.projector.projection import Projection, apply_until_caught_up
+from tests.conftest import Dealer
+from tests.projector_support import folded_subject, folded_tenant
+
+TODAY = ledger_day(dt.datetime.now(dt.timezone.utc))
+T = "/v1/tenants/garage-a"
+
+
+def months_ago(n: int) -> str:
+    return add_months(TODAY, -n).isoformat()
+
+
+async def project(pool: asyncpg.Pool) -> Projection:
+    projection = Projection(pool, clock=SystemClock())
+    await apply_until_caught_up(projection)
+    await projection.reevaluate_pending()
+    return projection
+
+
+@pytest.fixture
+async def customers(api: TestClient, dealer: Dealer, pool: asyncpg.Pool) -> Dealer:
+    """C1 a recent customer who opted out of newsletter e-mail, C2 an old customer, P1 a
+    prospect, E1 erased."""
+    imp, staff = dealer.auth("importer"), dealer.auth("staff")
+    for ref, day in (("C1", months_ago(3)), ("C2", months_ago(30)), ("E1", months_ago(2))):
+        r = await api.post(f"{T}/subjects/dealer/{ref}/invoices", json={"invoice_id": f"F-{ref}", "invoice_date": day},
+                           headers=imp)
+        assert r.status == 201, await r.text()
+    r = await api.post(f"{T}/subjects/dealer/C1/preferences", headers=staff, json={
+        "changes": [{"category": "newsletter", "channel": "email", "value": "opt_out"}]})
+    assert r.status == 201, await r.text()
+    r = await api.post(f"{T}/subjects/dealer/P1/prospect", json={"acquired_on": months_ago(1), "how": "beurs"},
+                       headers=imp)
+    assert r.status == 201, await r.text()
+    r = await api.post(f"{T}/subjects/dealer/E1/erasure", json={"confirm_ref": "E1"}, headers=dealer.auth("admin"))
+    assert r.status == 201, await r.text()
+    await project(pool)
+    return dealer
+
+
+async def test_a_sender_gets_the_full_matrix_of_a_subject_for_today(
+    api: TestClient, customers: Dealer, pool: asyncpg.Pool
+) -> None:
+    from services.ledger.store import EventStore
+
+    r = await api.get(f"{T}/subjects/dealer/C1/eligibility", headers=customers.auth("sender"))
+    assert r.status == 200, await r.text()
+    matrix = decode_matrix(await r.read())
+    store = EventStore(pool)
+    state = await folded_subject(store, "garage-a", "C1")
+    terms = (await folded_tenant(store, "garage-a")).terms
+    assert matrix.evaluated_on == TODAY and matrix.customer and matrix.subject_version == 2
+    assert matrix.position == state.last_position
+    for key, d in eligibility_matrix(state, terms, TODAY).items():
+        cell = matrix.cell(*key.split(":"))
+        assert (cell.eligible, cell.reason, cell.until, tuple(cell.evidence)) == (d.eligible, d.reason, d.until,
+                                                                                  d.evidence)
+    assert matrix.cell("newsletter", "email").reason == "opted_out"
+    assert matrix.cell("newsletter", "post").reason == "soft_opt_in"
+
+
+async def test_the_matrix_on_a_past_date_uses_what_was_in_force_then(api: TestClient, customers: Dealer) -> None:
+    before_invoice = add_months(TODAY, -4).isoformat()
+    r = await api.get(f"{T}/subjects/dealer/C1/eligibility?on={before_invoice}", headers=customers.auth("auditor"))
+    assert r.status == 200, await r.text()
+    matrix = decode_matrix(await r.read())
+    assert matrix.evaluated_on.isoformat() == before_invoice and not matrix.customer
+    assert matrix.cell("newsletter", "email").reason == "not_a_customer"  # the opt-out was recorded later
+
+
+async def test_an_erased_subject_is_never_eligible_and_an_unknown_one_is_404(
+    api: TestClient, customers: Dealer
+) -> None:
+    r = await api.get(f"{T}/subjects/dealer/E1/eligibility", headers=customers.auth("sender"))
+    matrix = decode_matrix(await r.read())
+    assert matrix.erased and {c.reason for row in matrix.cells.values() for c in row.values()} == {"erased"}
+    r = await api.get(f"{T}/subjects/dealer/NOPE/eligibility", headers=customers.auth("sender"))
+    assert r.status == 404 and (await r.json())["error"] == "unknown_subject"
+
+
+@pytest.mark.parametrize("value", ["2026-13-01", "tomorrow", "20260101", "3001-01-01"])
+async def test_a_bad_date_is_a_422_naming_the_parameter(api: TestClient, customers: Dealer, value: str) -> None:
+    r = await api.get(f"{T}/subjects/dealer/C1/eligibility?on={value}", headers=customers.auth("sender"))
+    assert r.status == 422
+    assert (await r.json())["field"] == "on"
+
+
+async def test_only_senders_admins_and_auditors_of_the_tenant_may_ask(
+    api: TestClient, customers: Dealer, other_dealer: Dealer
+) -> None:
+    url = f"{T}/subjects/dealer/C1/eligibility"
+    assert (await api.get(url, headers=customers.auth("staff"))).status == 403
+    assert (await api.get(url, headers=customers.auth("importer"))).status == 403
+    assert (await api.get(url, headers=other_dealer.auth("sender"))).status == 403
+    assert (await api.get(url)).status == 401
+    check = {"category": "newsletter", "channel": "email", "send_date": TODAY.isoformat(),
+             "subjects": [{"source": "dealer", "customer_ref": "C1"}]}
+    assert (await api.post(f"{T}/eligibility:check", json=check, headers=other_dealer.auth("sender"))).status == 403
+
+
+async def test_a_campaign_check_answers_every_subject_in_order_and_unknown_ones_as_unknown(
+    api: TestClient, customers: Dealer, pool: asyncpg.Pool
+) -> None:
+    from services.ledger.store import EventStore
+
+    send_date = TODAY + dt.timedelta(days=7)
+    refs = ["C2", "C1", "NOPE", "P1", "E1", "C1"]
+    body = {"category": "sales_campaign", "channel": "post", "send_date": send_date.isoformat(),
+            "subjects": [{"source": "dealer", "customer_ref": ref} for ref in refs]}
+    r = await api.post(f"{T}/eligibility:check", json=body, headers=customers.auth("sender"))
+    assert r.status == 200, await r.text()
+    answer = await r.json()
+    assert [a["customer_ref"] for a in answer["results"]] == refs
+    assert answer["checked"] == 6 and answer["unknown"] == 1
+    by_ref = {a["customer_ref"]: a for a in answer["results"]}
+    assert by_ref["NOPE"] == {"source": "dealer", "customer_ref": "NOPE", "known": False, "eligible": False,
+                              "basis": None, "reason": "unknown_subject", "until": None,
+                              "requires_disclosure": False, "evidence": []}
+    store = EventStore(pool)
+    terms = (await folded_tenant(store, "garage-a")).terms
+    for ref in ("C1", "C2", "P1"):
+        d = evaluate(await folded_subject(store, "garage-a", ref), terms, "sales_campaign", "post", send_date)
+        got = by_ref[ref]
+        assert (got["known"], got["eligible"], got["reason"], got["until"], tuple(got["evidence"])) == (
+            True, d.eligible, d.reason, d.until.isoformat() if d.until else None, d.evidence)
+    assert by_ref["C1"]["eligible"] and by_ref["C1"]["basis"] == "legitimate_interest"
+    assert by_ref["E1"]["reason"] == "erased"
+    assert answer["eligible"] == 3  # C1 twice, and C2: invoiced 30 months ago, sales post runs 48 months
+
+
+async def test_a_prospect_letter_requires_disclosure(api: TestClient, customers: Dealer) -> None:
+    body = {"category": "prospect", "channel": "post", "send_date": TODAY.isoformat(),
+            "subjects": [{"source": "dealer", "customer_ref": "P1"}]}
+    answer = await (await api.post(f"{T}/eligibility:check", json=body, headers=customers.auth("sender"))).json()
+    [p1] = answer["results"]
+    assert p1["eligible"] and p1["reason"] == "prospect_term" and p1["requires_disclosure"]
+    assert p1["until"] == add_months(dt.date.fromisoformat(months_ago(1)), 3).isoformat()
+
+
+@pytest.mark.parametrize(("change", "field"), [
+    ({"category": "flyers"}, "$.category"),
+    ({"channel": "fax"}, "$.channel"),
+    ({"send_date": "3001-01-01"}, "$.send_date"),
+    ({"subjects": []}, "$.subjects"),
+    ({"subjects": [{"source": "dealer", "customer_ref": "C1", "extra": 1}]}, "$.subjects[0].extra"),
+    ({"subjects": [{"source": "Dealer!", "customer_ref": "C1"}]}, "$.subjects[0].source"),
+    ({"subjects": [{"source": "dealer", "customer_ref": f"R{i}"} for i in range(10_001)]}, "$.subjects"),
+])
+async def test_a_bad_campaign_check_is_a_422_naming_the_field(
+    api: TestClient, customers: Dealer, change: dict[str, object], field: str
+) -> None:
+    body = {"category": "newsletter", "channel": "email", "send_date": TODAY.isoformat(),
+            "subjects": [{"source": "dealer", "customer_ref": "C1"}], **change}
+    r = await api.post(f"{T}/eligibility:check", json=body, headers=customers.auth("sender"))
+    assert r.status == 422, await r.text()
+    assert (await r.json())["field"] == field
+
+
+async def test_ten_thousand_subjects_fit_in_one_check(api: TestClient, customers: Dealer) -> None:
+    body = {"category": "aftersales_service", "channel": "email", "send_date": TODAY.isoformat(),
+            "subjects": [{"source": "dealer", "customer_ref": f"C{i % 3 + 1}"} for i in range(10_000)]}
+    r = await api.post(f"{T}/eligibility:check", json=body, headers=customers.auth("sender"))
+    assert r.status == 200, await r.text()
+    answer = await r.json()
+    assert answer["checked"] == 10_000 and answer["unknown"] == 3333  # "C3" does not exist
+
+
+async def test_the_term_warnings_follow_the_matrix(api: TestClient, dealer: Dealer) -> None:
+    r = await api.get(f"{T}/terms/warnings", headers=dealer.auth("staff"))
+    assert r.status == 200, await r.text()
+    body = await r.json()
+    codes = {(w["code"], w["category"]) for w in body["warnings"]}
+    assert ("phone_term_above_telemarketing_code", "aftersales_service") in codes  # seed: 48 months
+    assert ("customer_calls_opt_in_announced", None) in codes
+    r = await api.patch(f"{T}/terms", json={"cells": [{"category": "aftersales_service", "channel": "phone",
+                                                         "months": 36}]}, headers=dealer.auth("admin"))
+    assert r.status == 200, await r.text()
+    after = await (await api.get(f"{T}/terms/warnings", headers=dealer.auth("auditor"))).json()
+    assert after["tenant_version"] == body["tenant_version"] + 1
+    assert ("phone_term_above_telemarketing_code", "aftersales_service") not in {
+        (w["code"], w["category"]) for w in after["warnings"]}
+    assert (await api.get(f"{T}/terms/warnings", headers=dealer.auth("sender"))).status == 403
+
+
+async def test_the_openapi_document_declares_the_eligibility_routes(api: TestClient) -> None:
+    doc = await (await api.get("/v1/openapi.json")).json()
+    check = doc["paths"]["/v1/tenants/{tenant}/eligibility:check"]["post"]
+    assert check["x-roles"] == ["sender", "admin", "auditor"]
+    assert check["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("/CampaignCheck")
+    get = doc["paths"]["/v1/tenants/{tenant}/subjects/{source}/{ref}/eligibility"]["get"]
+    assert get["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/EligibilityMatrix")
+    assert "TermWarnings" in doc["components"]["schemas"]
