@@ -154,7 +154,11 @@ class RecordReader:
         self.encoding = detect_encoding(self.path, configured)
         self._raw = open(self.path, "rb")
         self._text = io.TextIOWrapper(self._raw, encoding=self.encoding, newline="", errors="strict")
-        self._records = self._csv(self._text) if self.format == "csv" else self._jsonl(self._text)
+        try:
+            self._records = self._csv(self._text) if self.format == "csv" else self._jsonl(self._text)
+        except BaseException:
+            self.close()
+            raise
 
     def __iter__(self) -> Iterator[Record]:
         assert self._records is not None, "open() first"
