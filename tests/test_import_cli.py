@@ -133,3 +133,28 @@ async def test_portal_links_export_writes_a_private_csv_with_new_links_and_their
         [row] = list(csv.DictReader(f, delimiter=";"))
     assert code == 0 and row["status"] == "replaced" and row["portal_url"] != url
     assert await LinkStore(pool).lookup(url.rsplit("/", 1)[1]) is None
+
+
+async def test_the_nightly_script_imports_the_inbox_in_order_and_moves_processed_files(
+    ledger: Ledger, pool: asyncpg.Pool, db_url: str, tmp_path: Path
+) -> None:
+    inbox = tmp_path / "inbox" / "garage-a"
+    inbox.mkdir(parents=True)
+    (tmp_path / "mappings").mkdir()
+    (tmp_path / "mappings" / "garage-a.toml").write_bytes((REPO / "examples" / "dms-mapping.toml").read_bytes())
+    (inbox / "optin-20260301.csv").write_bytes((REPO / "examples" / "dms-mapping.optin.csv").read_bytes())
+    (inbox / "facturen-20260301.csv").write_bytes(
+        (REPO / "examples" / "dms-mapping.invoices.csv").read_bytes() + b"2024-00020;100999;31-02-2024;;;;;;;\n")
+    env = {**os.environ, "LEDGER_DATABASE_URL": db_url, "LEDGER_MASTER_KEY": MASTER_KEY, "LEDGER_LOG_LEVEL": "warning",
+           "DMS_INBOX": str(tmp_path / "inbox"), "IMPORT_REPORTS": str(tmp_path / "reports"),
+           "IMPORT_MAPPINGS": str(tmp_path / "mappings"), "CONSENT_LEDGER": str(REPO / ".venv/bin/consent-ledger")}
+    proc = await asyncio.create_subprocess_exec("sh", str(REPO / "deploy" / "nightly-import.sh"), "garage-a",
+                                                env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 90)
+    assert proc.returncode == 1, (out.decode(), err.decode())  # one invoice row was rejected
+    assert sorted(p.name.split("-", 1)[1] for p in (inbox / "done").iterdir()) == [
+        "facturen-20260301.csv", "optin-20260301.csv"]
+    assert not list(inbox.glob("*.csv"))
+    [report] = (tmp_path / "reports" / "garage-a").glob("*facturen-20260301.csv.rejected.csv")
+    assert "Factuurdatum" in report.read_text()
+    assert await event_types(pool) == ["InvoiceRecorded"] * 3 + ["PreferencesChanged"] * 2
