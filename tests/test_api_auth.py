@@ -246,7 +246,8 @@ async def test_an_allowed_key_of_the_right_tenant_gets_past_the_guard(api: TestC
         role = "admin" if "admin" in op.roles else op.roles[0]
         status, body = await call(api, op, world.url(op), world.key(role))
         assert status not in (401, 403), f"{op.method} {op.path} as {role}: {status} {body}"
-        assert status < 500, f"{op.method} {op.path} as {role}: {status} {body}"
+        # 503 is an honest "not ready yet" (e.g. a read model still catching up); anything else 5xx is a bug.
+        assert status < 500 or status == 503, f"{op.method} {op.path} as {role}: {status} {body}"
 
 
 async def test_a_tenant_key_never_reaches_an_unknown_tenant(api: TestClient, operator_key: str, dealer: Dealer) -> None:
