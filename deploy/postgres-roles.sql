@@ -101,6 +101,19 @@ SELECT format('GRANT USAGE ON SCHEMA %I TO %I, %I', n.nspname, :'app_role', :'re
   FROM pg_namespace n
  WHERE pg_get_userbyid(n.nspowner) = :'owner_role' AND n.nspname NOT LIKE 'pg\_%' \gexec
 
+-- Tables the owner creates later in the read-model schemas get the same grants at once: a
+-- `consent-ledger projector rebuild` (run as the owner) swaps in new tables while the
+-- projector, as the app role, keeps writing. Not in the ledger schema: a new ledger table
+-- waits for its own line in step 4.
+SELECT format('ALTER DEFAULT PRIVILEGES FOR ROLE %I IN SCHEMA %I GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO %I',
+              :'owner_role', n.nspname, :'app_role'),
+       format('ALTER DEFAULT PRIVILEGES FOR ROLE %I IN SCHEMA %I GRANT USAGE, SELECT ON SEQUENCES TO %I',
+              :'owner_role', n.nspname, :'app_role'),
+       format('ALTER DEFAULT PRIVILEGES FOR ROLE %I IN SCHEMA %I GRANT SELECT ON TABLES TO %I',
+              :'owner_role', n.nspname, :'readonly_role')
+  FROM pg_namespace n
+ WHERE pg_get_userbyid(n.nspowner) = :'owner_role' AND n.nspname NOT LIKE 'pg\_%' AND n.nspname <> 'ledger' \gexec
+
 -- 4. The ledger and the audit trail: narrower than step 3, table by table. ----------------------
 --    Every table of the ledger schema is listed here (tests/test_deploy_roles.py checks it).
 

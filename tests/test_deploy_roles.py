@@ -191,6 +191,28 @@ async def test_every_ledger_table_has_its_own_line_in_the_roles_script(roles_db:
     assert tables - listed == set(), "add these tables to step 4 of deploy/postgres-roles.sql"
 
 
+async def test_a_read_model_table_the_owner_makes_later_is_writable_at_once_but_a_ledger_table_is_not(
+    roles_db: RolesDb,
+) -> None:
+    """What `projector rebuild` (as the owner) does: new tables swapped in under a running app."""
+    await _deployed(roles_db)
+    owner = await asyncpg.connect(roles_db.url(roles_db.roles.owner))
+    try:
+        await owner.execute("CREATE TABLE projector.rebuilt (id bigint PRIMARY KEY)")
+        await owner.execute("CREATE TABLE ledger.later (id bigint PRIMARY KEY)")
+    finally:
+        await owner.close()
+    app = await asyncpg.connect(roles_db.url(roles_db.roles.app))
+    try:
+        await app.execute("INSERT INTO projector.rebuilt VALUES (1)")
+        await app.execute("UPDATE projector.rebuilt SET id = 2")
+        await app.execute("DELETE FROM projector.rebuilt")
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await app.execute("INSERT INTO ledger.later VALUES (1)")
+    finally:
+        await app.close()
+
+
 async def test_the_script_refuses_a_ledger_migrated_by_another_role(roles_db: RolesDb) -> None:
     assert await _migrate_as(roles_db.url())  # as the superuser: the mistake the script catches
     result = roles_db.apply_roles_sql()
