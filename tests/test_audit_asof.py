@@ -156,7 +156,8 @@ def test_a_knowledge_time_in_the_future_is_refused(text: str) -> None:
     assert (err.value.status, err.value.error, err.value.field) == (422, "known_at_in_future", "known_at")
 
 
-@pytest.mark.parametrize("text", ["yesterday", "2025-13-01", "2025-06-01T10:00:00"])
+@pytest.mark.parametrize("text", ["yesterday", "2025-13-01", "2025-06-01T10:00:00", "0001-01-01T00:00:00+01:00",
+                                  "\u0662\u0660\u0662\u0665-01-01"])
 def test_an_unreadable_or_ambiguous_knowledge_time_is_refused(text: str) -> None:
     with pytest.raises(AuditError) as err:
         parse_known_at(text, NOW)

@@ -182,24 +182,33 @@ async def audit_retention(call: Call) -> web.Response:
     return json_response(report)
 
 
-@routes.get(SUBJECT + "/export", summary="Access export (GDPR art. 15): everything held about the subject",
-            roles=READERS, responses={200: AccessExport},
-            query=(("format", "string", False, "json (default) or csv"),))
-@_answers
-async def export_subject(call: Call) -> web.Response:
+async def _export(call: Call) -> AccessExport:
     tenant_id, source, ref = _ids(call)
-    fmt = call.request.query.get("format", "json")
-    if fmt not in ("json", "csv"):
-        raise AuditError(422, "validation_error", "format is json or csv", "format")
     store = call.request.app[STORE]
     events = await load_subject_events(store, tenant_id, source, ref)
     tenant = await load_tenant(store, tenant_id)
-    export = build_export(events, tenant, await revealer(call.ledger.keys, tenant_id, source, ref), _now())
-    name = f"{tenant_id}-{source}-{ref}-{ledger_day(export.exported_at).isoformat()}"
-    if fmt == "csv":
-        return web.Response(text=export_csv(export), content_type="text/csv", charset="utf-8",
-                            headers={"Content-Disposition": f'attachment; filename="{name}.csv"'})
-    return json_response(export, headers={"Content-Disposition": f'attachment; filename="{name}.json"'})
+    return build_export(events, tenant, await revealer(call.ledger.keys, tenant_id, source, ref), _now())
+
+
+def _file_name(export: AccessExport) -> str:
+    return f"{export.tenant_id}-{export.source}-{export.customer_ref}-{ledger_day(export.exported_at).isoformat()}"
+
+
+@routes.get(SUBJECT + "/export", summary="Access export (GDPR art. 15): everything held about the subject, as JSON",
+            roles=READERS, responses={200: AccessExport})
+@_answers
+async def export_subject(call: Call) -> web.Response:
+    export = await _export(call)
+    return json_response(export, headers={"Content-Disposition": f'attachment; filename="{_file_name(export)}.json"'})
+
+
+@routes.get(SUBJECT + "/export.csv", summary="Access export (GDPR art. 15) as CSV: one row per event (text/csv)",
+            roles=READERS, responses={200: None})
+@_answers
+async def export_subject_csv(call: Call) -> web.Response:
+    export = await _export(call)
+    return web.Response(text=export_csv(export), content_type="text/csv", charset="utf-8",
+                        headers={"Content-Disposition": f'attachment; filename="{_file_name(export)}.csv"'})
 
 
 @routes.post(SUBJECT + "/erasure", summary="Erase the subject (GDPR art. 17): shred its key, drop it everywhere",

@@ -39,17 +39,21 @@ def parse_known_at(text: str | None, now: dt.datetime, field: str = "known_at") 
                                  f"{field} {value} is in the future: the ledger cannot know it yet", field)
             return min(end_of_dutch_day(day), now)
         moment = dt.datetime.fromisoformat(value)
-    except ValueError:
+    except (ValueError, OverflowError):
         raise AuditError(422, "validation_error",
                          f"{field} must be an ISO 8601 date-time with an offset (2025-03-01T12:00:00+01:00 or"
                          f" ...Z) or a date (2025-03-01 = the end of that day), not {value!r}", field) from None
     if moment.tzinfo is None:
         raise AuditError(422, "validation_error",
                          f"{field} needs a UTC offset (e.g. 'Z' or '+01:00'): {value!r} is ambiguous", field)
-    if moment > now:
+    try:
+        utc = moment.astimezone(UTC)
+    except OverflowError:  # e.g. 0001-01-01T00:00:00+01:00
+        raise AuditError(422, "validation_error", f"{field} {value!r} is out of range", field) from None
+    if utc > now:
         raise AuditError(422, "known_at_in_future",
                          f"{field} {value} is in the future: the ledger cannot know it yet", field)
-    return moment.astimezone(UTC)
+    return utc
 
 
 def parse_on(text: str | None, known_at: dt.datetime, field: str = "on") -> dt.date:
