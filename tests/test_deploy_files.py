@@ -49,6 +49,9 @@ def test_every_application_container_runs_a_command_the_cli_has() -> None:
     services = app_services()
     assert {"migrate", "api", "projector", "portal", "retention"} <= services.keys()
     for name, service in services.items():
+        if "entrypoint" in service:  # a script around the CLI: nightly-import.sh runs `consent-ledger import`
+            assert "import" in parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+            continue
         args = parser.parse_args([with_defaults(a) for a in service["command"]])  # SystemExit if unknown
         assert callable(args.func), name
 
