@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 from aiohttp.test_utils import TestClient
+from argon2 import PasswordHasher
 
 from schemas.events import Actor
 from services.ledger.commands import Context, Ledger
@@ -19,6 +20,10 @@ from services.settings import Settings
 
 OPERATOR = Context(actor=Actor(kind="operator", id="tests"), method="api")
 PASSWORD = "correct horse battery staple"
+# argon2id with small parameters: the production ones (64 MiB, 3 passes) take ~0.1-0.7 s per
+# hash on this shared machine, and every test makes four accounts. The production parameters
+# are checked in test_portal_staff.py and used by the CLI test.
+FAST_HASHER = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
 CSRF_RE = re.compile(r'name="csrf_token" value="([0-9a-f]{64})"')
 
 
@@ -50,7 +55,7 @@ def portal_settings(settings: Settings, **overrides: object) -> Settings:
 
 
 async def make_world(aiohttp_client, settings: Settings, **overrides: object) -> World:  # type: ignore[no-untyped-def]
-    client = await aiohttp_client(create_portal_app(portal_settings(settings, **overrides)))
+    client = await aiohttp_client(create_portal_app(portal_settings(settings, **overrides), password_hasher=FAST_HASHER))
     ledger = client.app[LEDGER]
     accounts = client.app[ACCOUNTS]
     world = World(client, ledger, accounts)

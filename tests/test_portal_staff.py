@@ -45,6 +45,13 @@ async def test_login_sets_a_secure_httponly_samesite_session_cookie_stored_only_
     assert all(h.startswith("$argon2id$") for h in hashes)
 
 
+def test_production_password_hashing_is_argon2id_with_the_rfc_9106_parameters(settings) -> None:  # type: ignore[no-untyped-def]
+    from services.portal.app import HASHER, create_portal_app
+
+    hasher = create_portal_app(settings)[HASHER]
+    assert hasher.time_cost >= 3 and hasher.memory_cost >= 64 * 1024 and hasher.type.name == "ID"
+
+
 async def test_a_login_form_post_without_the_csrf_token_is_refused(world: World) -> None:
     r = await world.client.post("/login", data={"tenant": "garage-a", "email": world.users["garage-a:admin"],
                                                 "password": PASSWORD})

@@ -37,8 +37,6 @@ MIN_PASSWORD_LENGTH: Final = 12
 MAX_PASSWORD_LENGTH: Final = 200
 EMAIL_PATTERN: Final = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,190}\.[^@\s]{2,}$")
 
-_hasher: Final = PasswordHasher()
-_DUMMY_HASH: Final = _hasher.hash(secrets.token_urlsafe(16))
 
 
 class User(msgspec.Struct, frozen=True, kw_only=True):
@@ -95,26 +93,34 @@ def _user(row: asyncpg.Record) -> User:
 _USER_COLUMNS: Final = "user_id, tenant_id, email, role, disabled_at, locked_until, created_at"
 
 
-async def _hash(password: str) -> str:
-    # argon2 takes tens of milliseconds of CPU: keep it off the event loop.
-    return await asyncio.to_thread(_hasher.hash, password)
-
-
-async def _verify(stored: str, password: str) -> bool:
-    def check() -> bool:
-        try:
-            return _hasher.verify(stored, password)
-        except (VerifyMismatchError, VerificationError, InvalidHashError):
-            return False
-
-    return await asyncio.to_thread(check)
-
-
 class Accounts:
     """The ``portal.users`` and ``portal.sessions`` tables."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, hasher: PasswordHasher | None = None) -> None:
         self._pool = pool
+        # argon2-cffi's defaults: argon2id, RFC 9106 low-memory profile (t=3, m=64 MiB, p=4).
+        self.hasher = hasher or PasswordHasher()
+        self._dummy_hash: str | None = None
+
+    async def _hash(self, password: str) -> str:
+        # argon2 takes tens to hundreds of milliseconds of CPU: keep it off the event loop.
+        return await asyncio.to_thread(self.hasher.hash, password)
+
+    async def _verify(self, stored: str | None, password: str) -> bool:
+        """Check ``password`` against ``stored``; with None, against a dummy hash, so that
+        an unknown account costs the same time as a wrong password."""
+        if stored is None:
+            if self._dummy_hash is None:
+                self._dummy_hash = await self._hash(secrets.token_urlsafe(16))
+            stored = self._dummy_hash
+
+        def check() -> bool:
+            try:
+                return self.hasher.verify(stored, password)
+            except (VerifyMismatchError, VerificationError, InvalidHashError):
+                return False
+
+        return await asyncio.to_thread(check)
 
     # -- accounts ----------------------------------------------------------------------
 
@@ -127,7 +133,7 @@ class Accounts:
         problem = password_problem(password)
         if problem:
             raise AccountError(problem, "password")
-        password_hash = await _hash(password)
+        password_hash = await self._hash(password)
         with translate_errors():
             row = await self._pool.fetchrow(
                 f"INSERT INTO portal.users (user_id, tenant_id, email, role, password_hash, created_by)"
@@ -161,7 +167,7 @@ class Accounts:
         problem = password_problem(password)
         if problem:
             raise AccountError(problem, "password")
-        password_hash = await _hash(password)
+        password_hash = await self._hash(password)
         with translate_errors():
             async with self._pool.acquire() as conn, conn.transaction():
                 done = await conn.execute(
@@ -212,12 +218,12 @@ class Accounts:
                 tenant_id, email.strip(),
             )
         if row is None or row["disabled_at"] is not None or len(password) > MAX_PASSWORD_LENGTH:
-            await _verify(_DUMMY_HASH, password[:MAX_PASSWORD_LENGTH])  # same work either way
+            await self._verify(None, password[:MAX_PASSWORD_LENGTH])  # same work either way
             return "bad_credentials", None
         if row["locked_until"] is not None and row["locked_until"] > row["now"]:
-            await _verify(_DUMMY_HASH, password)
+            await self._verify(None, password)
             return "locked", None
-        if not await _verify(row["password_hash"], password):
+        if not await self._verify(row["password_hash"], password):
             with translate_errors():
                 # A lock that has run out starts a fresh count.
                 await self._pool.execute(

@@ -21,6 +21,7 @@ import asyncpg
 import jinja2
 import structlog
 from aiohttp import web
+from argon2 import PasswordHasher
 
 from services.ledger.commands import CommandRejected, Ledger
 from services.ledger.errors import StoreUnavailable, WrongExpectedVersion
@@ -31,6 +32,7 @@ from services.portal.accounts import Accounts
 from services.portal.links import LinkStore
 from services.portal.messages import Messages, pick_language
 from services.portal.security import Csrf, RateLimiter, security_headers_middleware
+from services.portal.view import TenantFreshness, choice_options
 from services.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -44,6 +46,8 @@ ACCOUNTS = web.AppKey("portal_accounts", Accounts)
 CSRF = web.AppKey("portal_csrf", Csrf)
 LIMITER = web.AppKey("portal_limiter", RateLimiter)
 TEMPLATES = web.AppKey("portal_templates", jinja2.Environment)
+HASHER = web.AppKey("portal_password_hasher", PasswordHasher)
+FRESHNESS = web.AppKey("portal_tenant_freshness", TenantFreshness)
 
 MESSAGES = web.RequestKey("messages", Messages)
 LANG_IN_URL = web.RequestKey("lang_in_url", bool)
@@ -73,6 +77,7 @@ def url_for(request: web.Request, path: str, **params: Any) -> str:
 
 def render(request: web.Request, template: str, *, status: int = 200, **context: Any) -> web.Response:
     t = request[MESSAGES]
+    context.setdefault("options", choice_options(t.lang))
     html = request.app[TEMPLATES].get_template(template).render(
         t=t, lang=t.lang, url=lambda path, **p: url_for(request, path, **p), request_path=request.path,
         lang_explicit=bool(request.get(LANG_IN_URL)),
@@ -164,8 +169,11 @@ async def html_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         return error_page(request, 500, "error_title", "error_body")
 
 
-def create_portal_app(settings: Settings) -> web.Application:
-    """The portal as an aiohttp application (run it with ``consent-ledger portal serve``)."""
+def create_portal_app(settings: Settings, *, password_hasher: PasswordHasher | None = None) -> web.Application:
+    """The portal as an aiohttp application (run it with ``consent-ledger portal serve``).
+
+    ``password_hasher``: argon2 parameters for accounts (default: argon2-cffi's, RFC 9106);
+    tests pass cheaper ones."""
     app = web.Application(
         middlewares=[
             access_log,
@@ -176,8 +184,10 @@ def create_portal_app(settings: Settings) -> web.Application:
         client_max_size=256 * 1024,
     )
     app[SETTINGS] = settings
+    app[HASHER] = password_hasher or PasswordHasher()
     app[TEMPLATES] = template_environment()
     app[LIMITER] = RateLimiter(settings.portal_rate_per_minute, settings.portal_rate_burst)
+    app[FRESHNESS] = TenantFreshness()
     from services.portal import routes_customer, routes_staff
 
     app.router.add_get("/healthz", healthz)
@@ -213,7 +223,7 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
     app[STORE] = store
     app[LEDGER] = Ledger(pool, store, SubjectKeys(pool, master))
     app[LINKS] = LinkStore(pool)
-    app[ACCOUNTS] = Accounts(pool)
+    app[ACCOUNTS] = Accounts(pool, app[HASHER])
     app[CSRF] = Csrf(master)
     yield
     await store.stop()

@@ -57,8 +57,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not settings.database_url:
         raise SystemExit("consent-ledger: LEDGER_DATABASE_URL is not set")
     web.run_app(create_portal_app(settings), host=args.host or settings.host,
-                port=args.port or settings.portal_port, access_log=None, print=None)
+                port=args.port or settings.portal_port, access_log=None, print=None, loop=_event_loop())
     return 0
+
+
+def _event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop, as the ledger's ``serve`` uses (less CPU per request); asyncio's if missing."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
 
 
 def read_password() -> str:

@@ -18,10 +18,10 @@ from schemas.events import Actor
 from services.audit.receipts import build_receipt, is_receipt_event
 from services.ledger.commands import CommandRejected, Context
 from services.ledger.errors import WrongExpectedVersion
-from services.portal.app import CSRF, LEDGER, LIMITER, LINKS, MESSAGES, STORE, error_page, render, url_for
+from services.portal.app import CSRF, FRESHNESS, LEDGER, LIMITER, LINKS, MESSAGES, STORE, TEMPLATES, error_page, render, url_for
 from services.portal.links import LinkTarget
 from services.portal.security import Csrf, same_origin
-from services.portal.view import FormProblem, PortalView, load_view, preference_changes
+from services.portal.view import FormProblem, PortalView, load_view, policy_fragment, preference_changes
 
 log = structlog.get_logger(__name__)
 
@@ -74,6 +74,7 @@ def _page(request: web.Request, target: LinkTarget, view: PortalView, *, status:
     base = f"/p/{token}"
     return render(
         request, "portal.html", status=status, view=view, base=base, preview=False, notice=notice, error=error,
+        policy_html=policy_fragment(request.app[TEMPLATES], view.policy),
         saved_event=saved_event, csrf_token=request.app[CSRF].token(link_purpose(target)),
         receipt_url=url_for(request, f"{base}/receipt/{saved_event}") if saved_event else None,
     )
@@ -84,7 +85,8 @@ async def portal_page(request: web.Request) -> web.StreamResponse:
     if isinstance(target, web.Response):
         return target
     t = request[MESSAGES]
-    loaded = await load_view(request.app[LEDGER], target.tenant_id, target.source, target.customer_ref, t)
+    loaded = await load_view(request.app[LEDGER], request.app[FRESHNESS], target.tenant_id, target.source,
+                             target.customer_ref, t)
     if loaded is None or loaded[0].erased:
         return neutral(request)
     view = loaded[0]
@@ -106,8 +108,8 @@ async def _context_and_view(request: web.Request) -> tuple[LinkTarget, PortalVie
     form = await _checked_form(request, request.app[CSRF], link_purpose(target))
     if isinstance(form, web.Response):
         return form
-    loaded = await load_view(request.app[LEDGER], target.tenant_id, target.source, target.customer_ref,
-                             request[MESSAGES])
+    loaded = await load_view(request.app[LEDGER], request.app[FRESHNESS], target.tenant_id, target.source,
+                             target.customer_ref, request[MESSAGES], fresh=True)
     if loaded is None or loaded[0].erased:
         return neutral(request)
     view = loaded[0]
@@ -155,8 +157,8 @@ async def save_preferences(request: web.Request) -> web.StreamResponse:
 
 
 async def _conflict(request: web.Request, target: LinkTarget) -> web.Response:
-    loaded = await load_view(request.app[LEDGER], target.tenant_id, target.source, target.customer_ref,
-                             request[MESSAGES])
+    loaded = await load_view(request.app[LEDGER], request.app[FRESHNESS], target.tenant_id, target.source,
+                             target.customer_ref, request[MESSAGES], fresh=True)
     if loaded is None:
         return neutral(request)
     return _page(request, target, loaded[0], status=409, error=request[MESSAGES]("conflict"))

@@ -19,8 +19,7 @@ import msgspec
 import structlog
 from aiohttp import web
 
-from consent.terms import cell_key
-from consent.vocabulary import CATEGORIES, CHANNELS, PREFERENCE_VALUES, is_customer_ref, is_slug, subject_stream
+from consent.vocabulary import CATEGORIES, CHANNELS, is_customer_ref, is_slug, subject_stream
 from consent.warnings import compliance_warnings
 from schemas.events import (
     Actor,
@@ -37,11 +36,23 @@ from schemas.events import (
 from services.ledger.commands import CommandRejected, Context
 from services.ledger.errors import WrongExpectedVersion
 from services.portal.accounts import AccountError, User, new_password
-from services.portal.app import ACCOUNTS, CSRF, LEDGER, LIMITER, LINKS, MESSAGES, SETTINGS, error_page, render, url_for
+from services.portal.app import (
+    ACCOUNTS,
+    CSRF,
+    LEDGER,
+    LIMITER,
+    LINKS,
+    MESSAGES,
+    SETTINGS,
+    TEMPLATES,
+    error_page,
+    render,
+    url_for,
+)
 from services.portal.links import portal_url
 from services.portal.messages import Messages
 from services.portal.security import MAX_BODY_CHARS, Csrf, sanitise_html, same_origin
-from services.portal.view import PortalView, build_view, preference_changes
+from services.portal.view import PortalView, build_view, policy_fragment, preference_changes
 
 log = structlog.get_logger(__name__)
 
@@ -517,7 +528,8 @@ async def customer_preview(request: web.Request, staff: Staff, form: dict[str, s
     link itself, because only its hash is stored."""
     _, _, view, _ = await _subject(request, staff)
     return render(request, "portal.html", view=view, base="", preview=True, notice=None, error=None,
-                  saved_event=None, csrf_token="", receipt_url=None)
+                  saved_event=None, csrf_token="", receipt_url=None,
+                  policy_html=policy_fragment(request.app[TEMPLATES], view.policy))
 
 
 def _on_behalf(form: dict[str, str], t: Messages) -> tuple[str, str] | str:
@@ -647,5 +659,3 @@ async def user_status(request: web.Request, staff: Staff, form: dict[str, str]) 
     log.info("user_status_set", target=user.user_id, disabled=form.get("disabled") == "1")
     return _redirect(request, f"/beheer/{staff.tenant.tenant_id}/gebruikers", msg="saved_staff")
 
-
-__all__ = ["add_routes", "PREFERENCE_VALUES", "cell_key"]

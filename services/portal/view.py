@@ -10,13 +10,17 @@ Dutch calendar day. This module only puts words to the decisions.
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import time
+from collections.abc import Callable
 from typing import Final
 
+import jinja2
 import msgspec
 from markupsafe import Markup
 
 from consent.eligibility import Decision, eligibility_matrix
-from consent.policy import active_chapters, policy_version
+from consent.policy import Policy, active_chapters
 from consent.subject import (
     SubjectState,
     acquisition_in_effect,
@@ -50,6 +54,7 @@ class CellView(msgspec.Struct, frozen=True):
     label: str  # "Nieuwsbrief per e-mail"
     value: str  # the subject's own choice: default | opt_in | opt_out
     eligible: bool
+    badge: str  # "Ja" / "Nee"
     why: str
 
 
@@ -65,7 +70,7 @@ class PortalView(msgspec.Struct, frozen=True, kw_only=True):
     source: str
     source_label: str
     customer_ref: str
-    chapters: list[ChapterView]
+    policy: Policy  # the dealer's full chapter list; the page shows the active ones
     policy_version: str
     categories: list[CategoryView]
     is_customer: bool
@@ -83,8 +88,28 @@ def today() -> dt.date:
     return ledger_day(dt.datetime.now(dt.timezone.utc))
 
 
-def chapters_view(state: TenantState) -> list[ChapterView]:
-    return [ChapterView(c.chapter_id, c.title, Markup(sanitise_html(c.body))) for c in active_chapters(state.chapters)]
+@functools.lru_cache(maxsize=256)
+def policy_fragment(env: jinja2.Environment, chapters: Policy) -> Markup:
+    """The policy section's HTML: the active chapters in order, each body sanitised here
+    (at render time, whatever was stored). Cached per chapter list: every customer of a
+    dealer sees the same text until the dealer edits it."""
+    views = [ChapterView(c.chapter_id, c.title, Markup(sanitise_html(c.body))) for c in active_chapters(chapters)]
+    return Markup(env.get_template("_policy.html").render(chapters=views))
+
+
+@functools.lru_cache(maxsize=4)
+def choice_options(lang: str) -> dict[str, Markup]:
+    """The three <option>s of a preference select, per current value (pre-rendered: the
+    same for all 20 rows of a page)."""
+    t = Messages(lang)  # type: ignore[arg-type]
+    labels = (("default", t("choice_default")), ("opt_in", t("choice_opt_in")), ("opt_out", t("choice_opt_out")))
+    return {
+        current: Markup("").join(
+            Markup('<option value="{}"{}>{}</option>').format(value, Markup(" selected") if value == current else "",
+                                                               label)
+            for value, label in labels)
+        for current in PREFERENCE_VALUES
+    }
 
 
 def explain(decision: Decision, subject: SubjectState, category: str, channel: str, on: dt.date, t: Messages) -> str:
@@ -118,6 +143,7 @@ def build_view(tenant: TenantState, events: list[RecordedEvent], source: str, re
     decisions = eligibility_matrix(subject, tenant.terms, on)
     categories = CUSTOMER_CATEGORIES if subject.is_customer else PROSPECT_CATEGORIES
     groups: list[CategoryView] = []
+    yes, no = t("yes"), t("no")
     for category in categories:
         cells = []
         for channel in CHANNELS:
@@ -125,28 +151,54 @@ def build_view(tenant: TenantState, events: list[RecordedEvent], source: str, re
             cells.append(CellView(
                 category=category, channel=channel, field=field_name(category, channel), label=t.cell(category, channel),
                 value=subject.preference(category, channel), eligible=decision.eligible,
-                why=explain(decision, subject, category, channel, on, t),
+                badge=yes if decision.eligible else no, why=explain(decision, subject, category, channel, on, t),
             ))
         groups.append(CategoryView(category, t.category(category), cells))
     objection = objection_in_effect(subject, on)
     return PortalView(
         tenant_id=tenant.tenant_id, tenant_name=tenant.name, source=source,
         source_label=tenant.data_sources.get(source, source), customer_ref=ref,
-        chapters=chapters_view(tenant), policy_version=policy_version(tenant.chapters), categories=groups,
+        policy=tenant.chapters, policy_version=tenant.policy_version, categories=groups,
         is_customer=subject.is_customer, objected=objection is not None,
         objected_since=objection.effective_on if objection else None, erased=subject.erased is not None,
         subject_version=subject.version,
     )
 
 
-async def load_view(ledger: Ledger, tenant_id: str, source: str, ref: str, t: Messages
-                    ) -> tuple[PortalView, list[RecordedEvent]] | None:
-    """Read the tenant (only events newer than the cached state) and the subject's stream."""
-    found = await ledger.tenant(tenant_id, fresh=True)
-    if found is None:
+class TenantFreshness:
+    """How often the portal asks the ledger for a tenant's newer events.
+
+    :meth:`Ledger.tenant` keeps each tenant's folded state and, with ``fresh=True``, reads
+    only the events after it: one small query. Customer pages do that at most once per
+    ``max_age`` seconds per tenant (edits made through this process's Ledger are seen at
+    once: it drops its cache on append; edits through the HTTP API within ``max_age``).
+    Staff pages and every save always read fresh.
+    """
+
+    def __init__(self, max_age: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.max_age = max_age
+        self._clock = clock
+        self._checked: dict[str, float] = {}
+
+    async def tenant(self, ledger: Ledger, tenant_id: str, *, fresh: bool = False) -> TenantState | None:
+        now = self._clock()
+        recent = now - self._checked.get(tenant_id, -1e18) < self.max_age
+        found = await ledger.tenant(tenant_id, fresh=fresh or not recent)
+        if found is None:
+            return None
+        if fresh or not recent:
+            self._checked[tenant_id] = now
+        return found[1]
+
+
+async def load_view(ledger: Ledger, freshness: TenantFreshness, tenant_id: str, source: str, ref: str,
+                    t: Messages, *, fresh: bool = False) -> tuple[PortalView, list[RecordedEvent]] | None:
+    """Read the tenant (see :class:`TenantFreshness`) and the subject's stream; the view."""
+    tenant = await freshness.tenant(ledger, tenant_id, fresh=fresh)
+    if tenant is None:
         return None
     events = await ledger.store.read_stream(subject_stream(tenant_id, source, ref))
-    view = build_view(found[1], events, source, ref, t)
+    view = build_view(tenant, events, source, ref, t)
     return None if view is None else (view, events)
 
 
