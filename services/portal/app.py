@@ -32,7 +32,7 @@ from services.portal.accounts import Accounts
 from services.portal.links import LinkStore
 from services.portal.messages import Messages, pick_language
 from services.portal.security import Csrf, RateLimiter, security_headers_middleware
-from services.portal.view import TenantFreshness, choice_options
+from services.portal.view import TenantFreshness, settings_table
 from services.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -64,6 +64,7 @@ def template_environment() -> jinja2.Environment:
         lstrip_blocks=True,
         auto_reload=False,
     )
+    env.globals["settings_table"] = settings_table
     return env
 
 
@@ -77,7 +78,6 @@ def url_for(request: web.Request, path: str, **params: Any) -> str:
 
 def render(request: web.Request, template: str, *, status: int = 200, **context: Any) -> web.Response:
     t = request[MESSAGES]
-    context.setdefault("options", choice_options(t.lang))
     html = request.app[TEMPLATES].get_template(template).render(
         t=t, lang=t.lang, url=lambda path, **p: url_for(request, path, **p), request_path=request.path,
         lang_explicit=bool(request.get(LANG_IN_URL)),
@@ -208,12 +208,20 @@ async def healthz(request: web.Request) -> web.Response:
     return web.Response(text="ok")
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Pool reset hook: nothing to reset. The portal sets no session state on a connection
+    (no SET, LISTEN or session advisory lock is held past its own finally), and asyncpg
+    still rolls back an open transaction itself; the default reset would cost one more
+    round trip on every release."""
+
+
 async def _database(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     if not settings.master_key:
         raise RuntimeError("LEDGER_MASTER_KEY is not set (32 bytes, base64); `consent-ledger keygen` makes one")
     master = parse_master_key(settings.master_key)
-    pool = await asyncpg.create_pool(settings.database_url, min_size=2, max_size=settings.pool_size)
+    pool = await asyncpg.create_pool(settings.database_url, min_size=2, max_size=settings.pool_size,
+                                     reset=_keep_session)
     assert pool is not None
     async with pool.acquire() as conn:
         await migrate(conn)
