@@ -16,10 +16,9 @@ import argparse
 import asyncio
 import datetime as dt
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TextIO
 
 import asyncpg
 import msgspec
@@ -144,11 +143,7 @@ async def _import(args: argparse.Namespace, mapping: Mapping, report_path: Path)
             for path in args.files:
                 label = path.name
                 report.file_label = label
-                console = ConsoleRejections(sys.stdout, label)
-
-                def on_reject(rejection: Rejection) -> None:
-                    report.write(rejection)
-                    console.write(rejection)
+                on_reject = _reject_to(report, ConsoleRejections(sys.stdout, label))
 
                 with _progress(args.progress, path, label) as on_progress:
                     try:
@@ -176,6 +171,14 @@ async def _import(args: argparse.Namespace, mapping: Mapping, report_path: Path)
         for s in summaries:
             print(msgspec.json.encode(s).decode())
     return status
+
+
+def _reject_to(report: RejectionReport, console: ConsoleRejections) -> Callable[[Rejection], None]:
+    def on_reject(rejection: Rejection) -> None:
+        report.write(rejection)
+        console.write(rejection)
+
+    return on_reject
 
 
 def describe(s: Summary) -> str:
@@ -260,7 +263,3 @@ def cmd_portal_links_export(args: argparse.Namespace) -> int:
     except (LinkExportRefused, ImportRefused) as exc:
         print(f"consent-ledger portal-links: {exc}; no links were issued", file=sys.stderr)
         return EXIT_REFUSED
-
-
-def _print_to(out: TextIO, text: str) -> None:
-    print(text, file=out)

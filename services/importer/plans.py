@@ -28,7 +28,7 @@ import asyncio
 import datetime as dt
 import os
 from hashlib import blake2b
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Final
 
 import asyncpg
@@ -53,7 +53,6 @@ from services.ledger.subject_keys import SubjectSealer
 
 _FP_PURPOSE: Final = b"importer/contact-fingerprint/v1"
 _preferences_decoder: Final = msgspec.json.Decoder(PreferencesChanged)
-_json: Final = msgspec.json.Encoder()
 
 
 class IndexConflict(LedgerError):
@@ -197,11 +196,23 @@ def _affected(status: str) -> int:
     return int(status.rsplit(" ", 1)[-1])
 
 
-def _joined(ids: Sequence[str]) -> str:
-    """Ids as one text parameter for ``string_to_array($n, E'\\n')``: asyncpg checks every
-    element of a list parameter in Python, which costs more than the query for thousands
-    of ids. Invoice ids and stream ids cannot hold a newline (their patterns)."""
-    return "\n".join(ids)
+def _joined(values: Iterable[str]) -> str:
+    """Values as one text parameter for ``string_to_array($n, E'\\n')``: asyncpg checks
+    every element of a list parameter in Python, which costs more than the query for the
+    thousands of rows of a batch. Only for values that cannot hold a newline (ids, stream
+    ids, dates, numbers, hex)."""
+    return "\n".join(values)
+
+
+_COLUMNS = ("FROM unnest(string_to_array($2, E'\\n'), string_to_array($3, E'\\n'), string_to_array($4, E'\\n'),"
+            " string_to_array($5, E'\\n', '-'), string_to_array($6, E'\\n')) AS u(i, s, d, f, p)")
+_INSERT_INVOICES: Final = (
+    "INSERT INTO importer.invoices (tenant_id, invoice_id, stream_id, invoice_date, contact_fp, position)"
+    " SELECT $1, u.i, u.s, u.d::date, decode(u.f, 'hex'), u.p::bigint " + _COLUMNS)
+_UPDATE_INVOICES: Final = (
+    "UPDATE importer.invoices AS x SET invoice_date = u.d::date, contact_fp = decode(u.f, 'hex'),"
+    " position = u.p::bigint, updated_at = now() " + _COLUMNS
+    + " WHERE x.tenant_id = $1 AND x.invoice_id = u.i AND x.stream_id = u.s")
 
 
 class _Nonces:
@@ -224,11 +235,10 @@ class _Nonces:
 
 class InvoicePlanner(Planner):
     async def plan(self, rows: Sequence[Row], overlay: Effects | None) -> Plan:
-        stream_of = self.stream
-        streams = sorted({stream_of(r.customer_ref) for r in rows})
+        row_streams = [self.stream(r.customer_ref) for r in rows]
+        streams = sorted(set(row_streams))
         ids = sorted({r.invoice_id for r in rows})  # type: ignore[union-attr]
-
-        with_contact = {stream_of(r.customer_ref) for r in rows if r.contact is not None}  # type: ignore[union-attr]
+        with_contact = {s for s, r in zip(row_streams, rows) if r.contact is not None}  # type: ignore[union-attr]
 
         async def index() -> list[asyncpg.Record]:
             with translate_errors():
@@ -247,6 +257,8 @@ class InvoicePlanner(Planner):
         if overlay is not None:
             wanted = set(ids)
             known.update((i, s) for i, s in overlay.invoices.items() if i in wanted)
+        in_index = set(known)  # rows the index has (or will have when the batch in flight commits)
+        fresh: set[str] = set()  # invoice ids this batch adds to the index
         sealers = await self.sealers(with_contact - erased, existing)
         fp_keys: dict[str, bytes] = {}
         nonces = _Nonces(len(rows))
@@ -254,29 +266,32 @@ class InvoicePlanner(Planner):
         changed: dict[str, tuple[InvoiceState, tuple[str, int]]] = {}
         rejections: list[Rejection] = []
         counts = Counts()
-        for row in rows:
+        for stream, row in zip(row_streams, rows):
             assert isinstance(row, InvoiceRow)
-            stream = stream_of(row.customer_ref)
             if stream in erased:
                 rejections.append(self.erased(row.line))
                 continue
-            sealer = sealers.get(stream) if row.contact is not None else None
-            fp = _fingerprint(fp_keys, sealer, row.contact) if sealer is not None else None  # type: ignore[arg-type]
+            contact = row.contact
+            sealer = sealers.get(stream) if contact is not None else None
+            fp = _fingerprint(fp_keys, sealer, contact) if sealer is not None else None  # type: ignore[arg-type]
             state = known.get(row.invoice_id)
-            if state is not None and state.stream_id != stream:
+            event: Event
+            if state is None:
+                event = InvoiceRecorded(invoice_id=row.invoice_id, invoice_date=row.invoice_date,
+                                        personal=sealer.seal_json(contact, nonces.next()) if sealer else None)  # type: ignore[arg-type]
+                counts.recorded += 1
+                if row.invoice_id not in in_index:
+                    fresh.add(row.invoice_id)
+            elif state.stream_id != stream:
                 rejections.append(Rejection(row.line, self.ref_column,
                                             f"invoice {row.invoice_id} is already recorded for another customer"))
                 continue
-            personal = sealer.seal_json(row.contact, nonces.next()) if sealer is not None else None  # type: ignore[arg-type]
-            event: Event
-            if state is None:
-                event = InvoiceRecorded(invoice_id=row.invoice_id, invoice_date=row.invoice_date, personal=personal)
-                counts.recorded += 1
             elif state.invoice_date == row.invoice_date and (fp is None or fp == state.contact_fp):
                 counts.unchanged += 1
                 continue
             else:
-                event = InvoiceCorrected(invoice_id=row.invoice_id, invoice_date=row.invoice_date, personal=personal)
+                event = InvoiceCorrected(invoice_id=row.invoice_id, invoice_date=row.invoice_date,
+                                         personal=sealer.seal_json(contact, nonces.next()) if sealer else None)  # type: ignore[arg-type]
                 counts.corrected += 1
             new_state = InvoiceState(stream, row.invoice_date, fp if fp is not None else
                                      (state.contact_fp if state is not None else None))
@@ -287,21 +302,24 @@ class InvoicePlanner(Planner):
 
         async def hook(conn: asyncpg.Connection, result: AppendResult) -> None:
             base = result.first_position
-            # One JSON parameter, not five arrays: see _joined. bytes travel as base64.
-            rows_json = _json.encode([(invoice_id, st.stream_id, st.invoice_date, st.contact_fp,
-                                       base + offsets[stream] + i)
-                                      for invoice_id, (st, (stream, i)) in changed.items()])
-            status = await conn.execute(
-                "INSERT INTO importer.invoices AS i (tenant_id, invoice_id, stream_id, invoice_date, contact_fp,"
-                " position) SELECT $1, r->>0, r->>1, (r->>2)::date, decode(r->>3, 'base64'), (r->>4)::bigint"
-                " FROM json_array_elements($2::json) AS r"
-                " ON CONFLICT (tenant_id, invoice_id) DO UPDATE SET invoice_date = EXCLUDED.invoice_date,"
-                " contact_fp = EXCLUDED.contact_fp, position = EXCLUDED.position, updated_at = now()"
-                " WHERE i.stream_id = EXCLUDED.stream_id",
-                tenant, rows_json.decode(),
-            )
-            if _affected(status) != len(changed):
-                raise IndexConflict("an invoice of this batch was recorded for another customer meanwhile")
+            # Columns as newline-joined text parameters, not lists (see _joined); the
+            # fingerprint as hex, "-" for none. New invoices are a plain INSERT (a row
+            # there already means a concurrent import: the unique key fails the batch and
+            # it is planned again); corrections an UPDATE that must find each row still on
+            # its customer.
+            for new_rows, sql in ((True, _INSERT_INVOICES), (False, _UPDATE_INVOICES)):
+                part = [(invoice_id, st, pos) for invoice_id, (st, pos) in changed.items()
+                        if (invoice_id in fresh) == new_rows]
+                if not part:
+                    continue
+                status = await conn.execute(
+                    sql, tenant, _joined(p[0] for p in part), _joined(st.stream_id for _, st, _ in part),
+                    _joined(st.invoice_date.isoformat() for _, st, _ in part),
+                    _joined(st.contact_fp.hex() if st.contact_fp is not None else "-" for _, st, _ in part),
+                    _joined(str(base + offsets[stream] + i) for _, _, (stream, i) in part),
+                )
+                if _affected(status) != len(part):
+                    raise IndexConflict("an invoice of this batch was recorded for another customer meanwhile")
 
         return Plan(rows=rows, writes=stream_writes, hook=hook if changed else None, rejections=rejections,
                     counts=counts, effects=Effects(versions=writes.versions_after(versions),

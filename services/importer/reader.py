@@ -17,6 +17,7 @@ import codecs
 import csv
 import io
 import itertools
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any, Final, Literal
@@ -29,7 +30,7 @@ Format = Literal["csv", "jsonl"]
 Values = list[str | None]
 
 _CHUNK: Final = 1 << 20
-_CP1252_UNDEFINED: Final = frozenset(b"\x81\x8d\x8f\x90\x9d")
+_CP1252_UNDEFINED: Final = re.compile(b"[\x81\x8d\x8f\x90\x9d]")  # the five bytes Windows-1252 leaves out
 
 
 class FileProblem(ValueError):
@@ -85,8 +86,10 @@ def detect_encoding(path: Path | str, configured: str = "auto") -> str:
                     utf8.decode(chunk)
                 except UnicodeDecodeError as exc:
                     utf8_error = offset + exc.start
-            if cp1252_error is None and not _CP1252_UNDEFINED.isdisjoint(chunk):
-                cp1252_error = offset + min(i for i in (chunk.find(bytes([b])) for b in _CP1252_UNDEFINED) if i >= 0)
+            if cp1252_error is None:
+                undefined = _CP1252_UNDEFINED.search(chunk)
+                if undefined is not None:
+                    cp1252_error = offset + undefined.start()
             offset += len(chunk)
             if utf8_error is not None and cp1252_error is not None:
                 break

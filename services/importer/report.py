@@ -56,10 +56,6 @@ class RejectionReport:
             self._out.close()
             self._out = None
 
-    @property
-    def written(self) -> bool:
-        return self.path.exists() and (self.count > 0 or self._out is not None)
-
 
 class ConsoleRejections:
     """Prints rejections as ``file:line: field: problem``, the first ``limit`` of them."""

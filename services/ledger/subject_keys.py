@@ -92,12 +92,17 @@ class SubjectKeys:
         if missing:
             made = {s: ("sk-" + secrets.token_hex(8), AESGCM.generate_key(bit_length=256)) for s in missing}
             with translate_errors():
+                params: tuple[Any, ...] = (
+                    [key_id for key_id, _ in made.values()], missing, [self._wrap(key, s) for s, (_, key) in made.items()])
+                if not isinstance(_ids_param(missing), list):  # as text: see _ids_param
+                    params = ("\n".join(params[0]), "\n".join(missing), "\n".join(w.hex() for w in params[2]))
+                    sql = ("SELECT k, $1, s, decode(w, 'hex') FROM unnest(string_to_array($2, E'\\n'),"
+                           " string_to_array($3, E'\\n'), string_to_array($4, E'\\n')) AS u(k, s, w)")
+                else:
+                    sql = "SELECT k, $1, s, w FROM unnest($2::text[], $3::text[], $4::bytea[]) AS u(k, s, w)"
                 inserted = await self._pool.fetch(
-                    "INSERT INTO ledger.subject_keys (key_id, tenant_id, stream_id, wrapped_key)"
-                    " SELECT k->>0, $1, k->>1, decode(k->>2, 'base64') FROM json_array_elements($2::json) AS k"
-                    " ON CONFLICT (stream_id) DO NOTHING RETURNING stream_id",
-                    tenant_id, _encode([(key_id, s, self._wrap(key, s)) for s, (key_id, key) in made.items()]).decode(),
-                )
+                    "INSERT INTO ledger.subject_keys (key_id, tenant_id, stream_id, wrapped_key) " + sql
+                    + " ON CONFLICT (stream_id) DO NOTHING RETURNING stream_id", tenant_id, *params)
             for r in inserted:
                 s = r["stream_id"]
                 sealers[s] = SubjectSealer(s, made[s][0], made[s][1])
