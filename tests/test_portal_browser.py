@@ -12,14 +12,16 @@ import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import asyncpg
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
+from aiohttp.test_utils import TestClient, TestServer
 from playwright.async_api import Browser, Page, async_playwright, expect
 
-from consent.eligibility import evaluate
-from consent.subject import fold_subject
 from consent.vocabulary import subject_stream
+from services.ledger.api_keys import issue_key
+from services.projector.clock import SystemClock
+from services.projector.projection import Projection, apply_until_caught_up
 from tests.portal_support import OPERATOR, PASSWORD, World, make_world
 
 CHROMIUM = "/usr/bin/chromium"
@@ -73,7 +75,7 @@ async def log_in(page: Page, world: World, tenant: str, role: str) -> None:
 
 
 async def test_a_customer_opts_out_of_newsletter_email_and_the_campaign_check_says_opted_out(
-        world: World, page: Page) -> None:
+        world: World, page: Page, api: TestClient, pool: asyncpg.Pool) -> None:
     response = await page.goto(url(world, world.url("garage-a/dealer/K1")))
     assert response is not None and response.status == 200
     assert response.headers["content-security-policy"].startswith("default-src 'none'")
@@ -100,15 +102,24 @@ async def test_a_customer_opts_out_of_newsletter_email_and_the_campaign_check_sa
     download = await download_info.value
     assert download.suggested_filename.startswith("bevestiging-")
 
-    # The campaign check: the eligibility rule on the ledger's events for this subject.
     events = await world.ledger.store.read_stream(subject_stream("garage-a", "dealer", "K1"))
     assert events[-1].event.changed_by.kind == "subject" and events[-1].event.method == "portal"
-    _, tenant = await world.ledger.require_tenant("garage-a", fresh=True)
-    subject = fold_subject(events)
-    assert subject is not None
-    decision = evaluate(subject, tenant.terms, "newsletter", "email", dt.date.today())
-    assert (decision.eligible, decision.reason) == (False, "opted_out")
-    assert evaluate(subject, tenant.terms, "newsletter", "post", dt.date.today()).eligible
+
+    # The campaign sender's check over HTTP (services/projector/routes.py), once the
+    # eligibility projector has applied the ledger (here straight from the event store).
+    await apply_until_caught_up(Projection(pool, clock=SystemClock()))
+    sender = await issue_key(pool, "garage-a", "sender", "browser test")
+    check = {"category": "newsletter", "channel": "email", "send_date": dt.date.today().isoformat(),
+             "subjects": [{"source": "dealer", "customer_ref": "K1"}]}
+    r = await api.post("/v1/tenants/garage-a/eligibility:check", json=check,
+                       headers={"Authorization": f"Bearer {sender.key}"})
+    assert r.status == 200, await r.text()
+    answer = (await r.json())["results"][0]
+    assert (answer["eligible"], answer["reason"]) == (False, "opted_out")
+    assert events[-1].event_id in answer["evidence"]
+    r = await api.post("/v1/tenants/garage-a/eligibility:check", json={**check, "channel": "post"},
+                       headers={"Authorization": f"Bearer {sender.key}"})
+    assert (await r.json())["results"][0]["eligible"] is True
 
 
 async def test_an_admin_moves_a_chapter_up_and_deactivates_another_and_the_portal_follows(
