@@ -54,7 +54,7 @@ class RolesDb:
                 "-v", f"owner_role={self.roles.owner}", "-v", f"app_role={self.roles.app}",
                 "-v", f"readonly_role={self.roles.readonly}",
                 "-v", f"app_password_file={self.secrets / 'db_app_password'}", *extra, "-f", str(ROLES_SQL)]
-        return subprocess.run(args, capture_output=True, text=True, timeout=60)
+        return subprocess.run(args, capture_output=True, text=True, timeout=60, check=False)
 
 
 @pytest.fixture
