@@ -139,6 +139,9 @@ _CONNECTION_LOST: Final = (
     asyncpg.exceptions.ConnectionDoesNotExistError,
     asyncpg.exceptions.InterfaceError,
     asyncpg.exceptions.AdminShutdownError,
+    # A connection that got the server's goodbye while idle is stuck waiting for the
+    # rest of that error: asyncpg refuses to start anything else on it.
+    asyncpg.exceptions.InternalClientError,
 )
 
 
@@ -336,23 +339,35 @@ class EventStore:
             pass
         await self._drop_connection()
 
+    async def _begin(self) -> asyncpg.Connection:
+        """Begin the batch's transaction and take the head lock: the lock that keeps
+        insert order equal to commit order. FOR UPDATE on the single head row is held
+        until this transaction commits, so no other writer can assign the next
+        positions before our rows are visible."""
+        attempts = self._pool.get_max_size() + 1
+        for attempt in range(attempts):
+            conn = await self._connection()
+            try:
+                await conn.execute(_BEGIN_AND_LOCK)
+                return conn
+            except _CONNECTION_LOST:
+                # The kept connection died while idle (server restart, idle timeout),
+                # and maybe the pool's others with it: nothing of this batch was
+                # written, so begin again on another one.
+                await self._drop_connection()
+                if attempt == attempts - 1:
+                    raise
+            except BaseException:
+                await self._abandon(conn)
+                raise
+        raise AssertionError("unreachable")
+
     async def _commit_batch(self, batch: list[_Pending]) -> int:
         """One transaction for the batch, in four round trips (begin and lock; read; write;
         commit); resolves each future; returns events appended."""
         outcomes: list[tuple[_Pending, AppendResult | Exception]] = []
-        conn = await self._connection()
+        conn = await self._begin()
         try:
-            try:
-                # The lock that keeps insert order equal to commit order: FOR UPDATE on the
-                # single head row is held until this transaction commits, so no other
-                # writer can assign the next positions before our rows are visible.
-                await conn.execute(_BEGIN_AND_LOCK)
-            except _CONNECTION_LOST:
-                # The kept connection died while idle (server restart, idle timeout):
-                # nothing of this batch was written, so begin again on a fresh one.
-                await self._abandon(conn)
-                conn = await self._connection()
-                await conn.execute(_BEGIN_AND_LOCK)
             # A statement of its own, after the lock is ours: its snapshot sees every
             # append committed before, so versions and idempotency keys are current.
             stream_ids = sorted({w.stream_id for p in batch for w in p.request.writes})

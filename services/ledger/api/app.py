@@ -22,6 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from consent.vocabulary import is_customer_ref, is_slug, subject_stream
 from services.ledger.api.jsonapi import MAX_BODY, ApiError, ApiRoutes, Operation, json_response, openapi_document, read_body
+from services.ledger.api.routing import add_routes
 from services.ledger.api_keys import KeyRing, Principal
 from services.ledger.commands import CommandRejected, Context, Ledger
 from services.ledger.errors import IdempotencyKeyReused, IntegrityError, StoreUnavailable, WrongExpectedVersion
@@ -221,9 +222,8 @@ def create_app(settings: Settings, route_sets: Sequence[ApiRoutes] | None = None
     app[METRICS] = LedgerMetrics()
     sets = list(route_sets) if route_sets is not None else default_route_sets()
     app[ROUTE_SETS] = sets
-    for rs in sets:
-        for op in rs.operations:
-            app.router.add_route(op.method, op.path, _guard(op), name=op.handler.__name__)
+    # Parameterised routes are looked up by path shape, not one by one (routing.py).
+    add_routes(app.router, [(op.method, op.path, _guard(op), op.handler.__name__) for rs in sets for op in rs.operations])
     app.cleanup_ctx.append(_database)
     from services.audit.routes import audit_context  # the audit views' stream cache (needs the store)
 
