@@ -229,3 +229,33 @@ async def test_requests_beyond_the_rate_limit_per_address_get_429(settings, aioh
     r = await world.client.get("/p/unknown-token-but-still-limited")
     assert r.status == 429 and int(r.headers["Retry-After"]) >= 1
 
+
+
+async def test_behind_a_trusted_proxy_the_limit_counts_the_forwarded_client(settings, aiohttp_client) -> None:  # type: ignore[no-untyped-def]
+    world = await make_world(aiohttp_client, settings, portal_rate_per_minute=60, portal_rate_burst=2,
+                             portal_trusted_proxies="127.0.0.1")
+    path = world.url("garage-a/dealer/K1")
+
+    async def status(forwarded: str) -> int:
+        return (await world.client.get(path, headers={"X-Forwarded-For": forwarded})).status
+
+    assert [await status("203.0.113.5") for _ in range(3)] == [200, 200, 429]
+    assert await status("198.51.100.7") == 200  # another customer behind the same proxy
+    assert await status("203.0.113.9, 203.0.113.5") == 429  # a spoofed left hop does not help
+
+
+async def test_a_forwarded_header_from_an_untrusted_peer_is_ignored(settings, aiohttp_client) -> None:  # type: ignore[no-untyped-def]
+    world = await make_world(aiohttp_client, settings, portal_rate_per_minute=60, portal_rate_burst=2)
+    path = world.url("garage-a/dealer/K1")
+    statuses = [(await world.client.get(path, headers={"X-Forwarded-For": f"192.0.2.{i}"})).status for i in range(3)]
+    assert statuses == [200, 200, 429]
+
+
+async def test_a_post_whose_origin_is_the_public_https_address_is_accepted(settings, aiohttp_client) -> None:  # type: ignore[no-untyped-def]
+    world = await make_world(aiohttp_client, settings, portal_base_url="https://privacy.garage.example")
+    _, csrf, version = await _form(world, "garage-a/dealer/K1")
+    r = await world.client.post(world.url("garage-a/dealer/K1") + "/objection", allow_redirects=False,
+                                data={"csrf_token": csrf, "policy_version": version},
+                                headers={"Origin": "https://privacy.garage.example"})
+    assert r.status == 303
+    assert r.headers["Strict-Transport-Security"].startswith("max-age=")

@@ -31,7 +31,14 @@ from services.ledger.subject_keys import SubjectKeys, parse_master_key
 from services.portal.accounts import Accounts
 from services.portal.links import LinkStore
 from services.portal.messages import Messages, pick_language
-from services.portal.security import Csrf, RateLimiter, security_headers_middleware
+from services.portal.security import (
+    Csrf,
+    RateLimiter,
+    client_address,
+    origin_of,
+    same_origin,
+    security_headers_middleware,
+)
 from services.portal.view import TenantFreshness, settings_table
 from services.settings import Settings
 
@@ -48,6 +55,9 @@ LIMITER = web.AppKey("portal_limiter", RateLimiter)
 TEMPLATES = web.AppKey("portal_templates", jinja2.Environment)
 HASHER = web.AppKey("portal_password_hasher", PasswordHasher)
 FRESHNESS = web.AppKey("portal_tenant_freshness", TenantFreshness)
+
+PUBLIC_ORIGIN = web.AppKey("portal_public_origin", str)
+TRUSTED_PROXIES = web.AppKey("portal_trusted_proxies", frozenset)
 
 MESSAGES = web.RequestKey("messages", Messages)
 LANG_IN_URL = web.RequestKey("lang_in_url", bool)
@@ -66,6 +76,19 @@ def template_environment() -> jinja2.Environment:
     )
     env.globals["settings_table"] = settings_table
     return env
+
+
+def posted_from_here(request: web.Request) -> bool:
+    """The POST did not come from another site (see :func:`security.same_origin`)."""
+    return same_origin(request, request.app[PUBLIC_ORIGIN])
+
+
+def rate_limited(request: web.Request) -> web.Response | None:
+    """The 429 page if this client address is over its rate limit, else None."""
+    limiter = request.app[LIMITER]
+    if limiter.allow(client_address(request, request.app[TRUSTED_PROXIES])):
+        return None
+    return error_page(request, 429, "rate_title", "rate_body", {"Retry-After": str(limiter.retry_after())})
 
 
 def url_for(request: web.Request, path: str, **params: Any) -> str:
@@ -188,6 +211,8 @@ def create_portal_app(settings: Settings, *, password_hasher: PasswordHasher | N
     app[TEMPLATES] = template_environment()
     app[LIMITER] = RateLimiter(settings.portal_rate_per_minute, settings.portal_rate_burst)
     app[FRESHNESS] = TenantFreshness()
+    app[PUBLIC_ORIGIN] = origin_of(settings.portal_base_url)
+    app[TRUSTED_PROXIES] = frozenset(p.strip() for p in settings.portal_trusted_proxies.split(",") if p.strip())
     from services.portal import routes_customer, routes_staff
 
     app.router.add_get("/healthz", healthz)

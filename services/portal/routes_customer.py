@@ -18,9 +18,22 @@ from schemas.events import Actor
 from services.audit.receipts import build_receipt, is_receipt_event
 from services.ledger.commands import CommandRejected, Context
 from services.ledger.errors import WrongExpectedVersion
-from services.portal.app import CSRF, FRESHNESS, LEDGER, LIMITER, LINKS, MESSAGES, STORE, TEMPLATES, error_page, render, url_for
+from services.portal.app import (
+    CSRF,
+    FRESHNESS,
+    LEDGER,
+    LINKS,
+    MESSAGES,
+    STORE,
+    TEMPLATES,
+    error_page,
+    posted_from_here,
+    rate_limited,
+    render,
+    url_for,
+)
 from services.portal.links import LinkTarget
-from services.portal.security import Csrf, same_origin
+from services.portal.security import Csrf
 from services.portal.view import FormProblem, PortalView, load_view, policy_fragment, preference_changes
 
 log = structlog.get_logger(__name__)
@@ -47,9 +60,9 @@ def neutral(request: web.Request) -> web.Response:
 
 async def _open(request: web.Request) -> LinkTarget | web.Response:
     """The link's subject, or the response to send instead (rate limited / neutral)."""
-    limiter = request.app[LIMITER]
-    if not limiter.allow(request.remote or "unknown"):
-        return error_page(request, 429, "rate_title", "rate_body", {"Retry-After": str(limiter.retry_after())})
+    limited = rate_limited(request)
+    if limited is not None:
+        return limited
     target = await request.app[LINKS].lookup(request.match_info["token"])
     if target is None:
         return neutral(request)
@@ -61,7 +74,7 @@ async def _checked_form(request: web.Request, csrf: Csrf, purpose: str) -> dict[
     """The posted form if its CSRF token is right and it came from this site."""
     form = await request.post()
     fields = {k: v for k, v in form.items() if isinstance(v, str)}
-    if not same_origin(request) or not csrf.valid(purpose, fields.get(Csrf.FIELD)):
+    if not posted_from_here(request) or not csrf.valid(purpose, fields.get(Csrf.FIELD)):
         log.warning("csrf_refused", route=request.match_info.route.resource.canonical
                     if request.match_info.route.resource else None)
         return error_page(request, 403, "forbidden_title", "csrf_body")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
@@ -40,18 +41,19 @@ from services.portal.app import (
     ACCOUNTS,
     CSRF,
     LEDGER,
-    LIMITER,
     LINKS,
     MESSAGES,
     SETTINGS,
     TEMPLATES,
     error_page,
+    posted_from_here,
+    rate_limited,
     render,
     url_for,
 )
 from services.portal.links import portal_url
 from services.portal.messages import Messages
-from services.portal.security import MAX_BODY_CHARS, Csrf, sanitise_html, same_origin
+from services.portal.security import MAX_BODY_CHARS, Csrf, sanitise_html
 from services.portal.view import PortalView, build_view, policy_fragment, preference_changes
 
 log = structlog.get_logger(__name__)
@@ -151,7 +153,7 @@ def staff_page(*, admin: bool = False) -> Callable[[StaffHandler], Callable[[web
             if request.method == "POST":
                 posted = await request.post()
                 form = {k: v for k, v in posted.items() if isinstance(v, str)}
-                if not same_origin(request) or not request.app[CSRF].valid(_session_purpose(digest),
+                if not posted_from_here(request) or not request.app[CSRF].valid(_session_purpose(digest),
                                                                            form.get(Csrf.FIELD)):
                     log.warning("csrf_refused")
                     return error_page(request, 403, "forbidden_title", "csrf_body")
@@ -186,8 +188,6 @@ async def login_page(request: web.Request, *, status: int = 200, error: str | No
                      values: dict[str, str] | None = None) -> web.Response:
     nonce = request.cookies.get(PRELOGIN_COOKIE, "")
     if not (20 <= len(nonce) <= 64 and nonce.replace("-", "").replace("_", "").isalnum()):
-        import secrets
-
         nonce = secrets.token_urlsafe(24)
     response = render(request, "login.html", status=status, error=error, values=values or {},
                       csrf_token=request.app[CSRF].token("login:" + nonce))
@@ -197,13 +197,13 @@ async def login_page(request: web.Request, *, status: int = 200, error: str | No
 
 async def login(request: web.Request) -> web.StreamResponse:
     t = request[MESSAGES]
-    limiter = request.app[LIMITER]
-    if not limiter.allow(request.remote or "unknown"):
-        return error_page(request, 429, "rate_title", "rate_body", {"Retry-After": str(limiter.retry_after())})
+    limited = rate_limited(request)
+    if limited is not None:
+        return limited
     posted = await request.post()
     form = {k: v for k, v in posted.items() if isinstance(v, str)}
     nonce = request.cookies.get(PRELOGIN_COOKIE, "")
-    if not nonce or not same_origin(request) or not request.app[CSRF].valid("login:" + nonce, form.get(Csrf.FIELD)):
+    if not nonce or not posted_from_here(request) or not request.app[CSRF].valid("login:" + nonce, form.get(Csrf.FIELD)):
         log.warning("csrf_refused", route="/login")
         return error_page(request, 403, "forbidden_title", "csrf_body")
     tenant_id = form.get("tenant", "").strip().lower()

@@ -10,7 +10,8 @@ sanitising of policy bodies.
   The pre-login form gets its own random cookie to bind to. A POST without the right token is
   refused with 403 before anything is read from the ledger; a POST whose ``Origin`` is another
   site is refused too.
-* Rate limit: a token bucket per client address (``request.remote``), kept in the app.
+* Rate limit: a token bucket per client address (the peer, or the client named by a trusted
+  proxy in ``X-Forwarded-For``), kept in the app.
 * Sanitising: nh3 (ammonia) with a small allow-list, used when a chapter body is saved AND
   when it is rendered, so an old event with unsafe HTML still renders inert.
 """
@@ -23,6 +24,7 @@ import hmac
 import time
 from collections.abc import Awaitable, Callable
 from typing import Final
+from urllib.parse import urlsplit
 
 import nh3
 from aiohttp import web
@@ -89,21 +91,38 @@ class Csrf:
         return hmac.compare_digest(self.token(purpose), sent)
 
 
-def same_origin(request: web.Request) -> bool:
+def origin_of(url: str) -> str:
+    """``scheme://host[:port]`` of a URL (the portal's public base URL)."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def same_origin(request: web.Request, public_origin: str) -> bool:
     """False when the browser says the POST came from another site. ``Origin`` is compared
-    when it is a real origin; under ``Referrer-Policy: no-referrer`` browsers send
-    ``Origin: null`` for form posts, and then ``Sec-Fetch-Site`` decides. With neither
-    (old browsers, scripts) the CSRF token alone decides."""
+    with this server's own origin and its public one (behind a TLS proxy the request arrives
+    as http); under ``Referrer-Policy: no-referrer`` browsers send ``Origin: null`` for form
+    posts, and then ``Sec-Fetch-Site`` decides. With neither (old browsers, scripts) the
+    CSRF token alone decides."""
     origin = request.headers.get("Origin")
     if origin is not None and origin != "null":
-        expected = f"{request.scheme}://{request.host}"
-        forwarded = request.headers.get("X-Forwarded-Host")
-        allowed = {expected} | ({f"https://{forwarded}", f"http://{forwarded}"} if forwarded else set())
-        return origin in allowed
+        return origin in (f"{request.scheme}://{request.host}", public_origin)
     site = request.headers.get("Sec-Fetch-Site")
     if site is not None:
         return site in ("same-origin", "none")
     return True
+
+
+def client_address(request: web.Request, trusted_proxies: frozenset[str]) -> str:
+    """The address a rate limit counts: the peer, or, when the peer is a trusted proxy,
+    the nearest address in ``X-Forwarded-For`` that is not one of ours (the rightmost
+    untrusted hop: the ones left of it are whatever the client chose to send)."""
+    remote = request.remote or "unknown"
+    if remote in trusted_proxies:
+        hops = [h.strip() for h in request.headers.get("X-Forwarded-For", "").split(",") if h.strip()]
+        for hop in reversed(hops):
+            if hop not in trusted_proxies:
+                return hop[:64]
+    return remote
 
 
 # -- rate limit --------------------------------------------------------------------------
