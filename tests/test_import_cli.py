@@ -52,8 +52,10 @@ async def test_a_clean_file_exits_0_and_a_second_run_imports_nothing(
     summary = msgspec.json.decode(out.strip().splitlines()[-1])
     assert (summary["recorded"], summary["rejected"], summary["events"]) == (1, 0, 1)
     assert not list(tmp_path.glob("import-rejected-*"))  # no rejections: no report file
-    code, out, _ = await cli(db_url, "import", "--tenant", "garage-a", "--source", "dealer", str(path), cwd=tmp_path)
+    code, out, err = await cli(db_url, "import", "--tenant", "garage-a", "--source", "dealer", str(path),
+                               "--progress", cwd=tmp_path)
     assert code == 0 and "0 recorded" in out and "1 unchanged" in out
+    assert "facturen.csv" in err and "rows/s" in err  # the progress bar, on stderr
     assert await event_types(pool) == ["InvoiceRecorded"]
 
 

@@ -86,7 +86,9 @@ async def test_importing_the_same_file_twice_appends_nothing_the_second_time(
     rows = "\n".join(f"K{i % 7};F{i};0{1 + i % 9}-01-2024;Klant {i};k{i}@example.nl" for i in range(40))
     path = write(tmp_path, "f.csv", INVOICE_HEADER + "\n" + rows + "\n")
     first, _ = await run_import(ledger, path, batch_size=8)
-    assert (first.recorded, first.events, first.batches) == (40, 40, 5)
+    # Consecutive batches share customers: each was planned on the one still committing,
+    # without a single conflict (the plan's expected effects were right).
+    assert (first.recorded, first.events, first.batches, first.retries) == (40, 40, 5, 0)
     head = await pool.fetchval("SELECT position FROM ledger.head")
     again, rejected = await run_import(ledger, path, batch_size=8)
     assert rejected == []
@@ -249,3 +251,25 @@ async def test_a_second_import_for_the_same_tenant_is_refused_while_one_runs(
         await conn.execute("SELECT pg_advisory_unlock_all()")
     assert info.value.status == 409 and "another import" in str(info.value)
     assert await event_types(pool) == []
+
+
+async def test_an_invoice_corrected_in_the_batch_after_the_one_that_recorded_it_is_planned_on_the_batch_in_flight(
+    ledger: Ledger, pool: asyncpg.Pool, tmp_path: Path
+) -> None:
+    rows = ["K1;F1;01-03-2024;Jan;jan@example.nl", "K2;F2;01-03-2024;;",
+            "K1;F1;02-03-2024;Jan;jan@example.nl", "K1;F3;03-03-2024;Jan;jan@nieuw.nl",
+            "K1;F1;02-03-2024;Jan;jan@example.nl"]
+    summary, rejected = await run_import(ledger, write(tmp_path, "f.csv", INVOICE_HEADER + "\n" + "\n".join(rows) + "\n"),
+                                         batch_size=2)
+    assert rejected == []
+    assert (summary.batches, summary.retries) == (3, 0)
+    assert (summary.recorded, summary.corrected, summary.unchanged) == (3, 1, 1)
+    assert [type(e).__name__ for e in await subject_events(pool, "K1")] == [
+        "InvoiceRecorded", "InvoiceCorrected", "InvoiceRecorded"]
+    index = {r["invoice_id"]: (r["invoice_date"], r["position"]) for r in
+             await pool.fetch("SELECT invoice_id, invoice_date, position FROM importer.invoices")}
+    assert index["F1"][0] == dt.date(2024, 3, 2)
+    # each index row points at the event that set it
+    for invoice_id, (_, position) in index.items():
+        data = await pool.fetchval("SELECT data::text FROM ledger.events WHERE position = $1", position)
+        assert f'"invoice_id":"{invoice_id}"' in data
