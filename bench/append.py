@@ -285,6 +285,9 @@ class Phases:
             result = await phase
         summary = result.summary()
         summary["cpu_cores"] = cpu.cores
+        # CPU per event of each party, over every event of the phase (warm-up included):
+        # steadier than events/s on a busy machine, so the figure to compare runs by.
+        summary["cpu_us_per_event"] = cpu.per_event_us(result.total_events)
         if ledger is not None:
             after = await asyncio.to_thread(ledger.metrics)
             batches = after.get(BATCHES, 0) - before.get(BATCHES, 0)

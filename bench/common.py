@@ -230,15 +230,25 @@ class CpuMeter:
     def __enter__(self) -> CpuMeter:
         self._start = self._sample()
         self.cores: dict[str, float] = {}
+        self.seconds: dict[str, float] = {}
         return self
+
+    def per_event_us(self, events: int) -> dict[str, float]:
+        """CPU microseconds per event of this generator, the server and PostgreSQL."""
+        if not events:
+            return {}
+        return {k: round(v / events * 1e6, 1) for k, v in self.seconds.items()
+                if k in ("load_generator", "ledger_server", "postgres")}
 
     def __exit__(self, *exc: object) -> None:
         end = self._sample()
         wall = end[0] - self._start[0]
         names = ("load_generator", "ledger_server", "postgres", "machine")
-        self.cores = {n: round((e - s) / wall, 2) for n, s, e in zip(names, self._start[1:], end[1:])}
+        self.seconds = {n: e - s for n, s, e in zip(names, self._start[1:], end[1:])}
+        self.cores = {n: round(v / wall, 2) for n, v in self.seconds.items()}
         if not self.server_pid:
             del self.cores["ledger_server"]
+            del self.seconds["ledger_server"]
         self.cores["other_processes"] = round(
             self.cores["machine"] - sum(v for k, v in self.cores.items() if k != "machine"), 2)
 
@@ -276,6 +286,7 @@ class LoadResult(msgspec.Struct, kw_only=True):
     seconds: float
     latencies: list[float]  # seconds, of the counted operations
     first_error: str | None = None
+    total_events: int = 0  # warm-up included: what the CPU measured around the phase paid for
 
     @property
     def events_per_s(self) -> float:
@@ -301,7 +312,7 @@ async def closed_loop(op: Operation, *, workers: int, seconds: float, warmup: fl
     t0 = loop.time()
     start, end = t0 + warmup, t0 + warmup + seconds
     latencies: list[float] = []
-    counters = {"ops": 0, "events": 0, "errors": 0}
+    counters = {"ops": 0, "events": 0, "errors": 0, "all": 0}
     first_error: list[str] = []
 
     async def worker(w: int) -> None:
@@ -323,6 +334,7 @@ async def closed_loop(op: Operation, *, workers: int, seconds: float, warmup: fl
                 continue
             elapsed = perf() - p0
             i += 1
+            counters["all"] += n
             if began >= start and loop.time() <= end:
                 counters["ops"] += 1
                 counters["events"] += n
@@ -330,7 +342,8 @@ async def closed_loop(op: Operation, *, workers: int, seconds: float, warmup: fl
 
     await asyncio.gather(*(worker(w) for w in range(workers)))
     return LoadResult(operations=counters["ops"], events=counters["events"], errors=counters["errors"],
-                      seconds=seconds, latencies=latencies, first_error=first_error[0] if first_error else None)
+                      seconds=seconds, latencies=latencies, first_error=first_error[0] if first_error else None,
+                      total_events=counters["all"])
 
 
 def threaded_closed_loop(op: Callable[[int, int], int], *, workers: int, seconds: float, warmup: float) -> LoadResult:
@@ -341,7 +354,7 @@ def threaded_closed_loop(op: Callable[[int, int], int], *, workers: int, seconds
     start, end = t0 + warmup, t0 + warmup + seconds
     lock = threading.Lock()
     latencies: list[float] = []
-    counters = {"ops": 0, "events": 0, "errors": 0}
+    counters = {"ops": 0, "events": 0, "errors": 0, "all": 0}
     first_error: list[str] = []
 
     def worker(w: int) -> None:
@@ -362,6 +375,8 @@ def threaded_closed_loop(op: Callable[[int, int], int], *, workers: int, seconds
                 continue
             done = time.perf_counter()
             i += 1
+            with lock:
+                counters["all"] += n
             if began >= start and done <= end:
                 with lock:
                     counters["ops"] += 1
@@ -374,7 +389,8 @@ def threaded_closed_loop(op: Callable[[int, int], int], *, workers: int, seconds
     for t in threads:
         t.join()
     return LoadResult(operations=counters["ops"], events=counters["events"], errors=counters["errors"],
-                      seconds=seconds, latencies=latencies, first_error=first_error[0] if first_error else None)
+                      seconds=seconds, latencies=latencies, first_error=first_error[0] if first_error else None,
+                      total_events=counters["all"])
 
 
 # -- statistics ------------------------------------------------------------------------
