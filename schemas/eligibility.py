@@ -89,7 +89,6 @@ class EligibilityMatrix(msgspec.Struct, frozen=True, kw_only=True):
     tenant_id: str
     source: str
     customer_ref: str
-    customer: bool
     erased: bool = False
     evaluated_on: dt.date
     valid_until: dt.date | None = None

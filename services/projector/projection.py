@@ -173,12 +173,9 @@ class Projection:
             result.duplicates += len(delivered) - len(new)
             if not new:
                 continue
-            if new[0].version != version + 1:
-                stream = new[0].stream_id
-                missing = await self.store.read_stream(stream, version + 1, new[0].version - version - 1)
-                log.info("projector_gap_filled", stream=stream, after_version=version, events=len(missing))
-                result.gap_events += len(missing)
-                new = missing + new
+            if new[-1].version - version != len(new):  # versions missing before or between the delivered ones
+                new, filled = await self._fill_gaps(new, version)
+                result.gap_events += filled
             for e in new:
                 state = apply_subject(state, e)  # raises OutOfOrderEvent if the ledger itself has a hole
             assert state is not None
@@ -201,6 +198,18 @@ class Projection:
             if message is not None:
                 messages.append(message)
         result.published += await self._publish_and_write(conn, messages, out)
+
+    async def _fill_gaps(self, delivered: list[RecordedEvent], version: int) -> tuple[list[RecordedEvent], int]:
+        """The stream from ``version + 1`` through the last delivered event, with what was
+        not delivered read from the ledger. Returns (events, how many were read)."""
+        stream = delivered[0].stream_id
+        have = {e.version for e in delivered}
+        stored = await self.store.read_stream(stream, version + 1, delivered[-1].version - version)
+        missing = [e for e in stored if e.version not in have]
+        by_version = {e.version: e for e in stored} | {e.version: e for e in delivered}
+        events = [by_version[v] for v in sorted(by_version)]
+        log.info("projector_gap_filled", stream=stream, after_version=version, events=len(missing))
+        return events, len(missing)
 
     # -- evaluation and writing ------------------------------------------------------------
 
@@ -277,11 +286,8 @@ class Projection:
         else:
             by_version = {e.version: e for e in delivered if e.version > version}
             new = [by_version[v] for v in sorted(by_version)]
-            if new and new[0].version != version + 1:
-                missing = await self.store.read_stream(stream, version + 1, new[0].version - version - 1)
-                log.info("projector_gap_filled", stream=stream, after_version=version, events=len(missing))
-                gap = len(missing)
-                new = missing + new
+            if new and new[-1].version - version != len(new):
+                new, gap = await self._fill_gaps(new, version)
         if not new:
             return row, 0, 0, False
         state: TenantState | None = row.state if row is not None else None

@@ -17,7 +17,7 @@ import asyncpg
 import msgspec
 
 from consent.eligibility import Decision, eligibility_matrix, next_change
-from consent.subject import SubjectState, invoice_in_effect
+from consent.subject import SubjectState
 from consent.tenant import TenantState
 from consent.terms import ALL_CELLS, TermMatrix, cell_key
 from consent.vocabulary import CATEGORIES, CHANNELS
@@ -87,23 +87,23 @@ _LAYOUT: Final = tuple((c, tuple((h, cell_key(c, h)) for h in CHANNELS)) for c i
 
 class Evaluation(msgspec.Struct, frozen=True, kw_only=True):
     """One subject evaluated on ``on``: the 25 decisions (None once erased), the next day
-    they change with no new event, and the hash that tells whether it changed."""
+    they change with no new event, and the hash that tells whether it changed. The hash
+    covers exactly what the rules say holds until ``next_change`` (the decisions and that
+    date), so a matrix re-evaluated on a later day with no change hashes the same."""
 
     on: dt.date
     decisions: dict[str, Decision] | None
-    customer: bool
     next_change: dt.date | None
     matrix_hash: bytes
 
 
 def evaluate_subject(state: SubjectState, terms: TermMatrix, on: dt.date) -> Evaluation:
     if state.erased is not None:
-        return Evaluation(on=on, decisions=None, customer=False, next_change=None, matrix_hash=TOMBSTONE_HASH)
+        return Evaluation(on=on, decisions=None, next_change=None, matrix_hash=TOMBSTONE_HASH)
     decisions = eligibility_matrix(state, terms, on)
     change = next_change(state, terms, on, current=decisions)
-    customer = invoice_in_effect(state, on) is not None
-    digest = hashlib.blake2b(_state_encoder.encode((decisions, change, customer)), digest_size=16).digest()
-    return Evaluation(on=on, decisions=decisions, customer=customer, next_change=change, matrix_hash=digest)
+    digest = hashlib.blake2b(_state_encoder.encode((decisions, change)), digest_size=16).digest()
+    return Evaluation(on=on, decisions=decisions, next_change=change, matrix_hash=digest)
 
 
 class _MatrixOut(msgspec.Struct, frozen=True, kw_only=True):
@@ -114,7 +114,6 @@ class _MatrixOut(msgspec.Struct, frozen=True, kw_only=True):
     tenant_id: str
     source: str
     customer_ref: str
-    customer: bool
     erased: bool
     evaluated_on: dt.date
     valid_until: dt.date | None
@@ -134,7 +133,6 @@ def matrix_json(state: SubjectState, evaluation: Evaluation, *, terms_version: i
         tenant_id=state.tenant_id,
         source=state.source,
         customer_ref=state.customer_ref,
-        customer=evaluation.customer,
         erased=False,
         evaluated_on=evaluation.on,
         valid_until=evaluation.next_change,
@@ -154,7 +152,6 @@ def erased_matrix_json(state: SubjectState, on: dt.date, *, terms_version: int, 
         tenant_id=state.tenant_id,
         source=state.source,
         customer_ref=state.customer_ref,
-        customer=False,
         erased=True,
         evaluated_on=on,
         valid_until=None,
