@@ -259,3 +259,23 @@ async def test_a_post_whose_origin_is_the_public_https_address_is_accepted(setti
                                 headers={"Origin": "https://privacy.garage.example"})
     assert r.status == 303
     assert r.headers["Strict-Transport-Security"].startswith("max-age=")
+
+
+async def test_an_erased_subject_gets_the_neutral_page(world: World) -> None:
+    from schemas.events import Metadata, SubjectErased
+    from services.ledger.store import AppendRequest, StreamWrite
+
+    await world.ledger.store.append(AppendRequest(
+        tenant_id="garage-a", writes=[StreamWrite(subject_stream("garage-a", "dealer", "K1"),
+                                                  [SubjectErased(reason="request")])],
+        metadata=Metadata(actor=OPERATOR.actor, method="api")))
+    r = await world.client.get(world.url("garage-a/dealer/K1"))
+    assert r.status == 404 and "Link niet geldig" in await r.text()
+
+
+async def test_the_english_page_has_no_dutch_left_in_its_own_words(world: World) -> None:
+    html = await (await world.client.get(world.url("garage-a/dealer/K1") + "?lang=en")).text()
+    own_words = html.split('id="policy-h"')[0]  # the dealer's policy text stays as the dealer wrote it
+    for dutch in ("Nieuwsbrief", "Uw ", "opslaan", "Afmelden", " tot ", "Volgens"):
+        assert dutch not in own_words, dutch
+    assert re.search(r"Yes, until \d+ [A-Z][a-z]+ \d{4}, based on your last purchase or workshop visit", own_words)

@@ -255,6 +255,7 @@ async def test_staff_find_a_customer_and_change_settings_on_their_behalf_with_a_
     assert last.event.note is not None  # the reason, sealed with the subject's key
     html, _ = await _page(world, "/beheer/garage-a/klanten/dealer/K1", cookie)
     assert "telefonisch verzoek" in html and world.users["garage-a:staff"] in html
+    assert "<td>telefonisch</td>" in html  # how the request came in, in words
 
 
 async def test_staff_rotate_and_revoke_a_customers_link(world: World) -> None:

@@ -493,7 +493,7 @@ async def _history(request: web.Request, staff: Staff, events: list[RecordedEven
             who += " " + emails.get(actor_id, actor_id)
         version = getattr(event, "policy_version", None) or ""
         rows.append({"when": f"{recorded.recorded_at:%Y-%m-%d %H:%M}", "what": what, "details": details, "who": who,
-                     "how": recorded.metadata.method, "version": version})
+                     "how": t(f"how_{recorded.metadata.method}"), "version": version})
     return rows
 
 
