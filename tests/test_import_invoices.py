@@ -273,3 +273,29 @@ async def test_an_invoice_corrected_in_the_batch_after_the_one_that_recorded_it_
     for invoice_id, (_, position) in index.items():
         data = await pool.fetchval("SELECT data::text FROM ledger.events WHERE position = $1", position)
         assert f'"invoice_id":"{invoice_id}"' in data
+
+
+async def test_a_customer_erased_while_the_batch_is_planned_is_rejected_on_the_retry(
+    ledger: Ledger, pool: asyncpg.Pool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await run_import(ledger, write(tmp_path, "a.csv", INVOICE_HEADER + "\nK1;F1;01-03-2024;;\n"))
+    await ledger.store.append(AppendRequest(
+        tenant_id=TENANT, writes=[StreamWrite("subject/garage-a/dealer/K1", [SubjectErased(reason="request")])],
+        metadata=Metadata(actor=Actor(kind="staff", id="test"))))
+    real = Ledger.subject_heads
+    calls = {"n": 0}
+
+    async def erased_too_late(self: Ledger, streams: list[str]) -> dict[str, tuple[int, bool]]:
+        heads = await real(self, streams)
+        calls["n"] += 1
+        if calls["n"] == 1:  # as if the erasure committed between the lookup and the append
+            return {s: (v - 1 if e else v, False) for s, (v, e) in heads.items()}
+        return heads
+
+    monkeypatch.setattr(Ledger, "subject_heads", erased_too_late)
+    summary, rejected = await run_import(ledger, write(tmp_path, "b.csv",
+                                                       INVOICE_HEADER + "\nK1;F9;02-03-2024;;\nK2;F2;02-03-2024;;\n"))
+    assert summary.retries == 1
+    assert [(r.line, r.field) for r in rejected] == [(2, "customer_ref")] and "erased" in rejected[0].problem
+    assert (summary.recorded, summary.events) == (1, 1)
+    assert await event_types(pool) == ["InvoiceRecorded", "SubjectErased", "InvoiceRecorded"]

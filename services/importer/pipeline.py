@@ -34,7 +34,7 @@ from services.importer.plans import PLANNERS, Counts, IndexConflict, Plan, Plann
 from services.importer.reader import RecordReader, RowProblem
 from services.importer.rows import Row, RowParser
 from services.ledger.commands import CommandRejected, Ledger
-from services.ledger.errors import IntegrityError, StoreUnavailable, WrongExpectedVersion
+from services.ledger.errors import IntegrityError, StoreUnavailable, StreamClosed, WrongExpectedVersion
 from services.ledger.store import AppendRequest, AppendResult, translate_errors
 
 log = structlog.get_logger(__name__)
@@ -43,7 +43,7 @@ DEFAULT_BATCH: Final = 5000
 MAX_BATCH: Final = 20000
 _ATTEMPTS: Final = 5
 _YIELD_EVERY: Final = 1000  # rows parsed between giving the event loop to the store's writer
-_RETRYABLE: Final = (WrongExpectedVersion, IndexConflict, IntegrityError, StoreUnavailable)
+_RETRYABLE: Final = (WrongExpectedVersion, StreamClosed, IndexConflict, IntegrityError, StoreUnavailable)
 
 
 class ImportRefused(Exception):
