@@ -57,6 +57,7 @@ COMPONENTS: list[str] = [
     "services.devstack:ledger_api",  # HTTP API on LEDGER_HTTP_PORT, with the relay to Kafka
     "services.devstack:demo_tenant",  # demo dealer "demo-garage" and fresh demo API keys
     "services.portal.devstack:portal_component",  # privacy portal + AVG Beheer, demo admin and customer link
+    "services.projector.devstack:projector_component",  # eligibility read model + consent.eligibility.v1
 ]
 
 DATABASE: Final = "consent_ledger"
