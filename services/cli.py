@@ -25,6 +25,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "services.portal.cli",
     "services.importer.cli",
     "services.projector.cli",
+    "schemas.export",
 )
 
 
