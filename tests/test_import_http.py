@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import io
+from collections.abc import AsyncIterator
+
 import asyncpg
 from aiohttp.test_utils import TestClient
 
@@ -89,3 +92,28 @@ async def test_the_openapi_document_declares_the_file_upload(api: TestClient) ->
     op = doc["paths"]["/v1/tenants/{tenant}/sources/{source}/imports"]["post"]
     assert set(op["requestBody"]["content"]) == {"text/csv", "application/x-ndjson"}
     assert op["x-roles"] == ["importer", "admin"]
+    assert {"200", "409", "413", "415", "422"} <= set(op["responses"])
+
+
+async def test_a_file_over_the_upload_limit_is_refused_with_413_and_nothing_is_written(
+    aiohttp_client, settings, operator_key: str, db_url: str  # noqa: ANN001
+) -> None:
+    import msgspec
+
+    from services.ledger.api.app import create_app
+    from tests.conftest import make_dealer
+
+    small = await aiohttp_client(create_app(msgspec.structs.replace(settings, import_max_upload_mb=1)))
+    dealer = await make_dealer(small, operator_key, "garage-a")
+    big = ("customer_ref;invoice_id;invoice_date\n" + "K1;F1;05-03-2024\n" * 70_000).encode()
+    assert len(big) > 1024 * 1024
+
+    async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: the limit holds while streaming too
+        for i in range(0, len(big), 65536):
+            yield big[i:i + 65536]
+
+    for body in (io.BytesIO(big), chunks()):
+        r = await small.post(URL, data=body, headers={**dealer.auth("importer"), **CSV})
+        assert r.status == 413, await r.text()
+        assert (await r.json())["field"] == "$"
+    assert await _events(db_url) == 0

@@ -24,6 +24,7 @@ import msgspec
 from aiohttp import web
 
 from consent.vocabulary import is_slug
+from schemas.api import ErrorBody
 from services.importer.mapping import DEFAULT_MAPPING, KINDS, Mapping, MappingError, load_mapping
 from services.importer.pipeline import Importer, ImportRefused, Summary
 from services.importer.plans import Rejection
@@ -50,7 +51,7 @@ class ImportAnswer(msgspec.Struct, kw_only=True):
 @routes.post("/v1/tenants/{tenant}/sources/{source}/imports",
              summary="Import a DMS file (invoices, prospects or opt-in settings) into the ledger",
              roles=("importer", "admin"), content_type="text/csv, application/x-ndjson",
-             responses={200: ImportAnswer},
+             responses={200: ImportAnswer, 409: ErrorBody, 413: ErrorBody, 415: ErrorBody},
              query=(("kind", "string", False, "invoices, prospects or preferences (default: from the columns)"),
                     ("mapping", "string", False, "name of a mapping file on the server (LEDGER_IMPORT_MAPPINGS_DIR)")))
 async def upload_import(call: Call) -> web.Response:
