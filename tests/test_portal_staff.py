@@ -308,3 +308,16 @@ async def test_admins_create_reset_and_disable_accounts_but_not_the_last_admin(w
     r = await world.client.post(f"/beheer/garage-a/gebruikers/{other.user_id}/reset", headers=cookie,
                                 data={"csrf_token": csrf})
     assert r.status == 404
+
+
+async def test_a_signed_agreement_needs_a_valid_date_that_is_not_in_the_future(world: World) -> None:
+    cookie = await login(world.client, "garage-a", world.users["garage-a:admin"])
+    _, csrf = await _page(world, "/beheer/garage-a", cookie)
+    before = await world.ledger.store.stream_version(tenant_stream("garage-a"))
+    r = await world.client.post("/beheer/garage-a/agreement", headers=cookie,
+                                data={"csrf_token": csrf, "signed": "yes", "signed_on": ""})
+    assert r.status == 422 and "datum van ondertekening" in await r.text()
+    r = await world.client.post("/beheer/garage-a/agreement", headers=cookie,
+                                data={"csrf_token": csrf, "signed": "yes", "signed_on": "2999-01-01"})
+    assert r.status == 422 and "in the future" in await r.text()
+    assert await world.ledger.store.stream_version(tenant_stream("garage-a")) == before

@@ -22,8 +22,10 @@ from aiohttp import web
 
 from consent.vocabulary import CATEGORIES, CHANNELS, is_customer_ref, is_slug, subject_stream
 from consent.warnings import compliance_warnings
+from consent.tenant import TenantState
 from schemas.events import (
     Actor,
+    Chapter,
     InvoiceCorrected,
     InvoiceRecorded,
     ObjectionRecorded,
@@ -72,7 +74,7 @@ class Staff(msgspec.Struct, frozen=True):
     user: User
     session_digest: bytes
     tenant_version: int
-    tenant: Any  # consent.tenant.TenantState
+    tenant: TenantState
 
     @property
     def is_admin(self) -> bool:
@@ -264,7 +266,7 @@ async def set_agreement(request: web.Request, staff: Staff, form: dict[str, str]
         try:
             signed_on = dt.date.fromisoformat(form.get("signed_on", ""))
         except ValueError:
-            return await _overview(request, staff, status=422, error=t("signed_on_label") + ": ?")
+            return await _overview(request, staff, status=422, error=t("date_invalid"))
     try:
         await request.app[LEDGER].set_processor_agreement(staff.ctx(), staff.tenant.tenant_id, signed, signed_on)
     except CommandRejected as exc:
@@ -288,7 +290,7 @@ async def policy_list(request: web.Request, staff: Staff, form: dict[str, str]) 
     return staff_render(request, staff, "policy.html", nav="policy", chapters=list(staff.tenant.chapters))
 
 
-def _chapter(staff: Staff, chapter_id: str) -> Any:
+def _chapter(staff: Staff, chapter_id: str) -> Chapter:
     for chapter in staff.tenant.chapters:
         if chapter.chapter_id == chapter_id:
             return chapter
