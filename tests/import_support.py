@@ -40,7 +40,7 @@ async def run_import(ledger: Ledger, path: Path, *, mapping: Mapping = DEFAULT_M
                      tenant: str = TENANT, batch_size: int = 5000, kind: str | None = None,
                      ) -> tuple[Summary, list[Rejection]]:
     rejected: list[Rejection] = []
-    summary = await Importer(ledger, batch_size=batch_size).run_file(
+    summary = await Importer(ledger, batch_size=batch_size, retry_delay=0.0).run_file(
         str(path), tenant=tenant, source=source, mapping=mapping, actor=ACTOR, kind=kind,  # type: ignore[arg-type]
         on_reject=rejected.append)
     return summary, rejected

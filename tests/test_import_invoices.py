@@ -299,3 +299,29 @@ async def test_a_customer_erased_while_the_batch_is_planned_is_rejected_on_the_r
     assert [(r.line, r.field) for r in rejected] == [(2, "customer_ref")] and "erased" in rejected[0].problem
     assert (summary.recorded, summary.events) == (1, 1)
     assert await event_types(pool) == ["InvoiceRecorded", "SubjectErased", "InvoiceRecorded"]
+
+
+async def test_when_the_database_stays_away_the_import_stops_after_the_last_whole_batch_and_a_rerun_completes_it(
+    ledger: Ledger, pool: asyncpg.Pool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from services.importer.plans import InvoicePlanner
+    from services.ledger.errors import StoreUnavailable
+
+    path = write(tmp_path, "f.csv", INVOICE_HEADER + "\n" + "".join(f"K{i};F{i};01-03-2024;;\n" for i in range(10)))
+    real = InvoicePlanner.plan
+    calls = {"n": 0}
+
+    async def failing_from_the_third_batch(self: InvoicePlanner, rows, overlay):  # noqa: ANN001, ANN202
+        calls["n"] += 1
+        if calls["n"] >= 3:
+            raise StoreUnavailable("connection refused")
+        return await real(self, rows, overlay)
+
+    monkeypatch.setattr(InvoicePlanner, "plan", failing_from_the_third_batch)
+    summary, _ = await run_import(ledger, path, batch_size=3)
+    assert summary.aborted is not None and "from line 8 on were not imported" in summary.aborted
+    assert (summary.batches, summary.recorded, summary.last_line_done) == (2, 6, 7)
+    assert await pool.fetchval("SELECT count(*) FROM ledger.events WHERE stream_id LIKE 'subject/%'") == 6
+    monkeypatch.setattr(InvoicePlanner, "plan", real)
+    again, _ = await run_import(ledger, path, batch_size=3)
+    assert (again.aborted, again.unchanged, again.recorded) == (None, 6, 4)

@@ -19,6 +19,7 @@ advisory lock): a second import for the same tenant is refused instead of racing
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -30,7 +31,7 @@ import structlog
 
 from schemas.events import Actor, Metadata
 from services.importer.mapping import Kind, Mapping
-from services.importer.plans import PLANNERS, Counts, IndexConflict, Plan, Planner, Rejection
+from services.importer.plans import PLANNERS, Counts, Effects, IndexConflict, Plan, Planner, Rejection
 from services.importer.reader import RecordReader, RowProblem
 from services.importer.rows import Row, RowParser
 from services.ledger.commands import CommandRejected, Ledger
@@ -96,12 +97,13 @@ ProgressSink = Callable[[int, int], None]  # (rows so far, bytes read so far)
 class Importer:
     """Runs imports into one ledger (in-process: the CLI, the HTTP upload, the benchmark)."""
 
-    def __init__(self, ledger: Ledger, *, batch_size: int = DEFAULT_BATCH) -> None:
+    def __init__(self, ledger: Ledger, *, batch_size: int = DEFAULT_BATCH, retry_delay: float = 0.2) -> None:
         if not 1 <= batch_size <= MAX_BATCH:
             raise ValueError(f"batch size must be 1..{MAX_BATCH}")
         self.ledger = ledger
         self.pool: asyncpg.Pool = ledger.pool
         self.batch_size = batch_size
+        self.retry_delay = retry_delay  # seconds, doubled per attempt, while the database is unreachable
 
     async def run_file(self, path: str, *, tenant: str, source: str, mapping: Mapping, actor: Actor,
                        kind: Kind | None = None, fmt: str | None = None, on_reject: RejectSink,
@@ -152,13 +154,14 @@ class Importer:
                 timings["read"] += t1 - t0
                 if not rows:
                     break
-                plan = await planner.plan(rows, inflight[0].effects if inflight else None)
+                plan = await self._plan(planner, rows, inflight[0].effects if inflight else None, summary)
                 t2 = clock()
                 timings["plan"] += t2 - t1
                 if inflight is not None:
                     settled, inflight = inflight, None
                     if not await self._settle(settled, planner, metadata, summary, on_reject):
-                        plan = await planner.plan(rows, None)  # it was planned on a batch that was redone
+                        # it was planned on a batch that was redone
+                        plan = await self._plan(planner, rows, None, summary)
                     timings["wait"] += clock() - t2
                 inflight = (plan, asyncio.create_task(self._submit(plan, metadata, summary)))
                 if on_progress is not None:
@@ -171,6 +174,10 @@ class Importer:
             if batches.stopped is not None:
                 raise _Aborted(batches.stopped)
         except _Aborted as exc:
+            if inflight is not None:  # the batch before may still commit: count it before stopping
+                settled, inflight = inflight, None
+                with contextlib.suppress(_Aborted):
+                    await self._settle(settled, planner, metadata, summary, on_reject)
             summary.aborted = str(exc)
             log_.error("import_aborted", reason=str(exc), last_line_done=summary.last_line_done)
         finally:
@@ -184,6 +191,20 @@ class Importer:
         log_.info("import_finished", rows=summary.rows, recorded=summary.recorded, corrected=summary.corrected,
                   unchanged=summary.unchanged, kept=summary.kept, ignored=summary.ignored, rejected=summary.rejected,
                   events=summary.events, batches=summary.batches, seconds=summary.seconds, aborted=summary.aborted)
+
+    async def _plan(self, planner: Planner, rows: list[Row], overlay: Effects | None, summary: Summary) -> Plan:
+        """Plan a batch; the lookups are retried while the database is unreachable."""
+        for attempt in range(1, _ATTEMPTS + 1):
+            try:
+                return await planner.plan(rows, overlay)
+            except StoreUnavailable as exc:
+                if attempt == _ATTEMPTS:
+                    raise _Aborted(f"the database is unavailable ({exc}); the rows from line {rows[0].line} on"
+                                   " were not imported") from None
+                summary.retries += 1
+                log.warning("import_plan_retry", attempt=attempt, detail=str(exc))
+                await asyncio.sleep(self.retry_delay * 2**attempt)
+        raise AssertionError("unreachable")
 
     async def _submit(self, plan: Plan, metadata: Metadata, summary: Summary) -> AppendResult | None:
         if not plan.writes:
@@ -212,13 +233,9 @@ class Importer:
                 summary.retries += 1
                 log.warning("import_batch_retry", attempt=attempt, error=type(exc).__name__, detail=str(exc))
                 if isinstance(exc, StoreUnavailable):
-                    await asyncio.sleep(0.2 * 2**attempt)
+                    await asyncio.sleep(self.retry_delay * 2**attempt)
                 attempt += 1
-                try:
-                    plan = await planner.plan(plan.rows, None)
-                except StoreUnavailable as again:
-                    task = _failed(again)
-                    continue
+                plan = await self._plan(planner, list(plan.rows), None, summary)
                 task = asyncio.create_task(self._submit(plan, metadata, summary))
         summary.batches += 1
         summary.events += plan.events
@@ -280,13 +297,6 @@ class _Batches:
         except UnicodeDecodeError as exc:
             self.stopped = f"the file cannot be decoded after line {summary.rows}: {exc.reason}"
         return rows
-
-
-def _failed(exc: BaseException) -> asyncio.Task[AppendResult | None]:
-    async def fail() -> AppendResult | None:
-        raise exc
-
-    return asyncio.ensure_future(fail())
 
 
 class _TenantLock:
