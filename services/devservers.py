@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -98,10 +99,22 @@ class LocalPostgres:
         return self.url
 
     def stop(self) -> None:
+        """Fast shutdown, waiting until the server is gone (its postmaster.pid removed)."""
+        pid_file = self.data_dir / "postmaster.pid"
         try:
-            self._run("pg_ctl", ["-w", "-m", "fast", "stop"])
-        except subprocess.CalledProcessError:
-            pass
+            self._run("pg_ctl", ["-w", "-t", "60", "-m", "fast", "stop"])
+        except subprocess.CalledProcessError as exc:
+            if not pid_file.exists():
+                return  # it was not running
+            log.warning("pg_ctl_stop_failed", error=str(exc), data_dir=str(self.data_dir))
+            try:
+                pid = int(pid_file.read_text().split()[0])
+                os.kill(pid, signal.SIGINT)  # SIGINT = fast shutdown
+            except (OSError, ValueError, IndexError):
+                return
+        deadline = time.monotonic() + 60
+        while pid_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
 
 
 class LocalBroker:
