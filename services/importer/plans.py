@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import os
 from hashlib import blake2b
 from collections.abc import Iterable, Sequence
@@ -206,13 +207,16 @@ def _joined(values: Iterable[str]) -> str:
 
 _COLUMNS = ("FROM unnest(string_to_array($2, E'\\n'), string_to_array($3, E'\\n'), string_to_array($4, E'\\n'),"
             " string_to_array($5, E'\\n', '-'), string_to_array($6, E'\\n')) AS u(i, s, d, f, p)")
-_INSERT_INVOICES: Final = (
+_INSERT_INVOICES: Final = (  # $7: the append's first position
     "INSERT INTO importer.invoices (tenant_id, invoice_id, stream_id, invoice_date, contact_fp, position)"
-    " SELECT $1, u.i, u.s, u.d::date, decode(u.f, 'hex'), u.p::bigint " + _COLUMNS)
+    " SELECT $1, u.i, u.s, u.d::date, decode(u.f, 'hex'), $7 + u.p::bigint " + _COLUMNS)
 _UPDATE_INVOICES: Final = (
     "UPDATE importer.invoices AS x SET invoice_date = u.d::date, contact_fp = decode(u.f, 'hex'),"
-    " position = u.p::bigint, updated_at = now() " + _COLUMNS
+    " position = $7 + u.p::bigint, updated_at = now() " + _COLUMNS
     + " WHERE x.tenant_id = $1 AND x.invoice_id = u.i AND x.stream_id = u.s")
+
+
+_iso = functools.lru_cache(maxsize=4096)(dt.date.isoformat)  # a batch has few distinct dates
 
 
 class _Nonces:
@@ -298,27 +302,27 @@ class InvoicePlanner(Planner):
             known[row.invoice_id] = new_state
             changed[row.invoice_id] = (new_state, writes.add(stream, event))
         stream_writes, offsets = writes.build(versions)
-        tenant = self.tenant
+        # The index rows as newline-joined text columns (see _joined; the fingerprint as hex,
+        # "-" for none; the position relative to the append's first), prepared here so
+        # that the hook, which runs while the append holds the ledger's head lock, only
+        # sends them. New invoices are a plain INSERT (a row there already means a
+        # concurrent import: the unique key fails the batch and it is planned again);
+        # corrections an UPDATE that must find each row still on its customer.
+        statements = []
+        for new_rows, sql in ((True, _INSERT_INVOICES), (False, _UPDATE_INVOICES)):
+            part = [(invoice_id, st, offsets[stream] + i) for invoice_id, (st, (stream, i)) in changed.items()
+                    if (invoice_id in fresh) == new_rows]
+            if part:
+                statements.append((sql, len(part), (
+                    self.tenant, _joined([p[0] for p in part]), _joined([st.stream_id for _, st, _ in part]),
+                    _joined([_iso(st.invoice_date) for _, st, _ in part]),
+                    _joined([st.contact_fp.hex() if st.contact_fp is not None else "-" for _, st, _ in part]),
+                    _joined([str(offset) for _, _, offset in part]))))
 
         async def hook(conn: asyncpg.Connection, result: AppendResult) -> None:
-            base = result.first_position
-            # Columns as newline-joined text parameters, not lists (see _joined); the
-            # fingerprint as hex, "-" for none. New invoices are a plain INSERT (a row
-            # there already means a concurrent import: the unique key fails the batch and
-            # it is planned again); corrections an UPDATE that must find each row still on
-            # its customer.
-            for new_rows, sql in ((True, _INSERT_INVOICES), (False, _UPDATE_INVOICES)):
-                part = [(invoice_id, st, pos) for invoice_id, (st, pos) in changed.items()
-                        if (invoice_id in fresh) == new_rows]
-                if not part:
-                    continue
-                status = await conn.execute(
-                    sql, tenant, _joined(p[0] for p in part), _joined(st.stream_id for _, st, _ in part),
-                    _joined(st.invoice_date.isoformat() for _, st, _ in part),
-                    _joined(st.contact_fp.hex() if st.contact_fp is not None else "-" for _, st, _ in part),
-                    _joined(str(base + offsets[stream] + i) for _, _, (stream, i) in part),
-                )
-                if _affected(status) != len(part):
+            for sql, expected, args in statements:
+                status = await conn.execute(sql, *args, result.first_position)
+                if _affected(status) != expected:
                     raise IndexConflict("an invoice of this batch was recorded for another customer meanwhile")
 
         return Plan(rows=rows, writes=stream_writes, hook=hook if changed else None, rejections=rejections,
