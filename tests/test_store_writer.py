@@ -12,7 +12,7 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
-from schemas.events import Actor, InvoiceRecorded, Metadata, SubjectErased
+from schemas.events import Actor, InvoiceRecorded, Metadata, PreferencesChanged, PreferenceSetting, SubjectErased
 from services.ledger.api.app import STORE
 from services.ledger.errors import IntegrityError, StreamClosed, WrongExpectedVersion
 from services.ledger.hashchain import verify_rows
@@ -85,6 +85,34 @@ async def test_a_replayed_idempotent_request_still_gets_its_first_answer_after_t
     await store.append(req(STREAM, SubjectErased(reason="request")))
     again = await store.append(req(STREAM, invoice(1), key="k-1"))
     assert again.replayed and again.event_ids == first.event_ids
+
+
+async def test_columns_sent_as_joined_text_come_back_exactly(store: EventStore, pool: asyncpg.Pool) -> None:
+    """The write sends each column as one newline-joined text: empty dates, text with
+    escapes and non-ASCII characters, several streams and tenants must round-trip."""
+    change = PreferencesChanged(changes=[PreferenceSetting(category="newsletter", channel="email", value="opt_in")],
+                                changed_by=Actor(kind="staff", id="Zoë \"quoted\"\nline"), method="api")
+    writes = [StreamWrite("subject/acme/dealer/Ç-1", [change, invoice(1), change]),
+              StreamWrite("subject/acme/unknown/2", [invoice(2)])]
+    first, second = await asyncio.gather(
+        store.append(AppendRequest(tenant_id="acme", writes=writes, metadata=META)),
+        store.append(AppendRequest(tenant_id="beta", writes=[StreamWrite("subject/beta/dealer/3", [change])],
+                                   metadata=META)),
+    )
+    events = await store.read_all(0)
+    assert [e.position for e in events] == [1, 2, 3, 4, 5]
+    assert [e.occurred_on for e in events[:4]] == [None, invoice(1).invoice_date, None, invoice(2).invoice_date]
+    assert [e.tenant_id for e in events] == ["acme"] * 4 + ["beta"]
+    assert events[0].event == change and events[4].event == change
+    assert [e.event_id for e in events] == first.event_ids + second.event_ids
+    assert await chain_is_intact(pool) == 5
+
+
+@pytest.mark.parametrize("stream, tenant", [("subject/acme/dealer/a\nb", "acme"), ("", "acme"),
+                                            ("subject/acme/dealer/C1", "ac\nme")])
+async def test_ids_that_cannot_be_sent_as_joined_text_are_refused(store: EventStore, stream: str, tenant: str) -> None:
+    with pytest.raises(ValueError):
+        await store.append(AppendRequest(tenant_id=tenant, writes=[StreamWrite(stream, [invoice(1)])], metadata=META))
 
 
 async def test_a_failed_batch_rolls_back_and_the_writer_goes_on(store: EventStore, pool: asyncpg.Pool) -> None:
