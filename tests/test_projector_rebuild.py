@@ -96,7 +96,7 @@ async def test_the_rebuilt_model_equals_the_live_one(
                                     " FROM projector.tenants ORDER BY tenant_id")
     assert len(live_rows) == 24 and all(r[-1] is not None for r in live_rows)  # all published
 
-    report = await rebuild(db_url, clock=clock)
+    report = await rebuild(db_url, clock=clock, workers=2)
     assert report.events == await pool.fetchval("SELECT count(*) FROM ledger.events")
     assert report.subjects == 24 and report.tenants == 2
     assert report.rebuilt_through == await pool.fetchval("SELECT position FROM ledger.head")
@@ -139,7 +139,7 @@ async def test_a_rebuild_while_the_live_projector_runs_misses_nothing(
     writer = asyncio.create_task(keep_writing())
     try:
         await asyncio.sleep(0.1)
-        reports = [await rebuild(db_url, clock=clock) for _ in range(2)]
+        reports = [await rebuild(db_url, clock=clock, workers=w) for w in (2, 1)]
         await asyncio.sleep(0.1)
     finally:
         stop.set()

@@ -44,7 +44,7 @@ from services.projector.clock import Clock
 from services.projector.metrics import ProjectorMetrics
 from services.projector.publisher import Message, Publisher
 from services.projector.readmodel import (
-    SUBJECT_COLUMNS,
+    SUBJECT_SELECT_COLUMNS,
     TENANT_SELECT,
     SubjectRow,
     TenantRow,
@@ -344,7 +344,7 @@ class Projection:
                 target = tenant.reeval_version
                 after = tenant.reeval_after or ("", "")
                 records = await conn.fetch(
-                    f"SELECT {', '.join('s.' + c for c in SUBJECT_COLUMNS)} FROM projector.subjects s"
+                    f"SELECT {SUBJECT_SELECT_COLUMNS} FROM projector.subjects s"
                     " WHERE tenant_id = $1 AND (source, customer_ref) > ($2, $3)"
                     " ORDER BY source, customer_ref LIMIT $4 FOR UPDATE",
                     tenant_id, after[0], after[1], self.batch_size,
@@ -392,7 +392,7 @@ class Projection:
                 params = args()
                 n = len(params)
                 records = await conn.fetch(
-                    f"SELECT {', '.join('s.' + c for c in SUBJECT_COLUMNS)} FROM projector.subjects s WHERE {where}"
+                    f"SELECT {SUBJECT_SELECT_COLUMNS} FROM projector.subjects s WHERE {where}"
                     f" ORDER BY tenant_id, source, customer_ref LIMIT ${n + 1} FOR UPDATE SKIP LOCKED",
                     *params, self.batch_size,
                 )

@@ -197,7 +197,8 @@ SUBJECT_COLUMNS: Final = (
     "tenant_id", "source", "customer_ref", "version", "last_position", "erased", "state", "terms_version",
     "evaluated_on", "next_change", "matrix_hash", "published_hash",
 )
-_SELECT: Final = ", ".join(f"s.{c}" for c in SUBJECT_COLUMNS)
+SUBJECT_SELECT_COLUMNS: Final = ", ".join(f"s.{c}" for c in SUBJECT_COLUMNS)
+"""The columns of :class:`SubjectRow`, for a query on ``projector.subjects s``."""
 
 
 def row_from_record(r: asyncpg.Record) -> SubjectRow:
@@ -221,7 +222,7 @@ async def fetch_subject_rows(
     if not keys:
         return {}
     records = await conn.fetch(
-        f"SELECT {_SELECT} FROM {table} s"
+        f"SELECT {SUBJECT_SELECT_COLUMNS} FROM {table} s"
         " JOIN unnest($1::text[], $2::text[], $3::text[]) AS k(t, so, r)"
         " ON s.tenant_id = k.t AND s.source = k.so AND s.customer_ref = k.r"
         " ORDER BY s.tenant_id, s.source, s.customer_ref" + (" FOR UPDATE OF s" if lock else ""),
