@@ -171,3 +171,16 @@ async def test_the_api_answers_410_for_an_erased_subject_and_records_nothing(api
     assert r.status == 410, await r.text()
     assert [e.event_type for e in await store.read_stream(stream)] == ["InvoiceRecorded", "SubjectErased"]
     assert await store.read_stream("subject/garage-a/dealer/C10") == []  # all or nothing
+
+
+def test_event_ids_are_distinct_version_4_uuids() -> None:
+    import uuid
+
+    from services.ledger.store import _EventIds
+
+    batch = _EventIds(2000)
+    ids = [batch.next() for _ in range(2000)]
+    assert len(set(ids)) == 2000
+    parsed = [uuid.UUID(i) for i in ids]
+    assert all(u.version == 4 and u.variant == uuid.RFC_4122 and str(u) == i for u, i in zip(parsed, ids))
+    assert {i[19] for i in ids} == set("89ab")  # the variant nibble keeps its two random bits
