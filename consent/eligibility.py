@@ -67,7 +67,7 @@ Reason = Literal[
 ]
 
 
-class Decision(msgspec.Struct, frozen=True, kw_only=True):
+class Decision(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """One answer of the eligibility rule.
 
     ``basis``: the legal ground when eligible, else None. ``until``: the first date the

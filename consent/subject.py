@@ -61,19 +61,19 @@ __all__ = [
 ]
 
 
-class InvoiceFact(msgspec.Struct, frozen=True):
+class InvoiceFact(msgspec.Struct, frozen=True, gc=False):
     invoice_date: dt.date
     event_id: str
     recorded_at: dt.datetime
 
 
-class AcquisitionFact(msgspec.Struct, frozen=True):
+class AcquisitionFact(msgspec.Struct, frozen=True, gc=False):
     acquired_on: dt.date
     event_id: str
     recorded_at: dt.datetime
 
 
-class PreferenceFact(msgspec.Struct, frozen=True):
+class PreferenceFact(msgspec.Struct, frozen=True, gc=False):
     value: PreferenceValue
     event_id: str
     recorded_at: dt.datetime
@@ -81,7 +81,7 @@ class PreferenceFact(msgspec.Struct, frozen=True):
     policy_version: str | None = None
 
 
-class ObjectionFact(msgspec.Struct, frozen=True):
+class ObjectionFact(msgspec.Struct, frozen=True, gc=False):
     """``objected`` True for ObjectionRecorded, False for ObjectionWithdrawn."""
 
     objected: bool
@@ -90,7 +90,7 @@ class ObjectionFact(msgspec.Struct, frozen=True):
     effective_on: dt.date
 
 
-class SubjectState(msgspec.Struct, frozen=True, kw_only=True):
+class SubjectState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """The consent facts of one subject (one data source of one customer)."""
 
     tenant_id: str
