@@ -120,7 +120,8 @@ async def follow(bootstrap: str, db_path: Path, *, topic: str = TOPIC, until_idl
         await admin.close()
     if not partitions:
         raise SystemExit(f"campaign_sender: no topic {topic} on {bootstrap}")
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest",
+                                fetch_max_wait_ms=100)
     await consumer.start()
     total = 0
     try:

@@ -34,6 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
     rebuild = commands.add_parser("rebuild", help="rebuild the read model from the PostgreSQL ledger and swap it in")
     rebuild.add_argument("--fetch", type=int, default=20_000, help="rows per cursor fetch")
+    rebuild.add_argument("--workers", type=int, default=None,
+                         help="processes folding and evaluating subjects in parallel (default: the CPU count, max 8)")
     rebuild.set_defaults(func=cmd_rebuild)
 
     status = commands.add_parser("status", help="offsets, pending work and the checkpoint of the read model")
@@ -117,10 +119,11 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
     from services.projector.rebuild import RebuildInProgress, rebuild
 
     settings = _settings(kafka=False)
-    if args.fetch < 1:
-        raise SystemExit("consent-ledger: --fetch must be at least 1")
+    if args.fetch < 1 or (args.workers is not None and args.workers < 1):
+        raise SystemExit("consent-ledger: --fetch and --workers must be at least 1")
     try:
-        report = asyncio.run(rebuild(settings.database_url, clock=SystemClock(), fetch_size=args.fetch))
+        report = asyncio.run(rebuild(settings.database_url, clock=SystemClock(), fetch_size=args.fetch,
+                                     workers=args.workers))
     except RebuildInProgress as exc:
         print(f"consent-ledger: {exc}", file=sys.stderr)
         return 1

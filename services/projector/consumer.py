@@ -50,6 +50,7 @@ class LedgerConsumer:
         max_records: int = 2000,
         session_timeout_ms: int = 10_000,
         heartbeat_interval_ms: int = 3_000,
+        fetch_max_wait_ms: int = 20,
         backoff_max: float = 5.0,
     ) -> None:
         self.projection = projection
@@ -59,6 +60,9 @@ class LedgerConsumer:
         self.max_records = max_records
         self.session_timeout_ms = session_timeout_ms
         self.heartbeat_interval_ms = heartbeat_interval_ms
+        # tansu answers a fetch only when this wait is over, even if records arrived
+        # meanwhile: the wait is added to every event's latency (500 ms by default).
+        self.fetch_max_wait_ms = fetch_max_wait_ms
         self.backoff_max = backoff_max
         self.consumed = 0
         self.assigned: set[int] = set()
@@ -103,6 +107,7 @@ class LedgerConsumer:
             auto_offset_reset="earliest",
             session_timeout_ms=self.session_timeout_ms,
             heartbeat_interval_ms=self.heartbeat_interval_ms,
+            fetch_max_wait_ms=self.fetch_max_wait_ms,
             max_partition_fetch_bytes=4 * 1024 * 1024,
             fetch_max_bytes=16 * 1024 * 1024,
         )

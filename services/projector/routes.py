@@ -10,9 +10,11 @@ re-read only when its version moves.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import gc
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Final
 
 import asyncpg
@@ -75,6 +77,20 @@ async def eligibility_context(app: web.Application) -> AsyncIterator[None]:
     yield
 
 
+@contextlib.contextmanager
+def _no_cyclic_gc() -> Iterator[None]:
+    """Decoding 10,000 states allocates ~100,000 containers, which makes the cyclic GC run
+    over and over (it doubles the time). They hold no cycles, and the block has no await,
+    so the collector is paused for exactly this synchronous loop."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def _date(value: str, field: str) -> dt.date:
     if not _DATE.match(value):
         raise ApiError(422, "validation_error", "a date is YYYY-MM-DD", field=field)
@@ -133,29 +149,34 @@ async def campaign_check(call: Call) -> web.Response:
     send_date = _in_range(body.send_date, "$.send_date")
     terms = await _tenant_terms(call, tenant)
     subjects = body.subjects
-    records = await call.request.app[POOL].fetch(
-        "SELECT k.i, s.state FROM unnest($2::text[], $3::text[]) WITH ORDINALITY AS k(so, r, i)"
-        " JOIN projector.subjects s ON s.tenant_id = $1 AND s.source = k.so AND s.customer_ref = k.r",
-        tenant, [s.source for s in subjects], [s.customer_ref for s in subjects],
-    )
-    found = {r[0]: r[1] for r in records}
+    by_source: dict[str, list[str]] = {}
+    for s in subjects:
+        by_source.setdefault(s.source, []).append(s.customer_ref)
+    pool = call.request.app[POOL]
+    found: dict[tuple[str, str], bytes] = {}
+    for source, refs in by_source.items():  # one query per data source (usually one): an index scan with ANY
+        for r in await pool.fetch("SELECT customer_ref, state FROM projector.subjects WHERE tenant_id = $1"
+                                  " AND source = $2 AND customer_ref = ANY($3::text[])", tenant, source, refs):
+            found[(source, r[0])] = r[1]
     matrix = terms.state.terms
     category, channel = body.category, body.channel
     results: list[SubjectCheck] = []
     eligible = unknown = 0
-    for i, s in enumerate(subjects, 1):
-        raw = found.get(i)
-        if raw is None:
-            unknown += 1
-            results.append(SubjectCheck(source=s.source, customer_ref=s.customer_ref, known=False, eligible=False,
-                                        reason="unknown_subject"))
-            continue
-        d = evaluate(decode_state(raw), matrix, category, channel, send_date)
-        eligible += d.eligible
-        results.append(SubjectCheck(
-            source=s.source, customer_ref=s.customer_ref, known=True, eligible=d.eligible, basis=d.basis,
-            reason=d.reason, until=d.until, requires_disclosure=d.requires_disclosure, evidence=list(d.evidence),
-        ))
+    with _no_cyclic_gc():
+        for s in subjects:
+            raw = found.get((s.source, s.customer_ref))
+            if raw is None:
+                unknown += 1
+                results.append(SubjectCheck(source=s.source, customer_ref=s.customer_ref, known=False,
+                                            eligible=False, reason="unknown_subject"))
+                continue
+            d = evaluate(decode_state(raw), matrix, category, channel, send_date)
+            eligible += d.eligible
+            results.append(SubjectCheck(
+                source=s.source, customer_ref=s.customer_ref, known=True, eligible=d.eligible, basis=d.basis,
+                reason=d.reason, until=d.until, requires_disclosure=d.requires_disclosure,
+                evidence=list(d.evidence),
+            ))
     return json_response(CampaignCheckResult(category=category, channel=channel, send_date=send_date,
                                              checked=len(subjects), eligible=eligible, unknown=unknown,
                                              results=results))
