@@ -529,7 +529,7 @@ async def run(profile: Profile, *, quick: bool, workers: int | None) -> dict[str
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (whole run < 60 s)")
-    parser.add_argument("--workers", type=int, default=None, help="rebuild worker processes (default: CPU count)")
+    parser.add_argument("--workers", type=int, default=None, help="rebuild worker processes (default: one per 250,000 events, at most the CPU count)")
     args = parser.parse_args(argv)
     structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
     figures = asyncio.run(run(QUICK if args.quick else FULL, quick=args.quick, workers=args.workers))

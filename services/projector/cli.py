@@ -35,7 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     rebuild = commands.add_parser("rebuild", help="rebuild the read model from the PostgreSQL ledger and swap it in")
     rebuild.add_argument("--fetch", type=int, default=20_000, help="rows per cursor fetch")
     rebuild.add_argument("--workers", type=int, default=None,
-                         help="processes folding and evaluating subjects in parallel (default: the CPU count, max 8)")
+                         help="processes folding and evaluating subjects in parallel"
+                         " (default: one per 250,000 events, at most the CPU count)")
     rebuild.set_defaults(func=cmd_rebuild)
 
     status = commands.add_parser("status", help="offsets, pending work and the checkpoint of the read model")

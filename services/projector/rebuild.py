@@ -230,8 +230,12 @@ async def _build_share(share: Share) -> ShareReport:
 # ---------------------------------------------------------------------------------------
 
 
-def default_workers() -> int:
-    return max(1, min(os.cpu_count() or 1, 8))
+EVENTS_PER_WORKER: Final = 250_000
+"""Below this many events per extra process, starting it (~1 s) costs more than it saves."""
+
+
+def default_workers(events: int) -> int:
+    return max(1, min(os.cpu_count() or 1, 8, events // EVENTS_PER_WORKER))
 
 
 async def rebuild(
@@ -240,8 +244,7 @@ async def rebuild(
 ) -> RebuildReport:
     """Rebuild ``projector.subjects`` and ``projector.tenants`` from ``ledger.events`` and
     swap them in. Safe while a live projector runs (it waits on the swap, briefly)."""
-    workers = workers or default_workers()
-    report = RebuildReport(workers=workers)
+    report = RebuildReport()
     started = time.perf_counter()
     on = clock.today()
     snap_conn = await asyncpg.connect(database_url)
@@ -259,6 +262,7 @@ async def rebuild(
         async with snap_conn.transaction(isolation="repeatable_read", readonly=True):
             head = await snap_conn.fetchval("SELECT position FROM ledger.head")
             snapshot = await snap_conn.fetchval("SELECT pg_export_snapshot()")
+            workers = report.workers = workers or default_workers(head)
             for row in await snap_conn.fetch(
                 f"SELECT {EVENT_COLUMNS} FROM ledger.events WHERE stream_id LIKE 'tenant/%' AND position <= $1"
                 " ORDER BY position", head,
