@@ -1,19 +1,23 @@
 """Append throughput and latency of the ledger over HTTP, against two baselines.
 
-Phases, one after the other, all against the same durable PostgreSQL (fsync on):
+Five phases, all against one durable PostgreSQL (fsync on, synchronous_commit on):
 
 1. raw: asyncpg single-row INSERT, one transaction each, 8 connections, into a plain
    table shaped like ``ledger.events`` (``LIKE ledger.events INCLUDING ALL``);
-2. eventsourcing: the ``eventsourcing`` library's PostgreSQL recorder (psycopg3),
-   one event per ``insert_events`` call, 8 threads;
+2. eventsourcing: the ``eventsourcing`` library's PostgreSQL application recorder
+   (psycopg3), configured through its environment variables, one event per
+   ``insert_events`` call, 8 threads;
 3. ledger: HTTP ``POST .../subjects/{source}/{ref}/preferences``, one event per
-   request, 32 concurrent aiohttp clients, server in its own process;
+   request, 32 concurrent aiohttp clients, the server in its own process;
 4. executemany: asyncpg ``executemany`` of 500 rows per transaction, 4 connections;
-5. bulk: HTTP ``POST /v1/tenants/{tenant}/subjects:batch`` with 500 items, 4 clients.
+5. bulk: HTTP ``POST /v1/tenants/{tenant}/subjects:batch``, 500 items each, 4 clients.
 
-Every phase writes the same event (a PreferencesChanged JSON and its metadata).
-``--quick`` runs each phase for a few seconds (whole run < 60 s); the last stdout line
-is the JSON object with the figures (see bench/common.py, docs/performance.md).
+The machine is shared (2 cores, other engineers' tests), so the phases run in short
+interleaved slices, round after round: a burst of someone else's load then hits all
+phases alike instead of one, and the ratios stay comparable. Every phase writes the same
+event (a PreferencesChanged JSON and its metadata). ``--quick`` finishes in < 60 s; the
+last stdout line is the JSON object with the figures (bench/common.py,
+docs/performance.md).
 """
 
 from __future__ import annotations
@@ -25,9 +29,8 @@ import os
 import secrets
 import sys
 import tempfile
-import time
 import uuid
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,9 +50,10 @@ from bench.common import (  # noqa: E402
     create_database,
     local_postgres,
     machine,
+    merge_results,
     postmaster_pid,
-    run_loop,
     ratio,
+    run_loop,
     server_settings,
     threaded_closed_loop,
     write_result,
@@ -75,16 +79,17 @@ INSERT_ROW = (
 
 
 class Profile(msgspec.Struct, frozen=True):
-    seconds: float
-    warmup: float
+    rounds: int
+    slice_seconds: float  # measured per phase per round
+    warmup: float  # per slice, not counted
     http_clients: int = 32
     raw_connections: int = 8
     es_threads: int = 8
     bulk_clients: int = 4
 
 
-QUICK = Profile(seconds=5.0, warmup=1.0)
-FULL = Profile(seconds=30.0, warmup=3.0)
+QUICK = Profile(rounds=3, slice_seconds=1.6, warmup=0.4)
+FULL = Profile(rounds=6, slice_seconds=5.0, warmup=1.0)
 
 
 def preference_change(w: int, i: int) -> dict[str, str]:
@@ -108,9 +113,6 @@ def stream_of(prefix: str, w: int, i: int) -> tuple[str, int]:
     """Each worker owns its streams, so versions never conflict: (stream, version)."""
     return (f"subject/{TENANT}/dealer/{prefix}{w}-{i % STREAMS_PER_WORKER}",
             i // STREAMS_PER_WORKER + 1)
-
-
-# -- baselines ---------------------------------------------------------------------------
 
 
 async def prepare_tables(url: str) -> None:
@@ -140,82 +142,239 @@ class RawRows:
                 secrets.token_bytes(32), secrets.token_bytes(32))
 
 
-async def run_raw(url: str, profile: Profile) -> LoadResult:
-    pool = await asyncpg.create_pool(url, min_size=profile.raw_connections, max_size=profile.raw_connections)
-    assert pool is not None
-    rows = RawRows()
-    conns = [await pool.acquire() for _ in range(profile.raw_connections)]
-    sql = INSERT_ROW.format(table="raw_events")
+# -- phases ------------------------------------------------------------------------------
 
-    async def op(w: int, i: int) -> int:
-        await conns[w].execute(sql, *rows.row("r", w, i))  # autocommit: one transaction per row
-        return 1
 
+class Phase:
+    """One kind of load, run slice by slice. Each worker keeps its own iteration count
+    across slices, so streams and versions go on where the last slice stopped."""
+
+    name: str = ""
+    title: str = ""
+    workers: int = 1
+    ledger: LedgerProcess | None = None
+
+    def __init__(self) -> None:
+        self.results: list[LoadResult] = []
+        self._next: list[int] = []
+        self.server_before: dict[str, float] = {}
+        self.server_after: dict[str, float] = {}
+
+    def iteration(self, w: int) -> int:
+        i = self._next[w]
+        self._next[w] = i + 1
+        return i
+
+    async def open(self) -> None:
+        self._next = [0] * self.workers
+
+    async def run_slice(self, seconds: float, warmup: float) -> LoadResult:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        pass
+
+
+class RawInserts(Phase):
+    name, title = "raw_insert", "raw asyncpg single-row inserts"
+
+    def __init__(self, url: str, profile: Profile) -> None:
+        super().__init__()
+        self.url, self.workers = url, profile.raw_connections
+        self.rows = RawRows()
+        self.sql = INSERT_ROW.format(table="raw_events")
+
+    async def open(self) -> None:
+        await super().open()
+        self.conns = [await asyncpg.connect(self.url) for _ in range(self.workers)]
+
+    async def run_slice(self, seconds: float, warmup: float) -> LoadResult:
+        async def op(w: int, _: int) -> int:
+            # autocommit: one transaction, one WAL flush wait, per row
+            await self.conns[w].execute(self.sql, *self.rows.row("r", w, self.iteration(w)))
+            return 1
+
+        return await closed_loop(op, workers=self.workers, seconds=seconds, warmup=warmup)
+
+    async def close(self) -> None:
+        for c in self.conns:
+            await c.close()
+
+
+class RawExecutemany(Phase):
+    name, title = "raw_executemany", "raw asyncpg executemany, 500 rows a transaction"
+
+    def __init__(self, url: str, profile: Profile) -> None:
+        super().__init__()
+        self.url, self.workers = url, profile.bulk_clients
+        self.rows = RawRows()
+        self.sql = INSERT_ROW.format(table="raw_bulk")
+
+    async def open(self) -> None:
+        await super().open()
+        self.conns = [await asyncpg.connect(self.url) for _ in range(self.workers)]
+
+    async def run_slice(self, seconds: float, warmup: float) -> LoadResult:
+        async def op(w: int, _: int) -> int:
+            i = self.iteration(w)
+            batch = [self.rows.row("m", w, i * BULK_ROWS + k) for k in range(BULK_ROWS)]
+            async with self.conns[w].transaction():
+                await self.conns[w].executemany(self.sql, batch)
+            return BULK_ROWS
+
+        return await closed_loop(op, workers=self.workers, seconds=seconds, warmup=warmup)
+
+    async def close(self) -> None:
+        for c in self.conns:
+            await c.close()
+
+
+class EventsourcingRecorder(Phase):
+    """The library's PostgreSQL application recorder, configured as an application
+    would be, through its environment variables; blocking, so one thread per worker."""
+
+    name, title = "eventsourcing", "eventsourcing recorder"
+
+    def __init__(self, port: int, dbname: str, profile: Profile) -> None:
+        super().__init__()
+        self.port, self.dbname, self.workers = port, dbname, profile.es_threads
+
+    async def open(self) -> None:
+        from eventsourcing.persistence import InfrastructureFactory
+        from eventsourcing.utils import Environment
+
+        await super().open()
+        env = Environment("", {
+            "PERSISTENCE_MODULE": "eventsourcing.postgres",
+            "POSTGRES_DBNAME": self.dbname,
+            "POSTGRES_HOST": "127.0.0.1",
+            "POSTGRES_PORT": str(self.port),
+            "POSTGRES_USER": "postgres",
+            "POSTGRES_PASSWORD": "",
+            "POSTGRES_POOL_SIZE": str(self.workers),
+            "POSTGRES_MAX_OVERFLOW": "0",
+            "ORIGINATOR_ID_TYPE": "uuid",
+        })
+        self.factory = await asyncio.to_thread(InfrastructureFactory.construct, env)
+        self.recorder = await asyncio.to_thread(self.factory.application_recorder)
+        self.state = sample_event_json()[0].encode()
+
+    async def run_slice(self, seconds: float, warmup: float) -> LoadResult:
+        from eventsourcing.persistence import StoredEvent
+
+        def op(w: int, _: int) -> int:
+            stream, version = stream_of("e", w, self.iteration(w))
+            self.recorder.insert_events([StoredEvent(
+                originator_id=uuid.uuid5(uuid.NAMESPACE_URL, stream), originator_version=version,
+                topic="schemas.events:PreferencesChanged", state=self.state)])
+            return 1
+
+        return await asyncio.to_thread(threaded_closed_loop, op, workers=self.workers, seconds=seconds,
+                                       warmup=warmup)
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self.factory.close)
+
+
+class LedgerSingle(Phase):
+    """Each of the 32 clients changes preferences of its own 100 subjects in turn."""
+
+    name, title = "ledger_http", "ledger over HTTP, one event per request"
+
+    def __init__(self, ledger: LedgerProcess, session: aiohttp.ClientSession, key: str, profile: Profile) -> None:
+        super().__init__()
+        self.ledger, self.session, self.workers = ledger, session, profile.http_clients
+        self.headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+
+    async def run_slice(self, seconds: float, warmup: float) -> LoadResult:
+        base = self.ledger.base_url if self.ledger else ""
+
+        async def op(w: int, _: int) -> int:
+            i = self.iteration(w)
+            body = msgspec.json.encode({"changes": [preference_change(w, i)]})
+            url = f"{base}/v1/tenants/{TENANT}/subjects/dealer/p{w}-{i % STREAMS_PER_WORKER}/preferences"
+            async with self.session.post(url, data=body, headers=self.headers) as r:
+                payload = await r.read()
+                if r.status != 201:
+                    raise RuntimeError(f"HTTP {r.status}: {payload[:200]!r}")
+            return 1
+
+        return await closed_loop(op, workers=self.workers, seconds=seconds, warmup=warmup)
+
+
+class LedgerBulk(Phase):
+    name, title = "ledger_bulk", "ledger bulk endpoint, 500 events a request"
+
+    def __init__(self, ledger: LedgerProcess, session: aiohttp.ClientSession, key: str, profile: Profile) -> None:
+        super().__init__()
+        self.ledger, self.session, self.workers = ledger, session, profile.bulk_clients
+        self.headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+
+    async def run_slice(self, seconds: float, warmup: float) -> LoadResult:
+        url = f"{self.ledger.base_url if self.ledger else ''}/v1/tenants/{TENANT}/subjects:batch"
+
+        async def op(w: int, _: int) -> int:
+            i = self.iteration(w)
+            items = [{"kind": "preferences", "source": "dealer", "customer_ref": f"b{w}-{i}-{k}",
+                      "changes": [preference_change(w, k)]} for k in range(BULK_ROWS)]
+            async with self.session.post(url, data=msgspec.json.encode({"items": items}), headers=self.headers) as r:
+                payload = await r.read()
+                if r.status != 201:
+                    raise RuntimeError(f"HTTP {r.status}: {payload[:200]!r}")
+            return BULK_ROWS
+
+        return await closed_loop(op, workers=self.workers, seconds=seconds, warmup=warmup)
+
+
+BATCHES = "ledger_append_batch_seconds_count"
+APPENDED = "ledger_events_appended_total"
+
+
+async def run_rounds(phases: list[Phase], profile: Profile, postgres_pid: int,
+                     progress: Callable[[str], None]) -> dict[str, dict[str, Any]]:
+    """Every phase for one slice, round after round; then each phase's figures: rate and
+    latency over all its slices, the CPU split (bench.common.CpuMeter) and, for the
+    ledger's phases, the server's group-commit batches."""
+    meters = {p.name: CpuMeter(server_pid=p.ledger.pid if p.ledger else None, postgres_pid=postgres_pid)
+              for p in phases}
+    server: dict[str, dict[str, float]] = {p.name: {"batches": 0.0, "events": 0.0} for p in phases}
+    for p in phases:
+        await p.open()
     try:
-        return await closed_loop(op, workers=profile.raw_connections, seconds=profile.seconds, warmup=profile.warmup)
+        for r in range(profile.rounds):
+            progress(f"round {r + 1}/{profile.rounds}")
+            for p in phases:
+                before = await asyncio.to_thread(p.ledger.metrics) if p.ledger else {}
+                with meters[p.name]:
+                    result = await p.run_slice(profile.slice_seconds, profile.warmup)
+                if p.ledger:
+                    after = await asyncio.to_thread(p.ledger.metrics)
+                    server[p.name]["batches"] += after.get(BATCHES, 0) - before.get(BATCHES, 0)
+                    server[p.name]["events"] += after.get(APPENDED, 0) - before.get(APPENDED, 0)
+                p.results.append(result)
+                progress(f"  {p.name}: {result.events_per_s:.0f} events/s")
     finally:
-        for c in conns:
-            await pool.release(c)
-        await pool.close()
+        for p in phases:
+            await p.close()
+    out: dict[str, dict[str, Any]] = {}
+    for p in phases:
+        merged = merge_results(p.results)
+        summary = merged.summary()
+        summary["slices_events_per_s"] = [round(r.events_per_s, 1) for r in p.results]
+        summary["cpu_cores"] = meters[p.name].cores
+        # CPU per event of each party over every event of the phase (warm-ups included):
+        # steadier than events/s on a busy machine, the figure to compare runs by.
+        summary["cpu_us_per_event"] = meters[p.name].per_event_us(merged.total_events)
+        if p.ledger:
+            b, e = server[p.name]["batches"], server[p.name]["events"]
+            summary["server_batches"] = int(b)
+            summary["server_mean_batch_events"] = round(e / b, 1) if b else None
+        out[p.name] = summary
+    return out
 
 
-async def run_executemany(url: str, profile: Profile) -> LoadResult:
-    pool = await asyncpg.create_pool(url, min_size=profile.bulk_clients, max_size=profile.bulk_clients)
-    assert pool is not None
-    rows = RawRows()
-    conns = [await pool.acquire() for _ in range(profile.bulk_clients)]
-    sql = INSERT_ROW.format(table="raw_bulk")
-
-    async def op(w: int, i: int) -> int:
-        batch = [rows.row("m", w, i * BULK_ROWS + k) for k in range(BULK_ROWS)]
-        async with conns[w].transaction():
-            await conns[w].executemany(sql, batch)
-        return BULK_ROWS
-
-    try:
-        return await closed_loop(op, workers=profile.bulk_clients, seconds=profile.seconds, warmup=profile.warmup)
-    finally:
-        for c in conns:
-            await pool.release(c)
-        await pool.close()
-
-
-def run_eventsourcing(port: int, dbname: str, profile: Profile) -> LoadResult:
-    """The library's PostgreSQL application recorder, configured as an application would
-    be, through its environment variables."""
-    from eventsourcing.persistence import InfrastructureFactory, StoredEvent
-    from eventsourcing.utils import Environment
-
-    env = Environment("", {
-        "PERSISTENCE_MODULE": "eventsourcing.postgres",
-        "POSTGRES_DBNAME": dbname,
-        "POSTGRES_HOST": "127.0.0.1",
-        "POSTGRES_PORT": str(port),
-        "POSTGRES_USER": "postgres",
-        "POSTGRES_PASSWORD": "",
-        "POSTGRES_POOL_SIZE": str(profile.es_threads),
-        "POSTGRES_MAX_OVERFLOW": "0",
-        "ORIGINATOR_ID_TYPE": "uuid",
-    })
-    factory = InfrastructureFactory.construct(env)
-    recorder = factory.application_recorder()
-    data, _ = sample_event_json()
-    state = data.encode()
-    topic = "schemas.events:PreferencesChanged"
-
-    def op(w: int, i: int) -> int:
-        stream, version = stream_of("e", w, i)
-        recorder.insert_events([StoredEvent(originator_id=uuid.uuid5(uuid.NAMESPACE_URL, stream),
-                                            originator_version=version, topic=topic, state=state)])
-        return 1
-
-    try:
-        return threaded_closed_loop(op, workers=profile.es_threads, seconds=profile.seconds, warmup=profile.warmup)
-    finally:
-        factory.close()
-
-
-# -- the ledger over HTTP -------------------------------------------------------------------
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 async def tenant_keys(session: aiohttp.ClientSession, base: str, operator_key: str) -> dict[str, str]:
@@ -234,80 +393,6 @@ async def tenant_keys(session: aiohttp.ClientSession, base: str, operator_key: s
     return keys
 
 
-async def run_http_single(session: aiohttp.ClientSession, base: str, key: str, profile: Profile) -> LoadResult:
-    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
-    encode = msgspec.json.encode
-
-    async def op(w: int, i: int) -> int:
-        ref = f"p{w}-{i % STREAMS_PER_WORKER}"
-        body = encode({"changes": [preference_change(w, i)]})
-        async with session.post(f"{base}/v1/tenants/{TENANT}/subjects/dealer/{ref}/preferences",
-                                data=body, headers=headers) as r:
-            payload = await r.read()
-            if r.status != 201:
-                raise RuntimeError(f"HTTP {r.status}: {payload[:200]!r}")
-        return 1
-
-    return await closed_loop(op, workers=profile.http_clients, seconds=profile.seconds, warmup=profile.warmup)
-
-
-async def run_http_bulk(session: aiohttp.ClientSession, base: str, key: str, profile: Profile) -> LoadResult:
-    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
-    encode = msgspec.json.encode
-
-    async def op(w: int, i: int) -> int:
-        items = [{"kind": "preferences", "source": "dealer", "customer_ref": f"b{w}-{i}-{k}",
-                  "changes": [preference_change(w, k)]} for k in range(BULK_ROWS)]
-        async with session.post(f"{base}/v1/tenants/{TENANT}/subjects:batch", data=encode({"items": items}),
-                                headers=headers) as r:
-            payload = await r.read()
-            if r.status != 201:
-                raise RuntimeError(f"HTTP {r.status}: {payload[:200]!r}")
-        return BULK_ROWS
-
-    return await closed_loop(op, workers=profile.bulk_clients, seconds=profile.seconds, warmup=profile.warmup)
-
-
-class Phases:
-    """Runs the phases one by one; for each keeps the load result, the CPU split
-    (bench.common.CpuMeter) and, for ledger phases, the server's own counters."""
-
-    def __init__(self, postgres_pid: int) -> None:
-        self.postgres_pid = postgres_pid
-        self.summaries: dict[str, dict[str, Any]] = {}
-        self.results: dict[str, LoadResult] = {}
-
-    async def run(self, name: str, title: str, phase: Awaitable[LoadResult],
-                  ledger: LedgerProcess | None = None) -> LoadResult:
-        log(f"{title} ...")
-        before = await asyncio.to_thread(ledger.metrics) if ledger else {}
-        with CpuMeter(server_pid=ledger.pid if ledger else None, postgres_pid=self.postgres_pid) as cpu:
-            result = await phase
-        summary = result.summary()
-        summary["cpu_cores"] = cpu.cores
-        # CPU per event of each party, over every event of the phase (warm-up included):
-        # steadier than events/s on a busy machine, so the figure to compare runs by.
-        summary["cpu_us_per_event"] = cpu.per_event_us(result.total_events)
-        if ledger is not None:
-            after = await asyncio.to_thread(ledger.metrics)
-            batches = after.get(BATCHES, 0) - before.get(BATCHES, 0)
-            events = after.get(APPENDED, 0) - before.get(APPENDED, 0)
-            summary["server_batches"] = int(batches)
-            summary["server_mean_batch_events"] = round(events / batches, 1) if batches else None
-        log(f"  {summary}")
-        self.summaries[name] = summary
-        self.results[name] = result
-        return result
-
-
-BATCHES = "ledger_append_batch_seconds_count"
-APPENDED = "ledger_events_appended_total"
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
 async def run(profile: Profile, *, quick: bool, ledger_env: dict[str, str]) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="ledger-bench-append-"))
     with local_postgres(durable=True) as pg:
@@ -316,11 +401,6 @@ async def run(profile: Profile, *, quick: bool, ledger_env: dict[str, str]) -> d
         pg_settings = await server_settings(url)
         log(f"postgres {pg_settings.get('server_version')} fsync={pg_settings.get('fsync')} "
             f"synchronous_commit={pg_settings.get('synchronous_commit')}")
-        phases = Phases(postmaster_pid(pg))
-        raw = await phases.run("raw_insert", "raw asyncpg single-row inserts", run_raw(url, profile))
-        es = await phases.run("eventsourcing", "eventsourcing recorder",
-                              asyncio.to_thread(run_eventsourcing, pg.port, "bench", profile))
-
         conn = await asyncpg.connect(url)
         try:
             operator = (await issue_key(conn, None, "operator", "bench")).key
@@ -330,34 +410,33 @@ async def run(profile: Profile, *, quick: bool, ledger_env: dict[str, str]) -> d
             connector = aiohttp.TCPConnector(limit=profile.http_clients)
             async with aiohttp.ClientSession(connector=connector) as session:
                 keys = await tenant_keys(session, ledger.base_url, operator)
-                single = await phases.run(
-                    "ledger_http", "ledger over HTTP, one event per request",
-                    run_http_single(session, ledger.base_url, keys["staff"], profile), ledger)
-                many = await phases.run("raw_executemany", "raw asyncpg executemany, 500 rows a transaction",
-                                        run_executemany(url, profile))
-                bulk = await phases.run(
-                    "ledger_bulk", "ledger bulk endpoint, 500 events a request",
-                    run_http_bulk(session, ledger.base_url, keys["importer"], profile), ledger)
+                phases: list[Phase] = [
+                    RawInserts(url, profile),
+                    EventsourcingRecorder(pg.port, "bench", profile),
+                    LedgerSingle(ledger, session, keys["staff"], profile),
+                    RawExecutemany(url, profile),
+                    LedgerBulk(ledger, session, keys["importer"], profile),
+                ]
+                summaries = await run_rounds(phases, profile, postmaster_pid(pg), log)
         remove_tree(workdir)
 
-    s = phases.summaries["ledger_http"]
-    everything = list(phases.results.values())
+    rate = {name: s["events_per_s"] for name, s in summaries.items()}
+    s = summaries["ledger_http"]
     return {
         "benchmark": "append",
         "mode": "quick" if quick else "full",
         "events_per_s": s["events_per_s"],
         "p50_ms": s["p50_ms"],
         "p99_ms": s["p99_ms"],
-        "raw_events_per_s": round(raw.events_per_s, 1),
-        "ratio_vs_raw": ratio(single.events_per_s, raw.events_per_s),
-        "eventsourcing_events_per_s": round(es.events_per_s, 1),
-        "ratio_vs_eventsourcing": ratio(single.events_per_s, es.events_per_s),
-        "bulk_events_per_s": round(bulk.events_per_s, 1),
-        "executemany_events_per_s": round(many.events_per_s, 1),
-        "ratio_bulk_vs_executemany": ratio(bulk.events_per_s, many.events_per_s),
-        "errors": sum(r.errors for r in everything),
-        "first_error": next((r.first_error for r in everything if r.first_error), None),
-        "phases": phases.summaries,
+        "raw_events_per_s": rate["raw_insert"],
+        "ratio_vs_raw": ratio(rate["ledger_http"], rate["raw_insert"]),
+        "eventsourcing_events_per_s": rate["eventsourcing"],
+        "ratio_vs_eventsourcing": ratio(rate["ledger_http"], rate["eventsourcing"]),
+        "bulk_events_per_s": rate["ledger_bulk"],
+        "executemany_events_per_s": rate["raw_executemany"],
+        "ratio_bulk_vs_executemany": ratio(rate["ledger_bulk"], rate["raw_executemany"]),
+        "errors": sum(x["errors"] for x in summaries.values()),
+        "phases": summaries,
         "setup": {
             **msgspec.structs.asdict(profile),
             "bulk_rows": BULK_ROWS,
@@ -372,21 +451,23 @@ async def run(profile: Profile, *, quick: bool, ledger_env: dict[str, str]) -> d
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="a few seconds per phase (whole run < 60 s)")
-    parser.add_argument("--seconds", type=float, help="override the measured seconds per phase")
+    parser.add_argument("--quick", action="store_true", help="3 short rounds (whole run < 60 s)")
+    parser.add_argument("--rounds", type=int, help="override the number of rounds")
     parser.add_argument("--log-level", default="info", help="the ledger's LEDGER_LOG_LEVEL (default info)")
     args = parser.parse_args(argv)
     profile = QUICK if args.quick else FULL
-    if args.seconds:
-        profile = msgspec.structs.replace(profile, seconds=args.seconds)
+    if args.rounds:
+        profile = msgspec.structs.replace(profile, rounds=args.rounds)
     ledger_env = {"LEDGER_LOG_LEVEL": args.log_level}
-    for name in ("LEDGER_DB_POOL_SIZE",):
-        if name in os.environ:
-            ledger_env[name] = os.environ[name]
+    if "LEDGER_DB_POOL_SIZE" in os.environ:
+        ledger_env["LEDGER_DB_POOL_SIZE"] = os.environ["LEDGER_DB_POOL_SIZE"]
     # Progress and library logs go to stderr: stdout ends with the one JSON line.
     structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
     figures = run_loop(run(profile, quick=args.quick, ledger_env=ledger_env))
     write_result("append", figures)
+    errors = [(name, p["errors"]) for name, p in figures["phases"].items() if p["errors"]]
+    if errors:
+        log(f"errors: {errors}")
     return 1 if figures["errors"] else 0
 
 

@@ -25,7 +25,7 @@ import time
 import urllib.request
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import asyncpg
 import msgspec
@@ -213,13 +213,17 @@ def postmaster_pid(server: LocalPostgres) -> int:
 
 
 class CpuMeter:
-    """Where the CPU went during a phase, in cores (1.0 = one core busy all the time):
-    this load generator, the ledger server, PostgreSQL, and the whole machine (which
-    includes whatever else runs on it)."""
+    """Where the CPU went while the meter was entered (it may be entered many times, e.g.
+    once per slice of a phase; the figures add up): this load generator, the ledger
+    server, PostgreSQL, and the whole machine, which includes whatever else runs on it."""
+
+    PARTIES: Final = ("load_generator", "ledger_server", "postgres", "machine")
 
     def __init__(self, *, server_pid: int | None = None, postgres_pid: int | None = None) -> None:
         self.server_pid = server_pid
         self.postgres_pid = postgres_pid
+        self.wall = 0.0
+        self.seconds: dict[str, float] = dict.fromkeys(self.PARTIES, 0.0)
 
     def _sample(self) -> tuple[float, ...]:
         busy, _ = machine_busy_seconds()
@@ -229,28 +233,30 @@ class CpuMeter:
 
     def __enter__(self) -> CpuMeter:
         self._start = self._sample()
-        self.cores: dict[str, float] = {}
-        self.seconds: dict[str, float] = {}
         return self
+
+    def __exit__(self, *exc: object) -> None:
+        end = self._sample()
+        self.wall += end[0] - self._start[0]
+        for name, s, e in zip(self.PARTIES, self._start[1:], end[1:]):
+            self.seconds[name] += e - s
+
+    @property
+    def cores(self) -> dict[str, float]:
+        """Average cores busy (1.0 = one core all the time), and what others used."""
+        if not self.wall:
+            return {}
+        out = {n: round(v / self.wall, 2) for n, v in self.seconds.items()
+               if n != "ledger_server" or self.server_pid}
+        out["other_processes"] = round(out["machine"] - sum(v for k, v in out.items() if k != "machine"), 2)
+        return out
 
     def per_event_us(self, events: int) -> dict[str, float]:
         """CPU microseconds per event of this generator, the server and PostgreSQL."""
         if not events:
             return {}
         return {k: round(v / events * 1e6, 1) for k, v in self.seconds.items()
-                if k in ("load_generator", "ledger_server", "postgres")}
-
-    def __exit__(self, *exc: object) -> None:
-        end = self._sample()
-        wall = end[0] - self._start[0]
-        names = ("load_generator", "ledger_server", "postgres", "machine")
-        self.seconds = {n: e - s for n, s, e in zip(names, self._start[1:], end[1:])}
-        self.cores = {n: round(v / wall, 2) for n, v in self.seconds.items()}
-        if not self.server_pid:
-            del self.cores["ledger_server"]
-            del self.seconds["ledger_server"]
-        self.cores["other_processes"] = round(
-            self.cores["machine"] - sum(v for k, v in self.cores.items() if k != "machine"), 2)
+                if k in ("load_generator", "postgres") or (k == "ledger_server" and self.server_pid)}
 
 
 def machine() -> dict[str, Any]:
@@ -296,6 +302,17 @@ class LoadResult(msgspec.Struct, kw_only=True):
         lat = latency_summary(self.latencies)
         return {"events_per_s": round(self.events_per_s, 1), "operations": self.operations, "events": self.events,
                 "errors": self.errors, "seconds": round(self.seconds, 2), **lat}
+
+
+def merge_results(results: Sequence[LoadResult]) -> LoadResult:
+    """One result from the slices of a phase (rates over the summed measured time)."""
+    return LoadResult(
+        operations=sum(r.operations for r in results), events=sum(r.events for r in results),
+        errors=sum(r.errors for r in results), seconds=sum(r.seconds for r in results),
+        latencies=[x for r in results for x in r.latencies],
+        first_error=next((r.first_error for r in results if r.first_error), None),
+        total_events=sum(r.total_events for r in results),
+    )
 
 
 Operation = Callable[[int, int], Awaitable[int]]
