@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -44,6 +45,7 @@ DEFAULT_BATCH: Final = 5000
 MAX_BATCH: Final = 20000
 _ATTEMPTS: Final = 5
 _YIELD_EVERY: Final = 1000  # rows parsed between giving the event loop to the store's writer
+_GC_THRESHOLD: Final = 50_000  # allocations between young-generation GC passes during a run (default 700)
 _RETRYABLE: Final = (WrongExpectedVersion, StreamClosed, IndexConflict, IntegrityError, StoreUnavailable)
 
 
@@ -128,7 +130,8 @@ class Importer:
             planner = PLANNERS[reader.kind](self.ledger, tenant, source, actor,
                                             mapping.column_for(reader.kind, "customer_ref"))
             async with self._tenant_lock(tenant):
-                await self._run(reader, parser, planner, summary, actor, on_reject, on_progress)
+                with _fewer_gc_passes():
+                    await self._run(reader, parser, planner, summary, actor, on_reject, on_progress)
             return summary
         finally:
             reader.close()
@@ -253,6 +256,25 @@ class Importer:
 
 class _Aborted(Exception):
     pass
+
+
+@contextlib.contextmanager
+def _fewer_gc_passes() -> Iterator[None]:
+    """Young-generation GC passes every 50,000 allocations instead of 700 while a run
+    lasts. A batch allocates tens of thousands of acyclic objects (rows, events, sealed
+    fields) that survive until it commits; with the default threshold the collector
+    traversed them again and again: 15 % of the import's CPU. Cycles are still collected,
+    just less often. The previous threshold is restored unless another run (an HTTP
+    upload next to this one) changed it meanwhile, so overlapping runs end at the
+    original setting."""
+    before = gc.get_threshold()
+    ours = (max(before[0], _GC_THRESHOLD), *before[1:])
+    gc.set_threshold(*ours)
+    try:
+        yield
+    finally:
+        if gc.get_threshold() == ours:
+            gc.set_threshold(*before)
 
 
 def _reject(rejection: Rejection, summary: Summary, on_reject: RejectSink) -> None:

@@ -41,7 +41,12 @@ _CONTACT_MAX: Final[dict[str, int]] = {
 }
 
 
-class InvoiceRow(msgspec.Struct, frozen=True):
+# Rows, rejections and index states hold only text, dates and bytes: no reference cycle
+# is possible, so they are not tracked by the cyclic GC (``gc=False``), which otherwise
+# traverses every row of the batches in memory on each pass.
+
+
+class InvoiceRow(msgspec.Struct, frozen=True, gc=False):
     line: int
     customer_ref: str
     invoice_id: str
@@ -49,7 +54,7 @@ class InvoiceRow(msgspec.Struct, frozen=True):
     contact: bytes | None  # the Contact as JSON (what gets sealed), None: none delivered
 
 
-class ProspectRow(msgspec.Struct, frozen=True):
+class ProspectRow(msgspec.Struct, frozen=True, gc=False):
     line: int
     customer_ref: str
     acquired_on: dt.date
@@ -57,7 +62,7 @@ class ProspectRow(msgspec.Struct, frozen=True):
     contact: bytes | None
 
 
-class PreferenceRow(msgspec.Struct, frozen=True):
+class PreferenceRow(msgspec.Struct, frozen=True, gc=False):
     line: int
     customer_ref: str
     category: str
