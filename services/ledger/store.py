@@ -24,7 +24,7 @@ import hashlib
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import asyncpg
 import msgspec
@@ -231,12 +231,27 @@ def row_to_recorded(row: asyncpg.Record) -> RecordedEvent:
     )
 
 
+class _Encoded(NamedTuple):
+    """An event as the writer needs it, encoded by the caller before it is queued, so the
+    writer (one at a time, holding the head lock) only numbers, hashes and sends."""
+
+    data: str
+    event_type: str
+    schema_version: int
+    occurred_on: dt.date | None
+
+
 class _Pending:
-    __slots__ = ("request", "future")
+    __slots__ = ("request", "future", "metadata_json", "encoded")
 
     def __init__(self, request: AppendRequest, future: asyncio.Future[AppendResult]) -> None:
         self.request = request
         self.future = future
+        self.metadata_json = _encode(request.metadata).decode()
+        self.encoded = [
+            [_Encoded(encode_event(e).decode(), type(e).__name__, e.SCHEMA_VERSION, e.occurred_on()) for e in w.events]
+            for w in request.writes
+        ]
 
 
 AppendObserver = Callable[[int, float], None]
@@ -444,32 +459,29 @@ class EventStore:
                 if refusal is not None:
                     outcomes.append((pending, refusal))
                     continue
-                metadata_json = _encode(req.metadata).decode()
+                metadata_json = pending.metadata_json
                 results: list[StreamResult] = []
                 request_event_ids: list[str] = []
                 first_position = position + 1
-                for write in req.writes:
-                    if not write.events:
+                for write, encoded in zip(req.writes, pending.encoded):
+                    if not encoded:
                         continue
                     start_version = versions.get(write.stream_id, 0)
                     version = start_version
-                    for event in write.events:
+                    for data, event_type, schema_version, occurred in encoded:
                         position += 1
                         version += 1
                         event_id = event_ids.next()
-                        data = encode_event(event).decode()
-                        occurred = event.occurred_on()
-                        event_type = type(event).__name__
                         digest = event_hash(
                             prev_hash, position, event_id, write.stream_id, version, req.tenant_id,
-                            event_type, event.SCHEMA_VERSION, recorded_at, occurred, data, metadata_json,
+                            event_type, schema_version, recorded_at, occurred, data, metadata_json,
                         )
                         cols["event_id"].append(event_id)
                         cols["stream_id"].append(write.stream_id)
                         cols["version"].append(str(version))
                         cols["tenant_id"].append(req.tenant_id)
                         cols["event_type"].append(event_type)
-                        cols["schema_version"].append(str(event.SCHEMA_VERSION))
+                        cols["schema_version"].append(str(schema_version))
                         cols["occurred_on"].append(occurred.isoformat() if occurred is not None else "")
                         cols["data"].append(data)
                         cols["metadata"].append(metadata_json)
