@@ -51,6 +51,27 @@ async def test_issuing_a_link_says_when_one_exists_and_rotating_replaces_it(pool
     assert len(await links.history("garage-a", "dealer", "K1")) == 2
 
 
+async def test_opening_a_link_reads_the_subject_stream_in_the_same_round_trip_and_refuses_what_lookup_refuses(  # type: ignore[no-untyped-def]
+        pool, ledger: Ledger) -> None:
+    await ledger.record_invoice(OPERATOR, "garage-a", "dealer", "K2", "F2", dt.date.today())
+    await ledger.record_objection(OPERATOR, "garage-a", "dealer", "K1")
+    links = LinkStore(pool)
+    token = (await issue_portal_link(pool, "garage-a", "dealer", "K1")).rsplit("/", 1)[1]
+    await issue_portal_link(pool, "garage-a", "dealer", "K2")
+    opened = await links.open(token)
+    assert opened is not None
+    target, events = opened
+    assert target == await links.lookup(token)
+    expected = await ledger.store.read_stream("subject/garage-a/dealer/K1")
+    assert [e.event_id for e in events] == [e.event_id for e in expected] and len(events) == 2
+    assert events == expected  # the same decoded envelopes, in version order
+    wrong_verifier = token[:11] + ("A" if token[11] != "A" else "B") + token[12:]
+    for bad in (wrong_verifier, token[:-1], token + "x", "A" * 33, "../" + token[3:]):
+        assert await links.open(bad) is None and await links.lookup(bad) is None
+    await issue_portal_link(pool, "garage-a", "dealer", "K1", rotate=True)
+    assert await links.open(token) is None  # revoked
+
+
 async def test_a_link_is_only_issued_for_a_subject_the_ledger_knows(pool, ledger: Ledger) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(UnknownSubject):
         await issue_portal_link(pool, "garage-a", "dealer", "NOBODY")

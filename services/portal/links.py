@@ -26,7 +26,9 @@ import asyncpg
 import msgspec
 
 from consent.vocabulary import is_customer_ref, is_slug, subject_stream
-from services.ledger.store import EventStore, translate_errors
+from schemas.events import RecordedEvent
+from services.ledger.store import _COLUMNS as EVENT_COLUMNS  # the store's own column list and decoder
+from services.ledger.store import EventStore, row_to_recorded, translate_errors
 
 SELECTOR_BYTES: Final = 8
 VERIFIER_BYTES: Final = 16
@@ -118,6 +120,46 @@ class LinkStore:
         if row is None or not matches or row["revoked_at"] is not None:
             return None
         return LinkTarget(row["link_id"], row["tenant_id"], row["source"], row["customer_ref"], row["issued_at"])
+
+    async def open(self, token: str) -> tuple[LinkTarget, list[RecordedEvent]] | None:
+        """The subject a live token opens and its stream, in ONE round trip (the portal page's
+        hot path), or None exactly when :meth:`lookup` would answer None.
+
+        The row is found by the selector digest and the verifier is checked in Python with
+        :func:`hmac.compare_digest` (against the dummy digest when no row matches), as in
+        :meth:`lookup`. The subject's events come from the same statement: a lateral read of
+        ``ledger.events`` by stream id, ordered by version, skipped for a revoked link. The
+        stream id is built in SQL the way :func:`consent.vocabulary.subject_stream` builds it;
+        if that ever disagreed, the events would be read again through the store (checked
+        below), so the page can never show another stream or an empty one by mistake.
+        """
+        parts = split_token(token)
+        if parts is None:
+            return None
+        selector_hash, verifier_hash = parts
+        with translate_errors():
+            rows = await self._pool.fetch(
+                "SELECT l.link_id, l.verifier_hash, l.tenant_id AS link_tenant_id, l.source, l.customer_ref,"
+                " l.issued_at, l.revoked_at, e.*"
+                " FROM portal.links l LEFT JOIN LATERAL ("
+                f"SELECT {EVENT_COLUMNS} FROM ledger.events"
+                " WHERE l.revoked_at IS NULL"
+                " AND stream_id = 'subject/' || l.tenant_id || '/' || l.source || '/' || l.customer_ref"
+                " ORDER BY version) e ON true"
+                " WHERE l.selector_hash = $1",
+                selector_hash,
+            )
+        row = rows[0] if rows else None
+        stored = bytes(row["verifier_hash"]) if row is not None else _DUMMY_DIGEST
+        matches = hmac.compare_digest(stored, verifier_hash)
+        if row is None or not matches or row["revoked_at"] is not None:
+            return None
+        target = LinkTarget(row["link_id"], row["link_tenant_id"], row["source"], row["customer_ref"],
+                            row["issued_at"])
+        stream = subject_stream(target.tenant_id, target.source, target.customer_ref)
+        if row["stream_id"] != stream:  # no events joined (or a different stream id format)
+            return target, await EventStore(self._pool).read_stream(stream)
+        return target, [row_to_recorded(r) for r in rows]
 
     async def live(self, tenant_id: str, source: str, customer_ref: str) -> LinkInfo | None:
         with translate_errors():

@@ -94,12 +94,18 @@ def _page(request: web.Request, target: LinkTarget, view: PortalView, *, status:
 
 
 async def portal_page(request: web.Request) -> web.StreamResponse:
-    target = await _open(request)
-    if isinstance(target, web.Response):
-        return target
+    limited = rate_limited(request)
+    if limited is not None:
+        return limited
+    # The link and the subject's stream in one round trip: this is the portal's hot path.
+    opened = await request.app[LINKS].open(request.match_info["token"])
+    if opened is None:
+        return neutral(request)
+    target, events = opened
+    structlog.contextvars.bind_contextvars(tenant=target.tenant_id, link_id=target.link_id)
     t = request[MESSAGES]
     loaded = await load_view(request.app[LEDGER], request.app[FRESHNESS], target.tenant_id, target.source,
-                             target.customer_ref, t)
+                             target.customer_ref, t, events=events)
     if loaded is None or loaded[0].erased:
         return neutral(request)
     view = loaded[0]
