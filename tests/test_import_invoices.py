@@ -325,3 +325,51 @@ async def test_when_the_database_stays_away_the_import_stops_after_the_last_whol
     monkeypatch.setattr(InvoicePlanner, "plan", real)
     again, _ = await run_import(ledger, path, batch_size=3)
     assert (again.aborted, again.unchanged, again.recorded) == (None, 6, 4)
+
+
+async def test_a_customer_in_several_batches_has_their_key_fetched_once_and_every_event_opens_with_it(
+    ledger: Ledger, pool: asyncpg.Pool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from services.ledger.subject_keys import SubjectKeys
+
+    await run_import(ledger, write(tmp_path, "a.csv", INVOICE_HEADER + "\nK1;F0;01-03-2024;Jan;jan@example.nl\n"))
+    real = SubjectKeys.existing_sealers
+    asked: list[str] = []
+
+    async def counting(self: SubjectKeys, streams: list[str]) -> dict:
+        asked.extend(streams)
+        return await real(self, streams)
+
+    monkeypatch.setattr(SubjectKeys, "existing_sealers", counting)
+    rows = [f"K{1 + i % 2};F{i + 1};0{1 + i % 5}-03-2024;Jan;jan{i % 2}@example.nl" for i in range(6)]
+    summary, rejected = await run_import(
+        ledger, write(tmp_path, "b.csv", INVOICE_HEADER + "\n" + "\n".join(rows) + "\n"), batch_size=2)
+    assert (rejected, summary.batches, summary.recorded) == ([], 3, 6)
+    assert sorted(asked) == ["subject/garage-a/dealer/K1", "subject/garage-a/dealer/K2"]  # once each, not per batch
+    for ref, email in (("K1", "jan0@example.nl"), ("K2", "jan1@example.nl")):
+        events = await subject_events(pool, ref)
+        assert len(events) == (4 if ref == "K1" else 3)
+        for event in events[1 if ref == "K1" else 0:]:
+            assert (await open_sealed(ledger, ref, event.personal))["email"] == email
+    # the same file again: the fingerprints made with the kept keys match, nothing is appended
+    again, _ = await run_import(ledger, write(tmp_path, "c.csv", INVOICE_HEADER + "\n" + "\n".join(rows) + "\n"),
+                                batch_size=2)
+    assert (again.unchanged, again.events) == (6, 0)
+
+
+async def test_a_run_collects_garbage_less_often_and_leaves_the_setting_as_it_was(
+    ledger: Ledger, tmp_path: Path
+) -> None:
+    import gc
+
+    from services.importer.pipeline import Importer
+    from tests.import_support import ACTOR
+
+    before = gc.get_threshold()
+    during: list[int] = []
+    await Importer(ledger, batch_size=1).run_file(
+        str(write(tmp_path, "a.csv", INVOICE_HEADER + "\nK1;F1;01-03-2024;;\nK2;F2;01-03-2024;;\n")),
+        tenant=TENANT, source="dealer", mapping=parse_mapping(""), actor=ACTOR, on_reject=lambda r: None,
+        on_progress=lambda rows, position: during.append(gc.get_threshold()[0]))
+    assert during and min(during) >= 50_000
+    assert gc.get_threshold() == before
