@@ -97,8 +97,8 @@ CLOSING_EVENTS: Final = frozenset({SubjectErased.__name__})
 # 1. begin and take the head lock (simple protocol: two statements, one round trip);
 _BEGIN_AND_LOCK: Final = "BEGIN ISOLATION LEVEL READ COMMITTED; SELECT 1 FROM ledger.head FOR UPDATE"
 # 2. read, in a statement that starts after the lock is held (so its snapshot includes
-#    every earlier append): the head, each stream's last version and event type, and
-#    the idempotency keys already used;
+#    every earlier append): the head, each stream's last version and event type (stream
+#    ids as one newline-joined text: see 3.), and the idempotency keys already used;
 _READ_STATE: Final = (
     "SELECT h.position, h.hash, h.recorded_at, s.versions, s.last_types,"
     " k.key_tenants, k.keys, k.fingerprints, k.results"
@@ -106,7 +106,7 @@ _READ_STATE: Final = (
     " CROSS JOIN LATERAL ("
     "  SELECT array_agg(coalesce(e.version, 0) ORDER BY u.ord) AS versions,"
     "   array_agg(e.event_type ORDER BY u.ord) AS last_types"
-    "  FROM unnest($1::text[]) WITH ORDINALITY AS u(stream_id, ord)"
+    "  FROM unnest(string_to_array($1, E'\\n')) WITH ORDINALITY AS u(stream_id, ord)"
     "  LEFT JOIN LATERAL (SELECT ev.version, ev.event_type FROM ledger.events ev"
     "   WHERE ev.stream_id = u.stream_id ORDER BY ev.version DESC LIMIT 1) e ON true"
     " ) s"
@@ -407,7 +407,7 @@ class EventStore:
             stream_ids = sorted({w.stream_id for p in batch for w in p.request.writes})
             keyed = [(p.request.tenant_id, p.request.idempotency_key) for p in batch if p.request.idempotency_key]
             state = await conn.fetchrow(
-                _READ_STATE, stream_ids, [t for t, _ in keyed], [k for _, k in keyed]
+                _READ_STATE, "\n".join(stream_ids), [t for t, _ in keyed], [k for _, k in keyed]
             )
             assert state is not None
             position: int = state["position"]
