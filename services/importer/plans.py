@@ -53,7 +53,7 @@ from services.ledger.store import AppendResult, StreamWrite, TransactionHook, tr
 from services.ledger.subject_keys import SubjectSealer
 
 _FP_PURPOSE: Final = b"importer/contact-fingerprint/v1"
-_SEALER_CACHE: Final = 50_000  # subjects whose keys a run keeps between batches (a few MB)
+_SEALER_CACHE: Final = 20_000  # subjects whose keys a run keeps between batches (about 1.6 KB each)
 _preferences_decoder: Final = msgspec.json.Decoder(PreferencesChanged)
 
 
@@ -131,9 +131,10 @@ class Planner:
         # The run's subjects' sealers and fingerprint keys, kept between batches: a file
         # sorted by date brings most customers back in every batch, and fetching,
         # unwrapping and deriving their keys again each time was a tenth of the import's
-        # CPU. Bounded (cleared when full). Safe against erasure: an erased subject is
-        # found by the heads lookup of every batch and gets no sealer (nothing is sealed
-        # for it); its key was only ever in this process's memory.
+        # CPU. Bounded: cleared when it would pass _SEALER_CACHE subjects (about 32 MB).
+        # Safe against erasure: every batch still looks up every subject's head, so an
+        # erased subject's rows are rejected and nothing is sealed with its old key, which
+        # stays in this process's memory only until the run ends.
         self._sealers: dict[str, SubjectSealer] = {}
         self.fp_keys: dict[str, bytes] = {}
 
