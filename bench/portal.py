@@ -51,6 +51,7 @@ from bench.common import (  # noqa: E402
     latency_summary,
     machine,
     postmaster_pid,
+    process_cpu_seconds,
     run_loop,
     server_settings,
     write_result,
@@ -113,12 +114,12 @@ async def seed(url: str, master_key: str, customers: int) -> list[str]:
 class PortalProcess:
     """``consent-ledger portal serve`` in a child process, log to a file."""
 
-    def __init__(self, database_url: str, master_key: str, log_path: Path) -> None:
+    def __init__(self, database_url: str, master_key: str, log_path: Path, workers: int = 1) -> None:
         self.port = free_port()
         self.env = dict(os.environ, LEDGER_DATABASE_URL=database_url, LEDGER_MASTER_KEY=master_key,
                         LEDGER_HTTP_HOST="127.0.0.1", LEDGER_PORTAL_PORT=str(self.port),
                         LEDGER_PORTAL_RATE_PER_MINUTE="100000000", LEDGER_PORTAL_RATE_BURST="1000000",
-                        LEDGER_DB_POOL_SIZE="10")
+                        LEDGER_DB_POOL_SIZE="10", LEDGER_PORTAL_WORKERS=str(workers))
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -200,7 +201,25 @@ def log(message: str) -> None:
     print(f"[portal bench] {message}", file=sys.stderr, flush=True)
 
 
-async def run(quick: bool) -> dict[str, Any]:
+class PortalCpuMeter(CpuMeter):
+    """:class:`CpuMeter` with the portal's worker processes (children of the served pid) counted
+    as the server too."""
+
+    def _sample(self) -> tuple[float, ...]:
+        sample = list(super()._sample())
+        if self.server_pid:
+            sample[2] += sum(process_cpu_seconds(c) for c in _children(self.server_pid))
+        return tuple(sample)
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+async def run(quick: bool, workers: int) -> dict[str, Any]:
     customers = 300 if quick else 5000
     seconds, warmup = (12.0, 3.0) if quick else (60.0, 10.0)
     paced_seconds = 10.0 if quick else 60.0
@@ -212,11 +231,11 @@ async def run(quick: bool) -> dict[str, Any]:
             t0 = time.perf_counter()
             tokens = await seed(url, master_key, customers)
             log(f"seeded {customers} customers with links in {time.perf_counter() - t0:.1f}s")
-            portal = PortalProcess(url, master_key, root / "portal.log")
+            portal = PortalProcess(url, master_key, root / "portal.log", workers)
             portal.start()
             try:
                 assert portal.proc is not None
-                with CpuMeter(server_pid=portal.proc.pid, postgres_pid=postmaster_pid(pg)) as cpu:
+                with PortalCpuMeter(server_pid=portal.proc.pid, postgres_pid=postmaster_pid(pg)) as cpu:
                     result = await load(portal.base_url, tokens, seconds=seconds, warmup=warmup)
                 paced_requests, paced_errors, paced_latencies = await paced(
                     portal.base_url, tokens, seconds=paced_seconds, think=THINK_SECONDS)
@@ -243,6 +262,8 @@ async def run(quick: bool) -> dict[str, Any]:
         "paced": {"think_s": THINK_SECONDS, "requests_per_s": round(paced_requests / paced_seconds, 1),
                   **{k: v for k, v in latency_summary(paced_latencies).items()}},
         "concurrent_users": USERS,
+        "portal_workers": workers,
+        "rate_limit": "on, per client address, set far above the load (one load generator = one address)",
         "customers": customers,
         "seconds": seconds,
         "cpu_cores": {("portal_server" if k == "ledger_server" else k): v for k, v in cpu.cores.items()},
@@ -254,8 +275,10 @@ async def run(quick: bool) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small and short (< 60 s)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="portal server processes sharing the port (SO_REUSEPORT); default 1")
     args = parser.parse_args(argv)
-    figures = run_loop(run(args.quick))
+    figures = run_loop(run(args.quick, args.workers))
     write_result("portal", figures)
     return 0 if figures["errors"] == 0 else 1
 

@@ -21,6 +21,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Privacy portal (services/portal/): requests per minute and burst per client address on /p/ and /login.
     portal_rate_per_minute: int = 60
     portal_rate_burst: int = 20
+    # Privacy portal: server processes sharing the port with SO_REUSEPORT (`portal serve --workers`).
+    portal_workers: int = 1
     # Comma-separated addresses of reverse proxies whose X-Forwarded-For names the client (rate limit).
     portal_trusted_proxies: str = ""
     log_level: str = "info"
@@ -51,6 +53,7 @@ def from_env(env: Mapping[str, str] | None = None, **overrides: object) -> Setti
         "portal_base_url": e.get("LEDGER_PORTAL_BASE_URL", "http://127.0.0.1:8081"),
         "portal_rate_per_minute": int(e.get("LEDGER_PORTAL_RATE_PER_MINUTE", "60")),
         "portal_rate_burst": int(e.get("LEDGER_PORTAL_RATE_BURST", "20")),
+        "portal_workers": int(e.get("LEDGER_PORTAL_WORKERS", "1")),
         "portal_trusted_proxies": e.get("LEDGER_PORTAL_TRUSTED_PROXIES", ""),
         "log_level": e.get("LEDGER_LOG_LEVEL", "info"),
         "pool_size": int(e.get("LEDGER_DB_POOL_SIZE", "10")),

@@ -27,6 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = psub.add_parser("serve", help="run the portal HTTP server")
     p.add_argument("--host", default=None)
     p.add_argument("--port", type=int, default=None)
+    p.add_argument("--workers", type=int, default=None,
+                   help="server processes sharing the port (SO_REUSEPORT); default LEDGER_PORTAL_WORKERS (1)")
     p.set_defaults(func=cmd_serve)
     p = psub.add_parser("create-user", help="create a user account for a tenant (password from prompt or stdin)")
     p.add_argument("--tenant", required=True)
@@ -49,16 +51,43 @@ def _database_url() -> str:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from aiohttp import web
-
-    from services.portal.app import create_portal_app
+    """Serve in ``workers`` processes. With more than one, each process binds the same port with
+    SO_REUSEPORT and the kernel spreads connections over them; this process is one of them and
+    the others are its children (they end with it). Nothing that matters is kept in a worker's
+    memory: the rate limit and the tenant cache are per process (see docs/portal.md)."""
+    import multiprocessing
 
     settings = from_env()
     if not settings.database_url:
         raise SystemExit("consent-ledger: LEDGER_DATABASE_URL is not set")
-    web.run_app(create_portal_app(settings), host=args.host or settings.host,
-                port=args.port or settings.portal_port, access_log=None, print=None, loop=_event_loop())
+    workers = args.workers if args.workers is not None else settings.portal_workers
+    if workers < 1:
+        raise SystemExit("consent-ledger: --workers must be at least 1")
+    host, port = args.host or settings.host, args.port or settings.portal_port
+    context = multiprocessing.get_context("spawn")
+    children = [context.Process(target=_serve_one, args=(host, port, True), daemon=True, name=f"portal-{i}")
+                for i in range(1, workers)]
+    for child in children:
+        child.start()
+    try:
+        _serve_one(host, port, workers > 1)
+    finally:
+        for child in children:
+            child.terminate()
+        for child in children:
+            child.join(10)
     return 0
+
+
+def _serve_one(host: str, port: int, reuse_port: bool) -> None:
+    """One server process: the portal app on uvloop, no aiohttp access log (the app logs
+    each request itself, naming the route pattern and never the token)."""
+    from aiohttp import web
+
+    from services.portal.app import create_portal_app
+
+    web.run_app(create_portal_app(from_env()), host=host, port=port, access_log=None, print=None,
+                loop=_event_loop(), reuse_port=reuse_port or None)
 
 
 def _event_loop() -> asyncio.AbstractEventLoop:
