@@ -3,6 +3,7 @@ admin, and the small pure parts: language choice, the rate limiter, the sanitise
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import os
 import subprocess
@@ -79,6 +80,49 @@ async def test_a_link_is_only_issued_for_a_subject_the_ledger_knows(pool, ledger
         await issue_portal_link(pool, "garage-b", "dealer", "K1")
     with pytest.raises(ValueError):
         await issue_portal_link(pool, "garage-a", "dealer", "../K1")
+
+
+async def test_serve_with_two_workers_shares_the_port_and_stops_its_workers_with_it(  # type: ignore[no-untyped-def]
+        pool, db_url: str, ledger: Ledger) -> None:
+    import signal
+
+    import aiohttp
+
+    from services.devservers import free_port
+
+    token = (await issue_portal_link(pool, "garage-a", "dealer", "K1")).rsplit("/", 1)[1]
+    port = free_port()
+    env = dict(os.environ, LEDGER_DATABASE_URL=db_url, LEDGER_MASTER_KEY=MASTER_KEY, LEDGER_PORTAL_RATE_PER_MINUTE="0")
+    proc = subprocess.Popen([sys.executable, "-m", "services.cli", "portal", "serve", "--host", "127.0.0.1",
+                             "--port", str(port), "--workers", "2"], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        children_file = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
+            for _ in range(150):  # both processes up: the worker is a child and the port answers
+                try:
+                    async with http.get(f"http://127.0.0.1:{port}/healthz") as r:
+                        if r.status == 200 and _listeners(port) == 2:
+                            break
+                except aiohttp.ClientConnectionError:
+                    pass
+                await asyncio.sleep(0.1)
+            assert _listeners(port) == 2, "the worker did not bind the port next to its parent"
+            workers = [int(c) for c in children_file.read_text().split()]
+            for _ in range(6):  # new connections, spread over both processes by the kernel
+                async with http.get(f"http://127.0.0.1:{port}/p/{token}") as r:
+                    assert r.status == 200 and "no-store" in r.headers["Cache-Control"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    for pid in workers:
+        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split(")")[1][:3]
+
+
+def _listeners(port: int) -> int:
+    """Sockets listening on 127.0.0.1:port (two processes with SO_REUSEPORT: two)."""
+    rows = [line.split() for line in Path("/proc/net/tcp").read_text().splitlines()[1:]]
+    return sum(1 for r in rows if r[1] == f"0100007F:{port:04X}" and r[3] == "0A")
 
 
 def _cli(args: list[str], db_url: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
