@@ -112,9 +112,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not settings.database_url:
         raise SystemExit("consent-ledger: LEDGER_DATABASE_URL is not set")
     app = create_app(settings)
+    _server_gc()
     web.run_app(app, host=args.host or settings.host, port=args.port or settings.port, access_log=None,
                 print=None, loop=_event_loop())
     return 0
+
+
+def _server_gc() -> None:
+    """The cyclic GC of a long-running server: what was loaded at start-up is never
+    scanned again (freeze), and young collections run every 50,000 allocations instead of
+    700. Requests make few reference cycles (reference counting frees the rest), and the
+    default cost about 4 % of the API's CPU under load (docs/performance.md)."""
+    import gc
+
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
 
 
 def _event_loop() -> asyncio.AbstractEventLoop:
