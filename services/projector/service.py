@@ -131,8 +131,12 @@ class ProjectorService:
                     if conn is not None and not conn.is_closed():
                         await conn.close()
                     conn = None
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(projection.reeval_wanted.wait(), timeout=c.maintenance_interval)
+                if self.leader:  # woken early by a term edit this process applied
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(projection.reeval_wanted.wait(), timeout=c.maintenance_interval)
+                else:  # the leader does the work; the wake-up is not for us
+                    projection.reeval_wanted.clear()
+                    await asyncio.sleep(c.maintenance_interval)
         finally:
             if conn is not None and not conn.is_closed():
                 await conn.close()  # also releases the leader lock
