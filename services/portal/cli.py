@@ -84,10 +84,13 @@ def _serve_one(host: str, port: int, reuse_port: bool) -> None:
     each request itself, naming the route pattern and never the token)."""
     from aiohttp import web
 
+    from services.cli import _server_gc
     from services.portal.app import create_portal_app
 
-    web.run_app(create_portal_app(from_env()), host=host, port=port, access_log=None, print=None,
-                loop=_event_loop(), reuse_port=reuse_port or None)
+    app = create_portal_app(from_env())
+    _server_gc()  # as the ledger's serve: start-up objects frozen, young collections every 50,000 allocations
+    web.run_app(app, host=host, port=port, access_log=None, print=None, loop=_event_loop(),
+                reuse_port=reuse_port or None)
 
 
 def _event_loop() -> asyncio.AbstractEventLoop:
