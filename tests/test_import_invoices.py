@@ -373,3 +373,21 @@ async def test_a_run_collects_garbage_less_often_and_leaves_the_setting_as_it_wa
         on_progress=lambda rows, position: during.append(gc.get_threshold()[0]))
     assert during and min(during) >= 50_000
     assert gc.get_threshold() == before
+
+
+async def test_a_full_sealer_cache_lets_the_oldest_subjects_go_and_every_event_still_opens_with_its_own_key(
+    ledger: Ledger, pool: asyncpg.Pool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import services.importer.plans as plans
+
+    monkeypatch.setattr(plans, "_SEALER_CACHE", 2)
+    rows = [f"K{i % 3};F{i};01-03-2024;Jan;jan{i % 3}@example.nl" for i in range(9)]
+    summary, rejected = await run_import(
+        ledger, write(tmp_path, "a.csv", INVOICE_HEADER + "\n" + "\n".join(rows) + "\n"), batch_size=2)
+    assert (rejected, summary.recorded) == ([], 9)
+    for n in range(3):
+        for event in await subject_events(pool, f"K{n}"):
+            assert (await open_sealed(ledger, f"K{n}", event.personal))["email"] == f"jan{n}@example.nl"
+    again, _ = await run_import(
+        ledger, write(tmp_path, "b.csv", INVOICE_HEADER + "\n" + "\n".join(rows) + "\n"), batch_size=2)
+    assert (again.unchanged, again.events) == (9, 0)
