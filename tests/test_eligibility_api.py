@@ -4,6 +4,8 @@ and the compliance warnings on the term matrix."""
 from __future__ import annotations
 
 import datetime as dt
+import io
+import json
 
 import asyncpg
 import pytest
@@ -178,6 +180,25 @@ async def test_ten_thousand_subjects_fit_in_one_check(api: TestClient, customers
     assert r.status == 200, await r.text()
     answer = await r.json()
     assert answer["checked"] == 10_000 and answer["unknown"] == 3333  # "C3" does not exist
+
+
+async def test_ten_thousand_subjects_with_the_longest_refs_still_fit(api: TestClient, customers: Dealer) -> None:
+    long_ref = "R" * 59
+    body = {"category": "newsletter", "channel": "post", "send_date": TODAY.isoformat(),
+            "subjects": [{"source": "dealer", "customer_ref": f"{long_ref}{i:05d}"} for i in range(10_000)]}
+    # A body this large goes as a stream (aiohttp warns about sending big raw bytes).
+    r = await api.post(f"{T}/eligibility:check", data=io.BytesIO(json.dumps(body).encode()),
+                       headers={**customers.auth("sender"), "Content-Type": "application/json"})
+    assert r.status == 200, await r.text()
+    assert (await r.json())["unknown"] == 10_000
+
+
+async def test_a_check_body_over_its_limit_is_a_413(api: TestClient, customers: Dealer) -> None:
+    huge = b'{"category": "newsletter", "channel": "post", "send_date": "2026-01-01", "subjects": [' + b" " * (5 * 1024 * 1024) + b"]}"
+    r = await api.post(f"{T}/eligibility:check", data=io.BytesIO(huge),
+                       headers={**customers.auth("sender"), "Content-Type": "application/json"})
+    assert r.status == 413
+    assert (await r.json())["error"] == "body_too_large"
 
 
 async def test_the_term_warnings_follow_the_matrix(api: TestClient, dealer: Dealer) -> None:

@@ -142,7 +142,8 @@ async def subject_eligibility(call: Call) -> web.Response:
 
 @routes.post("/v1/tenants/{tenant}/eligibility:check",
              summary="Bulk check for a campaign: category, channel, send date, up to 10,000 subjects",
-             roles=READERS, body=CampaignCheck, responses={200: CampaignCheckResult})
+             roles=READERS, body=CampaignCheck, responses={200: CampaignCheckResult},
+             max_body=4 * 1024 * 1024)  # 10,000 refs of up to 64 characters do not fit in 1 MiB
 async def campaign_check(call: Call) -> web.Response:
     tenant = call.param("tenant")
     body: CampaignCheck = call.body

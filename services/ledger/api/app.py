@@ -132,7 +132,7 @@ def _guard(op: Operation) -> Any:
                     stream=subject_stream(tenant, request.match_info["source"], request.match_info["ref"]))
         body = None
         if op.body is not None:
-            body = await read_body(request, op.body)
+            body = await read_body(request, op.body, op.max_body)
             request[RAW_BODY] = await request.read()  # cached by aiohttp: for the idempotency fingerprint
         return await op.handler(Call(request, principal, body, request.app[LEDGER]))
 
@@ -217,10 +217,12 @@ def default_route_sets() -> list[ApiRoutes]:
 
 
 def create_app(settings: Settings, route_sets: Sequence[ApiRoutes] | None = None) -> web.Application:
-    app = web.Application(middlewares=[request_context], client_max_size=MAX_BODY)
+    sets = list(route_sets) if route_sets is not None else default_route_sets()
+    # aiohttp's own cap is the largest any route accepts; read_body enforces each route's.
+    largest = max([MAX_BODY] + [op.max_body for rs in sets for op in rs.operations])
+    app = web.Application(middlewares=[request_context], client_max_size=largest)
     app[SETTINGS] = settings
     app[METRICS] = LedgerMetrics()
-    sets = list(route_sets) if route_sets is not None else default_route_sets()
     app[ROUTE_SETS] = sets
     # Parameterised routes are looked up by path shape, not one by one (routing.py).
     add_routes(app.router, [(op.method, op.path, _guard(op), op.handler.__name__) for rs in sets for op in rs.operations])

@@ -70,12 +70,14 @@ def validation_error(exc: msgspec.ValidationError | msgspec.DecodeError) -> ApiE
     return ApiError(400, "malformed_json", message, field=path)
 
 
-async def read_body(request: web.Request, body_type: type[T]) -> T:
+async def read_body(request: web.Request, body_type: type[T], max_body: int = MAX_BODY) -> T:
     if request.content_type != "application/json":
         raise ApiError(415, "unsupported_media_type", "send the body as application/json", field="Content-Type")
-    if request.content_length is not None and request.content_length > MAX_BODY:
-        raise ApiError(413, "body_too_large", f"the body may be at most {MAX_BODY} bytes", field="$")
+    if request.content_length is not None and request.content_length > max_body:
+        raise ApiError(413, "body_too_large", f"the body may be at most {max_body} bytes", field="$")
     raw = await request.read()
+    if len(raw) > max_body:  # chunked bodies have no Content-Length
+        raise ApiError(413, "body_too_large", f"the body may be at most {max_body} bytes", field="$")
     decoder = _decoders.get(body_type)
     if decoder is None:
         decoder = _decoders[body_type] = msgspec.json.Decoder(body_type)
@@ -97,6 +99,7 @@ class Operation:
     tags: tuple[str, ...]
     query: tuple[tuple[str, str, bool, str], ...]  # (name, type, required, description)
     content_type: str = "application/json"
+    max_body: int = MAX_BODY
 
 
 @dataclass
@@ -117,13 +120,14 @@ class ApiRoutes:
         responses: dict[int, type | None] | None = None,
         query: Sequence[tuple[str, str, bool, str]] = (),
         content_type: str = "application/json",
+        max_body: int = MAX_BODY,
     ) -> Callable[[Handler], Handler]:
         def register(handler: Handler) -> Handler:
             self.operations.append(
                 Operation(
                     method=method.upper(), path=path, handler=handler, summary=summary, roles=tuple(roles),
                     body=body, responses=responses or {200: None}, tags=(self.tag,), query=tuple(query),
-                    content_type=content_type,
+                    content_type=content_type, max_body=max_body,
                 )
             )
             return handler
@@ -168,7 +172,7 @@ def _error_statuses(op: Operation) -> list[tuple[int, str]]:
         out += [(409, "Conflict: a stale expected_version, or it exists already"),
                 (410, "Gone: the subject was erased")]
     if op.body is not None or op.content_type != "application/json":
-        out += [(413, f"Body larger than {MAX_BODY} bytes"), (415, "Wrong Content-Type")]
+        out += [(413, f"Body larger than {op.max_body} bytes"), (415, "Wrong Content-Type")]
     return sorted(out)
 
 
