@@ -34,7 +34,7 @@ from, so nothing but consent could allow it: ``consent_required``.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Final, Literal
+from typing import Final
 
 import msgspec
 
@@ -48,23 +48,9 @@ from consent.subject import (
     objection_in_effect,
 )
 from consent.terms import ALL_CELLS, TermMatrix, add_months, cell_key
-from consent.vocabulary import DIGITAL_CHANNELS
+from consent.vocabulary import DIGITAL_CHANNELS, Basis, Reason
 
 __all__ = ["Basis", "Decision", "Reason", "eligibility_matrix", "evaluate", "next_change"]
-
-Basis = Literal["consent", "soft_opt_in", "legitimate_interest"]
-Reason = Literal[
-    "erased",
-    "objected",
-    "opted_out",
-    "explicit_consent",
-    "soft_opt_in",
-    "term_expired",
-    "not_a_prospect",
-    "not_a_customer",
-    "consent_required",
-    "prospect_term",
-]
 
 
 class Decision(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -89,7 +75,7 @@ class Decision(msgspec.Struct, frozen=True, kw_only=True, gc=False):
 class _Facts:
     """What every cell's decision on one date shares: computed once per subject and date."""
 
-    __slots__ = ("erased", "objection", "invoice", "acquisition", "ends")
+    __slots__ = ("acquisition", "ends", "erased", "invoice", "objection")
 
     def __init__(self, subject: SubjectState, on: dt.date) -> None:
         self.erased: str | None = subject.erased

@@ -18,6 +18,22 @@ Category = Literal[
 Channel = Literal["email", "post", "phone", "sms", "app"]
 PreferenceValue = Literal["default", "opt_out", "opt_in"]
 
+# An eligibility answer's legal ground when eligible, and the rule that decided
+# (PRODUCT.md, "Eligibility"; consent/eligibility.py applies them).
+Basis = Literal["consent", "soft_opt_in", "legitimate_interest"]
+Reason = Literal[
+    "erased",
+    "objected",
+    "opted_out",
+    "explicit_consent",
+    "soft_opt_in",
+    "term_expired",
+    "not_a_prospect",
+    "not_a_customer",
+    "consent_required",
+    "prospect_term",
+]
+
 CATEGORIES: Final[tuple[Category, ...]] = get_args(Category)
 CHANNELS: Final[tuple[Channel, ...]] = get_args(Channel)
 PREFERENCE_VALUES: Final[tuple[PreferenceValue, ...]] = get_args(PreferenceValue)

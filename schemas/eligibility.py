@@ -20,7 +20,14 @@ from typing import Annotated, Final, Literal
 
 import msgspec
 
-from consent.vocabulary import CUSTOMER_REF_PATTERN, SLUG_PATTERN, Category, Channel
+from consent.vocabulary import (
+    CUSTOMER_REF_PATTERN,
+    SLUG_PATTERN,
+    Basis,
+    Category,
+    Channel,
+    Reason,
+)
 from consent.warnings import ComplianceWarning
 
 __all__ = [
@@ -42,20 +49,6 @@ __all__ = [
 
 TOPIC: Final = "consent.eligibility.v1"
 SCHEMA_VERSION: Final = 1
-
-Basis = Literal["consent", "soft_opt_in", "legitimate_interest"]
-Reason = Literal[
-    "erased",
-    "objected",
-    "opted_out",
-    "explicit_consent",
-    "soft_opt_in",
-    "term_expired",
-    "not_a_prospect",
-    "not_a_customer",
-    "consent_required",
-    "prospect_term",
-]
 
 
 class Cell(msgspec.Struct, frozen=True, kw_only=True):
