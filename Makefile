@@ -16,14 +16,10 @@ test: $(VENV)/.installed-test
 	command -v chromium >/dev/null || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)  # portal browser tests
 	$(VENV)/bin/pytest -q
 
-## bench: every benchmark script in bench/ in --quick mode
+## bench: every benchmark in bench/ in --quick mode, RUNS times each (default 1), with medians
+RUNS ?= 1
 bench: $(VENV)/.installed-bench
-	@set -e; found=0; \
-	for script in bench/*.py; do \
-	  grep -q '__main__' "$$script" || continue; \
-	  found=1; echo "== $$script --quick"; $(PYTHON) "$$script" --quick; \
-	done; \
-	if [ $$found = 0 ]; then echo "no benchmark scripts in bench/" >&2; exit 1; fi
+	$(PYTHON) bench/medians.py --runs $(RUNS)
 
 install: $(VENV)/.installed-test
 
