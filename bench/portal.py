@@ -16,6 +16,8 @@ headline figures (``requests_per_s``, ``p50_ms``, ``p99_ms``) are the server at 
 (~100 requests/s offered): the latency a visitor sees when the server is not saturated.
 Target: p99 < 100 ms.
 
+``--workers N``: N portal processes sharing the port (SO_REUSEPORT), default 1.
+
 ``--quick`` (< 60 s): 300 customers, 3 s warm-up, 12 s closed loop, 10 s paced. Full: 5,000
 customers, 60 s each.
 The last stdout line is one JSON object with ``requests_per_s``, ``p50_ms``, ``p99_ms``.
