@@ -18,7 +18,12 @@ from services.ledger.commands import Context, Ledger
 from services.ledger.store import EventStore
 from services.ledger.subject_keys import SubjectKeys, parse_master_key
 from services.portal.accounts import Accounts
-from services.portal.links import LinkStore, PortalLinkExists, UnknownSubject, issue_portal_link
+from services.portal.links import (
+    LinkStore,
+    PortalLinkExists,
+    UnknownSubject,
+    issue_portal_link,
+)
 from services.portal.messages import pick_language
 from services.portal.security import RateLimiter, sanitise_html
 from tests.conftest import MASTER_KEY
@@ -93,9 +98,9 @@ async def test_serve_with_two_workers_shares_the_port_and_stops_its_workers_with
     token = (await issue_portal_link(pool, "garage-a", "dealer", "K1")).rsplit("/", 1)[1]
     port = free_port()
     env = dict(os.environ, LEDGER_DATABASE_URL=db_url, LEDGER_MASTER_KEY=MASTER_KEY, LEDGER_PORTAL_RATE_PER_MINUTE="0")
-    proc = subprocess.Popen([sys.executable, "-m", "services.cli", "portal", "serve", "--host", "127.0.0.1",
-                             "--port", str(port), "--workers", "2"], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "services.cli", "portal", "serve", "--host", "127.0.0.1", "--port", str(port),
+        "--workers", "2", cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         children_file = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
@@ -114,9 +119,20 @@ async def test_serve_with_two_workers_shares_the_port_and_stops_its_workers_with
                     assert r.status == 200 and "no-store" in r.headers["Cache-Control"]
     finally:
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(30) == 0
-    for pid in workers:
-        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split(")")[1][:3]
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+    # The worker (and multiprocessing's resource tracker, also a child) end with the parent.
+    for _ in range(100):
+        if not any(_alive(pid) for pid in workers):
+            break
+        await asyncio.sleep(0.1)
+    assert not any(_alive(pid) for pid in workers)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def _listeners(port: int) -> int:

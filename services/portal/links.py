@@ -28,7 +28,10 @@ import msgspec
 
 from consent.vocabulary import is_customer_ref, is_slug, subject_stream
 from schemas.events import RecordedEvent
-from services.ledger.store import _COLUMNS as EVENT_COLUMNS  # the store's own column list and decoder
+
+# The store's own column list and row decoder, so the portal's one-round-trip read decodes
+# events exactly as EventStore.read_stream does.
+from services.ledger.store import _COLUMNS as EVENT_COLUMNS
 from services.ledger.store import EventStore, row_to_recorded, translate_errors
 
 SELECTOR_BYTES: Final = 8
