@@ -23,6 +23,7 @@ docs/performance.md).
 from __future__ import annotations
 
 import argparse
+import abc
 import asyncio
 import datetime as dt
 import os
@@ -145,7 +146,7 @@ class RawRows:
 # -- phases ------------------------------------------------------------------------------
 
 
-class Phase:
+class Phase(abc.ABC):
     """One kind of load, run slice by slice. Each worker keeps its own iteration count
     across slices, so streams and versions go on where the last slice stopped."""
 
@@ -168,8 +169,9 @@ class Phase:
     async def open(self) -> None:
         self._next = [0] * self.workers
 
+    @abc.abstractmethod
     async def run_slice(self, seconds: float, warmup: float) -> LoadResult:
-        raise NotImplementedError
+        """Each kind implements this."""
 
     async def close(self) -> None:
         pass

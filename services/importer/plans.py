@@ -24,6 +24,7 @@ while this one commits, on top of these effects (docs/import.md, "Pipelining").
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import datetime as dt
 import functools
@@ -118,7 +119,7 @@ class Plan(msgspec.Struct, kw_only=True):
         return sum(len(w.events) for w in self.writes)
 
 
-class Planner:
+class Planner(abc.ABC):
     """Shared by the kinds: the batched lookups and the bookkeeping of a plan."""
 
     def __init__(self, ledger: Ledger, tenant: str, source: str, actor: Actor, ref_column: str) -> None:
@@ -178,8 +179,9 @@ class Planner:
         return Rejection(line, self.ref_column,
                          "this customer was erased (GDPR art. 17): nothing is recorded for them any more")
 
+    @abc.abstractmethod
     async def plan(self, rows: Sequence[Row], overlay: Effects | None) -> Plan:
-        raise NotImplementedError
+        """Each kind implements this."""
 
 
 class _Writes:
