@@ -216,7 +216,9 @@ class Importer:
                     async with self.pool.acquire() as conn, conn.transaction():
                         await plan.hook(conn, None)  # type: ignore[arg-type]
             return None
-        return await self.ledger.store.append(AppendRequest(
+        # The store's bulk path: a transaction of its own, events by binary COPY, the same
+        # head lock and checks as every append (services/ledger/bulk.py).
+        return await self.ledger.store.append_bulk(AppendRequest(
             tenant_id=summary.tenant, writes=plan.writes, metadata=metadata, in_transaction=plan.hook))
 
     async def _settle(self, inflight: tuple[Plan, asyncio.Task[AppendResult | None]], planner: Planner,

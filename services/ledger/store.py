@@ -542,6 +542,15 @@ class EventStore:
                     pending.future.set_result(msgspec.structs.replace(outcome, replayed=True))
         return appended
 
+    async def append_bulk(self, request: AppendRequest) -> AppendResult:
+        """One big request (the DMS import) in a transaction of its own, the events written
+        with binary COPY; same guarantees as :meth:`append`, no idempotency key
+        (services/ledger/bulk.py). Bypasses the group-commit writer."""
+        from services.ledger.bulk import bulk_append  # bulk.py imports this module
+
+        return await bulk_append(self._pool, request, closing_events=self._closing_events,
+                                 on_commit=self._on_commit)
+
     @staticmethod
     def _check_closed(req: AppendRequest, closed: dict[str, str]) -> StreamClosed | None:
         if closed:
