@@ -59,6 +59,7 @@ from bench.common import (  # noqa: E402
     threaded_closed_loop,
     write_result,
 )
+from bench.http_load import HttpConnection  # noqa: E402
 from schemas.events import Actor, Metadata, PreferenceSetting, PreferencesChanged, encode_event  # noqa: E402
 from services.devservers import remove_tree  # noqa: E402
 from services.ledger.api_keys import issue_key  # noqa: E402
@@ -279,53 +280,72 @@ class EventsourcingRecorder(Phase):
 
 
 class LedgerSingle(Phase):
-    """Each of the 32 clients changes preferences of its own 100 subjects in turn."""
+    """Each of the 32 clients changes preferences of its own 100 subjects in turn, on its
+    own keep-alive connection (bench.http_load: a lean client, so the load generator
+    takes as little of the shared CPU as it can)."""
 
     name, title = "ledger_http", "ledger over HTTP, one event per request"
 
-    def __init__(self, ledger: LedgerProcess, session: aiohttp.ClientSession, key: str, profile: Profile) -> None:
+    def __init__(self, ledger: LedgerProcess, key: str, profile: Profile) -> None:
         super().__init__()
-        self.ledger, self.session, self.workers = ledger, session, profile.http_clients
+        self.ledger, self.workers = ledger, profile.http_clients
         self.headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
 
-    async def run_slice(self, seconds: float, warmup: float) -> LoadResult:
-        base = self.ledger.base_url if self.ledger else ""
+    async def open(self) -> None:
+        await super().open()
+        assert self.ledger is not None
+        self.conns = [HttpConnection("127.0.0.1", self.ledger.port) for _ in range(self.workers)]
 
+    async def run_slice(self, seconds: float, warmup: float) -> LoadResult:
         async def op(w: int, _: int) -> int:
             i = self.iteration(w)
+            conn = self.conns[w]
             body = msgspec.json.encode({"changes": [preference_change(w, i)]})
-            url = f"{base}/v1/tenants/{TENANT}/subjects/dealer/p{w}-{i % STREAMS_PER_WORKER}/preferences"
-            async with self.session.post(url, data=body, headers=self.headers) as r:
-                payload = await r.read()
-                if r.status != 201:
-                    raise RuntimeError(f"HTTP {r.status}: {payload[:200]!r}")
+            path = f"/v1/tenants/{TENANT}/subjects/dealer/p{w}-{i % STREAMS_PER_WORKER}/preferences"
+            status, payload = await conn.send(conn.request_bytes("POST", path, self.headers, body))
+            if status != 201:
+                raise RuntimeError(f"HTTP {status}: {payload[:200]!r}")
             return 1
 
         return await closed_loop(op, workers=self.workers, seconds=seconds, warmup=warmup)
+
+    async def close(self) -> None:
+        for c in self.conns:
+            c.close()
 
 
 class LedgerBulk(Phase):
     name, title = "ledger_bulk", "ledger bulk endpoint, 500 events a request"
 
-    def __init__(self, ledger: LedgerProcess, session: aiohttp.ClientSession, key: str, profile: Profile) -> None:
+    def __init__(self, ledger: LedgerProcess, key: str, profile: Profile) -> None:
         super().__init__()
-        self.ledger, self.session, self.workers = ledger, session, profile.bulk_clients
+        self.ledger, self.workers = ledger, profile.bulk_clients
         self.headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
 
+    async def open(self) -> None:
+        await super().open()
+        assert self.ledger is not None
+        self.conns = [HttpConnection("127.0.0.1", self.ledger.port) for _ in range(self.workers)]
+
     async def run_slice(self, seconds: float, warmup: float) -> LoadResult:
-        url = f"{self.ledger.base_url if self.ledger else ''}/v1/tenants/{TENANT}/subjects:batch"
+        path = f"/v1/tenants/{TENANT}/subjects:batch"
 
         async def op(w: int, _: int) -> int:
             i = self.iteration(w)
+            conn = self.conns[w]
             items = [{"kind": "preferences", "source": "dealer", "customer_ref": f"b{w}-{i}-{k}",
                       "changes": [preference_change(w, k)]} for k in range(BULK_ROWS)]
-            async with self.session.post(url, data=msgspec.json.encode({"items": items}), headers=self.headers) as r:
-                payload = await r.read()
-                if r.status != 201:
-                    raise RuntimeError(f"HTTP {r.status}: {payload[:200]!r}")
+            body = msgspec.json.encode({"items": items})
+            status, payload = await conn.send(conn.request_bytes("POST", path, self.headers, body))
+            if status != 201:
+                raise RuntimeError(f"HTTP {status}: {payload[:200]!r}")
             return BULK_ROWS
 
         return await closed_loop(op, workers=self.workers, seconds=seconds, warmup=warmup)
+
+    async def close(self) -> None:
+        for c in self.conns:
+            c.close()
 
 
 BATCHES = "ledger_append_batch_seconds_count"
@@ -415,9 +435,9 @@ async def run(profile: Profile, *, quick: bool, ledger_env: dict[str, str]) -> d
                 phases: list[Phase] = [
                     RawInserts(url, profile),
                     EventsourcingRecorder(pg.port, "bench", profile),
-                    LedgerSingle(ledger, session, keys["staff"], profile),
+                    LedgerSingle(ledger, keys["staff"], profile),
                     RawExecutemany(url, profile),
-                    LedgerBulk(ledger, session, keys["importer"], profile),
+                    LedgerBulk(ledger, keys["importer"], profile),
                 ]
                 summaries = await run_rounds(phases, profile, postmaster_pid(pg), log)
         remove_tree(workdir)

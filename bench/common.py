@@ -191,17 +191,18 @@ def machine_busy_seconds() -> tuple[float, float]:
     return (sum(fields) - idle) / ticks, sum(fields) / ticks
 
 
-def postgres_cpu_seconds(postmaster_pid: int) -> float:
-    """CPU of the postmaster and all its backends so far: the live ones, and the
-    exited ones through the postmaster's children's time."""
-    total = process_cpu_seconds(postmaster_pid, reaped_children=True)
+def tree_cpu_seconds(parent_pid: int) -> float:
+    """CPU of a process and all its children so far: the live ones, and the exited ones
+    through the parent's children's time (the postmaster and its backends; a server and
+    its worker processes)."""
+    total = process_cpu_seconds(parent_pid, reaped_children=True)
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             text = stat.read_text()
         except OSError:
             continue
         fields = text.rsplit(")", 1)[1].split()
-        if int(fields[1]) == postmaster_pid:  # ppid
+        if int(fields[1]) == parent_pid:  # ppid
             child = process_cpu_seconds(int(stat.parent.name))
             if not math.isnan(child):  # it may just have exited
                 total += child
@@ -228,8 +229,8 @@ class CpuMeter:
     def _sample(self) -> tuple[float, ...]:
         busy, _ = machine_busy_seconds()
         return (time.perf_counter(), time.process_time(),
-                process_cpu_seconds(self.server_pid) if self.server_pid else 0.0,
-                postgres_cpu_seconds(self.postgres_pid) if self.postgres_pid else 0.0, busy)
+                tree_cpu_seconds(self.server_pid) if self.server_pid else 0.0,
+                tree_cpu_seconds(self.postgres_pid) if self.postgres_pid else 0.0, busy)
 
     def __enter__(self) -> CpuMeter:
         self._start = self._sample()
