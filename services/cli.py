@@ -40,6 +40,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("serve", help="run the ledger HTTP API (and the Kafka relay if a broker is set)")
     p.add_argument("--host", default=None)
     p.add_argument("--port", type=int, default=None)
+    p.add_argument("--workers", type=int, default=None,
+                   help="server processes sharing the port (SO_REUSEPORT); default LEDGER_HTTP_WORKERS (1)")
     p.set_defaults(func=cmd_serve)
     p = sub.add_parser("keygen", help="print a new master key for LEDGER_MASTER_KEY")
     p.set_defaults(func=cmd_keygen)
@@ -104,39 +106,29 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from aiohttp import web
-
-    from services.ledger.api.app import create_app
+    from services.serving import serve_processes
 
     settings = from_env()
     if not settings.database_url:
         raise SystemExit("consent-ledger: LEDGER_DATABASE_URL is not set")
-    app = create_app(settings)
-    _server_gc()
-    web.run_app(app, host=args.host or settings.host, port=args.port or settings.port, access_log=None,
-                print=None, loop=_event_loop())
+    workers = args.workers if args.workers is not None else settings.http_workers
+    serve_processes(_serve_one, args.host or settings.host, args.port or settings.port, workers, "ledger")
     return 0
 
 
-def _server_gc() -> None:
-    """The cyclic GC of a long-running server: what was loaded at start-up is never
-    scanned again (freeze), and young collections run every 50,000 allocations instead of
-    700. Requests make few reference cycles (reference counting frees the rest), and the
-    default cost about 4 % of the API's CPU under load (docs/performance.md)."""
-    import gc
+def _serve_one(host: str, port: int, reuse_port: bool) -> None:
+    """One API process on uvloop; no aiohttp access log (the app logs each request itself)."""
+    from aiohttp import web
 
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
+    from services.ledger.api.app import create_app
+    from services.serving import event_loop, server_gc
 
-
-def _event_loop() -> asyncio.AbstractEventLoop:
-    """uvloop for the servers: its socket I/O in C costs less CPU per request than
-    asyncio's loop (docs/performance.md); the stock loop if uvloop is missing."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
+    settings = from_env()
+    configure_logging(settings.log_level)  # a spawned worker starts afresh
+    app = create_app(settings)
+    server_gc()
+    web.run_app(app, host=host, port=port, access_log=None, print=None, loop=event_loop(),
+                reuse_port=reuse_port or None)
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:

@@ -17,6 +17,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     host: str = "127.0.0.1"
     port: int = 8080
     portal_port: int = 8081
+    # The ledger API: server processes sharing the port with SO_REUSEPORT (`serve --workers`).
+    http_workers: int = 1
     portal_base_url: str = "http://127.0.0.1:8081"
     # Privacy portal (services/portal/): requests per minute and burst per client address on /p/ and /login.
     portal_rate_per_minute: int = 60
@@ -50,6 +52,7 @@ def from_env(env: Mapping[str, str] | None = None, **overrides: object) -> Setti
         "host": e.get("LEDGER_HTTP_HOST", "127.0.0.1"),
         "port": int(e.get("LEDGER_HTTP_PORT", "8080")),
         "portal_port": int(e.get("LEDGER_PORTAL_PORT", "8081")),
+        "http_workers": int(e.get("LEDGER_HTTP_WORKERS", "1")),
         "portal_base_url": e.get("LEDGER_PORTAL_BASE_URL", "http://127.0.0.1:8081"),
         "portal_rate_per_minute": int(e.get("LEDGER_PORTAL_RATE_PER_MINUTE", "60")),
         "portal_rate_burst": int(e.get("LEDGER_PORTAL_RATE_BURST", "20")),

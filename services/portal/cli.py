@@ -51,31 +51,15 @@ def _database_url() -> str:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """Serve in ``workers`` processes. With more than one, each process binds the same port with
-    SO_REUSEPORT and the kernel spreads connections over them; this process is one of them and
-    the others are its children (they end with it). Nothing that matters is kept in a worker's
-    memory: the rate limit and the tenant cache are per process (see docs/portal.md)."""
-    import multiprocessing
+    """Serve in ``workers`` processes (services/serving.py). Nothing that matters is kept in
+    a worker's memory: the rate limit and the tenant cache are per process (docs/portal.md)."""
+    from services.serving import serve_processes
 
     settings = from_env()
     if not settings.database_url:
         raise SystemExit("consent-ledger: LEDGER_DATABASE_URL is not set")
     workers = args.workers if args.workers is not None else settings.portal_workers
-    if workers < 1:
-        raise SystemExit("consent-ledger: --workers must be at least 1")
-    host, port = args.host or settings.host, args.port or settings.portal_port
-    context = multiprocessing.get_context("spawn")
-    children = [context.Process(target=_serve_one, args=(host, port, True), daemon=True, name=f"portal-{i}")
-                for i in range(1, workers)]
-    for child in children:
-        child.start()
-    try:
-        _serve_one(host, port, workers > 1)
-    finally:
-        for child in children:
-            child.terminate()
-        for child in children:
-            child.join(10)
+    serve_processes(_serve_one, args.host or settings.host, args.port or settings.portal_port, workers, "portal")
     return 0
 
 
@@ -84,22 +68,16 @@ def _serve_one(host: str, port: int, reuse_port: bool) -> None:
     each request itself, naming the route pattern and never the token)."""
     from aiohttp import web
 
-    from services.cli import _server_gc
+    from services.logs import configure_logging
     from services.portal.app import create_portal_app
+    from services.serving import event_loop, server_gc
 
-    app = create_portal_app(from_env())
-    _server_gc()  # as the ledger's serve: start-up objects frozen, young collections every 50,000 allocations
-    web.run_app(app, host=host, port=port, access_log=None, print=None, loop=_event_loop(),
+    settings = from_env()
+    configure_logging(settings.log_level)  # a spawned worker starts afresh
+    app = create_portal_app(settings)
+    server_gc()  # as the ledger's serve: start-up objects frozen, young collections every 50,000 allocations
+    web.run_app(app, host=host, port=port, access_log=None, print=None, loop=event_loop(),
                 reuse_port=reuse_port or None)
-
-
-def _event_loop() -> asyncio.AbstractEventLoop:
-    """uvloop, as the ledger's ``serve`` uses (less CPU per request); asyncio's if missing."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
 
 
 def read_password() -> str:
