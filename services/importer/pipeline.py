@@ -44,7 +44,7 @@ log = structlog.get_logger(__name__)
 DEFAULT_BATCH: Final = 5000
 MAX_BATCH: Final = 20000
 _ATTEMPTS: Final = 5
-_YIELD_EVERY: Final = 1000  # rows parsed between giving the event loop to the store's writer
+_YIELD_EVERY: Final = 250  # rows parsed between giving the event loop to the batch that is committing
 _GC_THRESHOLD: Final = 50_000  # allocations between young-generation GC passes during a run (default 700)
 _RETRYABLE: Final = (WrongExpectedVersion, StreamClosed, IndexConflict, IntegrityError, StoreUnavailable)
 
