@@ -150,6 +150,52 @@ async def test_the_writer_reconnects_when_its_connection_is_killed_between_batch
     assert await chain_is_intact(pool) == 2
 
 
+class _MovesTheHeadBeforeTheWrite:
+    """The writer's connection, except that just before the optimistic write is sent,
+    another writer (another process, say) appends: the head moves under the plan."""
+
+    def __init__(self, conn: asyncpg.Connection, other: EventStore, request: AppendRequest) -> None:
+        self._conn, self._other, self._request = conn, other, request
+        self.optimistic_writes: list[bool] = []
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._conn, name)
+
+    async def fetchval(self, query: str, *args: object) -> object:
+        if query.startswith("WITH head AS"):
+            if not self.optimistic_writes:
+                await self._other.append(self._request)
+            wrote = await self._conn.fetchval(query, *args)
+            self.optimistic_writes.append(bool(wrote))
+            return wrote
+        return await self._conn.fetchval(query, *args)
+
+
+async def test_a_batch_planned_on_a_head_that_moved_is_written_once_on_the_new_head(
+    store: EventStore, pool: asyncpg.Pool
+) -> None:
+    await store.append(req(STREAM, invoice(1)))
+    other = EventStore(pool)
+    await other.start()
+    try:
+        conn = await store._connection()
+        proxy = _MovesTheHeadBeforeTheWrite(conn, other, req(STREAM, invoice(2)))
+        store._conn = proxy  # type: ignore[assignment]
+        mine = await store.append(req(STREAM, invoice(3)))
+        assert proxy.optimistic_writes == [False]  # the stale plan wrote nothing ...
+        assert (mine.first_position, mine.streams[0].to_version) == (3, 3)  # ... the locked path did, after the other
+        with pytest.raises(WrongExpectedVersion):  # and a stale expected version is still caught on the new head
+            await store.append(req(STREAM, invoice(4), expected=2))
+        assert proxy.optimistic_writes == [False]  # refused at the read: nothing was sent
+        await store.append(req(STREAM, invoice(5), expected=3))
+        assert proxy.optimistic_writes == [False, True]  # unmoved head: one statement wrote it
+    finally:
+        store._conn = conn
+        await other.stop()
+    assert [e.event.invoice_id for e in await store.read_stream(STREAM)] == ["F1", "F2", "F3", "F5"]  # type: ignore[attr-defined]
+    assert await chain_is_intact(pool) == 4
+
+
 async def test_the_api_answers_410_for_an_erased_subject_and_records_nothing(api: TestClient, dealer: Dealer) -> None:
     store: EventStore = api.server.app[STORE]
     stream = "subject/garage-a/dealer/C9"

@@ -8,7 +8,10 @@
 
 Appends go through one writer task per process that batches whatever requests arrived
 while the previous batch was committing into a single transaction (group commit): one
-WAL flush for many requests, and every caller is answered only after that commit.
+WAL flush for many requests, and every caller is answered only after that commit. A
+batch is planned on a read of the head and written by one statement that takes the head
+lock and writes only if the head has not moved since (no client round trip while the
+lock is held); if it moved, the batch runs again with the lock held from the start.
 A request whose expected version is stale, or that writes to a closed stream (one whose
 last event is in ``CLOSING_EVENTS``: an erased subject), fails alone; the rest of the
 batch commits. Those checks run under the head lock, inside the batch's transaction, so
@@ -93,7 +96,9 @@ _result_decoder: Final = msgspec.json.Decoder(AppendResult)
 # subject (GDPR art. 17, docs/erasure.md). Checked under the head lock, in the batch.
 CLOSING_EVENTS: Final = frozenset({SubjectErased.__name__})
 
-# An append batch is one transaction in four round trips (docs/performance.md):
+# An append batch is one transaction. The locked way takes four round trips
+# (docs/performance.md); the optimistic way (_WRITE_IF_HEAD below) two: 2., then 3. as
+# one autocommit statement that locks, checks and writes.
 # 1. begin and take the head lock (simple protocol: two statements, one round trip);
 _BEGIN_AND_LOCK: Final = "BEGIN ISOLATION LEVEL READ COMMITTED; SELECT 1 FROM ledger.head FOR UPDATE"
 # 2. read, in a statement that starts after the lock is held (so its snapshot includes
@@ -141,6 +146,35 @@ _WRITE: Final = (
     " SELECT * FROM unnest($14::text[], $15::text[], $16::bytea[], $17::json[])"
     ")"
     " UPDATE ledger.head SET position = $18, hash = $19, recorded_at = $8"
+)
+# The optimistic path (EventStore._commit_batch): 2. without a lock, then 3. as ONE
+# autocommit statement that first takes the head lock (the InitPlan runs before any row
+# is written) and writes only if the head is still at the position read ($20). Positions
+# only grow, so an unmoved head means no append committed since the read, and the read is
+# still the truth. Returns whether it wrote.
+_WRITE_IF_HEAD: Final = (
+    "WITH head AS (SELECT position FROM ledger.head FOR UPDATE),"
+    " ok AS (SELECT 1 FROM head WHERE position = $20),"
+    " new_events AS ("
+    " INSERT INTO ledger.events (position, event_id, stream_id, version, tenant_id, event_type,"
+    " schema_version, recorded_at, occurred_on, data, metadata, prev_hash, hash)"
+    " SELECT $1::bigint + u.n - 1, u.e::uuid, u.s, u.v::int, u.t, u.ty, u.sv::smallint, $8,"
+    " nullif(u.o, '')::date, u.d::json, u.m::json,"
+    " CASE WHEN u.n = 1 THEN $12::bytea ELSE substring($13::bytea FROM (u.n::int - 2) * 32 + 1 FOR 32) END,"
+    " substring($13::bytea FROM (u.n::int - 1) * 32 + 1 FOR 32)"
+    " FROM unnest(string_to_array($2, E'\\n'), string_to_array($3, E'\\n'), string_to_array($4, E'\\n'),"
+    " string_to_array($5, E'\\n'), string_to_array($6, E'\\n'), string_to_array($7, E'\\n'),"
+    " string_to_array($9, E'\\n'), string_to_array($10, E'\\n'), string_to_array($11, E'\\n'))"
+    " WITH ORDINALITY AS u(e, s, v, t, ty, sv, o, d, m, n)"
+    " WHERE EXISTS (SELECT 1 FROM ok)"
+    "), new_keys AS ("
+    " INSERT INTO ledger.idempotency (tenant_id, key, fingerprint, result)"
+    " SELECT * FROM unnest($14::text[], $15::text[], $16::bytea[], $17::json[]) WHERE EXISTS (SELECT 1 FROM ok)"
+    "), moved AS ("
+    " UPDATE ledger.head SET position = $18, hash = $19, recorded_at = $8 WHERE EXISTS (SELECT 1 FROM ok)"
+    " RETURNING 1"
+    ")"
+    " SELECT EXISTS (SELECT 1 FROM moved)"
 )
 # 4. COMMIT. The writer keeps its own connection between batches: taking one from the
 #    pool and giving it back would add a reset round trip to every batch.
@@ -397,126 +431,46 @@ class EventStore:
         raise AssertionError("unreachable")
 
     async def _commit_batch(self, batch: list[_Pending]) -> int:
+        """Commit the batch and resolve each future; returns events appended.
+
+        Without hooks, optimistically first (two round trips, none under the lock): read
+        the state without a lock, number and hash the events on that head, and send one
+        statement that takes the head lock, checks the head has not moved since the read,
+        writes, and commits on its own (autocommit). If the head did move (another
+        process or the import appended meanwhile), it writes nothing and the batch runs
+        the locked way: begin and lock, read, write, commit (four round trips)."""
+        if all(p.request.in_transaction is None for p in batch):
+            conn = await self._connection()
+            try:
+                state = await conn.fetchrow(_READ_STATE, *_state_args(batch))
+            except _CONNECTION_LOST:
+                # The kept connection died while idle; nothing was written. The locked
+                # path begins again on another one.
+                await self._drop_connection()
+            else:
+                assert state is not None
+                plan = self._plan(batch, state)
+                if not plan.appended:  # only replays and refusals, true at the read: nothing to write
+                    return plan.resolve()
+                # If this fails, whether it committed is unknown: the callers get the error,
+                # and the batch is NOT tried again (a retry could append it twice).
+                if await conn.fetchval(_WRITE_IF_HEAD, *plan.write_args(), state["position"]):
+                    return plan.resolve()
+        return await self._commit_locked(batch)
+
+    async def _commit_locked(self, batch: list[_Pending]) -> int:
         """One transaction for the batch, in four round trips (begin and lock; read; write;
-        commit); resolves each future; returns events appended."""
-        outcomes: list[tuple[_Pending, AppendResult | Exception]] = []
+        commit), the in-transaction hooks after the write."""
         conn = await self._begin()
         try:
             # A statement of its own, after the lock is ours: its snapshot sees every
             # append committed before, so versions and idempotency keys are current.
-            stream_ids = sorted({w.stream_id for p in batch for w in p.request.writes})
-            keyed = [(p.request.tenant_id, p.request.idempotency_key) for p in batch if p.request.idempotency_key]
-            state = await conn.fetchrow(
-                _READ_STATE, "\n".join(stream_ids), [t for t, _ in keyed], [k for _, k in keyed]
-            )
+            state = await conn.fetchrow(_READ_STATE, *_state_args(batch))
             assert state is not None
-            position: int = state["position"]
-            prev_hash: bytes = bytes(state["hash"])
-            now = dt.datetime.now(dt.timezone.utc)
-            # recorded_at never goes backwards along the log, whatever the writers' clocks
-            # say: "recorded up to K" is then always a prefix of the global order.
-            recorded_at = max(now, state["recorded_at"])
-            versions: dict[str, int] = dict(zip(stream_ids, state["versions"] or ()))
-            closed: dict[str, str] = {
-                s: t for s, t in zip(stream_ids, state["last_types"] or ()) if t in self._closing_events
-            }
-            seen_keys: dict[tuple[str, str], tuple[bytes, AppendResult]] = {}
-            for tenant_id, key, fingerprint, result in zip(
-                state["key_tenants"] or (), state["keys"] or (), state["fingerprints"] or (),
-                state["results"] or (),
-            ):
-                seen_keys[(tenant_id, key)] = (
-                    bytes(fingerprint),
-                    msgspec.structs.replace(_result_decoder.decode(result), replayed=True),
-                )
-
-            cols: dict[str, list[Any]] = {
-                k: [] for k in ("event_id", "stream_id", "version", "tenant_id", "event_type", "schema_version",
-                                "occurred_on", "data", "metadata", "hash")
-            }
-            first_prev_hash = prev_hash
-            new_keys: list[tuple[str, str, bytes, str]] = []
-            batch_keys: dict[tuple[str, str], tuple[bytes, _Pending]] = {}
-            followers: list[tuple[_Pending, _Pending]] = []
-            event_ids = _EventIds(sum(len(w.events) for p in batch for w in p.request.writes))
-            for pending in batch:
-                req = pending.request
-                key = (req.tenant_id, req.idempotency_key) if req.idempotency_key else None
-                if key is not None and key in seen_keys:
-                    fingerprint, previous = seen_keys[key]
-                    outcomes.append(
-                        (pending, previous if fingerprint == req.fingerprint else IdempotencyKeyReused(key[1]))
-                    )
-                    continue
-                if key is not None and key in batch_keys:
-                    fingerprint, leader = batch_keys[key]
-                    if fingerprint == req.fingerprint:
-                        followers.append((pending, leader))
-                    else:
-                        outcomes.append((pending, IdempotencyKeyReused(key[1])))
-                    continue
-                refusal = self._check_closed(req, closed) or self._check_versions(req, versions)
-                if refusal is not None:
-                    outcomes.append((pending, refusal))
-                    continue
-                metadata_json = pending.metadata_json
-                results: list[StreamResult] = []
-                request_event_ids: list[str] = []
-                first_position = position + 1
-                for write, encoded in zip(req.writes, pending.encoded):
-                    if not encoded:
-                        continue
-                    start_version = versions.get(write.stream_id, 0)
-                    version = start_version
-                    for data, event_type, schema_version, occurred in encoded:
-                        position += 1
-                        version += 1
-                        event_id = event_ids.next()
-                        digest = event_hash(
-                            prev_hash, position, event_id, write.stream_id, version, req.tenant_id,
-                            event_type, schema_version, recorded_at, occurred, data, metadata_json,
-                        )
-                        cols["event_id"].append(event_id)
-                        cols["stream_id"].append(write.stream_id)
-                        cols["version"].append(str(version))
-                        cols["tenant_id"].append(req.tenant_id)
-                        cols["event_type"].append(event_type)
-                        cols["schema_version"].append(str(schema_version))
-                        cols["occurred_on"].append(occurred.isoformat() if occurred is not None else "")
-                        cols["data"].append(data)
-                        cols["metadata"].append(metadata_json)
-                        cols["hash"].append(digest)
-                        prev_hash = digest
-                        request_event_ids.append(event_id)
-                        if event_type in self._closing_events:
-                            closed[write.stream_id] = event_type
-                    versions[write.stream_id] = version
-                    results.append(StreamResult(write.stream_id, start_version + 1, version))
-                result = AppendResult(
-                    streams=results,
-                    first_position=first_position,
-                    last_position=position,
-                    event_ids=request_event_ids,
-                    recorded_at=recorded_at,
-                )
-                outcomes.append((pending, result))
-                if key is not None:
-                    batch_keys[key] = (req.fingerprint, pending)
-                    new_keys.append((key[0], key[1], req.fingerprint, _encode(result).decode()))
-
-            appended = len(cols["hash"])
-            if appended:
-                # Events, idempotency keys and the new head in one statement (one round trip).
-                lines = {k: "\n".join(v) for k, v in cols.items() if k != "hash"}
-                await conn.execute(
-                    _WRITE,
-                    position - appended + 1, lines["event_id"], lines["stream_id"], lines["version"],
-                    lines["tenant_id"], lines["event_type"], lines["schema_version"], recorded_at,
-                    lines["occurred_on"], lines["data"], lines["metadata"], first_prev_hash, b"".join(cols["hash"]),
-                    [k[0] for k in new_keys], [k[1] for k in new_keys], [k[2] for k in new_keys],
-                    [k[3] for k in new_keys], position, prev_hash,
-                )
-            for pending, outcome in outcomes:
+            plan = self._plan(batch, state)
+            if plan.appended:
+                await conn.execute(_WRITE, *plan.write_args())
+            for pending, outcome in plan.outcomes:
                 hook = pending.request.in_transaction
                 if hook is not None and isinstance(outcome, AppendResult) and not outcome.replayed:
                     await hook(conn, outcome)
@@ -524,23 +478,103 @@ class EventStore:
         except BaseException:
             await self._abandon(conn)
             raise
-        # Committed: now, and only now, answer the callers.
-        by_pending = {id(p): o for p, o in outcomes}
-        for pending, outcome in outcomes:
-            if pending.future.done():
+        return plan.resolve()
+
+    def _plan(self, batch: list[_Pending], state: asyncpg.Record) -> _BatchPlan:
+        """Number, version and hash the batch's events on top of ``state`` (the head, each
+        stream's last version and event type, the idempotency keys used); decide each
+        request's outcome. No I/O."""
+        plan = _BatchPlan()
+        position: int = state["position"]
+        prev_hash: bytes = bytes(state["hash"])
+        plan.first_prev_hash = prev_hash
+        stream_ids = _stream_ids(batch)
+        now = dt.datetime.now(dt.timezone.utc)
+        # recorded_at never goes backwards along the log, whatever the writers' clocks
+        # say: "recorded up to K" is then always a prefix of the global order.
+        recorded_at = plan.recorded_at = max(now, state["recorded_at"])
+        versions: dict[str, int] = dict(zip(stream_ids, state["versions"] or ()))
+        closed: dict[str, str] = {
+            s: t for s, t in zip(stream_ids, state["last_types"] or ()) if t in self._closing_events
+        }
+        seen_keys: dict[tuple[str, str], tuple[bytes, AppendResult]] = {}
+        for tenant_id, key, fingerprint, result in zip(
+            state["key_tenants"] or (), state["keys"] or (), state["fingerprints"] or (), state["results"] or (),
+        ):
+            seen_keys[(tenant_id, key)] = (
+                bytes(fingerprint),
+                msgspec.structs.replace(_result_decoder.decode(result), replayed=True),
+            )
+
+        cols = plan.cols
+        outcomes = plan.outcomes
+        batch_keys: dict[tuple[str, str], tuple[bytes, _Pending]] = {}
+        event_ids = _EventIds(sum(len(w.events) for p in batch for w in p.request.writes))
+        for pending in batch:
+            req = pending.request
+            key = (req.tenant_id, req.idempotency_key) if req.idempotency_key else None
+            if key is not None and key in seen_keys:
+                fingerprint, previous = seen_keys[key]
+                outcomes.append((pending, previous if fingerprint == req.fingerprint else IdempotencyKeyReused(key[1])))
                 continue
-            if isinstance(outcome, Exception):
-                pending.future.set_exception(outcome)
-            else:
-                pending.future.set_result(outcome)
-        for pending, leader in followers:
-            outcome = by_pending[id(leader)]
-            if not pending.future.done():
-                if isinstance(outcome, Exception):
-                    pending.future.set_exception(outcome)
+            if key is not None and key in batch_keys:
+                fingerprint, leader = batch_keys[key]
+                if fingerprint == req.fingerprint:
+                    plan.followers.append((pending, leader))
                 else:
-                    pending.future.set_result(msgspec.structs.replace(outcome, replayed=True))
-        return appended
+                    outcomes.append((pending, IdempotencyKeyReused(key[1])))
+                continue
+            refusal = self._check_closed(req, closed) or self._check_versions(req, versions)
+            if refusal is not None:
+                outcomes.append((pending, refusal))
+                continue
+            metadata_json = pending.metadata_json
+            results: list[StreamResult] = []
+            request_event_ids: list[str] = []
+            first_position = position + 1
+            for write, encoded in zip(req.writes, pending.encoded):
+                if not encoded:
+                    continue
+                start_version = versions.get(write.stream_id, 0)
+                version = start_version
+                for data, event_type, schema_version, occurred in encoded:
+                    position += 1
+                    version += 1
+                    event_id = event_ids.next()
+                    digest = event_hash(
+                        prev_hash, position, event_id, write.stream_id, version, req.tenant_id,
+                        event_type, schema_version, recorded_at, occurred, data, metadata_json,
+                    )
+                    cols["event_id"].append(event_id)
+                    cols["stream_id"].append(write.stream_id)
+                    cols["version"].append(str(version))
+                    cols["tenant_id"].append(req.tenant_id)
+                    cols["event_type"].append(event_type)
+                    cols["schema_version"].append(str(schema_version))
+                    cols["occurred_on"].append(occurred.isoformat() if occurred is not None else "")
+                    cols["data"].append(data)
+                    cols["metadata"].append(metadata_json)
+                    cols["hash"].append(digest)
+                    prev_hash = digest
+                    request_event_ids.append(event_id)
+                    if event_type in self._closing_events:
+                        closed[write.stream_id] = event_type
+                versions[write.stream_id] = version
+                results.append(StreamResult(write.stream_id, start_version + 1, version))
+            result = AppendResult(
+                streams=results,
+                first_position=first_position,
+                last_position=position,
+                event_ids=request_event_ids,
+                recorded_at=recorded_at,
+            )
+            outcomes.append((pending, result))
+            if key is not None:
+                batch_keys[key] = (req.fingerprint, pending)
+                plan.new_keys.append((key[0], key[1], req.fingerprint, _encode(result).decode()))
+        plan.position, plan.last_hash = position, prev_hash
+        plan.appended = len(cols["hash"])
+        return plan
 
     async def append_bulk(self, request: AppendRequest) -> AppendResult:
         """One big request (the DMS import) in a transaction of its own, the events written
@@ -631,6 +665,69 @@ def _transaction_groups(pending: list[_Pending]) -> list[list[_Pending]]:
         else:
             groups.append([p])
     return groups
+
+
+def _stream_ids(batch: list[_Pending]) -> list[str]:
+    return sorted({w.stream_id for p in batch for w in p.request.writes})
+
+
+def _state_args(batch: list[_Pending]) -> tuple[str, list[str], list[str]]:
+    """The parameters of ``_READ_STATE`` for a batch: its streams and idempotency keys."""
+    keyed = [(p.request.tenant_id, p.request.idempotency_key) for p in batch if p.request.idempotency_key]
+    return "\n".join(_stream_ids(batch)), [t for t, _ in keyed], [k for _, k in keyed]
+
+
+class _BatchPlan:
+    """What a batch writes (columns, new idempotency keys, the new head) and what each
+    request gets, decided on one read of the state (EventStore._plan)."""
+
+    __slots__ = ("cols", "outcomes", "followers", "new_keys", "first_prev_hash", "recorded_at", "position",
+                 "last_hash", "appended")
+
+    def __init__(self) -> None:
+        self.cols: dict[str, list[Any]] = {
+            k: [] for k in ("event_id", "stream_id", "version", "tenant_id", "event_type", "schema_version",
+                            "occurred_on", "data", "metadata", "hash")
+        }
+        self.outcomes: list[tuple[_Pending, AppendResult | Exception]] = []
+        self.followers: list[tuple[_Pending, _Pending]] = []  # same idempotency key as a leader in the batch
+        self.new_keys: list[tuple[str, str, bytes, str]] = []
+        self.first_prev_hash = b""
+        self.recorded_at = dt.datetime.min
+        self.position = 0
+        self.last_hash = b""
+        self.appended = 0
+
+    def write_args(self) -> tuple[Any, ...]:
+        """The parameters of ``_WRITE`` (and the first 19 of ``_WRITE_IF_HEAD``)."""
+        lines = {k: "\n".join(v) for k, v in self.cols.items() if k != "hash"}
+        keys = self.new_keys
+        return (
+            self.position - self.appended + 1, lines["event_id"], lines["stream_id"], lines["version"],
+            lines["tenant_id"], lines["event_type"], lines["schema_version"], self.recorded_at,
+            lines["occurred_on"], lines["data"], lines["metadata"], self.first_prev_hash, b"".join(self.cols["hash"]),
+            [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys], [k[3] for k in keys],
+            self.position, self.last_hash,
+        )
+
+    def resolve(self) -> int:
+        """After the commit, and only then: answer every caller; the events appended."""
+        by_pending = {id(p): o for p, o in self.outcomes}
+        for pending, outcome in self.outcomes:
+            if pending.future.done():
+                continue
+            if isinstance(outcome, Exception):
+                pending.future.set_exception(outcome)
+            else:
+                pending.future.set_result(outcome)
+        for pending, leader in self.followers:
+            outcome = by_pending[id(leader)]
+            if not pending.future.done():
+                if isinstance(outcome, Exception):
+                    pending.future.set_exception(outcome)
+                else:
+                    pending.future.set_result(msgspec.structs.replace(outcome, replayed=True))
+        return self.appended
 
 
 def request_fingerprint(*parts: bytes | str) -> bytes:
