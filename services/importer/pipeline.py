@@ -301,25 +301,27 @@ class _Batches:
         rows: list[Row] = []
         if self.stopped is not None:
             return rows
-        parse, summary, on_reject = self._parse, self._summary, self._on_reject
-        n = 0
+        parse, summary, on_reject, size = self._parse, self._summary, self._on_reject, self._size
+        append = rows.append
+        n = 0  # records read by this call, added to summary.rows at the end
         try:
             for line, values in self._records:
-                summary.rows += 1
+                n += 1
                 if isinstance(values, RowProblem):
                     _reject(Rejection(line, values.field, values.problem), summary, on_reject)
                 else:
                     try:
-                        rows.append(parse(line, values))  # type: ignore[arg-type]
+                        append(parse(line, values))  # type: ignore[arg-type]
                     except RowProblem as exc:
                         _reject(Rejection(line, exc.field, exc.problem), summary, on_reject)
-                if len(rows) >= self._size:
+                if len(rows) >= size:
                     break
-                n += 1
                 if n % _YIELD_EVERY == 0:
-                    await asyncio.sleep(0)  # let the store's writer finish the batch in flight
+                    await asyncio.sleep(0)  # let the batch in flight send its next statement
         except UnicodeDecodeError as exc:
-            self.stopped = f"the file cannot be decoded after line {summary.rows}: {exc.reason}"
+            self.stopped = f"the file cannot be decoded after line {summary.rows + n}: {exc.reason}"
+        finally:
+            summary.rows += n
         return rows
 
 

@@ -17,8 +17,9 @@ import codecs
 import csv
 import io
 import itertools
+import operator
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any, Final, Literal
 
@@ -27,7 +28,7 @@ import msgspec
 from services.importer.mapping import KINDS, OPTIONAL, REQUIRED, Kind, Mapping, normalise_header
 
 Format = Literal["csv", "jsonl"]
-Values = list[str | None]
+Values = Sequence[str | None]  # a list (JSON Lines) or a tuple (CSV)
 
 _CHUNK: Final = 1 << 20
 _CP1252_UNDEFINED: Final = re.compile(b"[\x81\x8d\x8f\x90\x9d]")  # the five bytes Windows-1252 leaves out
@@ -207,6 +208,10 @@ class RecordReader:
 
     def _csv_rows(self, reader: Any, indexes: list[int | None], width: int) -> Iterator[Record]:
         delimiter = self.mapping.csv.delimiter
+        # The kind's fields in order, in one C call per row (a field the file lacks picks
+        # the None appended at index ``width``).
+        picks = [i if i is not None else width for i in indexes]
+        pick = operator.itemgetter(*picks) if len(picks) > 1 else (lambda row: (row[picks[0]],))
         last_line = reader.line_num
         while True:
             try:
@@ -220,7 +225,8 @@ class RecordReader:
             line = last_line + 1
             last_line = reader.line_num
             if len(row) == width:
-                yield line, [row[i] if i is not None else None for i in indexes]
+                row.append(None)  # what a column missing from the file reads as (index width)
+                yield line, pick(row)
             elif row and not (len(row) == 1 and not row[0].strip()):  # blank lines are skipped
                 yield line, RowProblem("(row)", f"the row has {len(row)} columns, the header {width}"
                                                 f" (an unquoted {delimiter!r} inside a value?)")
@@ -255,7 +261,7 @@ def _jsonl_record(line: int, text: str, columns: list[str]) -> Record:
         return line, RowProblem("(line)", f"not valid JSON: {exc}")
     if not isinstance(obj, dict):
         return line, RowProblem("(line)", "not a JSON object")
-    values: Values = []
+    values: list[str | None] = []
     for column in columns:
         v = obj.get(column)
         if v is None or isinstance(v, str):

@@ -177,13 +177,22 @@ class RowParser:
     # -- kinds -----------------------------------------------------------------------
 
     def _invoices(self, line: int, values: Values) -> InvoiceRow:
-        ref = self._ref(values[0])
-        invoice_id = self._required("invoice_id", values[1])
-        if not _IDENTIFIER.match(invoice_id):
+        # The common case inline (one call per row, not five); anything unusual takes the
+        # checks above, which say what is wrong.
+        ref, invoice_id, date_text = values[0], values[1], values[2]
+        ref = ref.strip() if ref is not None else ""
+        if not (ref and _CUSTOMER_REF.match(ref)):
+            ref = self._ref(values[0])
+        invoice_id = invoice_id.strip() if invoice_id is not None else ""
+        if not (invoice_id and _IDENTIFIER.match(invoice_id)):
+            invoice_id = self._required("invoice_id", values[1])
             raise RowProblem(self._columns["invoice_id"],
                              f"{invoice_id[:70]!r} is not an invoice number (letters, digits, '.', '_', '-';"
                              " at most 64)")
-        return InvoiceRow(line, ref, invoice_id, self._day("invoice_date", values[2]), self._contact(values, 3))
+        day = self._days.get(date_text)  # type: ignore[arg-type]
+        if day is None:
+            day = self._day("invoice_date", date_text)
+        return InvoiceRow(line, ref, invoice_id, day, self._contact(values, 3))
 
     def _prospects(self, line: int, values: Values) -> ProspectRow:
         ref = self._ref(values[0])
