@@ -22,8 +22,8 @@ docs/performance.md).
 
 from __future__ import annotations
 
-import argparse
 import abc
+import argparse
 import asyncio
 import datetime as dt
 import os
@@ -31,7 +31,7 @@ import secrets
 import sys
 import tempfile
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +60,7 @@ from bench.common import (  # noqa: E402
     write_result,
 )
 from bench.http_load import HttpConnection  # noqa: E402
-from schemas.events import Actor, Metadata, PreferenceSetting, PreferencesChanged, encode_event  # noqa: E402
+from schemas.events import Actor, Metadata, PreferencesChanged, PreferenceSetting, encode_event  # noqa: E402
 from services.devservers import remove_tree  # noqa: E402
 from services.ledger.api_keys import issue_key  # noqa: E402
 from services.ledger.migrate import migrate  # noqa: E402

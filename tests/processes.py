@@ -50,3 +50,9 @@ def stop(proc: subprocess.Popen[bytes], timeout: float = 10) -> int:
             proc.kill()
             proc.wait(5)
     return proc.returncode
+
+
+def listeners(port: int) -> int:
+    """Sockets listening on 127.0.0.1:port (two processes with SO_REUSEPORT: two)."""
+    rows = [line.split() for line in Path("/proc/net/tcp").read_text().splitlines()[1:]]
+    return sum(1 for r in rows if r[1] == f"0100007F:{port:04X}" and r[3] == "0A")

@@ -27,6 +27,7 @@ from services.portal.links import (
 from services.portal.messages import pick_language
 from services.portal.security import RateLimiter, sanitise_html
 from tests.conftest import MASTER_KEY
+from tests.processes import listeners
 
 REPO = Path(__file__).resolve().parent.parent
 OPERATOR = Context(actor=Actor(kind="operator", id="tests"))
@@ -107,12 +108,12 @@ async def test_serve_with_two_workers_shares_the_port_and_stops_its_workers_with
             for _ in range(150):  # both processes up: the worker is a child and the port answers
                 try:
                     async with http.get(f"http://127.0.0.1:{port}/healthz") as r:
-                        if r.status == 200 and _listeners(port) == 2:
+                        if r.status == 200 and listeners(port) == 2:
                             break
                 except aiohttp.ClientConnectionError:
                     pass
                 await asyncio.sleep(0.1)
-            assert _listeners(port) == 2, "the worker did not bind the port next to its parent"
+            assert listeners(port) == 2, "the worker did not bind the port next to its parent"
             workers = [int(c) for c in children_file.read_text().split()]
             for _ in range(6):  # new connections, spread over both processes by the kernel
                 async with http.get(f"http://127.0.0.1:{port}/p/{token}") as r:
@@ -133,12 +134,6 @@ def _alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
-
-
-def _listeners(port: int) -> int:
-    """Sockets listening on 127.0.0.1:port (two processes with SO_REUSEPORT: two)."""
-    rows = [line.split() for line in Path("/proc/net/tcp").read_text().splitlines()[1:]]
-    return sum(1 for r in rows if r[1] == f"0100007F:{port:04X}" and r[3] == "0A")
 
 
 def _cli(args: list[str], db_url: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
