@@ -236,3 +236,33 @@ class BulkAppend(Request, frozen=True):
     """Many subject events in one atomic append (all or nothing), at most 5,000."""
 
     items: Annotated[list[BulkInvoice | BulkProspect | BulkPreferences], msgspec.Meta(min_length=1, max_length=5000)]
+
+
+# -- portal links ----------------------------------------------------------------------
+
+
+class IssuePortalLink(Request, frozen=True):
+    """Issue the subject's personal portal link. A subject has at most one live link, and
+    its URL is shown only when issued (only hashes are stored): to get a URL for a subject
+    that has one, rotate (the old link stops working)."""
+
+    rotate: bool = False
+
+
+class PortalLinkIssued(msgspec.Struct, frozen=True, kw_only=True):
+    url: str  # shown this once; put it in the customer's e-mail
+    rotated: bool  # a live link existed and was revoked
+
+
+class PortalLinkInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """A link as staff and auditors see it: never its token."""
+
+    issued_at: dt.datetime
+    issued_by: str
+    revoked_at: dt.datetime | None = None
+    revoked_by: str | None = None
+
+
+class PortalLinkStatus(msgspec.Struct, frozen=True, kw_only=True):
+    live: PortalLinkInfo | None
+    history: list[PortalLinkInfo]  # newest first, at most 20

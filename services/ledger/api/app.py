@@ -210,10 +210,11 @@ def default_route_sets() -> list[ApiRoutes]:
     from services.audit import routes as routes_audit
     from services.importer import routes as routes_import
     from services.ledger.api import routes_ops, routes_subjects, routes_tenants
+    from services.portal import routes_api as routes_portal_links
     from services.projector import routes as routes_eligibility
 
     return [routes_ops.routes, routes_tenants.routes, routes_subjects.routes, routes_audit.routes,
-            routes_import.routes, routes_eligibility.routes]
+            routes_import.routes, routes_eligibility.routes, routes_portal_links.routes]
 
 
 def create_app(settings: Settings, route_sets: Sequence[ApiRoutes] | None = None) -> web.Application:
