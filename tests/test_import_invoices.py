@@ -391,3 +391,32 @@ async def test_a_full_sealer_cache_lets_the_oldest_subjects_go_and_every_event_s
     again, _ = await run_import(
         ledger, write(tmp_path, "b.csv", INVOICE_HEADER + "\n" + "\n".join(rows) + "\n"), batch_size=2)
     assert (again.unchanged, again.events) == (9, 0)
+
+
+async def test_subjects_past_the_cipher_cache_keep_their_keys_and_every_event_still_opens_with_its_own_key(
+    ledger: Ledger, pool: asyncpg.Pool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import services.importer.plans as plans
+    from services.ledger.subject_keys import SubjectKeys
+
+    monkeypatch.setattr(plans, "_CIPHER_CACHE", 1)
+    real = SubjectKeys.existing_sealers
+    asked: list[str] = []
+
+    async def counting(self: SubjectKeys, streams: list[str]) -> dict:
+        asked.extend(streams)
+        return await real(self, streams)
+
+    monkeypatch.setattr(SubjectKeys, "existing_sealers", counting)
+    rows = [f"K{i % 3};F{i};01-03-2024;Jan;jan{i % 3}@example.nl" for i in range(9)]
+    summary, rejected = await run_import(
+        ledger, write(tmp_path, "a.csv", INVOICE_HEADER + "\n" + "\n".join(rows) + "\n"), batch_size=2)
+    assert (rejected, summary.recorded) == ([], 9)
+    # each subject's key looked up once (on first sight), then kept though its cipher was let go
+    assert sorted(asked) == [f"subject/garage-a/dealer/K{n}" for n in range(3)]
+    for n in range(3):
+        for event in await subject_events(pool, f"K{n}"):
+            assert (await open_sealed(ledger, f"K{n}", event.personal))["email"] == f"jan{n}@example.nl"
+    again, _ = await run_import(
+        ledger, write(tmp_path, "b.csv", INVOICE_HEADER + "\n" + "\n".join(rows) + "\n"), batch_size=2)
+    assert (again.unchanged, again.events) == (9, 0)

@@ -59,7 +59,8 @@ _FP_PURPOSE: Final = b"importer/contact-fingerprint/v1"
 # Rows planned between giving the event loop to the batch that is committing meanwhile:
 # each of its statements waits for the event loop, and PostgreSQL idles while it waits.
 _YIELD_EVERY: Final = 250
-_SEALER_CACHE: Final = 20_000  # subjects whose keys a run keeps between batches (about 2 KB each)
+_SEALER_CACHE: Final = 200_000  # subjects whose keys a run keeps between batches (about 0.4 KB each)
+_CIPHER_CACHE: Final = 20_000  # of those, the ones used last keep their AES-GCM object (about 2.6 KB each)
 _preferences_decoder: Final = msgspec.json.Decoder(PreferencesChanged)
 
 
@@ -134,14 +135,18 @@ class Planner(abc.ABC):
         self.actor = actor
         self.ref_column = ref_column
         self._prefix = subject_stream(tenant, source, "")
-        # The run's subjects' sealers and fingerprint keys, kept between batches: a file
-        # sorted by date brings most customers back in every batch, and fetching,
-        # unwrapping and deriving their keys again each time was a tenth of the import's
-        # CPU. Bounded: the oldest entries make room past _SEALER_CACHE subjects (~40 MB).
-        # Safe against erasure: every batch still looks up every subject's head, so an
-        # erased subject's rows are rejected and nothing is sealed with its old key, which
-        # stays in this process's memory only until the run ends.
+        # The run's subjects' sealers, kept between batches: a file sorted by date brings
+        # most customers back in later batches, and fetching and unwrapping their keys
+        # again each time was a tenth of the import's CPU (more than that once a file has
+        # more customers than fit). Bounded: past _SEALER_CACHE subjects the oldest make
+        # room (about 80 MB when full). Only the _CIPHER_CACHE subjects used last keep an
+        # AES-GCM object and a fingerprint MAC state (the rest make them again on use,
+        # 3 us instead of a key lookup). Safe against erasure: every batch still looks up
+        # every subject's head, so an erased subject's rows are rejected and nothing is
+        # sealed with its old key, which stays in this process's memory only until the
+        # run ends.
         self._sealers: dict[str, SubjectSealer] = {}
+        self._ciphers: dict[str, None] = {}  # subjects whose sealer holds a cipher, least recently used first
         self.fp_keys: dict[str, _Blake2b] = {}  # per subject: the fingerprint MAC, keyed, to copy
 
     def stream(self, ref: str) -> str:
@@ -165,7 +170,7 @@ class Planner(abc.ABC):
         """A sealer for each (not erased) subject with contact data; makes missing keys."""
         if not streams:
             return {}
-        cached = self._sealers
+        cached, ciphers = self._sealers, self._ciphers
         found = {s: cached[s] for s in streams if s in cached}
         rest = sorted(s for s in streams if s not in found)
         if rest:
@@ -174,9 +179,21 @@ class Planner(abc.ABC):
             if excess > 0:  # the oldest go first: the cache stays full, hits stay likely
                 for stale in list(itertools.islice(cached, excess)):
                     del cached[stale]
+                    ciphers.pop(stale, None)
                     self.fp_keys.pop(stale, None)
             cached.update(made)
             found.update(made)
+        for s in found:  # this batch's subjects are now the most recently used
+            ciphers.pop(s, None)
+            ciphers[s] = None
+        excess = len(ciphers) - _CIPHER_CACHE
+        if excess > 0:
+            for stale in list(itertools.islice(ciphers, excess)):
+                del ciphers[stale]
+                self.fp_keys.pop(stale, None)
+                sealer = cached.get(stale)
+                if sealer is not None:
+                    sealer.release_cipher()
         return found
 
     def erased(self, line: int) -> Rejection:

@@ -189,7 +189,11 @@ def _ids_sql(ids: Sequence[str], n: int) -> str:
 
 
 class SubjectSealer:
-    """Seals many payloads for one subject with a key fetched once (see ``keys_for``)."""
+    """Seals many payloads for one subject with a key fetched once (see ``keys_for``).
+
+    The AES-GCM object (about 2.6 KB) is made on first use and can be let go with
+    :meth:`release_cipher` while the sealer is kept: a bulk import keeps the keys of many
+    subjects, but ciphers only for those it saw last."""
 
     __slots__ = ("stream_id", "key_id", "_aead", "_aad", "_key")
 
@@ -197,8 +201,11 @@ class SubjectSealer:
         self.stream_id = stream_id
         self.key_id = key_id
         self._key = key
-        self._aead = AESGCM(key)
+        self._aead: AESGCM | None = None
         self._aad = stream_id.encode()
+
+    def release_cipher(self) -> None:
+        self._aead = None
 
     def seal_json(self, plaintext: bytes, nonce: bytes | None = None, nonce_b64: str | None = None) -> Sealed:
         """Seal already-encoded JSON (same format as :func:`seal_with`). ``nonce``: 12
@@ -206,7 +213,10 @@ class SubjectSealer:
         ``nonce_b64``: its base64 text, if the caller encoded many nonces at once."""
         if nonce is None:
             nonce = os.urandom(12)
-        ciphertext = self._aead.encrypt(nonce, plaintext, self._aad)
+        aead = self._aead
+        if aead is None:
+            aead = self._aead = AESGCM(self._key)
+        ciphertext = aead.encrypt(nonce, plaintext, self._aad)
         return Sealed(key_id=self.key_id, nonce=nonce_b64 or _b64(nonce, newline=False).decode(),
                       ciphertext=_b64(ciphertext, newline=False).decode())
 
