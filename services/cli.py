@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import asyncpg
 
+from services.kafka_security import KafkaSecurity
 from services.logs import configure_logging
 from services.settings import SettingsError, from_env
 
@@ -166,6 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = from_env()
+        KafkaSecurity.from_settings(settings)  # a wrong TLS/SASL setting is refused before anything starts
     except SettingsError as exc:  # e.g. LEDGER_MASTER_KEY_FILE names a missing file
         print(f"consent-ledger: {exc}", file=sys.stderr)
         return 2

@@ -13,6 +13,14 @@ import msgspec
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
     database_url: str
     kafka_bootstrap: str | None = None
+    # TLS and SASL to Kafka (services/kafka_security.py); PLAINTEXT needs none of the rest.
+    kafka_security_protocol: str = "PLAINTEXT"
+    kafka_sasl_mechanism: str | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: str | None = None  # secret: LEDGER_KAFKA_SASL_PASSWORD_FILE
+    kafka_ssl_cafile: str | None = None
+    kafka_ssl_certfile: str | None = None
+    kafka_ssl_keyfile: str | None = None
     master_key: str | None = None  # base64, 32 bytes (LEDGER_MASTER_KEY)
     host: str = "127.0.0.1"
     port: int = 8080
@@ -48,6 +56,14 @@ def from_env(env: Mapping[str, str] | None = None, **overrides: object) -> Setti
         "database_url": _with_password(e.get("LEDGER_DATABASE_URL", ""),
                                        _secret_file(e, "LEDGER_DATABASE_PASSWORD_FILE")),
         "kafka_bootstrap": e.get("LEDGER_KAFKA_BOOTSTRAP") or None,
+        "kafka_security_protocol": e.get("LEDGER_KAFKA_SECURITY_PROTOCOL") or "PLAINTEXT",
+        "kafka_sasl_mechanism": e.get("LEDGER_KAFKA_SASL_MECHANISM") or None,
+        "kafka_sasl_username": e.get("LEDGER_KAFKA_SASL_USERNAME") or None,
+        "kafka_sasl_password": e.get("LEDGER_KAFKA_SASL_PASSWORD")
+        or _secret_file(e, "LEDGER_KAFKA_SASL_PASSWORD_FILE"),
+        "kafka_ssl_cafile": e.get("LEDGER_KAFKA_SSL_CAFILE") or None,
+        "kafka_ssl_certfile": e.get("LEDGER_KAFKA_SSL_CERTFILE") or None,
+        "kafka_ssl_keyfile": e.get("LEDGER_KAFKA_SSL_KEYFILE") or None,
         "master_key": e.get("LEDGER_MASTER_KEY") or _secret_file(e, "LEDGER_MASTER_KEY_FILE"),
         "host": e.get("LEDGER_HTTP_HOST", "127.0.0.1"),
         "port": int(e.get("LEDGER_HTTP_PORT", "8080")),

@@ -40,6 +40,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
 
 from schemas.events import encode_recorded
+from services.kafka_security import PLAINTEXT, KafkaSecurity
 from services.ledger.metrics import LedgerMetrics
 from services.ledger.store import _COLUMNS as EVENT_COLUMNS  # the columns row_to_recorded reads
 from services.ledger.store import row_to_recorded
@@ -63,6 +64,7 @@ class RelayConfig(msgspec.Struct, frozen=True, kw_only=True):
     backoff_max: float = 5.0
     standby_poll: float = 1.0
     request_timeout_ms: int = 10_000
+    security: KafkaSecurity = PLAINTEXT  # TLS and SASL (services/kafka_security.py)
 
     @property
     def checkpoint_name(self) -> str:
@@ -82,6 +84,7 @@ class RelayConfig(msgspec.Struct, frozen=True, kw_only=True):
             "bootstrap": settings.kafka_bootstrap,
             "partitions": settings.relay_partitions,
             "replication_factor": settings.relay_replication_factor,
+            "security": KafkaSecurity.from_settings(settings),
         }
         values.update(overrides)
         return cls(**values)  # type: ignore[arg-type]
@@ -135,12 +138,14 @@ class Relay:
             self.checkpoint = await self._load_checkpoint(conn)
             await self._update_lag(conn)
             admin = AIOKafkaAdminClient(bootstrap_servers=self.config.bootstrap,
-                                        request_timeout_ms=self.config.request_timeout_ms)
+                                        request_timeout_ms=self.config.request_timeout_ms,
+                                        **self.config.security.client_options())
             stack.push_async_callback(admin.close)  # safe after a failed start
             await admin.start()
             await self._ensure_topic(conn, admin)
             producer = AIOKafkaProducer(
                 bootstrap_servers=self.config.bootstrap,
+                **self.config.security.client_options(),
                 acks="all",
                 request_timeout_ms=self.config.request_timeout_ms,
                 linger_ms=2,
@@ -232,7 +237,8 @@ class Relay:
     async def _is_empty(self, partitions: list[int]) -> bool:
         """No partition ever held a record (end offsets never go back on a healthy broker)."""
         consumer = AIOKafkaConsumer(bootstrap_servers=self.config.bootstrap, enable_auto_commit=False,
-                                    request_timeout_ms=self.config.request_timeout_ms)
+                                    request_timeout_ms=self.config.request_timeout_ms,
+                                    **self.config.security.client_options())
         try:
             await consumer.start()
             ends = await consumer.end_offsets([TopicPartition(self.config.topic, p) for p in partitions])

@@ -53,6 +53,7 @@ def _settings(*, kafka: bool) -> Settings:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from services.kafka_security import KafkaSecurity
     from services.projector.service import ProjectorConfig
 
     settings = _settings(kafka=True)
@@ -62,6 +63,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         database_url=settings.database_url, bootstrap=settings.kafka_bootstrap,
         group_id=None if args.no_group else args.group, batch_size=args.batch,
         eligibility_partitions=args.partitions, pool_size=max(2, min(settings.pool_size, 10)),
+        kafka_security=KafkaSecurity.from_settings(settings),
     )
     return asyncio.run(_run(config, settings.host, args.metrics_port))
 

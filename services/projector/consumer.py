@@ -20,6 +20,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from schemas.events import RecordedEvent, decode_recorded
+from services.kafka_security import PLAINTEXT, KafkaSecurity
 from services.projector.projection import Projection
 
 log = structlog.get_logger(__name__)
@@ -52,9 +53,11 @@ class LedgerConsumer:
         heartbeat_interval_ms: int = 3_000,
         fetch_max_wait_ms: int = 20,
         backoff_max: float = 5.0,
+        security: KafkaSecurity = PLAINTEXT,
     ) -> None:
         self.projection = projection
         self.bootstrap = bootstrap
+        self.security = security
         self.topic = topic
         self.group_id = group_id
         self.max_records = max_records
@@ -102,6 +105,7 @@ class LedgerConsumer:
     async def _session(self, stop: Callable[[], bool] | None) -> None:
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap,
+            **self.security.client_options(),
             group_id=self.group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
@@ -130,7 +134,7 @@ class LedgerConsumer:
 
     async def _wait_for_partitions(self, stop: Callable[[], bool] | None) -> list[int] | None:
         """The topic's partitions, once it exists (the relay creates it)."""
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, **self.security.client_options())
         await admin.start()
         try:
             while stop is None or not stop():

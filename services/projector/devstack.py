@@ -10,6 +10,7 @@ import contextlib
 from collections.abc import AsyncIterator
 
 from schemas.eligibility import TOPIC
+from services.kafka_security import KafkaSecurity
 from services.projector.service import ProjectorConfig, running_projector
 from services.settings import Settings
 
@@ -19,7 +20,8 @@ async def projector_component(settings: Settings) -> AsyncIterator[list[str]]:
     if not settings.kafka_bootstrap:
         yield ["projector    not started (no broker: LEDGER_KAFKA_BOOTSTRAP)"]
         return
-    config = ProjectorConfig(database_url=settings.database_url, bootstrap=settings.kafka_bootstrap)
+    config = ProjectorConfig(database_url=settings.database_url, bootstrap=settings.kafka_bootstrap,
+                             kafka_security=KafkaSecurity.from_settings(settings))
     async with running_projector(config):
         base = f"http://{settings.host}:{settings.port}/v1/tenants/<tenant>"
         yield [f"projector    ledger events -> read model -> topic {TOPIC}",

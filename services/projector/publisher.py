@@ -17,6 +17,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
 
 from schemas.eligibility import TOPIC
+from services.kafka_security import PLAINTEXT, KafkaSecurity
 
 log = structlog.get_logger(__name__)
 
@@ -38,8 +39,9 @@ class KafkaPublisher:
     """A batching producer (linger, large batches, gzip: a matrix compresses ~10x)."""
 
     def __init__(self, bootstrap: str, *, topic: str = TOPIC, partitions: int = 6, compression: str | None = "gzip",
-                 request_timeout_ms: int = 10_000) -> None:
+                 request_timeout_ms: int = 10_000, security: KafkaSecurity = PLAINTEXT) -> None:
         self.bootstrap = bootstrap
+        self.security = security
         self.topic = topic
         self.partitions = partitions
         self.compression = compression
@@ -51,6 +53,7 @@ class KafkaPublisher:
         await self.ensure_topic()
         producer = AIOKafkaProducer(
             bootstrap_servers=self.bootstrap,
+            **self.security.client_options(),
             acks="all",
             linger_ms=5,
             max_batch_size=1024 * 1024,
@@ -67,7 +70,8 @@ class KafkaPublisher:
             self._producer = None
 
     async def ensure_topic(self) -> None:
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=self.request_timeout_ms)
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=self.request_timeout_ms,
+                                    **self.security.client_options())
         await admin.start()
         try:
             if self.topic in await admin.list_topics():

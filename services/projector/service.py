@@ -20,6 +20,7 @@ import structlog
 from aiokafka.errors import KafkaError
 
 from schemas.eligibility import TOPIC as ELIGIBILITY_TOPIC
+from services.kafka_security import PLAINTEXT, KafkaSecurity
 from services.projector.clock import Clock, SystemClock
 from services.projector.consumer import DEFAULT_GROUP, LEDGER_TOPIC, LedgerConsumer
 from services.projector.metrics import ProjectorMetrics
@@ -45,6 +46,7 @@ class ProjectorConfig(msgspec.Struct, frozen=True, kw_only=True):
     due_interval: float = 60.0  # seconds between scheduler passes (and at every new day)
     session_timeout_ms: int = 10_000
     heartbeat_interval_ms: int = 3_000
+    kafka_security: KafkaSecurity = PLAINTEXT  # TLS and SASL (services/kafka_security.py)
 
 
 class ProjectorService:
@@ -65,7 +67,8 @@ class ProjectorService:
         self.pool = await asyncpg.create_pool(c.database_url, min_size=1, max_size=c.pool_size)
         if c.bootstrap:
             self.publisher = KafkaPublisher(c.bootstrap, topic=c.eligibility_topic,
-                                            partitions=c.eligibility_partitions, compression=c.compression)
+                                            partitions=c.eligibility_partitions, compression=c.compression,
+                                            security=c.kafka_security)
             await self.publisher.start()
         self.projection = Projection(self.pool, clock=self.clock, publisher=self.publisher, metrics=self.metrics,
                                      batch_size=c.batch_size)
@@ -73,6 +76,7 @@ class ProjectorService:
             self.consumer = LedgerConsumer(
                 self.projection, c.bootstrap, topic=c.ledger_topic, group_id=c.group_id, max_records=c.batch_size,
                 session_timeout_ms=c.session_timeout_ms, heartbeat_interval_ms=c.heartbeat_interval_ms,
+                security=c.kafka_security,
             )
             self._tasks.append(asyncio.create_task(self.consumer.run(), name="projector-consumer"))
         self._tasks.append(asyncio.create_task(self._maintenance(), name="projector-maintenance"))
