@@ -65,7 +65,7 @@ def test_the_bulk_hash_input_is_byte_for_byte_the_chain_s_own() -> None:
                 StreamWrite("subject/x/dealer/2", [ProspectRegistered(acquired_on=dt.date(2020, 2, 29), how="web"),
                                                    SubjectErased(reason="request")])])
     prepared = _Prepared(request)
-    recorded_at = dt.datetime(2025, 3, 1, 12, 0, 0, 123456, tzinfo=dt.timezone.utc)
+    recorded_at = dt.datetime(2025, 3, 1, 12, 0, 0, 123456, tzinfo=dt.UTC)
     prev = bytes(range(32))
     versions, hashes = prepared.chain(request.tenant_id, recorded_at, prev, 41, [7, 0])
     assert versions == [8, 9, 1, 2]

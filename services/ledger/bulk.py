@@ -92,8 +92,19 @@ class _Prepared:
     ``,occurred_on,data,metadata]``; the part before it depends on where the event lands
     and is filled in under the lock (``chain``)."""
 
-    __slots__ = ("stream_ids", "stream_json", "counts", "event_ids", "types", "schema_versions", "occurred",
-                 "data", "metadata", "tails", "type_keys")
+    __slots__ = (
+        "counts",
+        "data",
+        "event_ids",
+        "metadata",
+        "occurred",
+        "schema_versions",
+        "stream_ids",
+        "stream_json",
+        "tails",
+        "type_keys",
+        "types",
+    )
 
     def __init__(self, request: AppendRequest) -> None:
         self.metadata = metadata = _encode(request.metadata).decode()
@@ -156,8 +167,8 @@ async def bulk_append(pool: asyncpg.Pool, request: AppendRequest, *,
     streams = sorted(set(prepared.stream_ids))
     with translate_errors():
         async with pool.acquire() as conn:
-            await conn.execute(_BEGIN_AND_LOCK)
             try:
+                await conn.execute(_BEGIN_AND_LOCK)
                 result = await _write(conn, request, prepared, streams, closing_events)
                 await conn.execute("COMMIT")
             except BaseException:
@@ -187,7 +198,7 @@ async def _write(conn: asyncpg.Connection, request: AppendRequest, prepared: _Pr
             raise WrongExpectedVersion(write.stream_id, write.expected_version, current.get(write.stream_id, 0))
     head_position: int = state["position"]
     first_prev = bytes(state["hash"])
-    recorded_at = max(dt.datetime.now(dt.timezone.utc), state["recorded_at"])  # never backwards along the log
+    recorded_at = max(dt.datetime.now(dt.UTC), state["recorded_at"])  # never backwards along the log
     # A stream written twice in one request continues from its first write.
     versions = dict(current)
     start_versions: list[int] = []
