@@ -115,3 +115,45 @@ async def test_the_example_mapping_imports_the_example_files(pool: asyncpg.Pool,
             ("newsletter", "email", "opt_in"), ("sales_campaign", "phone", "opt_out")}
     finally:
         await ledger.store.stop()
+
+
+@pytest.mark.parametrize("contact", [
+    ("Jan", "jan@example.nl", None, None, None, "Zwolle", None, None),
+    ("  Zoë Ruïz 🚗 ", " zoe@example.nl ", "+31 (0)6-1234 5678", "Dorpsstraat 1", "1234 AB", "'s-Hertogenbosch",
+     "NL", "AB-12-CD"),
+    ("", "  ", None, None, None, None, None, None),
+    ("x" * 200, "a@" + "b" * 252, "1" * 40, "s" * 200, "p" * 20, "c" * 100, "n" * 100, "l" * 20),
+    ("x" * 201, None, None, None, None, None, None, None),
+    (None, "a@" + "b" * 253, None, None, None, None, None, None),
+    (None, "no at sign", None, None, None, None, None, None),
+    (None, "two@@example.nl", None, None, None, None, None, None),
+    (None, "jan@exa mple.nl", None, None, None, None, None, None),
+    (None, None, "12", None, None, None, None, None),
+    (None, None, "06 12 34 56 78 ext. 9", None, None, None, None, None),
+    (None, None, "1" * 41, None, None, None, None, None),
+    (None, None, None, None, "p" * 21, None, None, "l" * 21),
+])
+def test_contact_fields_are_checked_and_encoded_exactly_as_the_ledger_s_contact_type_says(
+    contact: tuple[str | None, ...]
+) -> None:
+    """The row parser checks the common case against Contact's limits without building a
+    Contact; it must accept, reject and encode exactly as msgspec.convert into Contact."""
+    import msgspec
+
+    from schemas.api import Contact
+    from services.importer.mapping import CONTACT_FIELDS
+    from services.importer.rows import RowParser
+
+    parser = RowParser("invoices", DEFAULT_MAPPING, today_=dt.date(2025, 1, 1))
+    values = ("K1", "F1", "01-01-2024", *contact)
+    found = {f: v.strip() for f, v in zip(CONTACT_FIELDS, contact) if v is not None and v.strip()}
+    try:
+        expected: bytes | None | str = msgspec.json.encode(msgspec.convert(found, Contact)) if found else None
+    except msgspec.ValidationError:
+        expected = "rejected"
+    try:
+        got: bytes | None | str = parser.parse(1, values).contact  # type: ignore[union-attr]
+    except RowProblem as problem:
+        got = "rejected"
+        assert problem.field in CONTACT_FIELDS
+    assert got == expected

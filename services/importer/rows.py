@@ -18,6 +18,7 @@ from typing import Final
 from zoneinfo import ZoneInfo
 
 import msgspec
+import msgspec.inspect
 
 from consent.vocabulary import CUSTOMER_REF_PATTERN
 from schemas.api import Contact
@@ -31,6 +32,23 @@ EARLIEST: Final = dt.date(1950, 1, 1)
 _contact_encoder: Final = msgspec.json.Encoder()
 _DATE_CACHE: Final = 20_000  # distinct date texts remembered per file (bounded memory)
 
+
+
+def _contact_rules() -> dict[str, tuple[int | None, Callable[[str], object] | None]]:
+    """Per contact field, its maximum length and pattern as schemas/api.py's Contact
+    declares them (read from the type, so the rules live in one place). A field whose type
+    says anything else gets no fast check: it always goes through msgspec.convert."""
+    rules: dict[str, tuple[int | None, Callable[[str], object] | None]] = {}
+    for field in msgspec.inspect.type_info(Contact).fields:
+        texts = [t for t in getattr(field.type, "types", (field.type,)) if isinstance(t, msgspec.inspect.StrType)]
+        if len(texts) == 1 and texts[0].min_length is None:
+            rules[field.name] = (texts[0].max_length, re.compile(texts[0].pattern).search if texts[0].pattern else None)
+        else:
+            rules[field.name] = (-1, None)  # len(text) > -1: always the full check
+    return rules
+
+
+_CONTACT_RULES: Final = _contact_rules()
 _CONTACT_PROBLEMS: Final[dict[str, str]] = {
     "email": "not an e-mail address (name@domain, at most 254 characters)",
     "phone": "not a phone number (3-40 digits, spaces, +, (, ) and -)",
@@ -164,6 +182,12 @@ class RowParser:
                     found[field] = v
         if not found:
             return None
+        for field, text in found.items():  # the common case: Contact's own limits, without building one
+            limit, search = _CONTACT_RULES[field]
+            if (limit is not None and len(text) > limit) or (search is not None and search(text) is None):
+                break
+        else:  # the same JSON as encoding the Contact (its field order, no None fields)
+            return _contact_encoder.encode(found)
         try:
             contact = msgspec.convert(found, Contact)
         except msgspec.ValidationError as exc:
