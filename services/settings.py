@@ -66,23 +66,23 @@ def from_env(env: Mapping[str, str] | None = None, **overrides: object) -> Setti
         "kafka_ssl_keyfile": e.get("LEDGER_KAFKA_SSL_KEYFILE") or None,
         "master_key": e.get("LEDGER_MASTER_KEY") or _secret_file(e, "LEDGER_MASTER_KEY_FILE"),
         "host": e.get("LEDGER_HTTP_HOST", "127.0.0.1"),
-        "port": int(e.get("LEDGER_HTTP_PORT", "8080")),
-        "portal_port": int(e.get("LEDGER_PORTAL_PORT", "8081")),
-        "http_workers": int(e.get("LEDGER_HTTP_WORKERS", "1")),
+        "port": _int(e, "LEDGER_HTTP_PORT", 8080, minimum=1, maximum=65535),
+        "portal_port": _int(e, "LEDGER_PORTAL_PORT", 8081, minimum=1, maximum=65535),
+        "http_workers": _int(e, "LEDGER_HTTP_WORKERS", 1, minimum=1),
         "portal_base_url": e.get("LEDGER_PORTAL_BASE_URL", "http://127.0.0.1:8081"),
-        "portal_rate_per_minute": int(e.get("LEDGER_PORTAL_RATE_PER_MINUTE", "60")),
-        "portal_rate_burst": int(e.get("LEDGER_PORTAL_RATE_BURST", "20")),
-        "portal_workers": int(e.get("LEDGER_PORTAL_WORKERS", "1")),
+        "portal_rate_per_minute": _int(e, "LEDGER_PORTAL_RATE_PER_MINUTE", 60, minimum=0),
+        "portal_rate_burst": _int(e, "LEDGER_PORTAL_RATE_BURST", 20, minimum=0),
+        "portal_workers": _int(e, "LEDGER_PORTAL_WORKERS", 1, minimum=1),
         "portal_trusted_proxies": e.get("LEDGER_PORTAL_TRUSTED_PROXIES", ""),
-        "log_level": e.get("LEDGER_LOG_LEVEL", "info"),
-        "pool_size": int(e.get("LEDGER_DB_POOL_SIZE", "10")),
-        "relay_partitions": int(e.get("LEDGER_RELAY_PARTITIONS", "6")),
-        "relay_replication_factor": int(e.get("LEDGER_RELAY_REPLICATION_FACTOR", "1")),
+        "log_level": _choice(e, "LEDGER_LOG_LEVEL", "info", ("debug", "info", "warning", "error", "critical")),
+        "pool_size": _int(e, "LEDGER_DB_POOL_SIZE", 10, minimum=1),
+        "relay_partitions": _int(e, "LEDGER_RELAY_PARTITIONS", 6, minimum=1),
+        "relay_replication_factor": _int(e, "LEDGER_RELAY_REPLICATION_FACTOR", 1, minimum=1),
         "var_dir": e.get("LEDGER_VAR_DIR", "var"),
-        "pg_port": int(e.get("LEDGER_PG_PORT", "54329")),
-        "broker_port": int(e.get("LEDGER_BROKER_PORT", "19092")),
+        "pg_port": _int(e, "LEDGER_PG_PORT", 54329, minimum=1, maximum=65535),
+        "broker_port": _int(e, "LEDGER_BROKER_PORT", 19092, minimum=1, maximum=65535),
         "import_mappings_dir": e.get("LEDGER_IMPORT_MAPPINGS_DIR") or None,
-        "import_max_upload_mb": int(e.get("LEDGER_IMPORT_MAX_UPLOAD_MB", "200")),
+        "import_max_upload_mb": _int(e, "LEDGER_IMPORT_MAX_UPLOAD_MB", 200, minimum=1),
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]
@@ -92,7 +92,30 @@ def from_env(env: Mapping[str, str] | None = None, **overrides: object) -> Setti
 
 
 class SettingsError(ValueError):
-    """The environment names a secret file that cannot be used; the message says which."""
+    """A setting that cannot be used (not a number, out of range, a secret file that cannot
+    be read); the message names it."""
+
+
+def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int, maximum: int | None = None) -> int:
+    """A whole-number setting; anything else stops the command with a message naming it."""
+    text = env.get(name)
+    if text is None or text == "":
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise SettingsError(f"{name} must be a whole number, not {text!r}") from None
+    if value < minimum or (maximum is not None and value > maximum):
+        bounds = f"from {minimum} to {maximum}" if maximum is not None else f"at least {minimum}"
+        raise SettingsError(f"{name} must be {bounds}, not {value}")
+    return value
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, allowed: tuple[str, ...]) -> str:
+    value = (env.get(name) or default).lower()
+    if value not in allowed:
+        raise SettingsError(f"{name} must be one of {', '.join(allowed)}, not {env.get(name)!r}")
+    return value
 
 
 def _secret_file(env: Mapping[str, str], name: str) -> str | None:
