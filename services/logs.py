@@ -11,6 +11,7 @@ import json
 import logging
 import re
 import sys
+import time
 from typing import Any
 
 import msgspec
@@ -32,6 +33,23 @@ def redact_secrets(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any
         elif isinstance(v, str) and "clk_" in v:
             event_dict[k] = _KEY_VALUE.sub("clk_[redacted]", v)
     return event_dict
+
+
+class UtcTimestamp:
+    """Adds ``timestamp`` as structlog's ``TimeStamper(fmt="iso", utc=True)`` writes it
+    (``2026-11-24T18:19:02.389312Z``), formatting the date and time only once a second: the
+    stock stamper builds a datetime per line, a visible cost at one access line per request."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def __call__(self, _: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+        second, micro = divmod(round(time.time() * 1_000_000), 1_000_000)
+        if second != self._second:
+            self._second, self._prefix = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        event_dict["timestamp"] = f"{self._prefix}.{micro:06d}Z"
+        return event_dict
 
 
 _encoder = msgspec.json.Encoder(enc_hook=repr)
@@ -56,7 +74,7 @@ def configure_logging(level: str = "info") -> None:
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.stdlib.add_logger_name,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            UtcTimestamp(),
             structlog.stdlib.ExtraAdder(),
         ],
         processors=[
@@ -73,7 +91,7 @@ def configure_logging(level: str = "info") -> None:
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            UtcTimestamp(),
             redact_secrets,
             structlog.processors.format_exc_info,
             structlog.processors.JSONRenderer(serializer=_json_dumps),

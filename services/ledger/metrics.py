@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
@@ -20,6 +22,17 @@ class LedgerMetrics:
         self.relay_lag = Gauge(
             "ledger_relay_lag_events", "Ledger head position minus the relay's checkpoint", registry=self.registry,
         )
+
+        # The labelled child per (method, route, status): prometheus_client's labels()
+        # checks and looks it up again on every call.
+        self._request_children: dict[tuple[str, str, int], Any] = {}
+
+    def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        child = self._request_children.get((method, route, status))
+        if child is None:
+            child = self._request_children[(method, route, status)] = self.request_latency.labels(
+                method, route, str(status))
+        child.observe(seconds)
 
     def on_commit(self, events: int, seconds: float) -> None:
         self.events_appended.inc(events)

@@ -7,9 +7,9 @@ its roles; :func:`_guard` checks the key, the role and the tenant before the han
 
 from __future__ import annotations
 
+import os
 import re
 import time
-import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -126,10 +126,12 @@ def _guard(op: Operation) -> Any:
             tenant = request.match_info.get("tenant")
             if tenant is not None and principal.tenant_id != tenant:
                 raise ApiError(403, "forbidden", "this key is not valid for that tenant", field="tenant")
-            structlog.contextvars.bind_contextvars(tenant=tenant or principal.tenant_id, key_id=principal.key_id)
             if tenant is not None and "source" in request.match_info and "ref" in request.match_info:
                 structlog.contextvars.bind_contextvars(
+                    tenant=tenant, key_id=principal.key_id,
                     stream=subject_stream(tenant, request.match_info["source"], request.match_info["ref"]))
+            else:
+                structlog.contextvars.bind_contextvars(tenant=tenant or principal.tenant_id, key_id=principal.key_id)
         body = None
         if op.body is not None:
             body = await read_body(request, op.body, op.max_body)
@@ -142,9 +144,9 @@ def _guard(op: Operation) -> Any:
 
 @web.middleware
 async def request_context(request: web.Request, handler: Any) -> web.StreamResponse:
-    request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+    request_id = request.headers.get("X-Request-Id") or os.urandom(16).hex()  # uuid4().hex costs 4x as much
     if len(request_id) > 100 or not request_id.isprintable():
-        request_id = uuid.uuid4().hex
+        request_id = os.urandom(16).hex()
     request[REQUEST_ID] = request_id
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(request_id=request_id)
@@ -159,7 +161,7 @@ async def request_context(request: web.Request, handler: Any) -> web.StreamRespo
         elapsed = time.perf_counter() - started
         resource = request.match_info.route.resource
         route = resource.canonical if resource is not None else "unmatched"
-        request.app[METRICS].request_latency.labels(request.method, route, str(status)).observe(elapsed)
+        request.app[METRICS].observe_request(request.method, route, status, elapsed)
         log.info("http_request", method=request.method, route=route, status=status, ms=round(elapsed * 1000, 2))
 
 
