@@ -178,18 +178,31 @@ class Phase(abc.ABC):
         pass
 
 
-class RawInserts(Phase):
-    name, title = "raw_insert", "raw asyncpg single-row inserts"
+class RawPhase(Phase):
+    """A baseline: one asyncpg connection per worker, writing ``RawRows`` into ``table``."""
 
-    def __init__(self, url: str, profile: Profile) -> None:
+    table = ""
+
+    def __init__(self, url: str, workers: int) -> None:
         super().__init__()
-        self.url, self.workers = url, profile.raw_connections
+        self.url, self.workers = url, workers
         self.rows = RawRows()
-        self.sql = INSERT_ROW.format(table="raw_events")
+        self.sql = INSERT_ROW.format(table=self.table)
 
     async def open(self) -> None:
         await super().open()
         self.conns = [await asyncpg.connect(self.url) for _ in range(self.workers)]
+
+    async def close(self) -> None:
+        for c in self.conns:
+            await c.close()
+
+
+class RawInserts(RawPhase):
+    name, title, table = "raw_insert", "raw asyncpg single-row inserts", "raw_events"
+
+    def __init__(self, url: str, profile: Profile) -> None:
+        super().__init__(url, profile.raw_connections)
 
     async def run_slice(self, seconds: float, warmup: float) -> LoadResult:
         async def op(w: int, _: int) -> int:
@@ -199,23 +212,12 @@ class RawInserts(Phase):
 
         return await closed_loop(op, workers=self.workers, seconds=seconds, warmup=warmup)
 
-    async def close(self) -> None:
-        for c in self.conns:
-            await c.close()
 
-
-class RawExecutemany(Phase):
-    name, title = "raw_executemany", "raw asyncpg executemany, 500 rows a transaction"
+class RawExecutemany(RawPhase):
+    name, title, table = "raw_executemany", "raw asyncpg executemany, 500 rows a transaction", "raw_bulk"
 
     def __init__(self, url: str, profile: Profile) -> None:
-        super().__init__()
-        self.url, self.workers = url, profile.bulk_clients
-        self.rows = RawRows()
-        self.sql = INSERT_ROW.format(table="raw_bulk")
-
-    async def open(self) -> None:
-        await super().open()
-        self.conns = [await asyncpg.connect(self.url) for _ in range(self.workers)]
+        super().__init__(url, profile.bulk_clients)
 
     async def run_slice(self, seconds: float, warmup: float) -> LoadResult:
         async def op(w: int, _: int) -> int:
@@ -226,10 +228,6 @@ class RawExecutemany(Phase):
             return BULK_ROWS
 
         return await closed_loop(op, workers=self.workers, seconds=seconds, warmup=warmup)
-
-    async def close(self) -> None:
-        for c in self.conns:
-            await c.close()
 
 
 class EventsourcingRecorder(Phase):
@@ -279,22 +277,33 @@ class EventsourcingRecorder(Phase):
         await asyncio.to_thread(self.factory.close)
 
 
-class LedgerSingle(Phase):
-    """Each of the 32 clients changes preferences of its own 100 subjects in turn, on its
-    own keep-alive connection (bench.http_load: a lean client, so the load generator
-    takes as little of the shared CPU as it can)."""
+class HttpPhase(Phase):
+    """Load on the ledger over HTTP: each worker on its own keep-alive connection
+    (bench.http_load: a lean client, so the load generator takes as little of the shared
+    CPU as it can), with one API key."""
 
-    name, title = "ledger_http", "ledger over HTTP, one event per request"
-
-    def __init__(self, ledger: LedgerProcess, key: str, profile: Profile) -> None:
+    def __init__(self, ledger: LedgerProcess, key: str, workers: int) -> None:
         super().__init__()
-        self.ledger, self.workers = ledger, profile.http_clients
+        self.ledger, self.workers = ledger, workers
         self.headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
 
     async def open(self) -> None:
         await super().open()
         assert self.ledger is not None
         self.conns = [HttpConnection("127.0.0.1", self.ledger.port) for _ in range(self.workers)]
+
+    async def close(self) -> None:
+        for c in self.conns:
+            c.close()
+
+
+class LedgerSingle(HttpPhase):
+    """Each of the 32 clients changes preferences of its own 100 subjects in turn."""
+
+    name, title = "ledger_http", "ledger over HTTP, one event per request"
+
+    def __init__(self, ledger: LedgerProcess, key: str, profile: Profile) -> None:
+        super().__init__(ledger, key, profile.http_clients)
 
     async def run_slice(self, seconds: float, warmup: float) -> LoadResult:
         async def op(w: int, _: int) -> int:
@@ -309,23 +318,12 @@ class LedgerSingle(Phase):
 
         return await closed_loop(op, workers=self.workers, seconds=seconds, warmup=warmup)
 
-    async def close(self) -> None:
-        for c in self.conns:
-            c.close()
 
-
-class LedgerBulk(Phase):
+class LedgerBulk(HttpPhase):
     name, title = "ledger_bulk", "ledger bulk endpoint, 500 events a request"
 
     def __init__(self, ledger: LedgerProcess, key: str, profile: Profile) -> None:
-        super().__init__()
-        self.ledger, self.workers = ledger, profile.bulk_clients
-        self.headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
-
-    async def open(self) -> None:
-        await super().open()
-        assert self.ledger is not None
-        self.conns = [HttpConnection("127.0.0.1", self.ledger.port) for _ in range(self.workers)]
+        super().__init__(ledger, key, profile.bulk_clients)
 
     async def run_slice(self, seconds: float, warmup: float) -> LoadResult:
         path = f"/v1/tenants/{TENANT}/subjects:batch"
@@ -342,10 +340,6 @@ class LedgerBulk(Phase):
             return BULK_ROWS
 
         return await closed_loop(op, workers=self.workers, seconds=seconds, warmup=warmup)
-
-    async def close(self) -> None:
-        for c in self.conns:
-            c.close()
 
 
 BATCHES = "ledger_append_batch_seconds_count"
