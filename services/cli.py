@@ -46,6 +46,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.set_defaults(func=cmd_serve)
     p = sub.add_parser("keygen", help="print a new master key for LEDGER_MASTER_KEY")
     p.set_defaults(func=cmd_keygen)
+    p = sub.add_parser("rotate-master-key",
+                       help="re-wrap every subject key (and re-hash the suppression list) from"
+                            " LEDGER_MASTER_KEY_PREVIOUS to LEDGER_MASTER_KEY")
+    p.set_defaults(func=cmd_rotate_master_key)
     p = sub.add_parser("operator-key", help="issue an operator API key (creates tenants); printed once")
     p.add_argument("--label", default="operator")
     p.set_defaults(func=cmd_operator_key)
@@ -136,6 +140,45 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     from services.ledger.subject_keys import new_master_key
 
     print(new_master_key())
+    return 0
+
+
+def cmd_rotate_master_key(args: argparse.Namespace) -> int:
+    """Step 2 of a master key rotation (docs/deploy.md): everything the previous master key
+    protects moves to the current one. Idempotent; exit 1 if any subject key opens with
+    neither key (nothing is changed for those)."""
+    import msgspec
+
+    from services.audit import suppression
+    from services.ledger.subject_keys import master_keys, rewrap_subject_keys
+
+    settings = from_env()
+    try:
+        current, previous = master_keys(settings)
+    except ValueError as exc:
+        print(f"consent-ledger: {exc}", file=sys.stderr)
+        return 2
+    if previous is None:
+        print("consent-ledger: set LEDGER_MASTER_KEY_PREVIOUS (or _FILE) to the key being replaced", file=sys.stderr)
+        return 2
+
+    async def run() -> tuple[object, int]:
+        pool = await asyncpg.create_pool(_database_url(), min_size=1, max_size=2)
+        assert pool is not None
+        try:
+            report = await rewrap_subject_keys(pool, current, previous)
+            moved = await suppression.rehash(pool, current, previous)
+            return report, moved
+        finally:
+            await pool.close()
+
+    report, moved = asyncio.run(run())
+    summary = {**msgspec.structs.asdict(report), "suppressions_rehashed": moved}  # type: ignore[arg-type]
+    print(msgspec.json.encode(summary).decode())
+    if summary["unopenable"]:
+        print(f"consent-ledger: {len(summary['unopenable'])} subject keys open with neither master key; left as they"
+              " are", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -226,7 +226,7 @@ async def demo_tenant(settings: Settings) -> AsyncIterator[list[str]]:
     from services.ledger.commands import Context, Ledger
     from services.ledger.migrate import migrate
     from services.ledger.store import EventStore
-    from services.ledger.subject_keys import SubjectKeys, parse_master_key
+    from services.ledger.subject_keys import SubjectKeys
 
     assert settings.master_key
     pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=2)
@@ -237,7 +237,7 @@ async def demo_tenant(settings: Settings) -> AsyncIterator[list[str]]:
         store = EventStore(pool)
         await store.start()
         try:
-            ledger = Ledger(pool, store, SubjectKeys(pool, parse_master_key(settings.master_key)))
+            ledger = Ledger(pool, store, SubjectKeys.from_settings(pool, settings))
             system = Actor(kind="system", id="devstack-demo")
 
             def ctx(key: str, actor: Actor = system, method: str = "system") -> Context:

@@ -22,6 +22,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     kafka_ssl_certfile: str | None = None
     kafka_ssl_keyfile: str | None = None
     master_key: str | None = None  # base64, 32 bytes (LEDGER_MASTER_KEY)
+    # The master key being rotated out (LEDGER_MASTER_KEY_PREVIOUS): still opens what it
+    # wrapped until `consent-ledger keys rotate` has re-wrapped everything (docs/deploy.md).
+    master_key_previous: str | None = None
     host: str = "127.0.0.1"
     port: int = 8080
     portal_port: int = 8081
@@ -65,6 +68,7 @@ def from_env(env: Mapping[str, str] | None = None, **overrides: object) -> Setti
         "kafka_ssl_certfile": e.get("LEDGER_KAFKA_SSL_CERTFILE") or None,
         "kafka_ssl_keyfile": e.get("LEDGER_KAFKA_SSL_KEYFILE") or None,
         "master_key": e.get("LEDGER_MASTER_KEY") or _secret_file(e, "LEDGER_MASTER_KEY_FILE"),
+        "master_key_previous": e.get("LEDGER_MASTER_KEY_PREVIOUS") or _secret_file(e, "LEDGER_MASTER_KEY_PREVIOUS_FILE"),
         "host": e.get("LEDGER_HTTP_HOST", "127.0.0.1"),
         "port": _int(e, "LEDGER_HTTP_PORT", 8080, minimum=1, maximum=65535),
         "portal_port": _int(e, "LEDGER_PORTAL_PORT", 8081, minimum=1, maximum=65535),

@@ -34,7 +34,7 @@ from services.audit.times import UTC, end_of_dutch_day, parse_known_at, parse_on
 from services.ledger.commands import CommandRejected, Context, Ledger
 from services.ledger.errors import LedgerError
 from services.ledger.store import EventStore
-from services.ledger.subject_keys import SubjectKeys, parse_master_key
+from services.ledger.subject_keys import SubjectKeys, master_keys
 from services.settings import from_env
 
 
@@ -46,6 +46,7 @@ class Runtime:
     store: EventStore
     ledger: Ledger
     master_key: bytes
+    previous_master_key: bytes | None = None  # during a master key rotation
 
 
 @contextlib.asynccontextmanager
@@ -55,14 +56,15 @@ async def runtime(*, writes: bool = False, needs_key: bool = True) -> AsyncItera
         raise SystemExit("consent-ledger audit: LEDGER_DATABASE_URL is not set")
     if needs_key and not settings.master_key:
         raise SystemExit("consent-ledger audit: LEDGER_MASTER_KEY is not set (needed to open or shred personal data)")
-    master = parse_master_key(settings.master_key) if settings.master_key else b"\0" * 32
+    master, previous = master_keys(settings) if settings.master_key else (b"\0" * 32, None)
     pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=4)
     assert pool is not None
     store = EventStore(pool)
     if writes:
         await store.start()
     try:
-        yield Runtime(pool=pool, store=store, ledger=Ledger(pool, store, SubjectKeys(pool, master)), master_key=master)
+        yield Runtime(pool=pool, store=store, ledger=Ledger(pool, store, SubjectKeys(pool, master, previous)),
+                      master_key=master, previous_master_key=previous)
     finally:
         await store.stop()
         await pool.close()
@@ -275,7 +277,8 @@ def cmd_suppression(args: argparse.Namespace) -> int:
     async def work() -> int:
         check_subject_ids(args.tenant, args.source, args.ref)
         async with runtime() as rt:
-            _print_json(await suppression.lookup(rt.pool, rt.master_key, args.tenant, args.source, args.ref))
+            _print_json(await suppression.lookup(rt.pool, rt.master_key, args.tenant, args.source, args.ref,
+                                                 previous=rt.previous_master_key))
             return 0
 
     return _run(work)

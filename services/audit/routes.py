@@ -29,7 +29,7 @@ from services.audit.suppression import Suppression
 from services.audit.times import UTC, parse_known_at, parse_on
 from services.ledger.api.app import SETTINGS, STORE, Call
 from services.ledger.api.jsonapi import ApiError, ApiRoutes, Handler, json_response
-from services.ledger.subject_keys import parse_master_key
+from services.ledger.subject_keys import master_keys, parse_master_key
 
 routes = ApiRoutes(tag="audit")
 STREAM_CACHE = web.AppKey("audit_stream_cache", StreamCache)
@@ -231,6 +231,7 @@ async def erase(call: Call) -> web.Response:
 @_answers
 async def suppression_check(call: Call) -> web.Response:
     tenant_id, source, ref = _ids(call)
-    found = await suppression.lookup(call.ledger.pool, _master_key(call), tenant_id, source, ref)
+    _, previous = master_keys(call.request.app[SETTINGS])
+    found = await suppression.lookup(call.ledger.pool, _master_key(call), tenant_id, source, ref, previous=previous)
     return json_response(found)
 

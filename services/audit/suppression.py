@@ -21,7 +21,7 @@ import msgspec
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from consent.vocabulary import subject_key
+from consent.vocabulary import parse_subject_stream, subject_key
 from services.ledger.store import translate_errors
 
 _INFO: Final = b"consent-ledger/suppression/v1/"
@@ -54,14 +54,41 @@ async def suppress(conn: asyncpg.Connection, master_key: bytes, tenant_id: str, 
 
 
 async def lookup(pool: asyncpg.Pool | asyncpg.Connection, master_key: bytes, tenant_id: str, source: str,
-                 customer_ref: str) -> Suppression:
-    """Whether this customer ref objected before it was erased."""
+                 customer_ref: str, *, previous: bytes | None = None) -> Suppression:
+    """Whether this customer ref objected before it was erased. During a master key
+    rotation (``previous``), a record hashed with the previous key counts too."""
+    hashes_ = [ref_hmac(key, tenant_id, source, customer_ref) for key in (master_key, previous) if key is not None]
     with translate_errors():
         row = await pool.fetchrow(
-            "SELECT objected_on, erased_at FROM audit.suppressions WHERE tenant_id = $1 AND ref_hmac = $2",
-            tenant_id, ref_hmac(master_key, tenant_id, source, customer_ref),
+            "SELECT objected_on, erased_at FROM audit.suppressions WHERE tenant_id = $1 AND ref_hmac = ANY($2::bytea[])"
+            " ORDER BY erased_at LIMIT 1",
+            tenant_id, hashes_,
         )
     subject = subject_key(tenant_id, source, customer_ref)
     if row is None:
         return Suppression(subject=subject, suppressed=False)
     return Suppression(subject=subject, suppressed=True, objected_on=row["objected_on"], erased_at=row["erased_at"])
+
+
+async def rehash(pool: asyncpg.Pool, current: bytes, previous: bytes) -> int:
+    """After a master key rotation: re-hash the records made with the previous key. The
+    customer ref of every erased subject is still in its stream id (docs/erasure.md), so
+    each one's old and new hash can be computed; a record is moved only if its old hash
+    matches. Returns the records moved; safe to run again."""
+    with translate_errors():
+        erased = await pool.fetch(
+            "SELECT DISTINCT tenant_id, stream_id FROM ledger.events WHERE event_type = 'SubjectErased'"
+        )
+    moved = 0
+    for row in erased:
+        parsed = parse_subject_stream(row["stream_id"])
+        if parsed is None:
+            continue
+        tenant_id, source, ref = parsed
+        with translate_errors():
+            done = await pool.execute(
+                "UPDATE audit.suppressions SET ref_hmac = $3 WHERE tenant_id = $1 AND ref_hmac = $2",
+                tenant_id, ref_hmac(previous, tenant_id, source, ref), ref_hmac(current, tenant_id, source, ref),
+            )
+        moved += int(done.split()[-1])
+    return moved

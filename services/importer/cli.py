@@ -81,7 +81,7 @@ async def open_ledger(settings: Settings, *, pool_size: int = 6) -> AsyncIterato
     from services.ledger.commands import Ledger
     from services.ledger.migrate import migrate
     from services.ledger.store import EventStore
-    from services.ledger.subject_keys import SubjectKeys, parse_master_key
+    from services.ledger.subject_keys import SubjectKeys
 
     if not settings.database_url:
         raise ImportRefused("LEDGER_DATABASE_URL is not set", field="LEDGER_DATABASE_URL", status=2)
@@ -96,7 +96,7 @@ async def open_ledger(settings: Settings, *, pool_size: int = 6) -> AsyncIterato
         store = EventStore(pool)
         await store.start()
         try:
-            yield Ledger(pool, store, SubjectKeys(pool, parse_master_key(settings.master_key)))
+            yield Ledger(pool, store, SubjectKeys.from_settings(pool, settings))
         finally:
             await store.stop()
     finally:

@@ -18,10 +18,12 @@ from typing import Any, Final
 
 import asyncpg
 import msgspec
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from schemas.events import Sealed
 from services.ledger.store import translate_errors
+from services.settings import Settings
 
 _encode: Final = msgspec.json.Encoder().encode
 _b64e = base64.b64encode
@@ -30,18 +32,33 @@ _b64d = base64.b64decode
 
 
 class SubjectKeys:
-    def __init__(self, pool: asyncpg.Pool, master_key: bytes) -> None:
-        if len(master_key) != 32:
+    """``previous``: the master key being rotated out, tried when the current one does not
+    open a wrapped key (every new key is wrapped with the current one); see
+    :func:`rewrap_subject_keys`."""
+
+    def __init__(self, pool: asyncpg.Pool, master_key: bytes, previous: bytes | None = None) -> None:
+        if len(master_key) != 32 or (previous is not None and len(previous) != 32):
             raise ValueError("the master key must be 32 bytes")
         self._pool = pool
         self._master = AESGCM(master_key)
+        self._previous = AESGCM(previous) if previous is not None and previous != master_key else None
+
+    @classmethod
+    def from_settings(cls, pool: asyncpg.Pool, settings: Settings) -> SubjectKeys:
+        current, previous = master_keys(settings)
+        return cls(pool, current, previous)
 
     def _wrap(self, key: bytes, stream_id: str) -> bytes:
         nonce = os.urandom(12)
         return nonce + self._master.encrypt(nonce, key, stream_id.encode())
 
     def _unwrap(self, wrapped: bytes, stream_id: str) -> bytes:
-        return self._master.decrypt(wrapped[:12], wrapped[12:], stream_id.encode())
+        try:
+            return self._master.decrypt(wrapped[:12], wrapped[12:], stream_id.encode())
+        except InvalidTag:
+            if self._previous is None:
+                raise
+            return self._previous.decrypt(wrapped[:12], wrapped[12:], stream_id.encode())
 
     async def key_for(self, tenant_id: str, stream_id: str) -> tuple[str, bytes]:
         """The subject's (key_id, key), made on first use."""
@@ -245,3 +262,70 @@ def parse_master_key(text: str) -> bytes:
     if len(key) != 32:
         raise ValueError("LEDGER_MASTER_KEY must be 32 bytes, base64")
     return key
+
+
+def master_keys(settings: Settings) -> tuple[bytes, bytes | None]:
+    """(current, previous) master keys from the settings; previous is None outside a rotation."""
+    if not settings.master_key:
+        raise ValueError("LEDGER_MASTER_KEY is not set (32 bytes, base64); `consent-ledger keygen` makes one")
+    current = parse_master_key(settings.master_key)
+    if not settings.master_key_previous:
+        return current, None
+    try:
+        return current, parse_master_key(settings.master_key_previous)
+    except ValueError:
+        raise ValueError("LEDGER_MASTER_KEY_PREVIOUS must be 32 bytes, base64") from None
+
+
+class RewrapReport(msgspec.Struct, kw_only=True):
+    keys: int = 0  # subject keys looked at
+    rewrapped: int = 0  # wrapped with the previous master key, now with the current one
+    unopenable: list[str] = msgspec.field(default_factory=list)  # streams neither key opens
+
+
+async def rewrap_subject_keys(pool: asyncpg.Pool, current: bytes, previous: bytes, *,
+                              batch: int = 1000) -> RewrapReport:
+    """Re-wrap every subject key that the previous master key wrapped with the current one.
+
+    In batches by stream id, each UPDATE only if the row still holds what was read (a key
+    shredded or made meanwhile is left alone). Safe to run again: keys the current master
+    key opens are skipped. A key that neither opens is reported, never changed."""
+    report = RewrapReport()
+    now, old = AESGCM(current), AESGCM(previous)
+    after = ""
+    while True:
+        with translate_errors():
+            rows = await pool.fetch(
+                "SELECT stream_id, wrapped_key FROM ledger.subject_keys WHERE stream_id > $1 ORDER BY stream_id LIMIT $2",
+                after, batch,
+            )
+        if not rows:
+            return report
+        after = rows[-1]["stream_id"]
+        streams, olds, news = [], [], []
+        for r in rows:
+            stream_id, wrapped = r["stream_id"], bytes(r["wrapped_key"])
+            report.keys += 1
+            aad = stream_id.encode()
+            try:
+                now.decrypt(wrapped[:12], wrapped[12:], aad)
+                continue  # already the current key's
+            except InvalidTag:
+                pass
+            try:
+                key = old.decrypt(wrapped[:12], wrapped[12:], aad)
+            except InvalidTag:
+                report.unopenable.append(stream_id)
+                continue
+            nonce = os.urandom(12)
+            streams.append(stream_id)
+            olds.append(wrapped)
+            news.append(nonce + now.encrypt(nonce, key, aad))
+        if streams:
+            with translate_errors():
+                done = await pool.fetch(
+                    "UPDATE ledger.subject_keys k SET wrapped_key = u.new FROM unnest($1::text[], $2::bytea[],"
+                    " $3::bytea[]) AS u(stream_id, old, new) WHERE k.stream_id = u.stream_id AND k.wrapped_key = u.old"
+                    " RETURNING k.stream_id", streams, olds, news,
+                )
+            report.rewrapped += len(done)

@@ -254,7 +254,7 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
     await store.start()
     app[POOL] = pool
     app[STORE] = store
-    app[LEDGER] = Ledger(pool, store, SubjectKeys(pool, master))
+    app[LEDGER] = Ledger(pool, store, SubjectKeys.from_settings(pool, settings))
     app[LINKS] = LinkStore(pool)
     app[ACCOUNTS] = Accounts(pool, app[HASHER])
     app[CSRF] = Csrf(master)

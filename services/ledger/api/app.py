@@ -29,7 +29,7 @@ from services.ledger.errors import IdempotencyKeyReused, IntegrityError, StoreUn
 from services.ledger.metrics import LedgerMetrics
 from services.ledger.migrate import migrate
 from services.ledger.store import EventStore, request_fingerprint
-from services.ledger.subject_keys import SubjectKeys, parse_master_key
+from services.ledger.subject_keys import SubjectKeys
 from services.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -257,7 +257,7 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
     app[POOL] = pool
     app[STORE] = store
     app[KEYRING] = KeyRing(pool)
-    app[LEDGER] = Ledger(pool, store, SubjectKeys(pool, parse_master_key(settings.master_key)))
+    app[LEDGER] = Ledger(pool, store, SubjectKeys.from_settings(pool, settings))
     yield
     await store.stop()
     await pool.close()
