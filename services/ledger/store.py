@@ -129,9 +129,8 @@ _READ_STATE: Final = (
 #    No column value holds a newline: JSON from msgspec escapes it, ids are checked in
 #    append(). Positions are consecutive from $1; the hashes are 32-byte slices of $13
 #    and each event's prev_hash is the slice before it ($12, the head's, for the first).
-_WRITE: Final = (
-    "WITH new_events AS ("
-    " INSERT INTO ledger.events (position, event_id, stream_id, version, tenant_id, event_type,"
+_INSERT_EVENTS: Final = (
+    "INSERT INTO ledger.events (position, event_id, stream_id, version, tenant_id, event_type,"
     " schema_version, recorded_at, occurred_on, data, metadata, prev_hash, hash)"
     " SELECT $1::bigint + u.n - 1, u.e::uuid, u.s, u.v::int, u.t, u.ty, u.sv::smallint, $8,"
     " nullif(u.o, '')::date, u.d::json, u.m::json,"
@@ -141,39 +140,25 @@ _WRITE: Final = (
     " string_to_array($5, E'\\n'), string_to_array($6, E'\\n'), string_to_array($7, E'\\n'),"
     " string_to_array($9, E'\\n'), string_to_array($10, E'\\n'), string_to_array($11, E'\\n'))"
     " WITH ORDINALITY AS u(e, s, v, t, ty, sv, o, d, m, n)"
-    "), new_keys AS ("
-    " INSERT INTO ledger.idempotency (tenant_id, key, fingerprint, result)"
-    " SELECT * FROM unnest($14::text[], $15::text[], $16::bytea[], $17::json[])"
-    ")"
-    " UPDATE ledger.head SET position = $18, hash = $19, recorded_at = $8"
 )
+_INSERT_KEYS: Final = (
+    "INSERT INTO ledger.idempotency (tenant_id, key, fingerprint, result)"
+    " SELECT * FROM unnest($14::text[], $15::text[], $16::bytea[], $17::json[])"
+)
+_MOVE_HEAD: Final = "UPDATE ledger.head SET position = $18, hash = $19, recorded_at = $8"
+_WRITE: Final = f"WITH new_events AS ({_INSERT_EVENTS}), new_keys AS ({_INSERT_KEYS}) {_MOVE_HEAD}"
 # The optimistic path (EventStore._commit_batch): 2. without a lock, then 3. as ONE
 # autocommit statement that first takes the head lock (the InitPlan runs before any row
 # is written) and writes only if the head is still at the position read ($20). Positions
 # only grow, so an unmoved head means no append committed since the read, and the read is
 # still the truth. Returns whether it wrote.
+_IF_HEAD_UNMOVED: Final = " WHERE EXISTS (SELECT 1 FROM ok)"
 _WRITE_IF_HEAD: Final = (
     "WITH head AS (SELECT position FROM ledger.head FOR UPDATE),"
     " ok AS (SELECT 1 FROM head WHERE position = $20),"
-    " new_events AS ("
-    " INSERT INTO ledger.events (position, event_id, stream_id, version, tenant_id, event_type,"
-    " schema_version, recorded_at, occurred_on, data, metadata, prev_hash, hash)"
-    " SELECT $1::bigint + u.n - 1, u.e::uuid, u.s, u.v::int, u.t, u.ty, u.sv::smallint, $8,"
-    " nullif(u.o, '')::date, u.d::json, u.m::json,"
-    " CASE WHEN u.n = 1 THEN $12::bytea ELSE substring($13::bytea FROM (u.n::int - 2) * 32 + 1 FOR 32) END,"
-    " substring($13::bytea FROM (u.n::int - 1) * 32 + 1 FOR 32)"
-    " FROM unnest(string_to_array($2, E'\\n'), string_to_array($3, E'\\n'), string_to_array($4, E'\\n'),"
-    " string_to_array($5, E'\\n'), string_to_array($6, E'\\n'), string_to_array($7, E'\\n'),"
-    " string_to_array($9, E'\\n'), string_to_array($10, E'\\n'), string_to_array($11, E'\\n'))"
-    " WITH ORDINALITY AS u(e, s, v, t, ty, sv, o, d, m, n)"
-    " WHERE EXISTS (SELECT 1 FROM ok)"
-    "), new_keys AS ("
-    " INSERT INTO ledger.idempotency (tenant_id, key, fingerprint, result)"
-    " SELECT * FROM unnest($14::text[], $15::text[], $16::bytea[], $17::json[]) WHERE EXISTS (SELECT 1 FROM ok)"
-    "), moved AS ("
-    " UPDATE ledger.head SET position = $18, hash = $19, recorded_at = $8 WHERE EXISTS (SELECT 1 FROM ok)"
-    " RETURNING 1"
-    ")"
+    f" new_events AS ({_INSERT_EVENTS}{_IF_HEAD_UNMOVED}),"
+    f" new_keys AS ({_INSERT_KEYS}{_IF_HEAD_UNMOVED}),"
+    f" moved AS ({_MOVE_HEAD}{_IF_HEAD_UNMOVED} RETURNING 1)"
     " SELECT EXISTS (SELECT 1 FROM moved)"
 )
 # 4. COMMIT. The writer keeps its own connection between batches: taking one from the
