@@ -420,3 +420,67 @@ async def test_subjects_past_the_cipher_cache_keep_their_keys_and_every_event_st
     again, _ = await run_import(
         ledger, write(tmp_path, "b.csv", INVOICE_HEADER + "\n" + "\n".join(rows) + "\n"), batch_size=2)
     assert (again.unchanged, again.events) == (9, 0)
+
+
+async def test_a_subject_key_made_by_another_writer_while_the_batch_was_sealed_is_used_after_planning_again(
+    ledger: Ledger, pool: asyncpg.Pool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """New keys are stored while the batch is sealed with them; if another writer stored a
+    key for one of those subjects first, the batch is planned again with that key."""
+    from services.ledger.subject_keys import SubjectKeys
+
+    real = SubjectKeys.make_keys
+    calls: list[list[str]] = []
+
+    def racing(self: SubjectKeys, tenant_id: str, stream_ids: list[str]):  # noqa: ANN202
+        calls.append(list(stream_ids))
+        made, store = real(self, tenant_id, stream_ids)
+
+        async def other_writer_first() -> set[str]:
+            if len(calls) == 1:  # a portal save makes K2's key between our making and storing it
+                await self.key_for(tenant_id, "subject/garage-a/dealer/K2")
+            return await store
+
+        return made, other_writer_first()
+
+    monkeypatch.setattr(SubjectKeys, "make_keys", racing)
+    rows = [f"K{1 + i % 3};F{i};01-03-2024;Jan;jan{i % 3}@example.nl" for i in range(6)]
+    summary, rejected = await run_import(
+        ledger, write(tmp_path, "a.csv", INVOICE_HEADER + "\n" + "\n".join(rows) + "\n"))
+    assert (rejected, summary.recorded) == ([], 6)
+    assert calls == [[f"subject/garage-a/dealer/K{n}" for n in (1, 2, 3)]]  # planned again: K2's key found then
+    for n in (1, 2, 3):
+        for event in await subject_events(pool, f"K{n}"):
+            assert (await open_sealed(ledger, f"K{n}", event.personal))["email"] == f"jan{n - 1}@example.nl"
+
+
+async def test_when_storing_new_keys_fails_nothing_sealed_with_them_is_kept_and_the_batch_is_planned_again(
+    ledger: Ledger, pool: asyncpg.Pool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from services.ledger.errors import StoreUnavailable
+    from services.ledger.subject_keys import SubjectKeys
+
+    real = SubjectKeys.make_keys
+    calls: list[int] = []
+
+    def failing_once(self: SubjectKeys, tenant_id: str, stream_ids: list[str]):  # noqa: ANN202
+        calls.append(len(stream_ids))
+        made, store = real(self, tenant_id, stream_ids)
+        if len(calls) > 1:
+            return made, store
+
+        async def lost() -> set[str]:
+            store.close()  # never sent: the database went away
+            raise StoreUnavailable("connection lost")
+
+        return made, lost()
+
+    monkeypatch.setattr(SubjectKeys, "make_keys", failing_once)
+    rows = [f"K{1 + i % 2};F{i};01-03-2024;Jan;jan{i % 2}@example.nl" for i in range(4)]
+    summary, rejected = await run_import(
+        ledger, write(tmp_path, "a.csv", INVOICE_HEADER + "\n" + "\n".join(rows) + "\n"))
+    assert (rejected, summary.recorded, summary.retries) == ([], 4, 1)
+    assert calls == [2, 2]  # the lost keys were forgotten and made again
+    for n in (1, 2):
+        for event in await subject_events(pool, f"K{n}"):
+            assert (await open_sealed(ledger, f"K{n}", event.personal))["email"] == f"jan{n - 1}@example.nl"

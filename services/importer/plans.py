@@ -27,6 +27,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import binascii
+import contextlib
 import datetime as dt
 import functools
 import itertools
@@ -37,6 +38,7 @@ from typing import Final
 
 import asyncpg
 import msgspec
+import structlog
 
 from consent.terms import cell_key
 from consent.vocabulary import subject_stream
@@ -54,6 +56,8 @@ from services.ledger.commands import Ledger
 from services.ledger.errors import LedgerError
 from services.ledger.store import AppendResult, StreamWrite, TransactionHook, translate_errors
 from services.ledger.subject_keys import SubjectSealer
+
+log = structlog.get_logger(__name__)
 
 _FP_PURPOSE: Final = b"importer/contact-fingerprint/v1"
 # Rows planned between giving the event loop to the batch that is committing meanwhile:
@@ -148,6 +152,8 @@ class Planner(abc.ABC):
         self._sealers: dict[str, SubjectSealer] = {}
         self._ciphers: dict[str, None] = {}  # subjects whose sealer holds a cipher, least recently used first
         self.fp_keys: dict[str, _Blake2b] = {}  # per subject: the fingerprint MAC, keyed, to copy
+        # New keys made for the batch being planned, and their inserts (see sealers()).
+        self._new_keys: list[tuple[dict[str, SubjectSealer], asyncio.Future[set[str]]]] = []
 
     def stream(self, ref: str) -> str:
         return self._prefix + ref
@@ -167,22 +173,24 @@ class Planner(abc.ABC):
         return await self.ledger.keys.existing_sealers(wanted) if wanted else {}
 
     async def sealers(self, streams: set[str], existing: dict[str, SubjectSealer]) -> dict[str, SubjectSealer]:
-        """A sealer for each (not erased) subject with contact data; makes missing keys."""
+        """A sealer for each (not erased) subject with contact data. Missing keys are made
+        here and their insert is started, not awaited: the batch is sealed while
+        PostgreSQL stores them, and :meth:`plan` waits for the insert before it hands the
+        plan out (nothing sealed with a new key is stored before its key is)."""
         if not streams:
             return {}
         cached, ciphers = self._sealers, self._ciphers
         found = {s: cached[s] for s in streams if s in cached}
         rest = sorted(s for s in streams if s not in found)
         if rest:
-            made = await self.ledger.keys.keys_for(self.tenant, rest, existing=existing)
-            excess = len(cached) + len(made) - _SEALER_CACHE
-            if excess > 0:  # the oldest go first: the cache stays full, hits stay likely
-                for stale in list(itertools.islice(cached, excess)):
-                    del cached[stale]
-                    ciphers.pop(stale, None)
-                    self.fp_keys.pop(stale, None)
-            cached.update(made)
-            found.update(made)
+            known = {s: existing[s] for s in rest if s in existing}
+            self._remember(known)
+            found.update(known)
+            missing = [s for s in rest if s not in known]
+            if missing:
+                made, store = self.ledger.keys.make_keys(self.tenant, missing)
+                self._new_keys.append((made, asyncio.ensure_future(store)))
+                found.update(made)
         for s in found:  # this batch's subjects are now the most recently used
             ciphers.pop(s, None)
             ciphers[s] = None
@@ -196,12 +204,62 @@ class Planner(abc.ABC):
                     sealer.release_cipher()
         return found
 
+    def _remember(self, sealers: dict[str, SubjectSealer]) -> None:
+        """Keep stored keys for the next batches; the oldest go first past _SEALER_CACHE."""
+        cached = self._sealers
+        excess = len(cached) + len(sealers) - _SEALER_CACHE
+        if excess > 0:  # the cache stays full, hits stay likely
+            for stale in list(itertools.islice(cached, excess)):
+                del cached[stale]
+                self._ciphers.pop(stale, None)
+                self.fp_keys.pop(stale, None)
+        cached.update(sealers)
+
+    async def _keys_stored(self) -> bool:
+        """Wait for the inserts of the new keys the last plan sealed with. Stored keys are
+        remembered; keys that were not (another writer made one for the subject first, or
+        the insert failed) are forgotten, with their fingerprint states. False if the
+        batch must be planned again (raced); an insert's error is raised."""
+        pending, self._new_keys = self._new_keys, []
+        outcomes = await asyncio.gather(*(task for _, task in pending), return_exceptions=True)
+        planned_again = False
+        error: BaseException | None = None
+        for (made, _), outcome in zip(pending, outcomes):
+            if isinstance(outcome, BaseException):
+                error = error or outcome
+                lost = set(made)
+            else:
+                lost = outcome
+                planned_again = planned_again or bool(lost)
+                self._remember({s: sealer for s, sealer in made.items() if s not in lost})
+            for s in lost:
+                self._ciphers.pop(s, None)
+                self.fp_keys.pop(s, None)
+        if error is not None:
+            raise error
+        return not planned_again
+
+    async def plan(self, rows: Sequence[Row], overlay: Effects | None) -> Plan:
+        """Plan a batch (:meth:`plan_batch`) and wait until its new keys are stored; if
+        another writer gave one of its subjects a key meanwhile, plan it again (that key
+        is then found and used)."""
+        while True:
+            try:
+                plan = await self.plan_batch(rows, overlay)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await self._keys_stored()
+                raise
+            if await self._keys_stored():
+                return plan
+            log.info("import_key_race", detail="another writer made a subject key meanwhile; planning again")
+
     def erased(self, line: int) -> Rejection:
         return Rejection(line, self.ref_column,
                          "this customer was erased (GDPR art. 17): nothing is recorded for them any more")
 
     @abc.abstractmethod
-    async def plan(self, rows: Sequence[Row], overlay: Effects | None) -> Plan:
+    async def plan_batch(self, rows: Sequence[Row], overlay: Effects | None) -> Plan:
         """Each kind implements this."""
 
 
@@ -293,7 +351,7 @@ class _Nonces:
 
 
 class InvoicePlanner(Planner):
-    async def plan(self, rows: Sequence[Row], overlay: Effects | None) -> Plan:
+    async def plan_batch(self, rows: Sequence[Row], overlay: Effects | None) -> Plan:
         row_streams = [self.stream(r.customer_ref) for r in rows]
         streams = sorted(set(row_streams))
         ids = sorted({r.invoice_id for r in rows})  # type: ignore[union-attr]
@@ -408,7 +466,7 @@ class InvoicePlanner(Planner):
 
 
 class ProspectPlanner(Planner):
-    async def plan(self, rows: Sequence[Row], overlay: Effects | None) -> Plan:
+    async def plan_batch(self, rows: Sequence[Row], overlay: Effects | None) -> Plan:
         stream_of = self.stream
         streams = sorted({stream_of(r.customer_ref) for r in rows})
         keys = sorted({(stream_of(r.customer_ref), r.acquired_on) for r in rows})  # type: ignore[union-attr]
@@ -506,7 +564,7 @@ class PreferencePlanner(Planner):
             delivered.setdefault(r["stream_id"], {})[r["cell"]] = r["value"]
         return delivered
 
-    async def plan(self, rows: Sequence[Row], overlay: Effects | None) -> Plan:
+    async def plan_batch(self, rows: Sequence[Row], overlay: Effects | None) -> Plan:
         stream_of = self.stream
         streams = sorted({stream_of(r.customer_ref) for r in rows})
         current, delivered, (versions, erased) = await asyncio.gather(

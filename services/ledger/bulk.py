@@ -129,7 +129,8 @@ class _Prepared:
         occurred_json = {d: b',"' + d.isoformat().encode() + b'",' if d is not None else b",null,"
                          for d in set(self.occurred)}
         meta_tail = b"," + _encode(metadata) + b"]"
-        self.tails = [occurred_json[d] + quoted + meta_tail for d, quoted in zip(self.occurred, map(_encode, self.data))]
+        self.tails = [occurred_json[d] + quoted + meta_tail
+                      for d, quoted in zip(self.occurred, map(_encode, self.data))]
         self.event_ids = _event_ids(len(events))
 
     def chain(self, tenant_id: str, recorded_at: dt.datetime, prev_hash: bytes, first_position: int,

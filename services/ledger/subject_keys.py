@@ -13,7 +13,7 @@ import binascii
 import hashlib
 import os
 import secrets
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from typing import Any, Final
 
 import asyncpg
@@ -107,33 +107,51 @@ class SubjectKeys:
         sealers = {s: found[s] for s in wanted if s in found}
         missing = [s for s in wanted if s not in found]
         if missing:
-            # Key ids, keys and wrapping nonces for all of them from one call to the OS
-            # random source (a call per key was a visible cost for thousands of subjects).
-            n = len(missing)
-            random = os.urandom(52 * n)  # per subject: 8 id bytes, 32 key bytes, 12 nonce bytes
-            ids, keys, nonces = random[:8 * n].hex(), random[8 * n:40 * n], random[40 * n:]
-            made = {s: ("sk-" + ids[16 * i:16 * i + 16], keys[32 * i:32 * i + 32]) for i, s in enumerate(missing)}
-            encrypt = self._master.encrypt
-            wrapped = [nonces[12 * i:12 * i + 12] + encrypt(nonces[12 * i:12 * i + 12], key, s.encode())
-                       for i, (s, (_, key)) in enumerate(made.items())]
+            made, store = self.make_keys(tenant_id, missing)
+            raced = await store
+            sealers.update((s, sealer) for s, sealer in made.items() if s not in raced)
+            if raced:  # made by another writer meanwhile
+                sealers.update(await self.existing_sealers(sorted(raced)))
+        return sealers
+
+    def make_keys(self, tenant_id: str, stream_ids: Sequence[str]
+                  ) -> tuple[dict[str, SubjectSealer], Coroutine[Any, Any, set[str]]]:
+        """New keys for subjects that have none, made here at once, and the insert that
+        stores them (one statement) for the caller to run, maybe while it seals with them:
+        it answers the subjects another writer gave a key first (``ON CONFLICT DO
+        NOTHING``), whose sealers here must not be used. Nothing sealed with a new key may
+        be stored before the insert has answered. The caller must not pass erased subjects
+        (this would make them a new key)."""
+        missing = list(stream_ids)
+        # Key ids, keys and wrapping nonces for all of them from one call to the OS random
+        # source (a call per key was a visible cost for thousands of subjects).
+        n = len(missing)
+        random = os.urandom(52 * n)  # per subject: 8 id bytes, 32 key bytes, 12 nonce bytes
+        ids, keys, nonces = random[:8 * n].hex(), random[8 * n:40 * n], random[40 * n:]
+        made = {s: SubjectSealer(s, "sk-" + ids[16 * i:16 * i + 16], keys[32 * i:32 * i + 32])
+                for i, s in enumerate(missing)}
+        encrypt = self._master.encrypt
+        wrapped = [nonces[12 * i:12 * i + 12] + encrypt(nonces[12 * i:12 * i + 12], keys[32 * i:32 * i + 32],
+                                                         s.encode())
+                   for i, s in enumerate(missing)]
+        params: tuple[Any, ...] = ([made[s].key_id for s in missing], missing, wrapped)
+        if not isinstance(_ids_param(missing), list):  # as text: see _ids_param
+            params = ("\n".join(params[0]), "\n".join(missing), "\n".join(w.hex() for w in wrapped))
+            sql = ("SELECT k, $1, s, decode(w, 'hex') FROM unnest(string_to_array($2, E'\\n'),"
+                   " string_to_array($3, E'\\n'), string_to_array($4, E'\\n')) AS u(k, s, w)")
+        else:
+            sql = "SELECT k, $1, s, w FROM unnest($2::text[], $3::text[], $4::bytea[]) AS u(k, s, w)"
+
+        async def store() -> set[str]:
+            if not missing:
+                return set()
             with translate_errors():
-                params: tuple[Any, ...] = ([key_id for key_id, _ in made.values()], missing, wrapped)
-                if not isinstance(_ids_param(missing), list):  # as text: see _ids_param
-                    params = ("\n".join(params[0]), "\n".join(missing), "\n".join(w.hex() for w in params[2]))
-                    sql = ("SELECT k, $1, s, decode(w, 'hex') FROM unnest(string_to_array($2, E'\\n'),"
-                           " string_to_array($3, E'\\n'), string_to_array($4, E'\\n')) AS u(k, s, w)")
-                else:
-                    sql = "SELECT k, $1, s, w FROM unnest($2::text[], $3::text[], $4::bytea[]) AS u(k, s, w)"
                 inserted = await self._pool.fetch(
                     "INSERT INTO ledger.subject_keys (key_id, tenant_id, stream_id, wrapped_key) " + sql
                     + " ON CONFLICT (stream_id) DO NOTHING RETURNING stream_id", tenant_id, *params)
-            for r in inserted:
-                s = r["stream_id"]
-                sealers[s] = SubjectSealer(s, made[s][0], made[s][1])
-            raced = [s for s in missing if s not in sealers]
-            if raced:  # made by another writer meanwhile
-                sealers.update(await self.existing_sealers(raced))
-        return sealers
+            return set(missing) - {r["stream_id"] for r in inserted}
+
+        return made, store()
 
     async def seal(self, tenant_id: str, stream_id: str, payload: Any) -> Sealed:
         key_id, key = await self.key_for(tenant_id, stream_id)
