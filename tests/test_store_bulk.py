@@ -145,13 +145,13 @@ async def test_a_bulk_request_that_breaks_a_constraint_leaves_nothing(store: Eve
     first = await store.append_bulk(bulk(StreamWrite("s/a", [invoice(1)], 0)))
     from services.ledger import bulk as bulk_module
 
-    original = bulk_module._event_ids
-    bulk_module._event_ids = lambda n: [first.event_ids[0]] * n  # type: ignore[assignment]
+    original = bulk_module.new_event_ids
+    bulk_module.new_event_ids = lambda n: [first.event_ids[0]] * n  # type: ignore[assignment]
     try:
         with pytest.raises(LedgerError):
             await store.append_bulk(bulk(StreamWrite("s/b", [invoice(2), invoice(3)], 0)))
     finally:
-        bulk_module._event_ids = original
+        bulk_module.new_event_ids = original
     assert await pool.fetchval("SELECT count(*) FROM ledger.events") == 1
     assert (await store.append_bulk(bulk(StreamWrite("s/b", [invoice(2)], 0)))).first_position == 2
     assert await _chain_ok(pool) == 2

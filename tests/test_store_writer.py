@@ -219,14 +219,18 @@ async def test_the_api_answers_410_for_an_erased_subject_and_records_nothing(api
     assert await store.read_stream("subject/garage-a/dealer/C10") == []  # all or nothing
 
 
-def test_event_ids_are_distinct_version_4_uuids() -> None:
+def test_event_ids_are_distinct_time_ordered_version_7_uuids() -> None:
+    import time
     import uuid
 
-    from services.ledger.store import _EventIds
+    from services.ledger.store import new_event_ids
 
-    batch = _EventIds(2000)
-    ids = [batch.next() for _ in range(2000)]
+    before = time.time_ns() // 1_000_000
+    ids = new_event_ids(2000)
+    after = time.time_ns() // 1_000_000
     assert len(set(ids)) == 2000
     parsed = [uuid.UUID(i) for i in ids]
-    assert all(u.version == 4 and u.variant == uuid.RFC_4122 and str(u) == i for u, i in zip(parsed, ids))
+    assert all(u.version == 7 and u.variant == uuid.RFC_4122 and str(u) == i for u, i in zip(parsed, ids))
+    assert all(before <= u.int >> 80 <= after for u in parsed)  # the batch's time, in milliseconds, first
     assert {i[19] for i in ids} == set("89ab")  # the variant nibble keeps its two random bits
+    assert new_event_ids(0) == []

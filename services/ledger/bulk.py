@@ -26,29 +26,28 @@ from __future__ import annotations
 import binascii
 import datetime as dt
 import hashlib
-import os
 import time
 from typing import Final
 
 import asyncpg
 import msgspec
-from asyncpg.pgproto.pgproto import UUID as PgUUID
 
 from schemas.events import encode_event
 from services.ledger.errors import StreamClosed, WrongExpectedVersion
 from services.ledger.hashchain import format_timestamp
 from services.ledger.store import (
+    _BEGIN_AND_LOCK,
     CLOSING_EVENTS,
     AppendObserver,
     AppendRequest,
     AppendResult,
     StreamResult,
+    new_event_ids,
     translate_errors,
 )
 
 _encode: Final = msgspec.json.Encoder().encode
 
-_BEGIN_AND_LOCK: Final = "BEGIN ISOLATION LEVEL READ COMMITTED; SELECT 1 FROM ledger.head FOR UPDATE"
 # After the lock is ours, in a statement of its own (its snapshot sees every earlier
 # append): the head, and per stream (in the order given) its last version and event type.
 _READ_STATE: Final = (
@@ -67,30 +66,6 @@ _EVENT_COLUMNS: Final = (
     "position", "event_id", "stream_id", "version", "tenant_id", "event_type", "schema_version",
     "recorded_at", "occurred_on", "data", "metadata", "prev_hash", "hash",
 )
-# Time-ordered (version 7, RFC 9562) UUIDs: the batch's Unix time in milliseconds in the
-# first 48 bits, then the version nibble 7, the variant bits 10 and 74 random bits. The
-# event_id index then grows at its right end, like the position index, instead of taking
-# each new id on a random leaf page: with random (version 4) ids, writing 400,000 events
-# into a copy of ledger.events cost PostgreSQL 21-23 us of CPU a row, with these 19 us, and
-# the gap widens as the index outgrows the cache. The time in the id says no more than the
-# event's recorded_at.
-_UUID_CLEAR: Final = bytes.fromhex("000000000000" "0fff" "3fff" "ffffffffffff")
-_UUID_SET: Final = bytes.fromhex("000000000000" "7000" "8000" "000000000000")
-
-
-def _event_ids(count: int) -> list[str]:
-    """Version 7 UUIDs as text, from one ``os.urandom`` call, masked as one big integer
-    (asyncpg's UUID type formats them in C)."""
-    if not count:
-        return []
-    size = 16 * count
-    now_ms = time.time_ns() // 1_000_000
-    clear = int.from_bytes(_UUID_CLEAR * count, "big")
-    set_ = int.from_bytes((now_ms.to_bytes(6, "big") + _UUID_SET[6:]) * count, "big")
-    block = ((int.from_bytes(os.urandom(size), "big") & clear) | set_).to_bytes(size, "big")
-    return [str(PgUUID(block[a:a + 16])) for a in range(0, size, 16)]
-
-
 class _Prepared:
     """A request's events as columns, encoded before the lock is taken.
 
@@ -131,7 +106,7 @@ class _Prepared:
         meta_tail = b"," + _encode(metadata) + b"]"
         self.tails = [occurred_json[d] + quoted + meta_tail
                       for d, quoted in zip(self.occurred, map(_encode, self.data))]
-        self.event_ids = _event_ids(len(events))
+        self.event_ids = new_event_ids(len(events))
 
     def chain(self, tenant_id: str, recorded_at: dt.datetime, prev_hash: bytes, first_position: int,
               start_versions: list[int]) -> tuple[list[int], list[bytes]]:
