@@ -30,7 +30,7 @@ from typing import Any, Final, TypeVar
 import asyncpg
 import msgspec
 
-from services.devservers import LocalPostgres, free_port, remove_tree
+from services.devservers import LocalPostgres, free_port, remove_tree, stop_process
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
@@ -149,13 +149,8 @@ class LedgerProcess:
         return out
 
     def stop(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait(5)
+        if self._proc is not None:
+            stop_process(self._proc)
         self._proc = None
         if self._log is not None:
             self._log.close()

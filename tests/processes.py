@@ -10,6 +10,8 @@ from pathlib import Path
 
 import aiohttp
 
+from services.devservers import stop_process
+
 
 def consent_ledger() -> list[str]:
     """The installed console script next to this interpreter (or ``python -m services.cli``)."""
@@ -42,14 +44,7 @@ async def wait_http_ok(url: str, proc: subprocess.Popen[bytes], log_path: Path, 
 
 def stop(proc: subprocess.Popen[bytes], timeout: float = 10) -> int:
     """SIGTERM, then SIGKILL if it does not exit in time; returns the exit code."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-    return proc.returncode
+    return stop_process(proc, timeout)
 
 
 def listeners(port: int) -> int:
