@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import asyncpg
 import pytest
@@ -21,7 +21,7 @@ from schemas.events import MarketingActivityRecorded
 from services.devservers import LocalBroker
 from services.ledger.relay import RelayConfig, running_relay
 from services.ledger.store import EventStore
-from services.projector.clock import SystemClock
+from services.projector.clock import FixedClock, SystemClock
 from services.projector.service import ProjectorConfig, running_projector
 from tests.projector_support import (
     append,
@@ -152,6 +152,47 @@ async def test_the_projector_follows_the_relay_and_publishes_only_changed_matric
         await subject(store, "acme", "P1", erased())
         await wait_for(lambda: published("acme/dealer/P1", 2), 20, "P1's tombstone")
         assert (await latest(broker, elig))["acme/dealer/P1"][-1] is None
+
+
+async def test_a_lapsing_term_reaches_the_topic_on_the_day_it_lapses_with_no_new_event(
+    db_url: str, pool: asyncpg.Pool, store: EventStore, broker: LocalBroker, topics: tuple[str, str]
+) -> None:
+    await create_tenant(store, "acme")
+    acquired = dt.date.fromisoformat(months_ago(1))
+    await subject(store, "acme", "P1", prospect(acquired.isoformat()))  # prospect post: 3 months
+    lapse = add_months(acquired, 3)
+    clock = FixedClock(dt.datetime.now(dt.UTC))
+    elig = topics[1]
+
+    async def messages() -> list[bytes | None]:
+        return (await latest(broker, elig)).get("acme/dealer/P1", [])
+
+    async with running_relay(relay(db_url, broker, topics)), \
+            running_projector(config(db_url, broker, topics), clock=clock):
+        await wait_for(lambda: _has(messages, 1), 20, "P1's first matrix")
+        [first] = await messages()
+        assert first is not None
+        matrix = decode_matrix(first)
+        assert matrix.cell("prospect", "post").eligible and matrix.valid_until == lapse
+
+        clock.set(dt.datetime.combine(lapse - dt.timedelta(days=1), dt.time(21, 30), dt.UTC))
+        assert clock.today() == lapse - dt.timedelta(days=1)  # late evening in Amsterdam, the day before
+        await asyncio.sleep(0.5)  # several maintenance rounds: nothing is due yet
+        assert len(await messages()) == 1
+
+        clock.set(dt.datetime.combine(lapse, dt.time(0, 30), dt.UTC))
+        assert clock.today() == lapse  # just after midnight in Amsterdam
+        await wait_for(lambda: _has(messages, 2), 20, "P1's matrix on the day its term lapses")
+        second = (await messages())[1]
+        assert second is not None
+        lapsed = decode_matrix(second)
+        assert lapsed.evaluated_on == lapse and lapsed.position == matrix.position  # no new event
+        assert lapsed.cell("prospect", "post").reason == "term_expired"
+        assert not lapsed.cell("prospect", "post").eligible and lapsed.valid_until is None
+
+
+async def _has(messages: Callable[[], Awaitable[list[bytes | None]]], n: int) -> bool:
+    return len(await messages()) >= n
 
 
 async def test_a_restarted_projector_resumes_at_its_stored_offsets(
