@@ -1,13 +1,20 @@
 """Erasure (GDPR art. 17) through the API: the key is shredded, the stream refuses new
 events (410), audit views show "[erased]", an objection leaves only a hashed suppression
-record, and the hash chain still verifies."""
+record, the subject's portal links are removed, and the hash chain still verifies."""
 
 from __future__ import annotations
+
+import datetime as dt
 
 import asyncpg
 from aiohttp.test_utils import TestClient
 
+from services.audit.retention import run_retention
+from services.ledger.api.app import LEDGER
+from services.ledger.subject_keys import parse_master_key
 from services.ledger.verify import verify_ledger
+from services.portal.links import LinkStore
+from services.settings import Settings
 from tests.conftest import Dealer
 
 SUBJ = "/v1/tenants/garage-a/subjects/dealer/C1"
@@ -144,3 +151,33 @@ async def test_erasure_refuses_bad_requests_with_clear_answers(api: TestClient, 
     assert r.status == 404 and (await r.json())["error"] == "unknown_subject"
     r = await api.get(AUDIT, headers=dealer.auth("auditor"))
     assert not (await r.json())["erased"]  # nothing was half-done
+
+
+async def test_erasure_removes_the_subjects_portal_links_and_the_daily_job_removes_any_issued_in_the_race(
+    api: TestClient, dealer: Dealer, settings: Settings, pool: asyncpg.Pool
+) -> None:
+    await make_subject(api, dealer, objection=False)
+    r = await api.post("/v1/tenants/garage-a/subjects/dealer/C2/invoices", headers=dealer.auth("importer"),
+                       json={"invoice_id": "F-2", "invoice_date": "2025-02-01"})
+    assert r.status == 201, await r.text()
+    for ref, rotate in (("C1", False), ("C1", True), ("C2", False)):  # C1: one revoked link, one live
+        r = await api.post(f"/v1/tenants/garage-a/subjects/dealer/{ref}/portal-link", json={"rotate": rotate},
+                           headers=dealer.auth("admin"))
+        assert r.status == 201, await r.text()
+
+    r = await erase(api, dealer)
+    assert r.status == 201 and (await r.json())["portal_links_removed"] == 2
+    r = await api.get(SUBJ + "/portal-link", headers=dealer.auth("auditor"))
+    assert (await r.json()) == {"live": None, "history": []}
+    assert await pool.fetchval("SELECT count(*) FROM portal.links WHERE customer_ref = 'C1'") == 0
+
+    # A link issued by a request that saw the subject just before the erasure was appended:
+    # the retention job's repair removes it, and leaves other subjects' links alone.
+    await LinkStore(pool).issue("garage-a", "dealer", "C1", rotate=False, issued_by="racer")
+    [report] = await run_retention(api.server.app[LEDGER], parse_master_key(settings.master_key or ""),
+                                   now=dt.datetime.now(dt.timezone.utc), dry_run=False, tenants=["garage-a"])
+    assert report.portal_links_repaired == 1 and report.erased == 0
+    assert await pool.fetchval("SELECT count(*) FROM portal.links WHERE customer_ref = 'C1'") == 0
+    assert await pool.fetchval("SELECT count(*) FROM portal.links WHERE customer_ref = 'C2'") == 1
+    r = await erase(api, dealer)  # erasing again removes nothing more and says so
+    assert r.status == 200 and (await r.json())["portal_links_removed"] == 0

@@ -6,8 +6,9 @@ The ledger is append-only and hash-chained, so erasure does not touch events. It
    expected version (nothing can slip in between), after which the ledger refuses every
    further append to the stream (410, services/ledger/commands.py);
 2. in one transaction, deletes the subject's key (every Sealed field of the subject becomes
-   unreadable forever) and, if an objection was in force, writes the suppression record
-   (services/audit/suppression.py);
+   unreadable forever) and its personal portal links (``portal.links``: the portal is a
+   read model too, and a link is a credential for someone who is gone) and, if an
+   objection was in force, writes the suppression record (services/audit/suppression.py);
 3. leaves the read models to the projector, which handles SubjectErased like any event:
    it drops the subject's rows and publishes a tombstone on ``consent.eligibility.v1``.
 
@@ -49,6 +50,7 @@ class ErasureResult(msgspec.Struct, frozen=True, kw_only=True):
     keys_shredded: int
     suppressed: bool
     objected_on: dt.date | None = None
+    portal_links_removed: int = 0
 
 
 def retention_context() -> Context:
@@ -60,17 +62,27 @@ def _objected_on(state: SubjectState) -> dt.date | None:
     return state.objections[-1].effective_on if state.objected else None
 
 
+class _Shredded(msgspec.Struct, frozen=True):
+    keys: int
+    portal_links: int
+
+
 async def _shred(ledger: Ledger, master_key: bytes, state: SubjectState, erased_at: dt.datetime,
-                 objected_on: dt.date | None, reason: Reason) -> int:
+                 objected_on: dt.date | None, reason: Reason) -> _Shredded:
     stream = subject_stream(state.tenant_id, state.source, state.customer_ref)
     with translate_errors():
         async with ledger.pool.acquire() as conn, conn.transaction():
             # More than one row only if a key was made after an earlier shred: remove them all.
-            done = await conn.execute("DELETE FROM ledger.subject_keys WHERE stream_id = $1", stream)
+            keys = await conn.execute("DELETE FROM ledger.subject_keys WHERE stream_id = $1", stream)
+            # Live and revoked links alike: the rows name the subject and who issued its links.
+            links = await conn.execute(
+                "DELETE FROM portal.links WHERE tenant_id = $1 AND source = $2 AND customer_ref = $3",
+                state.tenant_id, state.source, state.customer_ref,
+            )
             if objected_on is not None:
                 await suppression.suppress(conn, master_key, state.tenant_id, state.source, state.customer_ref,
                                            objected_on, erased_at, reason)
-    return int(done.split()[-1])
+    return _Shredded(keys=int(keys.split()[-1]), portal_links=int(links.split()[-1]))
 
 
 async def erase_subject(ledger: Ledger, master_key: bytes, ctx: Context, tenant_id: str, source: str,
@@ -92,8 +104,9 @@ async def erase_subject(ledger: Ledger, master_key: bytes, ctx: Context, tenant_
             shredded = await _shred(ledger, master_key, state, erased.recorded_at, objected_on, erased.event.reason)
             return ErasureResult(
                 subject=state.key, reason=erased.event.reason, already_erased=True, event_id=erased.event_id,
-                position=erased.position, erased_at=erased.recorded_at, keys_shredded=shredded,
+                position=erased.position, erased_at=erased.recorded_at, keys_shredded=shredded.keys,
                 suppressed=erased.event.suppressed, objected_on=objected_on,
+                portal_links_removed=shredded.portal_links,
             )
         event = SubjectErased(reason=reason, suppressed=objected_on is not None)
         try:
@@ -104,10 +117,11 @@ async def erase_subject(ledger: Ledger, master_key: bytes, ctx: Context, tenant_
             continue  # something was recorded meanwhile: erase what is there now
         shredded = await _shred(ledger, master_key, state, appended.recorded_at, objected_on, reason)
         log.info("subject_erased", tenant=tenant_id, source=source, event_id=appended.event_ids[0], reason=reason,
-                 suppressed=objected_on is not None, keys_shredded=shredded)
+                 suppressed=objected_on is not None, keys_shredded=shredded.keys,
+                 portal_links_removed=shredded.portal_links)
         return ErasureResult(
             subject=state.key, reason=reason, already_erased=False, event_id=appended.event_ids[0],
-            position=appended.last_position, erased_at=appended.recorded_at, keys_shredded=shredded,
-            suppressed=objected_on is not None, objected_on=objected_on,
+            position=appended.last_position, erased_at=appended.recorded_at, keys_shredded=shredded.keys,
+            suppressed=objected_on is not None, objected_on=objected_on, portal_links_removed=shredded.portal_links,
         )
     raise AssertionError("unreachable")

@@ -58,6 +58,7 @@ class RetentionReport(msgspec.Struct, frozen=True, kw_only=True):
     due: list[RetentionDue]
     erased: int
     keys_repaired: int
+    portal_links_repaired: int = 0
 
 
 def retention_due(state: SubjectState, customer_years: int, prospect_months: int) -> RetentionDue | None:
@@ -107,7 +108,7 @@ async def run_retention(ledger: Ledger, master_key: bytes, *, now: dt.datetime, 
                     item = retention_due(state, years, months)
                     if item is not None and item.due_on <= today:
                         due.append(item)
-        erased = repaired = 0
+        erased = repaired = links_repaired = 0
         if not dry_run:
             ctx = retention_context()
             for item in due:
@@ -118,11 +119,13 @@ async def run_retention(ledger: Ledger, master_key: bytes, *, now: dt.datetime, 
                 except AuditError as exc:  # e.g. erased meanwhile by a request: report, go on
                     log.warning("retention_erase_skipped", tenant=tenant_id, error=exc.error)
             repaired = await _repair_keys(ledger, tenant_id)
+            links_repaired = await _repair_portal_links(ledger, tenant_id)
         log.info("retention_done", tenant=tenant_id, today=today.isoformat(), dry_run=dry_run, scanned=scanned,
-                 due=len(due), erased=erased, keys_repaired=repaired)
+                 due=len(due), erased=erased, keys_repaired=repaired, portal_links_repaired=links_repaired)
         reports.append(RetentionReport(
             tenant_id=tenant_id, today=today, dry_run=dry_run, customer_years=years, prospect_months=months,
             subjects_scanned=scanned, due=due, erased=erased, keys_repaired=repaired,
+            portal_links_repaired=links_repaired,
         ))
     return reports
 
@@ -133,6 +136,20 @@ async def _repair_keys(ledger: Ledger, tenant_id: str) -> int:
         done = await ledger.pool.execute(
             "DELETE FROM ledger.subject_keys k WHERE k.tenant_id = $1 AND EXISTS (SELECT 1 FROM ledger.events e"
             " WHERE e.stream_id = k.stream_id AND e.event_type = 'SubjectErased')",
+            tenant_id,
+        )
+    return int(done.split()[-1])
+
+
+async def _repair_portal_links(ledger: Ledger, tenant_id: str) -> int:
+    """Delete portal links of erased subjects that erasure did not remove: a crash between
+    append and shred, or a link issued by a request that checked the subject just before
+    the erasure was appended."""
+    with translate_errors():
+        done = await ledger.pool.execute(
+            "DELETE FROM portal.links l WHERE l.tenant_id = $1 AND EXISTS (SELECT 1 FROM ledger.events e"
+            " WHERE e.stream_id = 'subject/' || l.tenant_id || '/' || l.source || '/' || l.customer_ref"
+            " AND e.event_type = 'SubjectErased')",
             tenant_id,
         )
     return int(done.split()[-1])
