@@ -150,3 +150,10 @@ async def test_the_cli_dry_run_lists_who_would_be_erased_and_refuses_a_bad_date(
     assert code == 2 and "unknown_tenant" in err
     r = await api.get(SUBJECTS + "PROS/export", headers=dealer.auth("admin"))
     assert not (await r.json())["erased"]
+
+
+def test_a_due_day_beyond_the_calendar_means_never_due_instead_of_stopping_the_job() -> None:
+    customer = retention_due(SubjectHistoryBuilder().invoice("9999-06-01").state(), 7, 3)
+    assert customer is not None and customer.due_on == dt.date.max
+    prospect = retention_due(SubjectHistoryBuilder().prospect("9999-11-15").state(), 7, 3)
+    assert prospect is not None and prospect.due_on == dt.date.max

@@ -61,6 +61,16 @@ class RetentionReport(msgspec.Struct, frozen=True, kw_only=True):
     portal_links_repaired: int = 0
 
 
+def _months_after(day: dt.date, months: int) -> dt.date:
+    """``add_months``, but a due day past the calendar's end (an invoice dated in year 9999,
+    which the HTTP API accepts) is ``date.max``: never due, instead of an error that would
+    stop the whole tenant's daily run."""
+    try:
+        return add_months(day, months)
+    except ValueError:
+        return dt.date.max
+
+
 def retention_due(state: SubjectState, customer_years: int, prospect_months: int) -> RetentionDue | None:
     """When the subject's data must be gone (None if it is already erased)."""
     if state.erased is not None:
@@ -68,7 +78,7 @@ def retention_due(state: SubjectState, customer_years: int, prospect_months: int
     common = {"subject": state.key, "source": state.source, "customer_ref": state.customer_ref}
     if state.invoices and state.last_invoice_on is not None:
         return RetentionDue(**common, kind="customer", basis="last_invoice", basis_date=state.last_invoice_on,
-                            due_on=add_months(state.last_invoice_on, 12 * customer_years))
+                            due_on=_months_after(state.last_invoice_on, 12 * customer_years))
     candidates: list[tuple[dt.date, Literal["acquisition", "marketing_activity", "last_event"]]] = [
         (a.acquired_on, "acquisition") for a in state.acquisitions
     ]
@@ -80,7 +90,7 @@ def retention_due(state: SubjectState, customer_years: int, prospect_months: int
         return None
     basis_date, basis = max(candidates, key=lambda c: c[0])
     return RetentionDue(**common, kind="prospect", basis=basis, basis_date=basis_date,
-                        due_on=add_months(basis_date, prospect_months))
+                        due_on=_months_after(basis_date, prospect_months))
 
 
 async def run_retention(ledger: Ledger, master_key: bytes, *, now: dt.datetime, dry_run: bool,
