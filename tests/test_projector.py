@@ -6,17 +6,20 @@ event store); tests/test_projector_kafka.py does the same through Kafka.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Sequence
 
 import asyncpg
 import pytest
 
 from consent.eligibility import eligibility_matrix, next_change
 from consent.terms import add_months, ledger_day
+from schemas.eligibility import decode_matrix
 from services.ledger.store import EventStore
 from services.projector.clock import FixedClock
 from services.projector.projection import Projection, apply_until_caught_up
+from services.projector.publisher import Message
 from services.projector.readmodel import TOMBSTONE_HASH, evaluate_subject
 from tests.projector_support import (
     append,
@@ -190,3 +193,57 @@ async def test_a_lapsing_term_is_reevaluated_on_the_day_it_lapses(
     assert row.matrix_hash == evaluate_subject(state, terms, lapse).matrix_hash
     untouched = await subject_row(pool, "acme", "C1")
     assert untouched is not None and untouched.evaluated_on == TODAY
+
+
+class _Recorder:
+    """A publisher that records what it sends in a list shared by several instances (the
+    topic, in the order the messages reached it); with ``hold`` every send waits until
+    ``release`` is set."""
+
+    def __init__(self, topic: list[Message], *, hold: bool = False) -> None:
+        self.topic = topic
+        self.sending = asyncio.Event()
+        self.release = asyncio.Event()
+        if not hold:
+            self.release.set()
+
+    async def send(self, messages: Sequence[Message]) -> Awaitable[None]:
+        self.sending.set()
+        await self.release.wait()
+        self.topic.extend(messages)
+        acknowledged: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        acknowledged.set_result(None)
+        return acknowledged
+
+
+async def test_two_instances_given_the_same_new_subject_at_once_never_take_it_back_a_version(
+    store: EventStore, pool: asyncpg.Pool, clock: FixedClock
+) -> None:
+    """During a consumer-group rebalance the old and the new owner of a partition can apply
+    the same new subject at once: the slower one, holding fewer events, must not overwrite
+    the row or publish after the faster one."""
+    await create_tenant(store, "acme")
+    await subject(store, "acme", "C1", invoice(months_ago(9)), prefs(newsletter__email="opt_out"),
+                  prefs(sales_campaign__post="opt_out"))
+    await subject(store, "acme", "C1", prefs(newsletter__sms="opt_in"), invoice(months_ago(2), "F2"))
+    events = await store.read_all(0, 100)
+    await Projection(pool, clock=clock, store=store).apply([e for e in events if e.stream_id == "tenant/acme"])
+    c1 = [e for e in events if e.stream_id == "subject/acme/dealer/C1"]
+    topic: list[Message] = []
+    slow_publisher, fast_publisher = _Recorder(topic, hold=True), _Recorder(topic)
+    slow = Projection(pool, clock=clock, store=store, publisher=slow_publisher)
+    fast = Projection(pool, clock=clock, store=store, publisher=fast_publisher)
+
+    slow_apply = asyncio.create_task(slow.apply(c1[:3]))  # versions 1-3, fetched before the rebalance
+    await asyncio.wait_for(slow_publisher.sending.wait(), 10)  # evaluated, now publishing
+    fast_apply = asyncio.create_task(fast.apply(c1))  # versions 1-5, the new owner
+    await asyncio.sleep(0.5)
+    slow_publisher.release.set()
+    await asyncio.wait_for(asyncio.gather(slow_apply, fast_apply), 20)
+
+    row = await subject_row(pool, "acme", "C1")
+    assert row is not None and row.version == 5
+    assert state_of(row) == await folded_subject(store, "acme", "C1")
+    key, value = topic[-1]
+    assert key == "acme/dealer/C1" and value is not None
+    assert decode_matrix(value).subject_version == 5  # the last matrix on the topic is the newest

@@ -10,8 +10,15 @@ per stream) and:
 2. applies the subject events, with the Kafka offsets, in one transaction: the rows are
    locked in key order, an event at or below a row's version is a duplicate (ignored), a
    version gap is filled from the ledger (``EventStore.read_stream``), every touched subject
-   is evaluated with the pure rules (:mod:`consent.eligibility`) on today's date, and each
-   subject whose matrix changed is published before the transaction commits.
+   is evaluated with the pure rules (:mod:`consent.eligibility`) on today's date, the rows
+   of subjects seen for the first time are inserted (which claims them), and each subject
+   whose matrix changed is published before the transaction commits.
+
+A subject without a row has nothing to lock. During a consumer-group rebalance the old and
+the new owner of a partition may both be handed its first events; the first to insert the
+row wins, the other's insert waits for it and, finding the row there, applies its whole
+batch again on top of it (:class:`_NewSubjectTaken`). Without that, the slower instance,
+holding fewer events, would overwrite the newer row and publish an older matrix last.
 
 Every writer of a subject row (events, a term edit, a new day, a pending publication) locks
 the row, evaluates, publishes and waits for the broker, then commits: so the messages for
@@ -53,6 +60,7 @@ from services.projector.readmodel import (
     encode_tenant,
     evaluate_subject,
     fetch_subject_rows,
+    insert_new_subject_rows,
     matrix_json,
     row_from_record,
     suppressed,
@@ -72,6 +80,22 @@ class ApplyResult(msgspec.Struct, kw_only=True):
     gap_events: int = 0
     published: int = 0
     reeval_marked: list[str] = []
+
+    def add(self, other: ApplyResult) -> None:
+        self.applied += other.applied
+        self.duplicates += other.duplicates
+        self.gap_events += other.gap_events
+        self.published += other.published
+        self.reeval_marked.extend(other.reeval_marked)
+
+
+class _NewSubjectTaken(Exception):
+    """Another transaction inserted the row of a subject this one found new: roll back,
+    apply the batch again (now on top of that row). Raised before anything is published."""
+
+    def __init__(self, keys: list[SubjectKey]) -> None:
+        super().__init__(f"{len(keys)} new subject(s) inserted meanwhile by another transaction")
+        self.keys = keys
 
 
 class Projection:
@@ -133,17 +157,26 @@ class Projection:
                     if marked:
                         result.reeval_marked.append(tenant_id)
 
-        async with self.pool.acquire() as conn, conn.transaction():
-            if subject_events:
-                await self._apply_subjects(conn, subject_events, result)
-            if offsets:
-                await conn.execute(
-                    "INSERT INTO projector.offsets (topic, partition, next_offset)"
-                    " SELECT * FROM unnest($1::text[], $2::int[], $3::bigint[])"
-                    " ON CONFLICT (topic, partition) DO UPDATE SET next_offset = excluded.next_offset,"
-                    " updated_at = now()",
-                    [t for t, _ in offsets], [p for _, p in offsets], list(offsets.values()),
-                )
+        while True:
+            subjects = ApplyResult()
+            try:
+                async with self.pool.acquire() as conn, conn.transaction():
+                    if subject_events:
+                        await self._apply_subjects(conn, subject_events, subjects)
+                    if offsets:
+                        await conn.execute(
+                            "INSERT INTO projector.offsets (topic, partition, next_offset)"
+                            " SELECT * FROM unnest($1::text[], $2::int[], $3::bigint[])"
+                            " ON CONFLICT (topic, partition) DO UPDATE SET next_offset = excluded.next_offset,"
+                            " updated_at = now()",
+                            [t for t, _ in offsets], [p for _, p in offsets], list(offsets.values()),
+                        )
+            except _NewSubjectTaken as taken:  # those rows exist now: the next attempt locks them
+                log.info("projector_new_subject_taken", subjects=["/".join(k) for k in taken.keys[:10]],
+                         count=len(taken.keys))
+                continue
+            result.add(subjects)
+            break
         if result.reeval_marked:
             self.reeval_wanted.set()
         m = self.metrics
@@ -163,6 +196,7 @@ class Projection:
         tenants = await self._tenant_rows(conn, {k[0] for k in keys})
         today = self.clock.today()
         out: list[SubjectRow] = []
+        created: list[SubjectRow] = []  # subjects without a row yet, in key order
         messages: list[Message] = []
         for key in keys:
             delivered = subject_events[key]
@@ -194,9 +228,13 @@ class Projection:
                 else:
                     tenants[key[0]] = tenant
             new_row, message = self._evaluate(state, tenant, today, row.published_hash if row else None)
-            out.append(new_row)
+            (out if row is not None else created).append(new_row)
             if message is not None:
                 messages.append(message)
+        if created:  # claim them before publishing anything
+            taken = await insert_new_subject_rows(conn, created)
+            if taken:
+                raise _NewSubjectTaken(taken)
         result.published += await self._publish_and_write(conn, messages, out)
 
     async def _fill_gaps(self, delivered: list[RecordedEvent], version: int) -> tuple[list[RecordedEvent], int]:

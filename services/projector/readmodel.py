@@ -34,6 +34,7 @@ __all__ = [
     "encode_tenant",
     "evaluate_subject",
     "fetch_subject_rows",
+    "insert_new_subject_rows",
     "matrix_json",
     "suppressed",
     "upsert_subject_rows",
@@ -248,6 +249,26 @@ async def upsert_subject_rows(
         *columns,
     )
     return len(rows)
+
+
+async def insert_new_subject_rows(
+    conn: asyncpg.Connection, rows: Sequence[SubjectRow], *, table: str = "projector.subjects"
+) -> list[tuple[str, str, str]]:
+    """Insert the rows of subjects that had none, in the given (key) order; returns the keys
+    that exist already: another transaction inserted them (this insert waited for it to
+    commit). The uncommitted rows are this transaction's claim on those subjects."""
+    if not rows:
+        return []
+    columns = list(zip(*(row_tuple(r) for r in rows)))
+    records = await conn.fetch(
+        f"INSERT INTO {table} ({', '.join(SUBJECT_COLUMNS)})"
+        " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::bigint[], $6::bool[],"
+        " $7::bytea[], $8::int[], $9::date[], $10::date[], $11::bytea[], $12::bytea[])"
+        " ON CONFLICT (tenant_id, source, customer_ref) DO NOTHING RETURNING tenant_id, source, customer_ref",
+        *columns,
+    )
+    inserted = {(r[0], r[1], r[2]) for r in records}
+    return [r.key for r in rows if r.key not in inserted]
 
 
 class TenantRow(msgspec.Struct, kw_only=True):
