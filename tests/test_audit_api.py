@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
+import json
 
 from aiohttp.test_utils import TestClient
 
@@ -164,6 +165,39 @@ async def test_the_access_export_holds_the_decrypted_personal_data_as_json_and_c
     assert r.status == 403
     r = await api.get(SUBJ + "/export", headers=dealer.auth("staff"))
     assert r.status == 403
+
+
+async def test_the_access_export_csv_also_holds_the_derived_state_todays_matrix_and_the_receipts(
+    api: TestClient, dealer: Dealer
+) -> None:
+    contact = {"name": "Jan Jansen", "email": "jan@example.nl"}
+    await post(api, SUBJ + "/invoices", {"invoice_id": "F-1", "invoice_date": today().isoformat(), "contact": contact},
+               dealer.auth("importer"))
+    version = await policy_version(api, dealer)
+    done = await post(api, SUBJ + "/preferences", {
+        "changes": [{"category": "newsletter", "channel": "sms", "value": "opt_in"},
+                    {"category": "sales_campaign", "channel": "email", "value": "opt_out"}],
+        "method": "phone", "policy_version": version}, dealer.auth("staff"))
+    r = await api.get(SUBJ + "/export.csv", headers=dealer.auth("auditor"))
+    assert r.status == 200, await r.text()
+    rows = list(csv.DictReader(io.StringIO(await r.text())))
+    kinds = [row["record"] for row in rows]
+    assert kinds == ["event"] * 2 + ["state"] + ["eligibility"] * 25 + ["receipt"] * 2
+
+    [state] = [row for row in rows if row["record"] == "state"]
+    assert (state["name"], state["email"], state["policy_version"]) == ("Jan Jansen", "jan@example.nl", version)
+    assert json.loads(state["details"])["status"] == "customer"
+    cells = {(row["category"], row["channel"]): row for row in rows if row["record"] == "eligibility"}
+    assert (cells[("newsletter", "sms")]["eligible"], cells[("newsletter", "sms")]["reason"]) == ("yes",
+                                                                                                   "explicit_consent")
+    assert (cells[("sales_campaign", "email")]["eligible"], cells[("sales_campaign", "email")]["reason"]) == (
+        "no", "opted_out")
+    receipts = [row for row in rows if row["record"] == "receipt"]
+    assert {row["receipt_id"] for row in receipts} == {"cr-" + done["event_ids"][0]}
+    assert [(row["category"], row["channel"], row["reason"]) for row in receipts] == [
+        ("newsletter", "sms", "opt_in"), ("sales_campaign", "email", "opt_out")]
+    assert receipts[0]["method"] == "phone" and receipts[0]["policy_version"] == version
+    assert "Autobedrijf garage-a" in receipts[0]["details"] and "privacy portal" in receipts[0]["details"]
 
 
 async def test_the_as_of_view_sees_events_recorded_after_an_earlier_request(api: TestClient, dealer: Dealer) -> None:

@@ -2,8 +2,9 @@
 
 The subject's events with their personal data opened (or "[erased]"), the state derived
 from them, the eligibility matrix today with its evidence, and the consent receipts; as
-JSON, and as CSV (one row per event, the personal data in columns) for people who open
-it in a spreadsheet.
+JSON, and as CSV (the same content as one flat table: a row per event with the personal
+data in columns, then the state, the matrix and the receipts) for people who open it in
+a spreadsheet.
 """
 
 from __future__ import annotations
@@ -90,26 +91,68 @@ def build_export(subject_events: Sequence[RecordedEvent], tenant: TenantRecord, 
     )
 
 
-CSV_COLUMNS: Final = ("position", "recorded_at", "event_type", "occurred_on", "actor", "method", "policy_version",
-                      *CONTACT_FIELDS, "note", "details")
+CSV_COLUMNS: Final = ("record", "position", "recorded_at", "event_type", "occurred_on", "actor", "method",
+                      "policy_version", *CONTACT_FIELDS, "note", "category", "channel", "eligible", "reason", "until",
+                      "receipt_id", "details")
+"""``record`` says what a row is: ``event`` (one per event, oldest first), ``state`` (one: the
+derived state with the personal data as held now), ``eligibility`` (one per category x
+channel, today), ``receipt`` (one per purpose of each consent receipt)."""
+
+
+def _json(value: Any) -> str:
+    return msgspec.json.encode(value).decode()
 
 
 def export_csv(export: AccessExport) -> str:
-    """One row per event; personal data in its own columns, everything else in ``details``."""
+    """Everything the JSON export holds, as one flat table for a spreadsheet: the events
+    (personal data in its own columns, everything else in ``details``), then the derived
+    state, today's eligibility matrix and the consent receipts (see :data:`CSV_COLUMNS`)."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
+    blank_cell = ["", "", "", "", "", ""]  # category .. receipt_id
+
+    def contact_of(personal: Any) -> list[str]:
+        return [personal.get(f, "") if isinstance(personal, dict) else (personal or "") for f in CONTACT_FIELDS]
+
     for e in export.events:
         data = dict(e.data)
         data.pop("type", None)
         personal = data.pop("personal", None)
         note = data.pop("note", None)
-        contact = [personal.get(f, "") if isinstance(personal, dict) else (personal or "") for f in CONTACT_FIELDS]
         note_text = note.get("note", "") if isinstance(note, dict) else (note or "")
         policy = data.pop("policy_version", None) or ""
         writer.writerow([
-            e.position, e.recorded_at.isoformat(), e.event_type, e.occurred_on.isoformat() if e.occurred_on else "",
-            f"{e.actor.kind}:{e.actor.id}", e.method, policy, *contact, note_text,
-            msgspec.json.encode(data).decode(),
+            "event", e.position, e.recorded_at.isoformat(), e.event_type,
+            e.occurred_on.isoformat() if e.occurred_on else "", f"{e.actor.kind}:{e.actor.id}", e.method, policy,
+            *contact_of(personal), note_text, *blank_cell, _json(data),
         ])
+
+    today = export.eligibility_today
+    state = dict(export.state)
+    writer.writerow([
+        "state", state.get("last_position", ""), export.exported_at.isoformat(), "",
+        today.on.isoformat() if today else "", "", "", today.policy_version if today else "",
+        *contact_of(export.personal_data), "", *blank_cell,
+        _json({"status": today.status if today else ("erased" if export.erased else ""), **state}),
+    ])
+    if today is not None:
+        for c in today.cells:
+            writer.writerow([
+                "eligibility", "", today.known_at.isoformat(), "", today.on.isoformat(), "", "",
+                today.policy_version, *([""] * len(CONTACT_FIELDS)), "", c.category, c.channel,
+                "yes" if c.eligible else "no", c.reason, c.until.isoformat() if c.until else "", "",
+                _json({"basis": c.basis, "term_months": c.term_months, "requires_disclosure": c.requires_disclosure,
+                       "evidence": [{"position": x.position, "event_type": x.event_type} for x in c.evidence]}),
+            ])
+    for r in export.receipts:
+        for purpose in r.purposes:
+            writer.writerow([
+                "receipt", r.ledger_position, r.consent_timestamp.isoformat(), r.event_type, "",
+                f"{r.changed_by.kind}:{r.changed_by.id}", r.collection_method, r.policy_version or "",
+                *([""] * len(CONTACT_FIELDS)), "", purpose.category, purpose.channel, "", purpose.preference, "",
+                r.receipt_id,
+                _json({"purpose": purpose.purpose, "consent_type": purpose.consent_type, "basis": purpose.basis,
+                       "controller": r.pii_controller.name, "how_to_withdraw": r.how_to_withdraw}),
+            ])
     return out.getvalue()
