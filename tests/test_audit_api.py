@@ -213,3 +213,35 @@ async def test_the_as_of_view_sees_events_recorded_after_an_earlier_request(api:
     assert view["stream_version"] == 2 and view["last_invoice_on"] == "2021-01-01"
     post_cell = next(c for c in view["cells"] if (c["category"], c["channel"]) == ("aftersales_service", "post"))
     assert post_cell["term_months"] == 120 and post_cell["eligible"]
+
+
+async def test_a_preference_or_objection_naming_a_policy_version_never_published_is_refused(
+    api: TestClient, dealer: Dealer
+) -> None:
+    first = await policy_version(api, dealer)
+    r = await api.get(AUDIT + "/policy", headers=dealer.auth("auditor"))
+    chapter = (await r.json())["chapters"][0]
+    r = await api.put("/v1/tenants/garage-a/policy/chapters/" + chapter["chapter_id"],
+                      json={"title": "Wie zijn wij?", "body": "Nieuwe tekst", "active": True},
+                      headers=dealer.auth("admin"))
+    assert r.status in (200, 201), await r.text()
+    second = await policy_version(api, dealer)
+    change = {"changes": [{"category": "newsletter", "channel": "email", "value": "opt_in"}], "method": "phone"}
+    for path, body in ((SUBJ + "/preferences", change), (SUBJ + "/objection", {"method": "phone"}),
+                       (SUBJ + "/objection/withdraw", {"method": "phone"})):
+        r = await api.post(path, json={**body, "policy_version": "pv-never-published"}, headers=dealer.auth("staff"))
+        answer = await r.json()
+        assert (r.status, answer["error"], answer["field"]) == (422, "unknown_policy_version", "$.policy_version")
+    r = await api.get(AUDIT + "/subjects/dealer/C1", headers=dealer.auth("auditor"))
+    assert r.status == 404  # nothing was recorded
+
+    # The version shown may be the current one or an older one the dealer did publish (a page
+    # opened before the edit), or none at all (nothing was shown, e.g. a DMS delivery).
+    for version in (second, first, None):
+        await post(api, SUBJ + "/preferences", {**change, "policy_version": version}, dealer.auth("staff"))
+    r = await api.get(AUDIT + "/subjects/dealer/C1/receipts", headers=dealer.auth("auditor"))
+    receipts = (await r.json())["receipts"]
+    assert [x["policy_version"] for x in receipts] == [second, first, None]
+    for receipt in receipts[:2]:
+        r = await api.get(AUDIT + "/policy/versions/" + receipt["policy_version"], headers=dealer.auth("auditor"))
+        assert r.status == 200  # every version a receipt names resolves to its exact text

@@ -16,7 +16,7 @@ import structlog
 
 from consent.policy import next_chapter_id, policy_version
 from consent.seed import DEFAULT_CHAPTERS, default_term_cells
-from consent.tenant import TenantState, apply_tenant
+from consent.tenant import TenantHistory, TenantState, apply_tenant
 from consent.vocabulary import DEFAULT_DATA_SOURCES, subject_stream, tenant_stream
 from schemas.api import Contact
 from schemas.events import (
@@ -301,6 +301,7 @@ class Ledger:
                                  changes: Sequence[PreferenceSetting], *, policy_version_shown: str | None = None,
                                  note: str | None = None, expected: int | None = None) -> AppendResult:
         await self.require_source(tenant_id, source)
+        await self.require_published_policy(tenant_id, policy_version_shown)
         seen: set[tuple[str, str]] = set()
         for i, change in enumerate(changes):
             if (change.category, change.channel) in seen:
@@ -318,6 +319,7 @@ class Ledger:
                                policy_version_shown: str | None = None, note: str | None = None,
                                expected: int | None = None) -> AppendResult:
         await self.require_source(tenant_id, source)
+        await self.require_published_policy(tenant_id, policy_version_shown)
         stream = subject_stream(tenant_id, source, ref)
         cls = ObjectionWithdrawn if withdraw else ObjectionRecorded
         event = cls(changed_by=ctx.actor, method=ctx.method, policy_version=policy_version_shown,
@@ -328,6 +330,24 @@ class Ledger:
                                         activity: MarketingActivityRecorded) -> AppendResult:
         await self.require_source(tenant_id, source)
         return await self._append(ctx, tenant_id, subject_stream(tenant_id, source, ref), [activity])
+
+    async def require_published_policy(self, tenant_id: str, version_id: str | None) -> None:
+        """A policy version named as shown must be one the tenant published: proof of consent
+        (art. 7(1)) answers with the exact text behind it (services/audit/policy_history.py).
+        None (nothing was shown, e.g. a DMS import) is allowed. The current version costs no
+        query; an older one reads the tenant's stream."""
+        if version_id is None:
+            return
+        for fresh in (False, True):
+            _, state = await self.require_tenant(tenant_id, fresh=fresh)
+            if state.policy_version == version_id:
+                return
+        history = TenantHistory(await self.store.read_stream(tenant_stream(tenant_id)))
+        if history.state_by_policy_version(version_id) is None:
+            raise CommandRejected(422, "unknown_policy_version",
+                                  f"tenant {tenant_id!r} never published policy version {version_id!r}: name the"
+                                  " version whose text was shown (GET /v1/tenants/{tenant}/audit/policy)",
+                                  "$.policy_version")
 
     async def current_policy_version(self, tenant_id: str) -> str:
         _, state = await self.require_tenant(tenant_id, fresh=True)
