@@ -104,6 +104,10 @@ async def test_the_cli_answers_as_of_exports_and_erases_and_the_chain_still_veri
     assert json.loads(out)["keys_shredded"] == 1
     code, out, _ = await cli(settings, "audit", "export", *subject)
     assert code == 0 and "Piet Puk" not in out and json.loads(out)["personal_data"] == "[erased]"
+    code, out, err = await cli(settings, "audit", "as-of", *subject)  # an erased subject: an explicit answer
+    assert code == 0, err
+    view = json.loads(out)
+    assert view["erased"] and view["status"] == "erased" and {c["reason"] for c in view["cells"]} == {"erased"}
     code, out, err = await cli(settings, "verify")
     assert code == 0 and out.startswith("ok:"), err
 
