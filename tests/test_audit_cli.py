@@ -115,3 +115,22 @@ async def test_the_cli_answers_as_of_exports_and_erases_and_the_chain_still_veri
     assert code == 2 and "unknown_subject" in err
     code, _, err = await cli(settings, "audit", "as-of", *subject, "--known-at", "2025-01-01T00:00:00")
     assert code == 2 and "offset" in err
+
+
+async def test_an_unwritable_output_path_fails_clearly_and_a_complete_file_leaves_no_part_behind(
+    api: TestClient, dealer: Dealer, settings: Settings, tmp_path: Path
+) -> None:
+    r = await api.post("/v1/tenants/garage-a/subjects/dealer/C1/invoices", headers=dealer.auth("importer"),
+                       json={"invoice_id": "F-1", "invoice_date": "2025-01-01"})
+    assert r.status == 201
+    missing = tmp_path / "no-such-dir" / "snapshot.csv"
+    code, _, err = await cli(settings, "audit", "snapshot", "--tenant", "garage-a", "--out", str(missing))
+    assert code == 2 and "cannot write" in err and "Traceback" not in err
+    code, _, err = await cli(settings, "audit", "export", "--tenant", "garage-a", "--ref", "C1", "--out", str(missing))
+    assert code == 2 and "cannot write" in err and "Traceback" not in err
+
+    out = tmp_path / "export.json"
+    code, _, err = await cli(settings, "audit", "export", "--tenant", "garage-a", "--ref", "C1", "--out", str(out))
+    assert code == 0, err
+    assert json.loads(out.read_text())["customer_ref"] == "C1"
+    assert [p.name for p in tmp_path.iterdir()] == ["export.json"]

@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
+import os
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -201,11 +202,25 @@ def cmd_receipts(args: argparse.Namespace) -> int:
 
 @contextlib.contextmanager
 def _output(path: str) -> Any:
+    """stdout, or the file ``path``: written as ``path.part`` and renamed when complete, so
+    a run that fails half-way leaves no half-written export or snapshot behind. A path that
+    cannot be written is a clear error (exit 2), not a traceback."""
     if path == "-":
         yield sys.stdout
         return
-    with open(path, "w", encoding="utf-8", newline="") as f:
-        yield f
+    part = path + ".part"
+    try:
+        f = open(part, "w", encoding="utf-8", newline="")
+    except OSError as exc:
+        raise AuditError(422, "validation_error", f"cannot write {path}: {exc.strerror or exc}", "out") from None
+    try:
+        with f:
+            yield f
+        os.replace(part, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(part)
+        raise
 
 
 def cmd_export(args: argparse.Namespace) -> int:
