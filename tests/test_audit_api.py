@@ -245,3 +245,17 @@ async def test_a_preference_or_objection_naming_a_policy_version_never_published
     for receipt in receipts[:2]:
         r = await api.get(AUDIT + "/policy/versions/" + receipt["policy_version"], headers=dealer.auth("auditor"))
         assert r.status == 200  # every version a receipt names resolves to its exact text
+
+
+async def test_an_invoice_dated_in_year_9999_never_turns_a_question_about_a_late_date_into_a_500(
+    api: TestClient, dealer: Dealer
+) -> None:
+    await post(api, SUBJ + "/invoices", {"invoice_id": "F-1", "invoice_date": "9999-06-01"}, dealer.auth("importer"))
+    for path in (AUDIT + "/subjects/dealer/C1", AUDIT + "/subjects/dealer/C1/compare"):
+        r = await api.get(path, params={"on": "9999-12-31"}, headers=dealer.auth("auditor"))
+        answer = await r.json()
+        assert (r.status, answer["error"], answer["field"]) == (422, "validation_error", "on"), answer
+        r = await api.get(path, params={"on": "2999-12-31"}, headers=dealer.auth("auditor"))
+        assert r.status == 200, await r.text()
+    r = await api.get(SUBJ + "/export", headers=dealer.auth("auditor"))
+    assert r.status == 200 and (await r.json())["state"]["last_invoice_on"] == "9999-06-01"

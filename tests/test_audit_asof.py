@@ -204,3 +204,11 @@ def test_the_cached_history_folds_to_exactly_what_fold_subject_gives_at_every_kn
     k = builder.events[150].recorded_at
     assert explain_as_of(history.events, tenant, k, day("2021-01-01"), state=history.state_at(k)) == explain_as_of(
         builder.events, tenant, k, day("2021-01-01"))
+
+
+@pytest.mark.parametrize("text", ["1899-12-31", "3000-01-01", "9999-12-31"])
+def test_a_date_outside_what_a_consent_question_can_be_about_is_refused(text: str) -> None:
+    with pytest.raises(AuditError) as err:
+        parse_on(text, NOW)
+    assert (err.value.status, err.value.field) == (422, "on") and "1900-01-01" in err.value.message
+    assert parse_on("2999-12-31", NOW) == day("2999-12-31") and parse_on("1900-01-01", NOW) == day("1900-01-01")

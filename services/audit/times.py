@@ -56,11 +56,22 @@ def parse_known_at(text: str | None, now: dt.datetime, field: str = "known_at") 
     return utc
 
 
+EARLIEST_ON: Final = dt.date(1900, 1, 1)
+LATEST_ON: Final = dt.date(2999, 12, 31)
+"""The dates a consent question can be about. The bound matters: the rules add up to 120
+months to an invoice or acquisition date on or before D, and the ledger stores whatever date
+a client sent (year 9999 included), so an unbounded D could run past the calendar's end."""
+
+
 def parse_on(text: str | None, known_at: dt.datetime, field: str = "on") -> dt.date:
     """D from a query value; None/empty means the Dutch day of K."""
     if not text:
         return ledger_day(known_at)
     try:
-        return dt.date.fromisoformat(text.strip())
+        on = dt.date.fromisoformat(text.strip())
     except ValueError:
         raise AuditError(422, "validation_error", f"{field} must be a date YYYY-MM-DD, not {text!r}", field) from None
+    if not EARLIEST_ON <= on <= LATEST_ON:
+        raise AuditError(422, "validation_error", f"{field} must be a date from {EARLIEST_ON.isoformat()} to"
+                         f" {LATEST_ON.isoformat()}, not {on.isoformat()}", field)
+    return on
