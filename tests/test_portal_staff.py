@@ -321,3 +321,46 @@ async def test_a_signed_agreement_needs_a_valid_date_that_is_not_in_the_future(w
                                 data={"csrf_token": csrf, "signed": "yes", "signed_on": "2999-01-01"})
     assert r.status == 422 and "in the future" in await r.text()
     assert await world.ledger.store.stream_version(tenant_stream("garage-a")) == before
+
+
+async def test_staff_record_and_withdraw_an_objection_on_a_customers_behalf_with_a_reason(world: World) -> None:
+    cookie = await login(world.client, "garage-a", world.users["garage-a:staff"])
+    html, csrf = await _page(world, "/beheer/garage-a/klanten/dealer/K1", cookie)
+    assert "Afmelden voor alle marketing namens de klant" in html
+    stream = subject_stream("garage-a", "dealer", "K1")
+    before = await world.ledger.store.stream_version(stream)
+    r = await world.client.post("/beheer/garage-a/klanten/dealer/K1/bezwaar", headers=cookie,
+                                data={"csrf_token": csrf, "method": "email", "reason": "  ", "withdraw": "0"})
+    assert r.status == 422 and "Vul een reden in." in await r.text()
+    assert await world.ledger.store.stream_version(stream) == before
+    r = await world.client.post("/beheer/garage-a/klanten/dealer/K1/bezwaar", headers=cookie, allow_redirects=False,
+                                data={"csrf_token": csrf, "method": "email", "reason": "mail van de klant",
+                                      "withdraw": "0"})
+    assert r.status == 303
+    last = (await world.ledger.store.read_stream(stream))[-1]
+    assert last.event_type == "ObjectionRecorded" and last.event.method == "email"
+    assert last.event.changed_by.kind == "staff" and last.event.changed_by.id.startswith("user:")
+    assert last.metadata.actor == last.event.changed_by and last.event.note is not None
+    html, csrf = await _page(world, "/beheer/garage-a/klanten/dealer/K1", cookie)
+    assert "Afmelding intrekken namens de klant" in html and "mail van de klant" in html
+    portal = await (await world.client.get(world.url("garage-a/dealer/K1"))).text()
+    assert "U heeft zich afgemeld voor alle marketing" in portal
+    r = await world.client.post("/beheer/garage-a/klanten/dealer/K1/bezwaar", headers=cookie, allow_redirects=False,
+                                data={"csrf_token": csrf, "method": "phone", "reason": "belde terug",
+                                      "withdraw": "1"})
+    assert r.status == 303
+    assert (await world.ledger.store.read_stream(stream))[-1].event_type == "ObjectionWithdrawn"
+
+
+async def test_a_reason_longer_than_500_characters_is_refused_with_a_message_about_the_reason(world: World) -> None:
+    cookie = await login(world.client, "garage-a", world.users["garage-a:staff"])
+    _, csrf = await _page(world, "/beheer/garage-a/klanten/dealer/K1", cookie)
+    stream = subject_stream("garage-a", "dealer", "K1")
+    before = await world.ledger.store.stream_version(stream)
+    r = await world.client.post("/beheer/garage-a/klanten/dealer/K1/voorkeuren", headers=cookie,
+                                data={"csrf_token": csrf, "method": "phone", "reason": "x" * 501,
+                                      "pref.newsletter.post": "opt_out"})
+    assert r.status == 422
+    body = await r.text()
+    assert "De reden is te lang (maximaal 500 tekens)." in body and "De titel is te lang" not in body
+    assert await world.ledger.store.stream_version(stream) == before

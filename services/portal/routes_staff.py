@@ -64,6 +64,7 @@ SESSION_COOKIE: Final = "__Host-portal_session"
 PRELOGIN_COOKIE: Final = "__Host-portal_login"
 FLASH: Final = frozenset({"saved_staff", "nothing_changed", "link_revoked", "conflict"})
 ON_BEHALF_METHODS: Final = ("phone", "email", "in_person")
+MAX_REASON_CHARS: Final = 500  # the form field's maxlength too
 
 StaffHandler = Callable[[web.Request, "Staff", dict[str, str]], Awaitable[web.StreamResponse]]
 
@@ -542,8 +543,8 @@ def _on_behalf(form: dict[str, str], t: Messages) -> tuple[str, str] | str:
         return t("invalid_choice")
     if not reason:
         return t("reason_required")
-    if len(reason) > 500:
-        return t("title_too_long")
+    if len(reason) > MAX_REASON_CHARS:
+        return t("reason_too_long")
     return method, reason
 
 
