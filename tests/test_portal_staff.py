@@ -364,3 +364,49 @@ async def test_a_reason_longer_than_500_characters_is_refused_with_a_message_abo
     body = await r.text()
     assert "De reden is te lang (maximaal 500 tekens)." in body and "De titel is te lang" not in body
     assert await world.ledger.store.stream_version(stream) == before
+
+
+async def test_every_post_form_on_every_page_carries_its_csrf_token(world: World) -> None:
+    cookie = await login(world.client, "garage-a", world.users["garage-a:admin"])
+    staff_paths = ("/beheer/garage-a", "/beheer/garage-a/beleid", "/beheer/garage-a/beleid/nieuw",
+                   "/beheer/garage-a/beleid/c01/bewerken", "/beheer/garage-a/opt-in", "/beheer/garage-a/klanten",
+                   "/beheer/garage-a/klanten/dealer/K1", "/beheer/garage-a/gebruikers")
+    pages = [(path, cookie) for path in staff_paths] + [(world.url("garage-a/dealer/K1"), {}), ("/login", {})]
+    forms_seen = 0
+    for path, headers in pages:
+        r = await world.client.get(path, headers=headers)
+        assert r.status == 200, path
+        html = await r.text()
+        for form in re.findall(r"<form\b[^>]*>.*?</form>", html, flags=re.S):
+            if 'method="get"' in form.split(">", 1)[0]:
+                assert "/klanten" in form  # the customer search reads, it changes nothing
+                continue
+            forms_seen += 1
+            assert re.search(r'<input type="hidden" name="csrf_token" value="[0-9a-f]{64}">', form), (path, form[:200])
+    assert forms_seen >= 40  # chapter rows, user rows, logout on every staff page, the portal's two forms...
+
+
+async def test_every_post_route_refuses_a_request_without_its_csrf_token(world: World) -> None:
+    cookie = await login(world.client, "garage-a", world.users["garage-a:admin"])
+    staff_user = next(u for u in await world.accounts.list_users("garage-a") if u.role == "staff")
+    params = {"tenant": "garage-a", "chapter": "c02", "source": "dealer", "ref": "K1", "user_id": staff_user.user_id,
+              "token": world.links["garage-a/dealer/K1"]}
+    tenant_before = await world.ledger.store.stream_version(tenant_stream("garage-a"))
+    subject_before = await world.ledger.store.stream_version(subject_stream("garage-a", "dealer", "K1"))
+    posted = []
+    for route in world.client.app.router.routes():
+        if route.method != "POST":
+            continue
+        path = route.resource.canonical.format(**params)  # type: ignore[union-attr]
+        # what the form would send, all but its token
+        data = {"direction": "up", "signed": "no", "active": "no", "title": "X", "body": "", "email": "n@x.nl",
+                "role": "admin", "method": "phone", "reason": "r", "disabled": "1", "withdraw": "0",
+                "policy_version": "pv-0", "pref.newsletter.email": "opt_out", "term.newsletter.email": "1",
+                "tenant": "garage-a", "password": PASSWORD}
+        r = await world.client.post(path, data=data, headers=cookie, allow_redirects=False)
+        assert r.status == 403, (path, r.status)
+        posted.append(path)
+    assert len(posted) == 19 and "/logout" in posted and "/login" in posted
+    assert await world.ledger.store.stream_version(tenant_stream("garage-a")) == tenant_before
+    assert await world.ledger.store.stream_version(subject_stream("garage-a", "dealer", "K1")) == subject_before
+    assert (await world.client.get("/beheer/garage-a", headers=cookie)).status == 200  # logout did not happen
