@@ -79,6 +79,35 @@ async def test_opening_a_link_reads_the_subject_stream_in_the_same_round_trip_an
     assert await links.open(token) is None  # revoked
 
 
+async def test_every_token_check_compares_one_full_digest_in_constant_time_even_when_no_link_matches(  # type: ignore[no-untyped-def]
+        pool, ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> None:
+    import hmac
+
+    from services.portal import links as links_module
+
+    compared: list[tuple[bytes, bytes]] = []
+    real = hmac.compare_digest
+
+    def spy(a: bytes, b: bytes) -> bool:
+        compared.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr(links_module.hmac, "compare_digest", spy)
+    links = LinkStore(pool)
+    token = (await issue_portal_link(pool, "garage-a", "dealer", "K1")).rsplit("/", 1)[1]
+    unknown_selector = ("A" if token[0] != "A" else "B") + token[1:]
+    wrong_verifier = token[:11] + ("A" if token[11] != "A" else "B") + token[12:]
+    for candidate, opens in ((token, True), (unknown_selector, False), (wrong_verifier, False)):
+        for check in (links.lookup, links.open):
+            compared.clear()
+            assert (await check(candidate) is not None) is opens
+            # exactly one comparison of two 32-byte digests, whether or not a row was found
+            assert len(compared) == 1 and [len(x) for x in compared[0]] == [32, 32], (candidate, check)
+    compared.clear()
+    await links.lookup(unknown_selector)
+    assert compared[0][0] == links_module._DUMMY_DIGEST  # no row: compared against the dummy digest
+
+
 async def test_a_link_is_only_issued_for_a_subject_the_ledger_knows(pool, ledger: Ledger) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(UnknownSubject):
         await issue_portal_link(pool, "garage-a", "dealer", "NOBODY")
