@@ -410,3 +410,13 @@ async def test_every_post_route_refuses_a_request_without_its_csrf_token(world: 
     assert await world.ledger.store.stream_version(tenant_stream("garage-a")) == tenant_before
     assert await world.ledger.store.stream_version(subject_stream("garage-a", "dealer", "K1")) == subject_before
     assert (await world.client.get("/beheer/garage-a", headers=cookie)).status == 200  # logout did not happen
+
+
+async def test_the_compliance_warnings_are_labelled_in_the_pages_language(world: World) -> None:
+    cookie = await login(world.client, "garage-a", world.users["garage-a:staff"])
+    html, _ = await _page(world, "/beheer/garage-a/opt-in", cookie)
+    badges = set(re.findall(r'<span class="badge">([^<]+)</span>', html))
+    assert "Let op" in badges and badges <= {"Let op", "Ter informatie"}
+    html, _ = await _page(world, "/beheer/garage-a/opt-in?lang=en", cookie)
+    badges = set(re.findall(r'<span class="badge">([^<]+)</span>', html))
+    assert "Warning" in badges and badges <= {"Warning", "Note"}
