@@ -13,6 +13,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import asyncpg
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from consent.eligibility import eligibility_matrix
 from consent.terms import add_months, ledger_day
@@ -22,6 +24,7 @@ from services.devservers import LocalBroker
 from services.ledger.relay import RelayConfig, running_relay
 from services.ledger.store import EventStore
 from services.projector.clock import FixedClock, SystemClock
+from services.projector.publisher import KafkaPublisher
 from services.projector.service import ProjectorConfig, running_projector
 from tests.projector_support import (
     append,
@@ -193,6 +196,24 @@ async def test_a_lapsing_term_reaches_the_topic_on_the_day_it_lapses_with_no_new
 
 async def _has(messages: Callable[[], Awaitable[list[bytes | None]]], n: int) -> bool:
     return len(await messages()) >= n
+
+
+async def test_the_eligibility_topic_is_created_compacted_with_the_configured_partitions(
+    broker: LocalBroker, topics: tuple[str, str]
+) -> None:
+    publisher = KafkaPublisher(broker.bootstrap, topic=topics[1], partitions=3)
+    await publisher.start()
+    await publisher.stop()
+    admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap)
+    await admin.start()
+    try:
+        [described] = await admin.describe_topics([topics[1]])
+        [answer] = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topics[1])])
+    finally:
+        await admin.close()
+    assert len(described["partitions"]) == 3
+    configs = {name: value for name, value, *_ in answer.resources[0][4]}
+    assert configs["cleanup.policy"] == "compact"
 
 
 async def test_a_restarted_projector_resumes_at_its_stored_offsets(
