@@ -228,3 +228,91 @@ async def test_a_staff_user_of_dealer_a_cannot_open_a_customer_of_dealer_b(world
     await expect(page.get_by_role("status")).to_contain_text("Opgeslagen.")
     await expect(page.get_by_role("table").last).to_contain_text("telefonisch verzoek")
     await shot(page, "klant-raadplegen")
+
+
+# WCAG 2.1 contrast of every visible piece of text against the background it is drawn on
+# (the nearest opaque ancestor background, translucent layers blended in): the failures.
+CONTRAST_FAILURES = """() => {
+  const parse = c => { const p = c.match(/[\\d.]+/g).map(Number); return {r: p[0], g: p[1], b: p[2], a: p.length > 3 ? p[3] : 1}; };
+  const over = (top, under) => ({r: top.r * top.a + under.r * (1 - top.a), g: top.g * top.a + under.g * (1 - top.a),
+                                 b: top.b * top.a + under.b * (1 - top.a), a: 1});
+  const lum = c => { const f = v => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; };
+                     return 0.2126 * f(c.r) + 0.7152 * f(c.g) + 0.0722 * f(c.b); };
+  const background = el => {
+    const layers = [];
+    for (let e = el; e; e = e.parentElement) {
+      const c = parse(getComputedStyle(e).backgroundColor);
+      if (c.a > 0) { layers.push(c); if (c.a >= 1) break; }
+    }
+    return layers.reverse().reduce((under, top) => over(top, under), {r: 255, g: 255, b: 255, a: 1});
+  };
+  const failures = [];
+  let checked = 0;
+  for (const el of document.querySelectorAll('body *')) {
+    if (![...el.childNodes].some(n => n.nodeType === 3 && n.textContent.trim())) continue;
+    const s = getComputedStyle(el), box = el.getBoundingClientRect();
+    if (s.display === 'none' || s.visibility === 'hidden' || box.width <= 1 || box.height <= 1) continue;
+    if (el.closest(':disabled, option')) continue;  // WCAG exempts inactive controls
+    const bg = background(el), fg = over(parse(s.color), bg);
+    const [hi, lo] = [lum(fg), lum(bg)].sort((x, y) => y - x);
+    const ratio = (hi + 0.05) / (lo + 0.05), size = parseFloat(s.fontSize);
+    const large = size >= 24 || (parseInt(s.fontWeight) >= 700 && size >= 18.66);
+    checked++;
+    if (ratio < (large ? 3 : 4.5)) failures.push(`${el.tagName}.${el.className}: ${el.textContent.trim().slice(0, 40)} (${ratio.toFixed(2)}:1)`);
+  }
+  return {checked, failures};
+}"""
+
+
+async def _contrast_ok(page: Page, what: str, *, texts: int = 10) -> None:
+    result = await page.evaluate(CONTRAST_FAILURES)
+    assert result["checked"] >= texts, (what, result["checked"])
+    assert result["failures"] == [], (what, result["failures"])
+
+
+async def _focus_is_visible(page: Page) -> None:
+    await page.keyboard.press("Tab")
+    outline = await page.evaluate(
+        "(() => { const s = getComputedStyle(document.activeElement);"
+        " return [document.activeElement.tagName, s.outlineStyle, parseFloat(s.outlineWidth)]; })()")
+    assert outline[1] != "none" and outline[2] >= 2, outline
+
+
+async def test_text_on_the_portal_and_the_admin_pages_has_wcag_aa_contrast_and_focus_is_visible(
+        world: World, page: Page) -> None:
+    await page.goto(url(world, world.url("garage-a/dealer/K1")))
+    await _contrast_ok(page, "portal")
+    for _ in range(3):  # the skip link, the language links
+        await _focus_is_visible(page)
+    await page.get_by_role("button", name="Afmelden voor alle marketing").click()
+    await expect(page.get_by_role("status")).to_be_visible()
+    await _contrast_ok(page, "portal with the saved and objected banners")
+    await page.goto(url(world, "/p/" + "x" * 33))
+    await _contrast_ok(page, "neutral page", texts=5)
+    await log_in(page, world, "garage-a", "admin")
+    for path in ("/beheer/garage-a", "/beheer/garage-a/beleid", "/beheer/garage-a/beleid/c01/bewerken",
+                 "/beheer/garage-a/opt-in", "/beheer/garage-a/klanten/dealer/K1", "/beheer/garage-a/gebruikers"):
+        await page.goto(url(world, path))
+        await _contrast_ok(page, path)
+        await _focus_is_visible(page)
+
+
+async def test_a_customer_opts_out_of_newsletter_email_with_the_keyboard_alone(world: World, page: Page) -> None:
+    await page.goto(url(world, world.url("garage-a/dealer/K1")))
+
+    async def tab_to(check: str) -> None:
+        for _ in range(80):
+            await page.keyboard.press("Tab")
+            if await page.evaluate(f"(() => {{ const e = document.activeElement; return {check}; }})()"):
+                return
+        raise AssertionError(f"Tab never reached {check}")
+
+    await tab_to("e.id === 'pref.newsletter.email'")
+    await page.keyboard.type("Nee")  # type-ahead picks "Nee, liever niet"
+    await expect(page.get_by_label("Nieuwsbrief per e-mail: Uw keuze")).to_have_value("opt_out")
+    await tab_to("e.tagName === 'BUTTON' && e.textContent.trim() === 'Instellingen opslaan'")
+    await page.keyboard.press("Enter")
+    await expect(page.get_by_role("status")).to_contain_text("Uw wijziging is opgeslagen.")
+    events = await world.ledger.store.read_stream(subject_stream("garage-a", "dealer", "K1"))
+    assert events[-1].event_type == "PreferencesChanged"
+    assert [(c.category, c.channel, c.value) for c in events[-1].event.changes] == [("newsletter", "email", "opt_out")]
