@@ -13,7 +13,7 @@ run: $(VENV)/.installed-test
 
 ## test: the whole suite (pytest exits 5 when it collects no tests: that fails too)
 test: $(VENV)/.installed-test
-	command -v chromium >/dev/null || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)  # portal browser tests
+	test -x /usr/bin/chromium || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)  # portal browser tests
 	$(VENV)/bin/pytest -q
 
 ## bench: every benchmark in bench/ in --quick mode, RUNS times each (default 1), with medians
