@@ -27,9 +27,11 @@ __all__ = [
     "DEFAULT_TERMS",
     "TermMatrix",
     "add_months",
+    "EARLIEST_FACT_DATE",
     "apply_term_edit",
     "cell_key",
     "default_term_months",
+    "fact_date_problem",
     "ledger_day",
     "split_cell_key",
     "term_end",
@@ -81,6 +83,22 @@ def ledger_day(moment: dt.datetime) -> dt.date:
     """
     utc = moment.replace(tzinfo=_UTC) if moment.tzinfo is None else moment
     return utc.astimezone(AMSTERDAM).date()
+
+
+EARLIEST_FACT_DATE: Final = dt.date(1950, 1, 1)
+"""No dealer's invoice, prospect acquisition or marketing activity is older than this."""
+
+
+def fact_date_problem(day: dt.date, today: dt.date) -> str | None:
+    """Why ``day`` cannot be the date of an invoice, an acquisition or a marketing activity
+    recorded on ``today`` (a Dutch calendar day), or None. A date in the future would start
+    a term that has not begun (and, far enough out, run the month arithmetic off the
+    calendar); one before 1950 is a typo. The HTTP API and the DMS import both ask this."""
+    if day > today:
+        return f"{day.isoformat()} is in the future"
+    if day < EARLIEST_FACT_DATE:
+        return f"{day.isoformat()} is before {EARLIEST_FACT_DATE.isoformat()}"
+    return None
 
 
 # ---------------------------------------------------------------------------------------

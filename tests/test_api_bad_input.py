@@ -3,6 +3,7 @@ and nothing is written: the ledger head does not move."""
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import json
 from collections.abc import AsyncIterator
@@ -12,6 +13,7 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
+from consent.terms import ledger_day
 from tests.conftest import Dealer
 
 T = "/v1/tenants/garage-a"
@@ -325,3 +327,30 @@ async def test_a_duplicate_cell_in_one_edit_appends_nothing(api: TestClient, dea
     cell = {"category": "newsletter", "channel": "email", "months": 12}
     status, body = await send(api, "PATCH", T + "/terms", dealer, {"cells": [cell, {**cell, "months": 24}]})
     assert_names(status, body, 422, "$.cells[1]", "twice")
+
+
+NOT_A_FACT_DATE = [
+    ("POST", SUBJ + "/invoices", {**INVOICE, "invoice_date": "2999-01-01"}, "$.invoice_date", "in the future"),
+    ("POST", SUBJ + "/invoices", {**INVOICE, "invoice_date": "1949-12-31"}, "$.invoice_date", "before 1950-01-01"),
+    ("POST", SUBJ + "/prospect", {"acquired_on": "9999-12-31", "how": "proefrit"}, "$.acquired_on", "in the future"),
+    ("POST", SUBJ + "/marketing-activities", {"activity_on": "2999-01-01", "category": "newsletter",
+                                              "channel": "email"}, "$.activity_on", "in the future"),
+    ("POST", T + "/subjects:batch", {"items": [
+        {"kind": "invoice", "source": "dealer", "customer_ref": "C1", "invoice_id": "F-1", "invoice_date": "2024-01-31"},
+        {"kind": "prospect", "source": "dealer", "customer_ref": "C2", "acquired_on": "2999-01-01", "how": "beurs"},
+    ]}, "$.items[1].acquired_on", "in the future"),
+]
+
+
+async def test_an_invoice_acquisition_or_activity_dated_in_the_future_or_before_1950_is_refused(
+        api: TestClient, dealer: Dealer, unchanged: None) -> None:
+    for method, path, payload, field, problem in NOT_A_FACT_DATE:
+        status, body = await send(api, method, path, dealer, payload)
+        assert_names(status, body, 422, field, problem)
+
+
+async def test_an_invoice_dated_today_and_one_dated_1950_01_01_are_accepted(api: TestClient, dealer: Dealer) -> None:
+    today = ledger_day(dt.datetime.now(dt.timezone.utc)).isoformat()
+    for day in (today, "1950-01-01"):
+        status, body = await send(api, "POST", SUBJ + "/invoices", dealer, {**INVOICE, "invoice_date": day})
+        assert status == 201, body

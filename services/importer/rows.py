@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo
 import msgspec
 import msgspec.inspect
 
+from consent.terms import fact_date_problem
 from consent.vocabulary import CUSTOMER_REF_PATTERN
 from schemas.api import Contact
 from services.importer.mapping import CONTACT_FIELDS, Kind, Mapping, normalise_word
@@ -28,7 +29,6 @@ from services.importer.reader import RowProblem, Values, fields_of
 _CUSTOMER_REF: Final = re.compile(CUSTOMER_REF_PATTERN)
 _IDENTIFIER: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _AMSTERDAM: Final = ZoneInfo("Europe/Amsterdam")
-EARLIEST: Final = dt.date(1950, 1, 1)
 _contact_encoder: Final = msgspec.json.Encoder()
 _DATE_CACHE: Final = 20_000  # distinct date texts remembered per file (bounded memory)
 
@@ -164,10 +164,9 @@ class RowParser:
             day = self._date(text)
         except ValueError:
             raise RowProblem(self._columns[field], f"{text[:30]!r} is not a date ({self._date_hint})") from None
-        if day > self._today:
-            raise RowProblem(self._columns[field], f"{day.isoformat()} is in the future")
-        if day < EARLIEST:
-            raise RowProblem(self._columns[field], f"{day.isoformat()} is before {EARLIEST.isoformat()}")
+        problem = fact_date_problem(day, self._today)
+        if problem is not None:
+            raise RowProblem(self._columns[field], problem)
         if len(self._days) < _DATE_CACHE:
             self._days[value] = day  # type: ignore[index]
         return day

@@ -17,6 +17,7 @@ import structlog
 from consent.policy import next_chapter_id, policy_version
 from consent.seed import DEFAULT_CHAPTERS, default_term_cells
 from consent.tenant import TenantHistory, TenantState, apply_tenant
+from consent.terms import fact_date_problem, ledger_day
 from consent.vocabulary import DEFAULT_DATA_SOURCES, subject_stream, tenant_stream
 from schemas.api import Contact
 from schemas.events import (
@@ -88,6 +89,13 @@ class Context:
     def metadata(self) -> Metadata:
         return Metadata(actor=self.actor, method=self.method, request_id=self.request_id,
                         correlation_id=self.request_id)
+
+
+def check_fact_date(day: dt.date, field: str) -> None:
+    """422 naming ``field`` if ``day`` cannot be an invoice, acquisition or activity date."""
+    problem = fact_date_problem(day, ledger_day(dt.datetime.now(dt.timezone.utc)))
+    if problem is not None:
+        raise CommandRejected(422, "validation_error", problem, field)
 
 
 class Ledger:
@@ -284,6 +292,7 @@ class Ledger:
                              invoice_date: dt.date, contact: Contact | None = None,
                              expected: int | None = None) -> AppendResult:
         await self.require_source(tenant_id, source)
+        check_fact_date(invoice_date, "$.invoice_date")
         stream = subject_stream(tenant_id, source, ref)
         event = InvoiceRecorded(invoice_id=invoice_id, invoice_date=invoice_date,
                                 personal=await self.seal_contact(tenant_id, stream, contact))
@@ -292,6 +301,7 @@ class Ledger:
     async def register_prospect(self, ctx: Context, tenant_id: str, source: str, ref: str, acquired_on: dt.date,
                                 how: str, contact: Contact | None = None, expected: int | None = None) -> AppendResult:
         await self.require_source(tenant_id, source)
+        check_fact_date(acquired_on, "$.acquired_on")
         stream = subject_stream(tenant_id, source, ref)
         event = ProspectRegistered(acquired_on=acquired_on, how=how,
                                    personal=await self.seal_contact(tenant_id, stream, contact))
@@ -329,6 +339,7 @@ class Ledger:
     async def record_marketing_activity(self, ctx: Context, tenant_id: str, source: str, ref: str,
                                         activity: MarketingActivityRecorded) -> AppendResult:
         await self.require_source(tenant_id, source)
+        check_fact_date(activity.activity_on, "$.activity_on")
         return await self._append(ctx, tenant_id, subject_stream(tenant_id, source, ref), [activity])
 
     async def require_published_policy(self, tenant_id: str, version_id: str | None) -> None:

@@ -13,6 +13,7 @@ from schemas import api as s
 from schemas.events import Event, InvoiceRecorded, MarketingActivityRecorded, PreferencesChanged, ProspectRegistered, RecordedEvent
 from services.ledger.api.app import STORE, Call
 from services.ledger.api.jsonapi import ApiError, ApiRoutes, json_response
+from services.ledger.commands import check_fact_date
 from services.ledger.store import StreamWrite
 
 routes = ApiRoutes(tag="subjects")
@@ -91,7 +92,11 @@ async def bulk_append(call: Call) -> web.Response:
     tenant = call.param("tenant")
     b: s.BulkAppend = call.body
     checked: set[str] = set()  # each data source once, not once per item
-    for i, item in enumerate(b.items):
+    for i, item in enumerate(b.items):  # everything is checked before anything is sealed
+        if isinstance(item, s.BulkInvoice):
+            check_fact_date(item.invoice_date, f"$.items[{i}].invoice_date")
+        elif isinstance(item, s.BulkProspect):
+            check_fact_date(item.acquired_on, f"$.items[{i}].acquired_on")
         if item.source in checked:
             continue
         try:
