@@ -10,6 +10,9 @@ import json
 from aiohttp.test_utils import TestClient
 
 from consent.terms import ledger_day
+from schemas.events import Actor, InvoiceRecorded, Metadata
+from services.ledger.api.app import STORE
+from services.ledger.store import AppendRequest, StreamWrite
 from tests.conftest import Dealer
 
 SUBJ = "/v1/tenants/garage-a/subjects/dealer/C1"
@@ -250,7 +253,12 @@ async def test_a_preference_or_objection_naming_a_policy_version_never_published
 async def test_an_invoice_dated_in_year_9999_never_turns_a_question_about_a_late_date_into_a_500(
     api: TestClient, dealer: Dealer
 ) -> None:
-    await post(api, SUBJ + "/invoices", {"invoice_id": "F-1", "invoice_date": "9999-06-01"}, dealer.auth("importer"))
+    # The API and the import refuse such a date now; the ledger may still hold one written
+    # before they did, and the audit must answer for it.
+    await api.app[STORE].append(AppendRequest(
+        tenant_id="garage-a", writes=[StreamWrite("subject/garage-a/dealer/C1", [
+            InvoiceRecorded(invoice_id="F-1", invoice_date=dt.date(9999, 6, 1))])],
+        metadata=Metadata(actor=Actor(kind="api", id="test"))))
     for path in (AUDIT + "/subjects/dealer/C1", AUDIT + "/subjects/dealer/C1/compare"):
         r = await api.get(path, params={"on": "9999-12-31"}, headers=dealer.auth("auditor"))
         answer = await r.json()
