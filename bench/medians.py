@@ -1,6 +1,7 @@
-"""Run benchmarks several times in --quick mode and report the median of every figure.
+"""Run benchmarks several times in --quick mode (or at full size) and report the median of
+every figure.
 
-    python bench/medians.py [--runs 3] [append audit import portal projector]
+    python bench/medians.py [--runs 3] [--full] [append audit import portal projector]
 
 Each benchmark prints one JSON object as its last line; this collects them, prints the
 median of each numeric key per benchmark as one JSON object (last line) and writes it to
@@ -21,11 +22,12 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 
 
-def run_once(name: str) -> dict[str, object]:
-    proc = subprocess.run([sys.executable, str(BENCH / f"{name}.py"), "--quick"], capture_output=True, text=True,
+def run_once(name: str, full: bool = False) -> dict[str, object]:
+    flags = [] if full else ["--quick"]
+    proc = subprocess.run([sys.executable, str(BENCH / f"{name}.py"), *flags], capture_output=True, text=True,
                           cwd=BENCH.parent)
     if proc.returncode != 0:
-        raise SystemExit(f"bench/{name}.py --quick failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
+        raise SystemExit(f"bench/{name}.py {' '.join(flags)} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
     lines = [line for line in proc.stdout.strip().splitlines() if line.strip()]
     return json.loads(lines[-1])
 
@@ -46,6 +48,7 @@ def medians(results: list[dict[str, object]]) -> dict[str, object]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--full", action="store_true", help="the benchmarks' full sizes instead of --quick (minutes each)")
     parser.add_argument("names", nargs="*")
     args = parser.parse_args()
     if args.runs < 1:
@@ -58,9 +61,10 @@ def main() -> int:
     collected: dict[str, list[dict[str, object]]] = {n: [] for n in names}
     for round_no in range(1, args.runs + 1):
         for name in names:
-            print(f"== round {round_no}/{args.runs}: bench/{name}.py --quick", file=sys.stderr, flush=True)
-            collected[name].append(run_once(name))
-    summary = {"runs": args.runs, **{n: medians(r) for n, r in collected.items()}}
+            mode = "" if args.full else " --quick"
+            print(f"== round {round_no}/{args.runs}: bench/{name}.py{mode}", file=sys.stderr, flush=True)
+            collected[name].append(run_once(name, args.full))
+    summary = {"runs": args.runs, "full": args.full, **{n: medians(r) for n, r in collected.items()}}
     out_dir = BENCH / "results"
     out_dir.mkdir(exist_ok=True)
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
