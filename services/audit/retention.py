@@ -63,8 +63,8 @@ class RetentionReport(msgspec.Struct, frozen=True, kw_only=True):
 
 def _months_after(day: dt.date, months: int) -> dt.date:
     """``add_months``, but a due day past the calendar's end (an invoice dated in year 9999,
-    which the HTTP API accepts) is ``date.max``: never due, instead of an error that would
-    stop the whole tenant's daily run."""
+    written before the API and the import refused future dates) is ``date.max``: never due,
+    instead of an error that would stop the whole tenant's daily run."""
     try:
         return add_months(day, months)
     except ValueError:

@@ -59,8 +59,9 @@ def parse_known_at(text: str | None, now: dt.datetime, field: str = "known_at") 
 EARLIEST_ON: Final = dt.date(1900, 1, 1)
 LATEST_ON: Final = dt.date(2999, 12, 31)
 """The dates a consent question can be about. The bound matters: the rules add up to 120
-months to an invoice or acquisition date on or before D, and the ledger stores whatever date
-a client sent (year 9999 included), so an unbounded D could run past the calendar's end."""
+months to an invoice or acquisition date on or before D; the API and the import refuse fact
+dates in the future now, but the ledger may hold older ones (year 9999 included), so an
+unbounded D could run past the calendar's end."""
 
 
 def parse_on(text: str | None, known_at: dt.datetime, field: str = "on") -> dt.date:
