@@ -37,6 +37,7 @@ from services.ledger.errors import StreamClosed, WrongExpectedVersion
 from services.ledger.hashchain import format_timestamp
 from services.ledger.store import (
     _BEGIN_AND_LOCK,
+    _STREAM_TAILS,
     CLOSING_EVENTS,
     AppendObserver,
     AppendRequest,
@@ -51,15 +52,7 @@ _encode: Final = msgspec.json.Encoder().encode
 # After the lock is ours, in a statement of its own (its snapshot sees every earlier
 # append): the head, and per stream (in the order given) its last version and event type.
 _READ_STATE: Final = (
-    "SELECT h.position, h.hash, h.recorded_at, s.versions, s.last_types"
-    " FROM ledger.head h"
-    " CROSS JOIN LATERAL ("
-    "  SELECT array_agg(coalesce(e.version, 0) ORDER BY u.ord) AS versions,"
-    "   array_agg(e.event_type ORDER BY u.ord) AS last_types"
-    "  FROM unnest(string_to_array($1, E'\\n')) WITH ORDINALITY AS u(stream_id, ord)"
-    "  LEFT JOIN LATERAL (SELECT ev.version, ev.event_type FROM ledger.events ev"
-    "   WHERE ev.stream_id = u.stream_id ORDER BY ev.version DESC LIMIT 1) e ON true"
-    " ) s"
+    "SELECT h.position, h.hash, h.recorded_at, s.versions, s.last_types FROM ledger.head h" + _STREAM_TAILS
 )
 _MOVE_HEAD: Final = "UPDATE ledger.head SET position = $1, hash = $2, recorded_at = $3"
 _EVENT_COLUMNS: Final = (

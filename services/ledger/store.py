@@ -105,10 +105,9 @@ _BEGIN_AND_LOCK: Final = "BEGIN ISOLATION LEVEL READ COMMITTED; SELECT 1 FROM le
 # 2. read, in a statement that starts after the lock is held (so its snapshot includes
 #    every earlier append): the head, each stream's last version and event type (stream
 #    ids as one newline-joined text: see 3.), and the idempotency keys already used;
-_READ_STATE: Final = (
-    "SELECT h.position, h.hash, h.recorded_at, s.versions, s.last_types,"
-    " k.key_tenants, k.keys, k.fingerprints, k.results"
-    " FROM ledger.head h"
+# Each stream's last version (0 if new) and event type, in the order of $1 (the bulk path
+# in bulk.py reads the same).
+_STREAM_TAILS: Final = (
     " CROSS JOIN LATERAL ("
     "  SELECT array_agg(coalesce(e.version, 0) ORDER BY u.ord) AS versions,"
     "   array_agg(e.event_type ORDER BY u.ord) AS last_types"
@@ -116,6 +115,11 @@ _READ_STATE: Final = (
     "  LEFT JOIN LATERAL (SELECT ev.version, ev.event_type FROM ledger.events ev"
     "   WHERE ev.stream_id = u.stream_id ORDER BY ev.version DESC LIMIT 1) e ON true"
     " ) s"
+)
+_READ_STATE: Final = (
+    "SELECT h.position, h.hash, h.recorded_at, s.versions, s.last_types,"
+    " k.key_tenants, k.keys, k.fingerprints, k.results"
+    " FROM ledger.head h" + _STREAM_TAILS +
     " CROSS JOIN LATERAL ("
     "  SELECT array_agg(i.tenant_id ORDER BY q.ord) AS key_tenants, array_agg(i.key ORDER BY q.ord) AS keys,"
     "   array_agg(i.fingerprint ORDER BY q.ord) AS fingerprints, array_agg(i.result ORDER BY q.ord) AS results"
