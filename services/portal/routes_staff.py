@@ -20,9 +20,9 @@ import msgspec
 import structlog
 from aiohttp import web
 
+from consent.tenant import TenantState
 from consent.vocabulary import CATEGORIES, CHANNELS, is_customer_ref, is_slug, subject_stream
 from consent.warnings import compliance_warnings
-from consent.tenant import TenantState
 from schemas.events import (
     Actor,
     Chapter,

@@ -10,7 +10,14 @@ from aiohttp import web
 
 from consent.vocabulary import subject_stream, tenant_stream
 from schemas import api as s
-from schemas.events import Event, InvoiceRecorded, MarketingActivityRecorded, PreferencesChanged, ProspectRegistered, RecordedEvent
+from schemas.events import (
+    Event,
+    InvoiceRecorded,
+    MarketingActivityRecorded,
+    PreferencesChanged,
+    ProspectRegistered,
+    RecordedEvent,
+)
 from services.ledger.api.app import STORE, Call
 from services.ledger.api.jsonapi import ApiError, ApiRoutes, json_response
 from services.ledger.commands import check_fact_date
