@@ -49,8 +49,12 @@ MAX_TERM_MONTHS: Final = 120
 
 # Identifiers that end up in stream ids and Kafka keys ("{tenant}/{source}/{ref}"):
 # no "/" and nothing that needs quoting.
-SLUG_PATTERN: Final = r"^[a-z0-9][a-z0-9_-]{0,39}$"
-CUSTOMER_REF_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+# Patterns are exported to JSON Schema (OpenAPI) and checked by msgspec with Python's re,
+# whose "$" also matches before a final newline: "(?!\n)$" ends the text in both dialects,
+# so "C1\n" is not a customer ref (stream ids are newline-joined in the store's SQL).
+END_OF_TEXT: Final = r"(?!\n)$"
+SLUG_PATTERN: Final = r"^[a-z0-9][a-z0-9_-]{0,39}" + END_OF_TEXT
+CUSTOMER_REF_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}" + END_OF_TEXT
 _SLUG = re.compile(SLUG_PATTERN)
 _CUSTOMER_REF = re.compile(CUSTOMER_REF_PATTERN)
 

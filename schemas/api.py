@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from consent.vocabulary import CUSTOMER_REF_PATTERN, SLUG_PATTERN, Category, Channel
+from consent.vocabulary import CUSTOMER_REF_PATTERN, END_OF_TEXT, SLUG_PATTERN, Category, Channel
 from schemas.events import Identifier, Method, PreferenceSetting, ShortText, TermCell
 
 Slug = Annotated[str, msgspec.Meta(pattern=SLUG_PATTERN, description="lower-case letters, digits, _ and -")]
@@ -30,8 +30,8 @@ class Contact(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=T
     """Personal data; stored only encrypted with the subject's key."""
 
     name: Annotated[str, msgspec.Meta(max_length=200)] | None = None
-    email: Annotated[str, msgspec.Meta(max_length=254, pattern=r"^[^@\s]+@[^@\s]+$")] | None = None
-    phone: Annotated[str, msgspec.Meta(max_length=40, pattern=r"^[0-9+() -]{3,40}$")] | None = None
+    email: Annotated[str, msgspec.Meta(max_length=254, pattern=r"^[^@\s]+@[^@\s]+" + END_OF_TEXT)] | None = None
+    phone: Annotated[str, msgspec.Meta(max_length=40, pattern=r"^[0-9+() -]{3,40}" + END_OF_TEXT)] | None = None
     street: Annotated[str, msgspec.Meta(max_length=200)] | None = None
     postcode: Annotated[str, msgspec.Meta(max_length=20)] | None = None
     city: Annotated[str, msgspec.Meta(max_length=100)] | None = None

@@ -20,11 +20,11 @@ from typing import Annotated, ClassVar, Final, Literal
 
 import msgspec
 
-from consent.vocabulary import Category, Channel, PreferenceValue
+from consent.vocabulary import END_OF_TEXT, Category, Channel, PreferenceValue
 
 Months = Annotated[int, msgspec.Meta(ge=0, le=120)]
 ShortText = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
-Identifier = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
+Identifier = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*" + END_OF_TEXT)]
 
 
 class Sealed(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -275,6 +275,8 @@ BAD_PATHS = [
     ("/v1/tenants/Garage-A/subjects/dealer/C1/invoices", "tenant"),
     ("/v1/tenants/garage_a%2Fx/subjects/dealer/C1/invoices", "tenant"),
     (T + "/subjects/Dealer/C1/invoices", "source"),
+    (T + "/subjects/dealer/C1%0A/invoices", "ref"),  # Python's "$" would let a final newline through
+    (T + "/subjects/dealer%0A/C1/invoices", "source"),
 ]
 
 
@@ -354,3 +356,23 @@ async def test_an_invoice_dated_today_and_one_dated_1950_01_01_are_accepted(api:
     for day in (today, "1950-01-01"):
         status, body = await send(api, "POST", SUBJ + "/invoices", dealer, {**INVOICE, "invoice_date": day})
         assert status == 201, body
+
+
+TRAILING_NEWLINE = [
+    (SUBJ + "/invoices", {**INVOICE, "invoice_id": "F-1\n"}, "$.invoice_id"),
+    (SUBJ + "/invoices", {**INVOICE, "contact": {"email": "jan@example.nl\n"}}, "$.contact.email"),
+    (SUBJ + "/invoices", {**INVOICE, "contact": {"phone": "0612345678\n"}}, "$.contact.phone"),
+    (T + "/subjects:batch", {"items": [{"kind": "invoice", "source": "dealer", "customer_ref": "C1\n",
+                                        "invoice_id": "F-1", "invoice_date": "2024-01-31"}]},
+     "$.items[0].customer_ref"),
+    (T + "/subjects:batch", {"items": [{"kind": "invoice", "source": "dealer\n", "customer_ref": "C1",
+                                        "invoice_id": "F-1", "invoice_date": "2024-01-31"}]},
+     "$.items[0].source"),
+]
+
+
+async def test_a_reference_or_contact_field_ending_in_a_newline_is_refused(
+        api: TestClient, dealer: Dealer, unchanged: None) -> None:
+    for path, payload, field in TRAILING_NEWLINE:
+        status, body = await send(api, "POST", path, dealer, payload)
+        assert_names(status, body, 422, field, "regex")

@@ -207,7 +207,7 @@ class RowParser:
         if not (ref and _CUSTOMER_REF.match(ref)):
             ref = self._ref(values[0])
         invoice_id = invoice_id.strip() if invoice_id is not None else ""
-        if not (invoice_id and _IDENTIFIER.match(invoice_id)):
+        if not (invoice_id and _IDENTIFIER.fullmatch(invoice_id)):
             invoice_id = self._required("invoice_id", values[1])
             raise RowProblem(self._columns["invoice_id"],
                              f"{invoice_id[:70]!r} is not an invoice number (letters, digits, '.', '_', '-';"

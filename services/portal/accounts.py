@@ -126,7 +126,7 @@ class Accounts:
 
     async def create(self, tenant_id: str, email: str, role: str, password: str, *, created_by: str) -> User:
         email = email.strip()
-        if not EMAIL_PATTERN.match(email):
+        if not EMAIL_PATTERN.fullmatch(email):
             raise AccountError("email_invalid", "email")
         if role not in ROLES:
             raise AccountError("role_invalid", "role")

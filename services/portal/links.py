@@ -92,7 +92,7 @@ def new_token() -> str:
 
 def split_token(token: str) -> tuple[bytes, bytes] | None:
     """(selector digest, verifier digest), or None if the text cannot be a token."""
-    if not TOKEN_PATTERN.match(token):
+    if not TOKEN_PATTERN.fullmatch(token):
         return None
     return _digest(token[:SELECTOR_CHARS]), _digest(token[SELECTOR_CHARS:])
 
