@@ -92,7 +92,7 @@ def _no_cyclic_gc() -> Iterator[None]:
 
 
 def _date(value: str, field: str) -> dt.date:
-    if not _DATE.match(value):
+    if not _DATE.fullmatch(value):
         raise ApiError(422, "validation_error", "a date is YYYY-MM-DD", field=field)
     try:
         day = dt.date.fromisoformat(value)
@@ -155,9 +155,14 @@ async def campaign_check(call: Call) -> web.Response:
         by_source.setdefault(s.source, []).append(s.customer_ref)
     pool = call.request.app[POOL]
     found: dict[tuple[str, str], bytes] = {}
-    for source, refs in by_source.items():  # one query per data source (usually one): an index scan with ANY
+    # One query per data source (usually one): an index scan with ANY. The refs go as one
+    # newline-joined text split by PostgreSQL (a customer ref has no newline: CustomerRef's
+    # pattern): asyncpg checks each element of a list parameter in Python, which cost about
+    # a tenth of a 10,000-subject check.
+    for source, refs in by_source.items():
         for r in await pool.fetch("SELECT customer_ref, state FROM projector.subjects WHERE tenant_id = $1"
-                                  " AND source = $2 AND customer_ref = ANY($3::text[])", tenant, source, refs):
+                                  " AND source = $2 AND customer_ref = ANY(string_to_array($3, E'\\n'))",
+                                  tenant, source, "\n".join(refs)):
             found[(source, r[0])] = r[1]
     matrix = terms.state.terms
     category, channel = body.category, body.channel
