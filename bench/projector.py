@@ -54,6 +54,7 @@ from bench.common import (  # noqa: E402
     local_postgres,
     machine,
     percentile,
+    process_cpu_seconds,
     ratio,
     server_settings,
     write_result,
@@ -495,8 +496,12 @@ async def run(profile: Profile, *, quick: bool, workers: int | None) -> dict[str
                     })
                     log(f"freshness p99 idle {figures['freshness_p99_ms']} ms, loaded {figures['freshness_loaded_p99_ms']} ms")
                     await asyncio.sleep(1.0)  # let the projector drain the background load
+                    cpu0 = process_cpu_seconds(ledger.pid)
                     figures.update(await bulk_checks(http, base, keys[f"{TENANT_A}:sender"], profile.subjects_a,
                                                      profile.bulk_seconds))
+                    # The server's CPU per check moves far less with the host's speed than checks/s.
+                    figures["bulk_server_cpu_us_per_check"] = round(
+                        (process_cpu_seconds(ledger.pid) - cpu0) / (figures["bulk_requests"] * CHECK_SIZE) * 1e6, 2)
                     log(f"bulk checks {figures['bulk_checks_per_s']:.0f} subject checks/s")
                     edit = await term_edit(http, base, keys[f"{TENANT_B}:admin"], url, watcher, timeout=300)
                     figures["term_edit_100k_s"] = edit.pop("term_edit_s")
