@@ -192,15 +192,21 @@ def next_change(
         return None
     if current is None:
         current = eligibility_matrix(subject, terms, on)
-    candidates: set[dt.date] = {d.until for d in current.values() if d.until is not None and d.until > on}
-    candidates.update(f.invoice_date for f in subject.invoices.values() if f.invoice_date > on)
-    candidates.update(f.acquired_on for f in subject.acquisitions if f.acquired_on > on)
-    candidates.update(f.effective_on for f in subject.objections if f.effective_on > on)
+    lapses = {d.until for d in current.values() if d.until is not None and d.until > on}
+    facts: set[dt.date] = {f.invoice_date for f in subject.invoices.values() if f.invoice_date > on}
+    facts.update(f.acquired_on for f in subject.acquisitions if f.acquired_on > on)
+    facts.update(f.effective_on for f in subject.objections if f.effective_on > on)
     for history in subject.preferences.values():
-        candidates.update(f.effective_on for f in history if f.effective_on > on)
+        facts.update(f.effective_on for f in history if f.effective_on > on)
+    first_lapse = min(lapses, default=None)
+    if first_lapse is not None and (not facts or first_lapse < min(facts)):
+        # No fact takes effect before it, so on that day the same facts decide, and the cell
+        # whose term ends then is no longer covered (D < until fails): a change, for sure.
+        # (The common case; it saves evaluating the matrix a second time.)
+        return first_lapse
     # Between two candidates nothing changes; at a candidate where nothing changes either,
     # the `until`s are unchanged too, so the remaining candidates still cover every change.
-    for day in sorted(candidates):
+    for day in sorted(lapses | facts):
         if eligibility_matrix(subject, terms, day) != current:
             return day
     return None
