@@ -10,6 +10,7 @@ import re
 import pytest
 
 from consent.vocabulary import subject_stream, tenant_stream
+from schemas.events import RecordedEvent
 from services.portal.accounts import MAX_FAILED_LOGINS
 from services.portal.routes_staff import SESSION_COOKIE
 from tests.portal_support import PASSWORD, World, csrf_of, login, make_world
@@ -232,27 +233,35 @@ async def test_the_term_matrix_is_validated_and_saved_with_its_warnings(world: W
     assert r.status == 409
 
 
+async def _on_behalf(world: World, cookie: dict[str, str], action: str, form: dict[str, str],
+                     reason: str) -> RecordedEvent:
+    """A staff change to customer K1 (``.../klanten/dealer/K1/{action}``): refused without a
+    reason (nothing appended), recorded with one; returns the event, checked to name the
+    staff user as the one who changed it and to carry the reason (sealed)."""
+    stream = subject_stream("garage-a", "dealer", "K1")
+    path = f"/beheer/garage-a/klanten/dealer/K1/{action}"
+    before = await world.ledger.store.stream_version(stream)
+    r = await world.client.post(path, headers=cookie, data={**form, "reason": "  "})
+    assert r.status == 422 and "Vul een reden in." in await r.text()
+    assert await world.ledger.store.stream_version(stream) == before
+    r = await world.client.post(path, headers=cookie, allow_redirects=False, data={**form, "reason": reason})
+    assert r.status == 303
+    last = (await world.ledger.store.read_stream(stream))[-1]
+    assert last.version == before + 1
+    assert last.event.changed_by.kind == "staff" and last.event.changed_by.id.startswith("user:")
+    assert last.event.note is not None  # the reason, sealed with the subject's key
+    return last
+
+
 async def test_staff_find_a_customer_and_change_settings_on_their_behalf_with_a_reason(world: World) -> None:
     cookie = await login(world.client, "garage-a", world.users["garage-a:staff"])
     r = await world.client.get("/beheer/garage-a/klanten?source=dealer&ref=K1", headers=cookie, allow_redirects=False)
     assert r.status == 303 and r.headers["Location"] == "/beheer/garage-a/klanten/dealer/K1"
     html, csrf = await _page(world, "/beheer/garage-a/klanten/dealer/K1", cookie)
     assert "Nieuwsbrief per e-mail" in html and "Factuur" in html
-    stream = subject_stream("garage-a", "dealer", "K1")
-    before = await world.ledger.store.stream_version(stream)
-    r = await world.client.post("/beheer/garage-a/klanten/dealer/K1/voorkeuren", headers=cookie,
-                                data={"csrf_token": csrf, "method": "phone", "reason": "",
-                                      "pref.newsletter.post": "opt_out"})
-    assert r.status == 422 and "Vul een reden in." in await r.text()
-    assert await world.ledger.store.stream_version(stream) == before
-    r = await world.client.post("/beheer/garage-a/klanten/dealer/K1/voorkeuren", headers=cookie, allow_redirects=False,
-                                data={"csrf_token": csrf, "method": "phone", "reason": "telefonisch verzoek",
-                                      "pref.newsletter.post": "opt_out"})
-    assert r.status == 303
-    last = (await world.ledger.store.read_stream(stream))[-1]
+    last = await _on_behalf(world, cookie, "voorkeuren", {"csrf_token": csrf, "method": "phone",
+                                                         "pref.newsletter.post": "opt_out"}, "telefonisch verzoek")
     assert last.event_type == "PreferencesChanged" and last.event.method == "phone"
-    assert last.event.changed_by.kind == "staff" and last.event.changed_by.id.startswith("user:")
-    assert last.event.note is not None  # the reason, sealed with the subject's key
     html, _ = await _page(world, "/beheer/garage-a/klanten/dealer/K1", cookie)
     assert "telefonisch verzoek" in html and world.users["garage-a:staff"] in html
     assert "<td>telefonisch</td>" in html  # how the request came in, in words
@@ -328,19 +337,10 @@ async def test_staff_record_and_withdraw_an_objection_on_a_customers_behalf_with
     html, csrf = await _page(world, "/beheer/garage-a/klanten/dealer/K1", cookie)
     assert "Afmelden voor alle marketing namens de klant" in html
     stream = subject_stream("garage-a", "dealer", "K1")
-    before = await world.ledger.store.stream_version(stream)
-    r = await world.client.post("/beheer/garage-a/klanten/dealer/K1/bezwaar", headers=cookie,
-                                data={"csrf_token": csrf, "method": "email", "reason": "  ", "withdraw": "0"})
-    assert r.status == 422 and "Vul een reden in." in await r.text()
-    assert await world.ledger.store.stream_version(stream) == before
-    r = await world.client.post("/beheer/garage-a/klanten/dealer/K1/bezwaar", headers=cookie, allow_redirects=False,
-                                data={"csrf_token": csrf, "method": "email", "reason": "mail van de klant",
-                                      "withdraw": "0"})
-    assert r.status == 303
-    last = (await world.ledger.store.read_stream(stream))[-1]
+    last = await _on_behalf(world, cookie, "bezwaar", {"csrf_token": csrf, "method": "email", "withdraw": "0"},
+                            "mail van de klant")
     assert last.event_type == "ObjectionRecorded" and last.event.method == "email"
-    assert last.event.changed_by.kind == "staff" and last.event.changed_by.id.startswith("user:")
-    assert last.metadata.actor == last.event.changed_by and last.event.note is not None
+    assert last.metadata.actor == last.event.changed_by
     html, csrf = await _page(world, "/beheer/garage-a/klanten/dealer/K1", cookie)
     assert "Afmelding intrekken namens de klant" in html and "mail van de klant" in html
     portal = await (await world.client.get(world.url("garage-a/dealer/K1"))).text()
