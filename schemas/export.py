@@ -9,6 +9,7 @@ generated with :func:`msgspec.json.schema_components` so they cannot drift from 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 from pathlib import Path
 from typing import Any, Final
@@ -37,9 +38,24 @@ EXPORTS: Final[dict[str, tuple[str, str, tuple[type, ...]]]] = {
 }
 
 
+def _clean_descriptions(node: Any) -> Any:
+    """Docstring-derived descriptions dedented the same way whatever msgspec's version.
+
+    msgspec 0.18-0.22 copied ``__doc__`` as written (continuation lines indented), 0.23
+    dedents it; ``inspect.cleandoc`` gives both the same text.
+    """
+    if isinstance(node, dict):
+        return {k: inspect.cleandoc(v) if k == "description" and isinstance(v, str) else _clean_descriptions(v)
+                for k, v in node.items()}
+    if isinstance(node, list):
+        return [_clean_descriptions(v) for v in node]
+    return node
+
+
 def schema_document(name: str) -> dict[str, Any]:
     title, description, types = EXPORTS[name]
-    schemas, components = msgspec.json.schema_components(types, ref_template="#/$defs/{name}")
+    schemas, components = _clean_descriptions(
+        msgspec.json.schema_components(types, ref_template="#/$defs/{name}"))
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": f"{name}.schema.json",

@@ -24,6 +24,8 @@ from services.projector.clock import SystemClock
 from services.projector.projection import Projection, apply_until_caught_up
 from tests.portal_support import OPERATOR, PASSWORD, World, make_world
 
+pytestmark = pytest.mark.browser  # `make test PYTEST_ARGS='-m "not browser"'` skips this file
+
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--no-first-run", "--disable-sync"]
