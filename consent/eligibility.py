@@ -5,12 +5,16 @@ PRODUCT.md, "Eligibility". Evaluated in this order; the first rule that decides 
 1. S erased -> no (``erased``); S objected to all direct marketing -> no (``objected``).
 2. Preference (C, H) = opt_out -> no (``opted_out``).
 3. Preference (C, H) = opt_in -> yes (``explicit_consent``, basis ``consent``).
-4. Customer: C != prospect -> yes iff D < add_months(last invoice date, term[C][H])
+4. Customer: C != prospect -> the law on D first (consent/law.py, PRODUCT.md "The law by
+   date"): a statute in force that requires consent for (H, customer) -> no
+   (``consent_required``, ``law`` names the rule; phone from 2026-07-01); else
+   yes iff D < add_months(last invoice date, term[C][H])
    (``soft_opt_in``; basis ``soft_opt_in`` on digital channels, ``legitimate_interest`` on
    post/phone), else no (``term_expired``). C = prospect -> no (``not_a_prospect``).
 5. Prospect: C != prospect -> no (``not_a_customer``). C = prospect: digital channels and
-   phone need an explicit opt-in (no: ``consent_required``; the Bel-me-niet register was
-   abolished on 2021-07-01, since then calling a non-customer needs prior consent); post ->
+   phone need an explicit opt-in (no: ``consent_required``, naming the statute in force on
+   D if there is one; the Bel-me-niet register was abolished on 2021-07-01, since then
+   calling a non-customer needs prior consent by statute); post ->
    yes iff D < add_months(acquired_on, term[prospect][post]) (``prospect_term``, basis
    ``legitimate_interest``), else no (``term_expired``); a prospect-post answer carries
    ``requires_disclosure`` (GDPR art. 14 and 21(4): the first letter says why, with whom data
@@ -27,6 +31,11 @@ Bitemporal reading of "on D" (the knowledge time K is applied when folding the s
   opt-out does not make an earlier send unlawful;
 * erasure always wins, whatever D.
 
+What a sender must do with a "yes" comes from the law on D too: ``requires_objection_offer``
+(soft opt-in and legitimate interest), ``requires_postfilter_check`` (prospect post, Code
+Postfilter 2021). A "yes" that the law ends on a later switch date has that date as its
+``until``, and every switch date is a candidate of :func:`next_change`.
+
 A prospect-post subject without any acquisition in effect on D has no date to start a term
 from, so nothing but consent could allow it: ``consent_required``.
 """
@@ -34,10 +43,12 @@ from, so nothing but consent could allow it: ``consent_required``.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from typing import Final
 
 import msgspec
 
+from consent.law import LawInForce, law_by_channel, switch_dates_after
 from consent.subject import (
     AcquisitionFact,
     InvoiceFact,
@@ -62,6 +73,12 @@ class Decision(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     that set the term cell, the preference, objection or erasure event).
     ``requires_disclosure``: set on every rule-5 prospect-post answer (the first letter must
     carry the art. 14 / 21(4) information); False everywhere else.
+    ``law``: the id of the statute (consent/law.py) that requires consent for this channel
+    and audience on the date, on a ``consent_required`` answer it decided.
+    ``requires_postfilter_check``: a prospect-post "yes" while the Code Postfilter applies.
+    ``requires_objection_offer``: a "yes" on soft opt-in or legitimate interest while a rule
+    asks every message to offer the right to object.
+    (Field order = schemas.eligibility.Cell: the projector encodes these as cells.)
     """
 
     eligible: bool
@@ -70,12 +87,15 @@ class Decision(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     until: dt.date | None = None
     evidence: tuple[str, ...] = ()
     requires_disclosure: bool = False
+    law: str | None = None
+    requires_postfilter_check: bool = False
+    requires_objection_offer: bool = False
 
 
 class _Facts:
     """What every cell's decision on one date shares: computed once per subject and date."""
 
-    __slots__ = ("acquisition", "ends", "erased", "invoice", "objection")
+    __slots__ = ("acquisition", "ends", "erased", "invoice", "law", "objection")
 
     def __init__(self, subject: SubjectState, on: dt.date) -> None:
         self.erased: str | None = subject.erased
@@ -84,6 +104,9 @@ class _Facts:
         self.acquisition: AcquisitionFact | None = (
             acquisition_in_effect(subject, on) if subject.acquisitions and self.invoice is None else None
         )
+        # the law on `on` for this audience, per channel (one cached lookup per matrix)
+        self.law: Mapping[str, LawInForce] = law_by_channel(
+            "customer" if self.invoice is not None else "non_customer", on)
         # term end per number of months; one start date per _Facts (the invoice, else the acquisition)
         self.ends: dict[int, dt.date] = {}
 
@@ -129,11 +152,18 @@ def _decide(
     if invoice is not None:
         if category == "prospect":
             return Decision(eligible=False, basis=None, reason="not_a_prospect", evidence=(invoice.event_id,))
+        law = facts.law[channel]
+        if law.consent_rule is not None:  # the statute on `on`: no soft opt-in / legitimate interest
+            return Decision(eligible=False, basis=None, reason="consent_required", evidence=(invoice.event_id,),
+                            law=law.consent_rule)
         end = facts.end(invoice.invoice_date, terms.months.get(key, 0))
         evidence = _with_term(invoice.event_id, terms, key)
         if on < end:
             basis: Basis = "soft_opt_in" if channel in DIGITAL_CHANNELS else "legitimate_interest"
-            return Decision(eligible=True, basis=basis, reason="soft_opt_in", until=end, evidence=evidence)
+            if law.consent_from is not None and law.consent_from < end:
+                end = law.consent_from  # the basis lapses when the law starts to require consent
+            return Decision(eligible=True, basis=basis, reason="soft_opt_in", until=end, evidence=evidence,
+                            requires_objection_offer=law.objection_offer)
         return Decision(eligible=False, basis=None, reason="term_expired", evidence=evidence)
 
     # 5. prospect
@@ -141,8 +171,10 @@ def _decide(
     acquired: tuple[str, ...] = (acquisition.event_id,) if acquisition is not None else ()
     if category != "prospect":
         return Decision(eligible=False, basis=None, reason="not_a_customer", evidence=acquired)
+    law = facts.law[channel]
     if channel != "post":
-        return Decision(eligible=False, basis=None, reason="consent_required", evidence=acquired)
+        return Decision(eligible=False, basis=None, reason="consent_required", evidence=acquired,
+                        law=law.consent_rule)
     if acquisition is None:
         return Decision(eligible=False, basis=None, reason="consent_required", requires_disclosure=True)
     end = facts.end(acquisition.acquired_on, terms.months.get(key, 0))
@@ -155,6 +187,8 @@ def _decide(
             until=end,
             evidence=evidence,
             requires_disclosure=True,
+            requires_postfilter_check=law.postfilter_check,
+            requires_objection_offer=law.objection_offer,
         )
     return Decision(eligible=False, basis=None, reason="term_expired", evidence=evidence, requires_disclosure=True)
 
@@ -196,6 +230,7 @@ def next_change(
     facts: set[dt.date] = {f.invoice_date for f in subject.invoices.values() if f.invoice_date > on}
     facts.update(f.acquired_on for f in subject.acquisitions if f.acquired_on > on)
     facts.update(f.effective_on for f in subject.objections if f.effective_on > on)
+    facts.update(switch_dates_after(on))  # the law changes on a switch date (consent/law.py)
     for history in subject.preferences.values():
         facts.update(f.effective_on for f in history if f.effective_on > on)
     first_lapse = min(lapses, default=None)

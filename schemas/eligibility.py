@@ -20,6 +20,7 @@ from typing import Annotated, Final, Literal
 
 import msgspec
 
+from consent.law import LegalRule
 from consent.vocabulary import (
     CUSTOMER_REF_PATTERN,
     SLUG_PATTERN,
@@ -59,6 +60,13 @@ class Cell(msgspec.Struct, frozen=True, kw_only=True):
     ``requires_disclosure``: the first letter to a prospect must say why the person is
     contacted, with whom data is shared and that they may object (GDPR art. 14, 21(4)).
     ``evidence``: the ledger event ids the decision rests on.
+    ``law``: on a ``consent_required`` answer, the id of the statute in force on the date
+    that requires explicit consent for this channel and audience (``consent.law``; e.g.
+    ``nl-telecom-11.7-phone-optin-2026`` for phone to a customer from 2026-07-01).
+    ``requires_postfilter_check``: a "yes" for addressed post to a non-customer: screen the
+    address against the Postfilter and the deceased register first (Code Postfilter 2021).
+    ``requires_objection_offer``: a "yes" on soft opt-in or legitimate interest: the message
+    must offer the right to object (Telecommunicatiewet 11.7(3), AVG art. 21).
     """
 
     eligible: bool
@@ -67,6 +75,9 @@ class Cell(msgspec.Struct, frozen=True, kw_only=True):
     until: dt.date | None = None
     evidence: list[str] = []
     requires_disclosure: bool = False
+    law: str | None = None
+    requires_postfilter_check: bool = False
+    requires_objection_offer: bool = False
 
 
 class EligibilityMatrix(msgspec.Struct, frozen=True, kw_only=True):
@@ -75,7 +86,9 @@ class EligibilityMatrix(msgspec.Struct, frozen=True, kw_only=True):
     ``position`` is the ledger position of the newest event (subject or tenant stream)
     this matrix reflects; ``subject_version`` is the subject stream's version, and
     ``terms_version`` the tenant stream version of the last term matrix edit it was
-    evaluated with.
+    evaluated with, ``rules_version`` the version of the legal rule table
+    (``consent.law.RULES_VERSION``) it was evaluated with ("" in messages from before the
+    table existed).
     """
 
     schema_version: int = SCHEMA_VERSION
@@ -88,6 +101,7 @@ class EligibilityMatrix(msgspec.Struct, frozen=True, kw_only=True):
     position: int
     subject_version: int
     terms_version: int
+    rules_version: str = ""
     cells: dict[Category, dict[Channel, Cell]]
 
     @property
@@ -152,14 +166,19 @@ class SubjectCheck(msgspec.Struct, frozen=True, kw_only=True):
     until: dt.date | None = None
     requires_disclosure: bool = False
     evidence: list[str] = []
+    law: str | None = None
+    requires_postfilter_check: bool = False
+    requires_objection_offer: bool = False
 
 
 class CampaignCheckResult(msgspec.Struct, frozen=True, kw_only=True):
-    """The answers, in the order of the request's ``subjects``."""
+    """The answers, in the order of the request's ``subjects``; ``rules_version``: the
+    legal rule table they were evaluated with (``consent.law``)."""
 
     category: Category
     channel: Channel
     send_date: dt.date
+    rules_version: str = ""
     checked: int
     eligible: int
     unknown: int
@@ -168,8 +187,15 @@ class CampaignCheckResult(msgspec.Struct, frozen=True, kw_only=True):
 
 class TermWarnings(msgspec.Struct, frozen=True, kw_only=True):
     """Compliance notes on the tenant's current term matrix (they never change it);
-    ``tenant_version`` is the tenant stream version they were computed from."""
+    ``tenant_version`` is the tenant stream version they were computed from. ``on``: the
+    (Dutch) day the notes and the law are for; ``law_in_force``: the legal rules that apply
+    to sends on that day, ``law_upcoming``: those that start later, by date (consent.law);
+    ``rules_version``: that rule table's version."""
 
     tenant_id: str
     tenant_version: int
     warnings: list[ComplianceWarning]
+    on: dt.date | None = None
+    rules_version: str = ""
+    law_in_force: list[LegalRule] = []
+    law_upcoming: list[LegalRule] = []

@@ -41,7 +41,8 @@ def customer(invoice_date: str, **kwargs: str) -> SubjectHistoryBuilder:
         # 48 months on post/phone
         ("2024-01-31", "newsletter", "post", "2028-01-30", True, "2028-01-31"),
         ("2024-01-31", "newsletter", "post", "2028-01-31", False, None),
-        ("2024-01-31", "sales_campaign", "phone", "2028-01-30", True, "2028-01-31"),
+        # phone: the term (2028-01-31) is cut short by the law: from 2026-07-01 only with opt-in
+        ("2024-01-31", "sales_campaign", "phone", "2026-06-30", True, "2026-07-01"),
         # aftersales service: 48 everywhere
         ("2024-01-31", "aftersales_service", "email", "2028-01-30", True, "2028-01-31"),
         ("2024-01-31", "aftersales_service", "email", "2028-01-31", False, None),
@@ -366,6 +367,9 @@ def test_a_decision_serialises_to_json() -> None:
         "until": "2025-07-31",
         "evidence": ["ev-invoice", "ev-tenant-created"],
         "requires_disclosure": False,
+        "law": None,
+        "requires_postfilter_check": False,
+        "requires_objection_offer": True,
     }
     assert msgspec.json.decode(data, type=Decision) == decision
 
@@ -375,7 +379,8 @@ def test_a_decision_serialises_to_json() -> None:
     [
         ("2024-03-01", "2025-07-31"),  # the digital campaign terms lapse first
         ("2025-07-30", "2025-07-31"),
-        ("2025-07-31", "2028-01-31"),  # then post/phone and aftersales service
+        ("2025-07-31", "2026-07-01"),  # then phone: the law requires opt-in from 2026-07-01
+        ("2026-07-01", "2028-01-31"),  # then post and aftersales service
         ("2028-01-31", None),  # nothing left to lapse
     ],
 )
@@ -406,7 +411,8 @@ def test_there_is_no_next_change_when_nothing_can_lapse() -> None:
 def test_a_lapse_hidden_behind_opt_outs_is_not_a_change() -> None:
     subject = customer("2024-01-31")
     subject.preferences({f"{c}:{h}": "opt_out" for c, h in ALL_CELLS if h in ("email", "sms", "app")}, at="2024-02-01")
-    assert next_change(subject.state(), TERMS, day("2024-03-01")) == day("2028-01-31")
+    assert next_change(subject.state(), TERMS, day("2024-03-01")) == day("2026-07-01")  # phone: the law
+    assert next_change(subject.state(), TERMS, day("2026-07-01")) == day("2028-01-31")
 
 
 def test_evaluating_the_same_question_twice_gives_the_same_answer() -> None:

@@ -9,6 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from consent.eligibility import eligibility_matrix, evaluate, next_change
+from consent.law import rules_in_force
 from consent.subject import SubjectState, apply_subject, fold_subject
 from consent.terms import ALL_CELLS, TermMatrix, cell_key, terms_from_cells
 from consent.vocabulary import PREFERENCE_VALUES
@@ -16,7 +17,8 @@ from schemas.events import TermCell
 from tests.consent_builders import SubjectHistoryBuilder
 
 START = dt.datetime(2020, 1, 1, 8, tzinfo=dt.timezone.utc)
-DATES = st.dates(min_value=dt.date(2019, 6, 1), max_value=dt.date(2027, 12, 31))
+# 2019-2031: both sides of every switch date of the law (consent/law.py)
+DATES = st.dates(min_value=dt.date(2019, 1, 1), max_value=dt.date(2031, 12, 31))
 CELLS = st.sampled_from([cell_key(c, h) for c, h in ALL_CELLS])
 
 OPERATIONS = st.one_of(
@@ -137,6 +139,26 @@ def test_every_decision_is_well_formed(history: SubjectHistoryBuilder, terms: Te
         if state.erased is not None:
             assert decision.reason == "erased"
         assert decision.evidence or decision.reason in {"not_a_customer", "consent_required"}
+        # what a sender must do with a "yes": only on a "yes", and only where the law says
+        if decision.requires_objection_offer:
+            assert decision.eligible and decision.basis in {"soft_opt_in", "legitimate_interest"}
+        if decision.requires_postfilter_check:
+            assert decision.eligible and key == "prospect:post" and on >= dt.date(2021, 4, 1)
+        if decision.law is not None:
+            assert decision.reason == "consent_required" and decision.law in {r.id for r in rules_in_force(on)}
+
+
+@RUNS
+@given(histories(), matrices(), DATES)
+def test_the_law_on_the_send_date_allows_no_call_without_consent_from_2026_07_01(
+    history: SubjectHistoryBuilder, terms: TermMatrix, on: dt.date
+) -> None:
+    state = history.state()
+    for key, decision in eligibility_matrix(state, terms, on).items():
+        if key.endswith(":phone") and decision.eligible and on >= dt.date(2026, 7, 1):
+            assert decision.reason == "explicit_consent"
+        if decision.eligible and decision.basis != "consent":
+            assert decision.requires_objection_offer  # every rule in force asks for it
 
 
 @RUNS

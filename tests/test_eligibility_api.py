@@ -12,6 +12,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from consent.eligibility import eligibility_matrix, evaluate
+from consent.law import RULES_VERSION
 from consent.terms import add_months, ledger_day
 from schemas.eligibility import decode_matrix
 from services.projector.clock import SystemClock
@@ -132,7 +133,8 @@ async def test_a_campaign_check_answers_every_subject_in_order_and_unknown_ones_
     by_ref = {a["customer_ref"]: a for a in answer["results"]}
     assert by_ref["NOPE"] == {"source": "dealer", "customer_ref": "NOPE", "known": False, "eligible": False,
                               "basis": None, "reason": "unknown_subject", "until": None,
-                              "requires_disclosure": False, "evidence": []}
+                              "requires_disclosure": False, "evidence": [], "law": None,
+                              "requires_postfilter_check": False, "requires_objection_offer": False}
     store = EventStore(pool)
     terms = (await folded_tenant(store, "garage-a")).terms
     for ref in ("C1", "C2", "P1"):
@@ -152,6 +154,42 @@ async def test_a_prospect_letter_requires_disclosure(api: TestClient, customers:
     [p1] = answer["results"]
     assert p1["eligible"] and p1["reason"] == "prospect_term" and p1["requires_disclosure"]
     assert p1["until"] == add_months(dt.date.fromisoformat(months_ago(1)), 3).isoformat()
+    # what the sender must do with this "yes": Code Postfilter, and the right to object
+    assert p1["requires_postfilter_check"] and p1["requires_objection_offer"] and p1["law"] is None
+    assert answer["rules_version"] == RULES_VERSION
+
+
+async def test_a_call_to_a_customer_is_refused_by_the_law_from_2026_07_01_unless_they_opted_in(
+    api: TestClient, customers: Dealer, pool: asyncpg.Pool
+) -> None:
+    async def check(send_date: str, ref: str) -> dict:
+        body = {"category": "aftersales_service", "channel": "phone", "send_date": send_date,
+                "subjects": [{"source": "dealer", "customer_ref": ref}]}
+        r = await api.post(f"{T}/eligibility:check", json=body, headers=customers.auth("sender"))
+        assert r.status == 200, await r.text()
+        answer = await r.json()
+        assert answer["rules_version"] == RULES_VERSION
+        return answer["results"][0]
+
+    # T1 and T2 bought in January 2026 (aftersales service by phone: 48 months); T2 opted in to calls
+    r = await api.post(f"{T}/subjects/dealer/T1/invoices", json={"invoice_id": "F-T1", "invoice_date": "2026-01-15"},
+                       headers=customers.auth("importer"))
+    assert r.status == 201, await r.text()
+    r = await api.post(f"{T}/subjects/dealer/T2/invoices", json={"invoice_id": "F-T2", "invoice_date": "2026-01-15"},
+                       headers=customers.auth("importer"))
+    assert r.status == 201, await r.text()
+    r = await api.post(f"{T}/subjects/dealer/T2/preferences", headers=customers.auth("staff"), json={
+        "changes": [{"category": "aftersales_service", "channel": "phone", "value": "opt_in"}]})
+    assert r.status == 201, await r.text()
+    await project(pool)
+    yes = await check("2026-06-30", "T1")
+    assert (yes["eligible"], yes["reason"], yes["until"], yes["law"]) == (True, "soft_opt_in", "2026-07-01", None)
+    assert yes["requires_objection_offer"]
+    no = await check("2026-07-01", "T1")
+    assert (no["eligible"], no["reason"], no["law"]) == (False, "consent_required", "nl-telecom-11.7-phone-optin-2026")
+    consented = await check(max(TODAY, dt.date(2026, 7, 1)).isoformat(), "T2")  # opt-in counts from today
+    assert (consented["eligible"], consented["reason"], consented["requires_objection_offer"]) == (
+        True, "explicit_consent", False)
 
 
 @pytest.mark.parametrize(("change", "field"), [
@@ -202,20 +240,40 @@ async def test_a_check_body_over_its_limit_is_a_413(api: TestClient, customers: 
 
 
 async def test_the_term_warnings_follow_the_matrix(api: TestClient, dealer: Dealer) -> None:
-    r = await api.get(f"{T}/terms/warnings", headers=dealer.auth("staff"))
+    r = await api.get(f"{T}/terms/warnings?on=2026-06-30", headers=dealer.auth("staff"))
     assert r.status == 200, await r.text()
     body = await r.json()
     codes = {(w["code"], w["category"]) for w in body["warnings"]}
     assert ("phone_term_above_telemarketing_code", "aftersales_service") in codes  # seed: 48 months
-    assert ("customer_calls_opt_in_announced", None) in codes
+    assert ("customer_phone_opt_in_from", None) in codes
     r = await api.patch(f"{T}/terms", json={"cells": [{"category": "aftersales_service", "channel": "phone",
                                                          "months": 36}]}, headers=dealer.auth("admin"))
     assert r.status == 200, await r.text()
-    after = await (await api.get(f"{T}/terms/warnings", headers=dealer.auth("auditor"))).json()
+    after = await (await api.get(f"{T}/terms/warnings?on=2026-06-30", headers=dealer.auth("auditor"))).json()
     assert after["tenant_version"] == body["tenant_version"] + 1
     assert ("phone_term_above_telemarketing_code", "aftersales_service") not in {
         (w["code"], w["category"]) for w in after["warnings"]}
     assert (await api.get(f"{T}/terms/warnings", headers=dealer.auth("sender"))).status == 403
+
+
+async def test_the_term_warnings_show_the_law_in_force_on_the_day_and_what_starts_later(
+    api: TestClient, dealer: Dealer
+) -> None:
+    before = await (await api.get(f"{T}/terms/warnings?on=2026-06-30", headers=dealer.auth("staff"))).json()
+    assert before["on"] == "2026-06-30" and before["rules_version"] == RULES_VERSION
+    assert "nl-gedragscode-telemarketing-2020" in {r["id"] for r in before["law_in_force"]}
+    upcoming = {r["id"]: r for r in before["law_upcoming"]}
+    assert upcoming["nl-telecom-11.7-phone-optin-2026"]["first_send"] == "2026-07-01"
+    assert "36 378" in upcoming["nl-telecom-11.7-phone-optin-2026"]["source"]
+    after = await (await api.get(f"{T}/terms/warnings?on=2026-07-01", headers=dealer.auth("staff"))).json()
+    in_force = {r["id"]: r for r in after["law_in_force"]}
+    assert in_force["nl-telecom-11.7-phone-optin-2026"]["kind"] == "statute"
+    assert "nl-gedragscode-telemarketing-2020" not in in_force
+    assert ("customer_phone_term_unused", None) in {(w["code"], w["category"]) for w in after["warnings"]}
+    today = await (await api.get(f"{T}/terms/warnings", headers=dealer.auth("staff"))).json()
+    assert today["on"] == SystemClock().today().isoformat()
+    bad = await api.get(f"{T}/terms/warnings?on=2026-02-30", headers=dealer.auth("staff"))
+    assert bad.status == 422 and (await bad.json())["field"] == "on"
 
 
 async def test_the_openapi_document_declares_the_eligibility_routes(api: TestClient) -> None:

@@ -40,6 +40,7 @@ import msgspec
 import structlog
 
 from consent.errors import OutOfOrderEvent
+from consent.law import RULES_VERSION
 from consent.subject import SubjectState, apply_subject
 from consent.tenant import TenantState, apply_tenant
 from consent.terms import TermMatrix
@@ -408,6 +409,41 @@ class Projection:
                 log.info("projector_tenant_reevaluated", tenant=tenant_id, terms_version=tenant.terms_version,
                          subjects=done)
                 return done
+
+    async def reevaluate_rules(self, *, pause: float = 0.0) -> int:
+        """Re-evaluate every subject evaluated with another legal rule table than this
+        process's (``consent.law.RULES_VERSION``; rows from before the table have ''), in
+        key order, one batch per transaction, and publish those whose answer changed: a
+        deployment started after a switch date, or with a changed table, leaves no matrix
+        on the topic that the law of today contradicts. Runs once when the projector starts
+        (services/projector/service.py). ``pause``: seconds between batches, so live events
+        get the database in between; rows a live writer holds are skipped (SKIP LOCKED):
+        that writer evaluates them with this table anyway. Returns subjects re-evaluated."""
+        done = 0
+        after = ("", "", "")
+        started = time.perf_counter()
+        while True:
+            async with self.pool.acquire() as conn, conn.transaction():
+                records = await conn.fetch(
+                    f"SELECT {SUBJECT_SELECT_COLUMNS} FROM projector.subjects s"
+                    " WHERE (tenant_id, source, customer_ref) > ($1, $2, $3) AND rules_version <> $4"
+                    " ORDER BY tenant_id, source, customer_ref LIMIT $5 FOR UPDATE SKIP LOCKED",
+                    *after, RULES_VERSION, self.batch_size,
+                )
+                if not records:
+                    break
+                rows = [row_from_record(r) for r in records]
+                tenants = await self._tenant_rows(conn, {r.tenant_id for r in rows})
+                done += await self._reevaluate_rows(conn, rows, tenants, "rules")
+                after = rows[-1].key
+            if len(records) < self.batch_size:
+                break
+            if pause:
+                await asyncio.sleep(pause)
+        if done:
+            log.info("projector_rules_reevaluated", rules_version=RULES_VERSION, subjects=done,
+                     seconds=round(time.perf_counter() - started, 3))
+        return done
 
     async def run_due(self) -> int:
         """Re-evaluate (and publish) the subjects whose matrix changes today with no new

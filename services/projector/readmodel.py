@@ -17,6 +17,7 @@ import asyncpg
 import msgspec
 
 from consent.eligibility import Decision, eligibility_matrix, next_change
+from consent.law import RULES_VERSION
 from consent.subject import SubjectState
 from consent.tenant import TenantState
 from consent.terms import ALL_CELLS, TermMatrix, cell_key
@@ -121,6 +122,7 @@ class _MatrixOut(msgspec.Struct, frozen=True, kw_only=True):
     position: int
     subject_version: int
     terms_version: int
+    rules_version: str
     cells: dict[str, dict[str, Decision]]
 
 
@@ -140,6 +142,7 @@ def matrix_json(state: SubjectState, evaluation: Evaluation, *, terms_version: i
         position=max(state.last_position, tenant_position),
         subject_version=state.version,
         terms_version=terms_version,
+        rules_version=RULES_VERSION,
         cells={c: {h: decisions[k] for h, k in channels} for c, channels in _LAYOUT},
     ))
 
@@ -159,6 +162,7 @@ def erased_matrix_json(state: SubjectState, on: dt.date, *, terms_version: int, 
         position=max(state.last_position, tenant_position),
         subject_version=state.version,
         terms_version=terms_version,
+        rules_version=RULES_VERSION,
         cells={c: {h: decisions[k] for h, k in channels} for c, channels in _LAYOUT},
     ))
 
@@ -184,6 +188,7 @@ class SubjectRow(msgspec.Struct, kw_only=True):
     next_change: dt.date | None
     matrix_hash: bytes
     published_hash: bytes | None
+    rules_version: str = RULES_VERSION  # the legal rule table it was evaluated with: this process's
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -196,7 +201,7 @@ class SubjectRow(msgspec.Struct, kw_only=True):
 
 SUBJECT_COLUMNS: Final = (
     "tenant_id", "source", "customer_ref", "version", "last_position", "erased", "state", "terms_version",
-    "evaluated_on", "next_change", "matrix_hash", "published_hash",
+    "evaluated_on", "next_change", "matrix_hash", "published_hash", "rules_version",
 )
 SUBJECT_SELECT_COLUMNS: Final = ", ".join(f"s.{c}" for c in SUBJECT_COLUMNS)
 """The columns of :class:`SubjectRow`, for a query on ``projector.subjects s``."""
@@ -206,13 +211,14 @@ def row_from_record(r: asyncpg.Record) -> SubjectRow:
     return SubjectRow(
         tenant_id=r[0], source=r[1], customer_ref=r[2], version=r[3], last_position=r[4], erased=r[5],
         state=r[6], terms_version=r[7], evaluated_on=r[8], next_change=r[9], matrix_hash=r[10],
-        published_hash=r[11],
+        published_hash=r[11], rules_version=r[12],
     )
 
 
 def row_tuple(row: SubjectRow) -> tuple[object, ...]:
     return (row.tenant_id, row.source, row.customer_ref, row.version, row.last_position, row.erased, row.state,
-            row.terms_version, row.evaluated_on, row.next_change, row.matrix_hash, row.published_hash)
+            row.terms_version, row.evaluated_on, row.next_change, row.matrix_hash, row.published_hash,
+            row.rules_version)
 
 
 async def fetch_subject_rows(
@@ -243,7 +249,7 @@ async def upsert_subject_rows(
     await conn.execute(
         f"INSERT INTO {table} ({', '.join(SUBJECT_COLUMNS)})"
         " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::bigint[], $6::bool[],"
-        " $7::bytea[], $8::int[], $9::date[], $10::date[], $11::bytea[], $12::bytea[])"
+        " $7::bytea[], $8::int[], $9::date[], $10::date[], $11::bytea[], $12::bytea[], $13::text[])"
         " ON CONFLICT (tenant_id, source, customer_ref) DO UPDATE SET"
         + ", ".join(f" {c} = excluded.{c}" for c in SUBJECT_COLUMNS[3:]),
         *columns,
@@ -263,7 +269,7 @@ async def insert_new_subject_rows(
     records = await conn.fetch(
         f"INSERT INTO {table} ({', '.join(SUBJECT_COLUMNS)})"
         " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::bigint[], $6::bool[],"
-        " $7::bytea[], $8::int[], $9::date[], $10::date[], $11::bytea[], $12::bytea[])"
+        " $7::bytea[], $8::int[], $9::date[], $10::date[], $11::bytea[], $12::bytea[], $13::text[])"
         " ON CONFLICT (tenant_id, source, customer_ref) DO NOTHING RETURNING tenant_id, source, customer_ref",
         *columns,
     )

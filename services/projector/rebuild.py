@@ -129,7 +129,7 @@ def subject_row(state: SubjectState, tenants: Tenants, on: dt.date, published_ha
 
 def _row_tuple(r: SubjectRow) -> tuple[object, ...]:
     return (r.tenant_id, r.source, r.customer_ref, r.version, r.last_position, r.erased, r.state, r.terms_version,
-            r.evaluated_on, r.next_change, r.matrix_hash, r.published_hash)
+            r.evaluated_on, r.next_change, r.matrix_hash, r.published_hash, r.rules_version)
 
 
 def _apply_tenant_event(tenants: Tenants, recorded: RecordedEvent) -> bool:

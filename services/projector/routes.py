@@ -22,6 +22,7 @@ import msgspec
 from aiohttp import web
 
 from consent.eligibility import evaluate
+from consent.law import RULES_VERSION, rules_in_force, rules_starting_after
 from consent.tenant import TenantState
 from consent.warnings import compliance_warnings
 from schemas.eligibility import CampaignCheck, CampaignCheckResult, EligibilityMatrix, SubjectCheck, TermWarnings
@@ -181,18 +182,25 @@ async def campaign_check(call: Call) -> web.Response:
             results.append(SubjectCheck(
                 source=s.source, customer_ref=s.customer_ref, known=True, eligible=d.eligible, basis=d.basis,
                 reason=d.reason, until=d.until, requires_disclosure=d.requires_disclosure,
-                evidence=list(d.evidence),
+                evidence=list(d.evidence), law=d.law, requires_postfilter_check=d.requires_postfilter_check,
+                requires_objection_offer=d.requires_objection_offer,
             ))
     return json_response(CampaignCheckResult(category=category, channel=channel, send_date=send_date,
-                                             checked=len(subjects), eligible=eligible, unknown=unknown,
+                                             rules_version=RULES_VERSION, checked=len(subjects), eligible=eligible, unknown=unknown,
                                              results=results))
 
 
 @routes.get("/v1/tenants/{tenant}/terms/warnings",
-            summary="Compliance warnings on the tenant's current opt-in term matrix (they never change it)",
-            roles=("admin", "staff", "auditor"), responses={200: TermWarnings})
+            summary="Compliance warnings on the tenant's current opt-in term matrix (they never change it), "
+                    "with the legal rules in force on the day and those that start later",
+            roles=("admin", "staff", "auditor"), responses={200: TermWarnings},
+            query=(("on", "string", False, "YYYY-MM-DD: the day of the law; default today (Dutch calendar day)"),))
 async def term_warnings(call: Call) -> web.Response:
     tenant = call.param("tenant")
+    on_param = call.request.query.get("on")
+    on = _date(on_param, "on") if on_param is not None else SystemClock().today()
     version, state = await call.ledger.require_tenant(tenant, fresh=True)
     return json_response(TermWarnings(tenant_id=tenant, tenant_version=version,
-                                      warnings=compliance_warnings(state.terms)))
+                                      warnings=compliance_warnings(state.terms, on), on=on,
+                                      rules_version=RULES_VERSION, law_in_force=rules_in_force(on),
+                                      law_upcoming=rules_starting_after(on)))

@@ -44,6 +44,7 @@ class ProjectorConfig(msgspec.Struct, frozen=True, kw_only=True):
     pool_size: int = 5
     maintenance_interval: float = 1.0  # seconds between looks for pending work
     due_interval: float = 60.0  # seconds between scheduler passes (and at every new day)
+    rules_pause: float = 0.05  # seconds between batches of the start-up re-evaluation for a new rule table
     session_timeout_ms: int = 10_000
     heartbeat_interval_ms: int = 3_000
     kafka_security: KafkaSecurity = PLAINTEXT  # TLS and SASL (services/kafka_security.py)
@@ -110,6 +111,7 @@ class ProjectorService:
         conn: asyncpg.Connection | None = None
         last_due = -float("inf")
         last_day = None
+        rules_done = False  # once per process: rows evaluated with another legal rule table
         try:
             while True:
                 try:
@@ -122,6 +124,9 @@ class ProjectorService:
                             log.info("projector_maintenance_leader")
                     if self.leader:
                         await projection.reevaluate_pending()
+                        if not rules_done:
+                            await projection.reevaluate_rules(pause=c.rules_pause)
+                            rules_done = True
                         await projection.publish_pending()
                         today = self.clock.today()
                         if time.monotonic() - last_due >= c.due_interval or today != last_day:
