@@ -420,26 +420,34 @@ class Projection:
         get the database in between; rows a live writer holds are skipped (SKIP LOCKED):
         that writer evaluates them with this table anyway. Returns subjects re-evaluated."""
         done = 0
-        after = ("", "", "")
         started = time.perf_counter()
-        while True:
-            async with self.pool.acquire() as conn, conn.transaction():
-                records = await conn.fetch(
-                    f"SELECT {SUBJECT_SELECT_COLUMNS} FROM projector.subjects s"
-                    " WHERE (tenant_id, source, customer_ref) > ($1, $2, $3) AND rules_version <> $4"
-                    " ORDER BY tenant_id, source, customer_ref LIMIT $5 FOR UPDATE SKIP LOCKED",
-                    *after, RULES_VERSION, self.batch_size,
-                )
-                if not records:
+        for attempt in range(20):  # passes: a row skipped under a live writer that then rolled back
+            after = ("", "", "")
+            while True:
+                async with self.pool.acquire() as conn, conn.transaction():
+                    records = await conn.fetch(
+                        f"SELECT {SUBJECT_SELECT_COLUMNS} FROM projector.subjects s"
+                        " WHERE (tenant_id, source, customer_ref) > ($1, $2, $3) AND rules_version <> $4"
+                        " ORDER BY tenant_id, source, customer_ref LIMIT $5 FOR UPDATE SKIP LOCKED",
+                        *after, RULES_VERSION, self.batch_size,
+                    )
+                    if records:
+                        rows = [row_from_record(r) for r in records]
+                        tenants = await self._tenant_rows(conn, {r.tenant_id for r in rows})
+                        done += await self._reevaluate_rows(conn, rows, tenants, "rules")
+                        after = rows[-1].key
+                if len(records) < self.batch_size:
                     break
-                rows = [row_from_record(r) for r in records]
-                tenants = await self._tenant_rows(conn, {r.tenant_id for r in rows})
-                done += await self._reevaluate_rows(conn, rows, tenants, "rules")
-                after = rows[-1].key
-            if len(records) < self.batch_size:
+                if pause:
+                    await asyncio.sleep(pause)
+            left = await self.pool.fetchval("SELECT count(*) FROM (SELECT 1 FROM projector.subjects"
+                                            " WHERE rules_version <> $1 LIMIT 1) s", RULES_VERSION)
+            if not left:
                 break
-            if pause:
-                await asyncio.sleep(pause)
+            if attempt == 19:  # e.g. an instance of an older version still writing: the next start finishes
+                log.warning("projector_rules_reevaluation_incomplete", rules_version=RULES_VERSION)
+            else:
+                await asyncio.sleep(max(pause, 0.05))
         if done:
             log.info("projector_rules_reevaluated", rules_version=RULES_VERSION, subjects=done,
                      seconds=round(time.perf_counter() - started, 3))
