@@ -267,3 +267,21 @@ async def test_an_invoice_dated_in_year_9999_never_turns_a_question_about_a_late
         assert r.status == 200, await r.text()
     r = await api.get(SUBJ + "/export", headers=dealer.auth("auditor"))
     assert r.status == 200 and (await r.json())["state"]["last_invoice_on"] == "9999-06-01"
+
+
+async def test_an_as_of_date_before_the_oldest_legal_rule_answers_with_the_oldest_rules_and_says_so(
+    api: TestClient, dealer: Dealer
+) -> None:
+    from consent.law import RULES_VERSION
+
+    await post(api, SUBJ + "/invoices", {"invoice_id": "F-1", "invoice_date": "2026-01-15"}, dealer.auth("importer"))
+    r = await api.get(AUDIT + "/subjects/dealer/C1", params={"on": "1990-01-01"}, headers=dealer.auth("auditor"))
+    assert r.status == 200, await r.text()
+    view = await r.json()
+    assert view["before_oldest_rule"] is True and view["rules_version"] == RULES_VERSION
+    assert "nl-telecom-11.7-phone-optin-2026" not in {rule["id"] for rule in view["law_in_force"]}
+    r = await api.get(AUDIT + "/subjects/dealer/C1", params={"on": "2026-07-01"}, headers=dealer.auth("auditor"))
+    view = await r.json()
+    assert view["before_oldest_rule"] is False
+    phone = next(c for c in view["cells"] if (c["category"], c["channel"]) == ("aftersales_service", "phone"))
+    assert (phone["reason"], phone["law"]) == ("consent_required", "nl-telecom-11.7-phone-optin-2026")

@@ -212,3 +212,49 @@ def test_a_date_outside_what_a_consent_question_can_be_about_is_refused(text: st
         parse_on(text, NOW)
     assert (err.value.status, err.value.field) == (422, "on") and "1900-01-01" in err.value.message
     assert parse_on("2999-12-31", NOW) == day("2999-12-31") and parse_on("1900-01-01", NOW) == day("1900-01-01")
+
+
+def test_an_audit_of_either_side_of_2026_07_01_names_the_rule_its_source_and_the_events() -> None:
+    """"Why did you say yes on 2026-06-30 and no on 2026-07-01?": the rule, its source, the events."""
+    from consent.law import RULES_VERSION
+
+    tenant = TenantHistoryBuilder("acme", created_at="2020-01-01")
+    subject = SubjectHistoryBuilder("acme").invoice("2026-01-15", at="2026-01-15")
+    record = TenantRecord(tenant.events)
+    known_at = moment("2026-08-01")
+    yes = explain_as_of(subject.events, record, known_at, day("2026-06-30"))
+    no = explain_as_of(subject.events, record, known_at, day("2026-07-01"))
+    assert yes is not None and no is not None
+    assert yes.rules_version == no.rules_version == RULES_VERSION
+    before, after = cell(yes, "aftersales_service:phone"), cell(no, "aftersales_service:phone")
+    assert (before.eligible, before.reason, before.until, before.law) == (True, "soft_opt_in", day("2026-07-01"), None)
+    assert before.requires_objection_offer
+    assert (after.eligible, after.reason, after.law) == (False, "consent_required", "nl-telecom-11.7-phone-optin-2026")
+    assert [e.event_type for e in after.evidence] == ["InvoiceRecorded"]  # a customer, so the customer rule
+    in_force = {r.id: r for r in no.law_in_force}
+    assert "36 378" in in_force["nl-telecom-11.7-phone-optin-2026"].source
+    assert "nl-gedragscode-telemarketing-2020" in {r.id for r in yes.law_in_force}
+    assert "nl-gedragscode-telemarketing-2020" not in in_force
+    assert not yes.before_oldest_rule and not no.before_oldest_rule
+
+
+def test_an_audit_of_a_date_before_the_oldest_rule_uses_the_oldest_rules_and_says_so() -> None:
+    tenant = TenantHistoryBuilder("acme", created_at="1989-01-01")
+    subject = SubjectHistoryBuilder("acme", start="1989-01-01").invoice("1989-06-01", at="1989-06-01")
+    view = explain_as_of(subject.events, TenantRecord(tenant.events), moment("1990-03-01"), day("1990-03-01"))
+    assert view is not None and view.before_oldest_rule
+    assert {r.id for r in view.law_in_force} == {"nl-telecom-11.7-digital-optin", "nl-telecom-11.7-soft-opt-in",
+                                                 "avg-21-objection"}
+    phone = cell(view, "aftersales_service:phone")
+    assert phone.eligible and phone.law is None  # no statute on calls yet
+
+
+def test_a_receipt_names_the_rules_version_and_the_law_in_force_on_its_day() -> None:
+    from consent.law import RULES_VERSION
+
+    tenant = TenantHistoryBuilder("acme")
+    subject = SubjectHistoryBuilder("acme").invoice("2026-01-01").opt_in("aftersales_service", "phone",
+                                                                         at="2026-07-02")
+    [receipt] = receipts_from(subject.events, TenantRecord(tenant.events))
+    assert receipt.rules_version == RULES_VERSION
+    assert "nl-telecom-11.7-phone-optin-2026" in receipt.law_in_force

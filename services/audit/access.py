@@ -143,6 +143,8 @@ def export_csv(export: AccessExport) -> str:
                 today.policy_version, *([""] * len(CONTACT_FIELDS)), "", c.category, c.channel,
                 "yes" if c.eligible else "no", c.reason, c.until.isoformat() if c.until else "", "",
                 _json({"basis": c.basis, "term_months": c.term_months, "requires_disclosure": c.requires_disclosure,
+                       "law": c.law, "requires_postfilter_check": c.requires_postfilter_check,
+                       "requires_objection_offer": c.requires_objection_offer, "rules_version": today.rules_version,
                        "evidence": [{"position": x.position, "event_type": x.event_type} for x in c.evidence]}),
             ])
     for r in export.receipts:

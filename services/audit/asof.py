@@ -7,6 +7,11 @@ term matrix and policy were in force; D is the date the question is about. The r
 this module only resolves their evidence ids into readable facts (event type, recorded_at,
 actor, method, policy version shown) and compares two knowledge times ("what we knew at
 K" against "what we know now" about D, so a late-recorded invoice shows as a change).
+
+The law is that of the send date D (consent/law.py): the view names the rules version, the
+legal rules in force on D (with their sources) and, per cell, the statute that decided a
+``consent_required`` answer. A D before the table's oldest dated rule (e.g. 1990) is
+answered with the long-standing rules and says so (``before_oldest_rule``).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import msgspec
 
 from consent.eligibility import Decision, eligibility_matrix
+from consent.law import OLDEST_DATED_RULE, RULES_VERSION, LegalRule, rules_in_force
 from consent.subject import SubjectState, fold_subject, invoice_in_effect, objection_in_effect
 from consent.terms import ALL_CELLS, cell_key
 from schemas.events import (
@@ -70,6 +76,9 @@ class CellExplanation(msgspec.Struct, frozen=True, kw_only=True):
     requires_disclosure: bool
     term_months: int
     evidence: list[Evidence]
+    law: str | None = None
+    requires_postfilter_check: bool = False
+    requires_objection_offer: bool = False
 
 
 class AsOfView(msgspec.Struct, frozen=True, kw_only=True):
@@ -89,6 +98,9 @@ class AsOfView(msgspec.Struct, frozen=True, kw_only=True):
     policy_version: str
     tenant_version: int
     cells: list[CellExplanation]
+    rules_version: str = RULES_VERSION
+    law_in_force: list[LegalRule] = []
+    before_oldest_rule: bool = False
 
 
 class CellChange(msgspec.Struct, frozen=True, kw_only=True):
@@ -227,7 +239,9 @@ def explain_as_of(
         cells.append(CellExplanation(
             category=category, channel=channel, eligible=decision.eligible, basis=decision.basis,
             reason=decision.reason, until=decision.until, requires_disclosure=decision.requires_disclosure,
-            term_months=terms.get(category, channel), evidence=evidence,
+            term_months=terms.get(category, channel), evidence=evidence, law=decision.law,
+            requires_postfilter_check=decision.requires_postfilter_check,
+            requires_objection_offer=decision.requires_objection_offer,
         ))
     invoice = invoice_in_effect(state, on)
     return AsOfView(
@@ -239,6 +253,7 @@ def explain_as_of(
         erased=state.erased is not None,
         erased_at=erased_event.recorded_at if erased_event is not None else None,
         policy_version=tenant_state.policy_version, tenant_version=tenant_state.version, cells=cells,
+        rules_version=RULES_VERSION, law_in_force=rules_in_force(on), before_oldest_rule=on < OLDEST_DATED_RULE,
     )
 
 

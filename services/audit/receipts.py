@@ -16,7 +16,9 @@ from typing import Final, Literal
 
 import msgspec
 
+from consent.law import RULES_VERSION, rules_in_force
 from consent.tenant import TenantState
+from consent.terms import ledger_day
 from consent.vocabulary import parse_subject_stream
 from schemas.events import Actor, ObjectionRecorded, ObjectionWithdrawn, PreferencesChanged, RecordedEvent
 from services.audit.errors import AuditError
@@ -73,6 +75,8 @@ class ConsentReceipt(msgspec.Struct, frozen=True, kw_only=True):
     event_type: str
     ledger_position: int
     how_to_withdraw: str
+    rules_version: str = ""
+    law_in_force: list[str] = []
 
 
 def receipt_id_for(event_id: str) -> str:
@@ -130,6 +134,8 @@ def build_receipt(recorded: RecordedEvent, controller: TenantState, *, portal_ur
         policy_version_in_force=controller.policy_version,
         event_id=recorded.event_id, event_type=recorded.event_type, ledger_position=recorded.position,
         how_to_withdraw=withdraw,
+        rules_version=RULES_VERSION,
+        law_in_force=[r.id for r in rules_in_force(ledger_day(recorded.recorded_at))],
     )
 
 
