@@ -4,7 +4,9 @@ links and accounts."""
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
+import html as htmllib
 import re
 
 import pytest
@@ -420,3 +422,46 @@ async def test_the_compliance_warnings_are_labelled_in_the_pages_language(world:
     html, _ = await _page(world, "/beheer/garage-a/opt-in?lang=en", cookie)
     badges = set(re.findall(r'<span class="badge">([^<]+)</span>', html))
     assert "Warning" in badges and badges <= {"Warning", "Note"}
+
+
+def _law_section(html: str, list_id: str) -> dict[str, str]:
+    """The rules listed in one list of the law section: id -> the item's text."""
+    found = re.search(rf'<ul class="law" id="{list_id}">(.*?)</ul>', html, re.S)
+    if found is None:
+        return {}
+    items = re.findall(r'<li data-rule="([^"]+)">(.*?)</li>', found.group(1), re.S)
+    return {rule_id: " ".join(htmllib.unescape(re.sub(r"<[^>]+>", " ", body)).split()) for rule_id, body in items}
+
+
+@pytest.mark.parametrize("lang", ["nl", "en"])
+@pytest.mark.parametrize("on", [dt.date(2026, 6, 30), dt.date(2026, 7, 1), dt.date(2026, 12, 4)])
+async def test_the_opt_in_page_shows_exactly_the_law_of_the_rule_table_for_today_and_what_starts_later(
+    world: World, monkeypatch: pytest.MonkeyPatch, on: dt.date, lang: str
+) -> None:
+    from consent.law import RULES_VERSION, rules_in_force, rules_starting_after
+    from services.portal import routes_staff
+    from services.portal.messages import Messages
+
+    monkeypatch.setattr(routes_staff, "law_day", lambda: on)
+    t = Messages(lang)  # type: ignore[arg-type]
+    cookie = await login(world.client, "garage-a", world.users["garage-a:staff"])
+    html, _ = await _page(world, f"/beheer/garage-a/opt-in?lang={lang}", cookie)
+    in_force, upcoming = _law_section(html, "law-in-force"), _law_section(html, "law-upcoming")
+    assert list(in_force) == [r.id for r in rules_in_force(on)]
+    assert list(upcoming) == [r.id for r in rules_starting_after(on)]
+    for rule in rules_in_force(on) + rules_starting_after(on):
+        text = in_force.get(rule.id) or upcoming[rule.id]
+        assert (rule.summary_nl if lang == "nl" else rule.summary_en) in text
+        assert rule.source in text
+        assert t("law_kind_" + rule.kind) in text
+    for rule in rules_starting_after(on):
+        assert t("law_starts", date=t.date(rule.first_send)) in upcoming[rule.id]
+    assert RULES_VERSION in html and t.date(on) in html
+    # nothing that was true once and is stale now
+    page = htmllib.unescape(html)
+    assert "ngekondigd" not in page and "nnounced" not in page
+    if on >= dt.date(2026, 7, 1):
+        assert "nl-telecom-11.7-phone-optin-2026" in in_force and "nl-gedragscode-telemarketing-2020" not in in_force
+        assert "36 maanden" not in page and "36 months" not in page  # the code's cap no longer matters
+    else:
+        assert "nl-telecom-11.7-phone-optin-2026" in upcoming

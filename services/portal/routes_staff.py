@@ -20,7 +20,9 @@ import msgspec
 import structlog
 from aiohttp import web
 
+from consent.law import RULES_VERSION, LegalRule, rules_in_force, rules_starting_after
 from consent.tenant import TenantState
+from consent.terms import ledger_day
 from consent.vocabulary import CATEGORIES, CHANNELS, is_customer_ref, is_slug, subject_stream
 from consent.warnings import compliance_warnings
 from schemas.events import (
@@ -394,11 +396,35 @@ def _version(form: dict[str, str]) -> int | None:
 # -- AVG opt-in beleid -------------------------------------------------------------------
 
 
+def law_day() -> dt.date:
+    """The day whose law the AVG opt-in beleid page shows: today (Dutch calendar day)."""
+    return ledger_day(dt.datetime.now(dt.timezone.utc))
+
+
+def _law_rule(rule: LegalRule, t: Messages) -> dict[str, Any]:
+    """One rule of the table (consent/law.py) as the page shows it, in the page's language."""
+    when = t("law_since", date=t.date(rule.first_send)) if rule.first_send else t("law_long_standing")
+    if rule.last_send is not None:
+        when += " " + t("law_until", date=t.date(rule.last_send))
+    return {
+        "id": rule.id, "kind": t("law_kind_" + rule.kind), "statute": rule.kind == "statute",
+        "summary": rule.summary_nl if t.lang == "nl" else rule.summary_en,
+        "scope": ", ".join(t.channel(h) for h in rule.channels) + " · "
+                 + ", ".join(t("audience_" + a) for a in rule.audiences),
+        "when": when, "starts": t("law_starts", date=t.date(rule.first_send)), "source": rule.source,
+        "unconfirmed": not rule.confirmed,
+    }
+
+
 def _terms_context(staff: Staff, values: dict[str, str], errors: dict[str, str], t: Messages) -> dict[str, Any]:
+    on = law_day()
     return {
         "categories": CATEGORIES, "channels": CHANNELS, "values": values, "errors": errors,
         "warnings": [(w.severity, w.message_nl if t.lang == "nl" else w.message_en)
-                     for w in compliance_warnings(staff.tenant.terms)],
+                     for w in compliance_warnings(staff.tenant.terms, on)],
+        "law_on": t.date(on), "rules_version": RULES_VERSION,
+        "law_in_force": [_law_rule(r, t) for r in rules_in_force(on)],
+        "law_upcoming": [_law_rule(r, t) for r in rules_starting_after(on)],
     }
 
 
