@@ -158,6 +158,8 @@ class Verdict(msgspec.Struct, frozen=True):
     reason: str = ""
     until: str = ""
     requires_disclosure: bool = False
+    requires_postfilter_check: bool = False  # screen the address against the Postfilter first
+    requires_objection_offer: bool = False  # the message must offer the right to object
 
 
 def verdicts(db: sqlite3.Connection, tenant: str, category: str, channel: str, on: dt.date,
@@ -173,7 +175,8 @@ def verdicts(db: sqlite3.Connection, tenant: str, category: str, channel: str, o
             continue
         cell = matrix.cell(category, channel)
         yield Verdict(source, ref, "eligible" if cell.eligible else "not_eligible", cell.reason,
-                      cell.until.isoformat() if cell.until else "", cell.requires_disclosure)
+                      cell.until.isoformat() if cell.until else "", cell.requires_disclosure,
+                      cell.requires_postfilter_check, cell.requires_objection_offer)
 
 
 def read_send_list(handle: TextIO, default_source: str) -> list[tuple[str, str]]:
@@ -189,12 +192,15 @@ def filter_list(db_path: Path, tenant: str, category: str, channel: str, on: dt.
     try:
         counts = {"eligible": 0, "not_eligible": 0, "unknown": 0, "recheck": 0}
         writer = csv.writer(out)
-        writer.writerow(["source", "customer_ref", "reason", "until", "requires_disclosure"])
+        writer.writerow(["source", "customer_ref", "reason", "until", "requires_disclosure",
+                         "requires_postfilter_check", "requires_objection_offer"])
         recheck = []
         for v in verdicts(db, tenant, category, channel, on, read_send_list(send_list, default_source)):
             counts[v.status] += 1
             if v.status == "eligible":
-                writer.writerow([v.source, v.customer_ref, v.reason, v.until, "yes" if v.requires_disclosure else ""])
+                writer.writerow([v.source, v.customer_ref, v.reason, v.until, "yes" if v.requires_disclosure else "",
+                                 "yes" if v.requires_postfilter_check else "",
+                                 "yes" if v.requires_objection_offer else ""])
             elif v.status == "recheck":
                 recheck.append(f"{v.source}/{v.customer_ref}")
         if recheck:

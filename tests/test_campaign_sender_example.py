@@ -78,7 +78,8 @@ async def test_the_example_sender_follows_the_topic_and_filters_a_send_list(
                                    stdin=send_list)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.strip().splitlines()
-    assert lines[0] == "source,customer_ref,reason,until,requires_disclosure"
+    assert lines[0] == ("source,customer_ref,reason,until,requires_disclosure,requires_postfilter_check,"
+                        "requires_objection_offer")
     assert [line.split(",")[1] for line in lines[1:]] == ["C1"]
     assert lines[1].split(",")[2] == "soft_opt_in"
     assert "eligible 1, not_eligible 3, unknown 2, recheck 0" in done.stderr  # E1 erased, X9 never known
@@ -87,7 +88,8 @@ async def test_the_example_sender_follows_the_topic_and_filters_a_send_list(
                                    "prospect", "--channel", "post", "--date", TODAY.isoformat(), "-",
                                    stdin="customer_ref\nP1\n")
     assert done.stdout.strip().splitlines()[1].split(",") == [
-        "dealer", "P1", "prospect_term", add_months(dt.date.fromisoformat(months_ago(1)), 3).isoformat(), "yes"]
+        "dealer", "P1", "prospect_term", add_months(dt.date.fromisoformat(months_ago(1)), 3).isoformat(), "yes",
+        "yes", "yes"]  # a letter to a prospect: disclosure, Postfilter check, right to object
 
     far = add_months(TODAY, 30).isoformat()  # beyond every matrix's valid_until: ask the API instead
     done = await asyncio.to_thread(sender, "filter", "--db", str(db), "--tenant", "acme", "--category",
