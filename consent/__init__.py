@@ -7,5 +7,6 @@
 * :mod:`consent.tenant`: the tenant fold and its history (as-of matrix and policy).
 * :mod:`consent.subject`: the subject fold (invoices, acquisitions, preferences, ...).
 * :mod:`consent.eligibility`: THE eligibility rule, the 25-cell matrix, the next change.
+* :mod:`consent.law`: the Dutch marketing rules by send date, as dated, cited data.
 * :mod:`consent.warnings`: compliance warnings on a term matrix.
 """
