@@ -48,7 +48,7 @@ from typing import Final
 
 import msgspec
 
-from consent.law import LawInForce, law_by_channel, switch_dates_after
+from consent.law import LAW_CACHE, SWITCH_DATES, LawInForce, law_by_channel, switch_dates_after
 from consent.subject import (
     AcquisitionFact,
     InvoiceFact,
@@ -92,6 +92,11 @@ class Decision(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     requires_objection_offer: bool = False
 
 
+_LAST_SWITCH: Final = SWITCH_DATES[-1] if SWITCH_DATES else dt.date.min
+_CUSTOMER_LAW: Final = LAW_CACHE["customer"]
+_NON_CUSTOMER_LAW: Final = LAW_CACHE["non_customer"]
+
+
 class _Facts:
     """What every cell's decision on one date shares: computed once per subject and date."""
 
@@ -104,9 +109,13 @@ class _Facts:
         self.acquisition: AcquisitionFact | None = (
             acquisition_in_effect(subject, on) if subject.acquisitions and self.invoice is None else None
         )
-        # the law on `on` for this audience, per channel (one cached lookup per matrix)
-        self.law: Mapping[str, LawInForce] = law_by_channel(
-            "customer" if self.invoice is not None else "non_customer", on)
+        # the law on `on` for this audience, per channel: one dict lookup per matrix (the
+        # function call costs more than the lookup, and the bulk check pays it per subject)
+        if self.invoice is not None:
+            law = _CUSTOMER_LAW.get(on) or law_by_channel("customer", on)
+        else:
+            law = _NON_CUSTOMER_LAW.get(on) or law_by_channel("non_customer", on)
+        self.law: Mapping[str, LawInForce] = law
         # term end per number of months; one start date per _Facts (the invoice, else the acquisition)
         self.ends: dict[int, dt.date] = {}
 
@@ -230,7 +239,8 @@ def next_change(
     facts: set[dt.date] = {f.invoice_date for f in subject.invoices.values() if f.invoice_date > on}
     facts.update(f.acquired_on for f in subject.acquisitions if f.acquired_on > on)
     facts.update(f.effective_on for f in subject.objections if f.effective_on > on)
-    facts.update(switch_dates_after(on))  # the law changes on a switch date (consent/law.py)
+    if on < _LAST_SWITCH:  # the law changes on a switch date (consent/law.py); none after the last
+        facts.update(switch_dates_after(on))
     for history in subject.preferences.values():
         facts.update(f.effective_on for f in history if f.effective_on > on)
     first_lapse = min(lapses, default=None)

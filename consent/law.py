@@ -44,6 +44,7 @@ from consent.vocabulary import CHANNELS, Channel
 
 __all__ = [
     "AUDIENCES",
+    "LAW_CACHE",
     "OLDEST_DATED_RULE",
     "RULES",
     "RULES_VERSION",
@@ -329,17 +330,20 @@ def law_on(channel: str, audience: Audience, on: dt.date) -> LawInForce:
     return states[bisect.bisect_right(dates, on)]
 
 
-_BY_CHANNEL_CACHE: dict[tuple[str, dt.date], Mapping[str, LawInForce]] = {}
+LAW_CACHE: Final[dict[str, dict[dt.date, Mapping[str, LawInForce]]]] = {a: {} for a in AUDIENCES}
+"""Per audience, per date: the five channels' :class:`LawInForce`. Read directly by the hot
+path (consent/eligibility.py: one dict lookup per matrix), filled by :func:`law_by_channel`."""
 
 
 def law_by_channel(audience: Audience, on: dt.date) -> Mapping[str, LawInForce]:
     """:func:`law_on` for the five channels; cached per (audience, date): a matrix asks it
     once, and most matrices are evaluated on the same day."""
-    cached = _BY_CHANNEL_CACHE.get((audience, on))
+    cache = LAW_CACHE[audience]
+    cached = cache.get(on)
     if cached is None:
-        if len(_BY_CHANNEL_CACHE) > 8192:  # audits over many dates: keep it bounded
-            _BY_CHANNEL_CACHE.clear()
-        cached = _BY_CHANNEL_CACHE[(audience, on)] = {h: law_on(h, audience, on) for h in CHANNELS}
+        if len(cache) > 8192:  # audits over many dates: keep it bounded
+            cache.clear()
+        cached = cache[on] = {h: law_on(h, audience, on) for h in CHANNELS}
     return cached
 
 
