@@ -23,6 +23,7 @@ import structlog
 from aiohttp import web
 from argon2 import PasswordHasher
 
+from consent.text import control_character_problem
 from services.ledger.commands import CommandRejected, Ledger
 from services.ledger.errors import StoreUnavailable, WrongExpectedVersion
 from services.ledger.migrate import migrate
@@ -119,6 +120,30 @@ def _lang_links(request: web.Request) -> list[tuple[str, str, bool]]:
     return out
 
 
+class BadFormText(ValueError):
+    """A posted field breaks the text rule (:mod:`consent.text`), or the form is not UTF-8."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(problem)
+        self.field = field
+
+
+async def posted_form(request: web.Request) -> dict[str, str]:
+    """The posted form's text fields. Every portal POST reads its form here, so the one text
+    rule holds for all of them: a control character (a NUL in an e-mail address was a 500
+    from PostgreSQL) is a 422 page naming the field, before anything is looked at."""
+    try:
+        posted = await request.post()
+    except UnicodeDecodeError:  # aiohttp decodes a urlencoded body strictly
+        raise BadFormText("(form)", "not UTF-8") from None
+    form = {k: v for k, v in posted.items() if isinstance(v, str)}
+    for name, value in form.items():
+        problem = control_character_problem(name) or control_character_problem(value)
+        if problem is not None:
+            raise BadFormText(name if control_character_problem(name) is None else "(form)", problem)
+    return form
+
+
 def error_page(request: web.Request, status: int, title_key: str, body_key: str,
                headers: dict[str, str] | None = None) -> web.Response:
     response = render(request, "message.html", status=status, title=request[MESSAGES](title_key),
@@ -177,6 +202,10 @@ async def html_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         if exc.status == 413:
             return error_page(request, 413, "bad_request_title", "error_body")
         return error_page(request, exc.status, "bad_request_title", "error_body")
+    except BadFormText as exc:
+        log.warning("form_text_refused", field=exc.field)
+        return render(request, "message.html", status=422, title=request[MESSAGES]("bad_request_title"),
+                      body=request[MESSAGES]("field_text_invalid", field=exc.field))
     except CommandRejected as exc:
         log.warning("command_rejected", error=exc.error)
         response = render(request, "message.html", status=exc.status, title=request[MESSAGES]("bad_request_title"),

@@ -98,6 +98,8 @@ TEXT: Final[dict[Lang, dict[str, str]]] = {
         "policy_changed": "Ons privacybeleid is gewijzigd terwijl u deze pagina open had. Lees het nieuwe beleid "
                           "en sla uw keuze opnieuw op.",
         "invalid_choice": "Er is een ongeldige keuze verstuurd.",
+        "field_text_invalid": "Het veld {field} bevat een teken dat niet in tekst thuishoort (een stuurteken)."
+                              " Er is niets opgeslagen.",
         "yes": "Ja",
         "no": "Nee",
         "neutral_title": "Link niet geldig",
@@ -306,6 +308,8 @@ TEXT: Final[dict[Lang, dict[str, str]]] = {
         "policy_changed": "Our privacy policy changed while you had this page open. Please read the new policy and "
                           "save your choice again.",
         "invalid_choice": "An invalid choice was sent.",
+        "field_text_invalid": "The field {field} holds a character that does not belong in text (a control"
+                              " character). Nothing was saved.",
         "yes": "Yes",
         "no": "No",
         "neutral_title": "Link not valid",

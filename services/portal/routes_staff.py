@@ -48,6 +48,7 @@ from services.portal.app import (
     SETTINGS,
     TEMPLATES,
     error_page,
+    posted_form,
     posted_from_here,
     rate_limited,
     render,
@@ -154,8 +155,7 @@ def staff_page(*, admin: bool = False) -> Callable[[StaffHandler], Callable[[web
                 return error_page(request, 403, "forbidden_title", "admin_only")
             form: dict[str, str] = {}
             if request.method == "POST":
-                posted = await request.post()
-                form = {k: v for k, v in posted.items() if isinstance(v, str)}
+                form = await posted_form(request)
                 if not posted_from_here(request) or not request.app[CSRF].valid(_session_purpose(digest),
                                                                            form.get(Csrf.FIELD)):
                     log.warning("csrf_refused")
@@ -203,8 +203,7 @@ async def login(request: web.Request) -> web.StreamResponse:
     limited = rate_limited(request)
     if limited is not None:
         return limited
-    posted = await request.post()
-    form = {k: v for k, v in posted.items() if isinstance(v, str)}
+    form = await posted_form(request)
     nonce = request.cookies.get(PRELOGIN_COOKIE, "")
     if not nonce or not posted_from_here(request) or not request.app[CSRF].valid("login:" + nonce, form.get(Csrf.FIELD)):
         log.warning("csrf_refused", route="/login")
@@ -233,9 +232,8 @@ async def logout(request: web.Request) -> web.StreamResponse:
     session_id = request.cookies.get(SESSION_COOKIE, "")
     found = await request.app[ACCOUNTS].session_user(session_id) if session_id else None
     if found is not None:
-        posted = await request.post()
-        token = posted.get(Csrf.FIELD)
-        if not request.app[CSRF].valid(_session_purpose(found[1]), token if isinstance(token, str) else None):
+        posted = await posted_form(request)
+        if not request.app[CSRF].valid(_session_purpose(found[1]), posted.get(Csrf.FIELD)):
             return error_page(request, 403, "forbidden_title", "csrf_body")
         await request.app[ACCOUNTS].end_session(session_id)
     response = web.HTTPSeeOther(url_for(request, "/login"))
@@ -261,6 +259,8 @@ async def _overview(request: web.Request, staff: Staff, *, status: int = 200, er
 @staff_page(admin=True)
 async def set_agreement(request: web.Request, staff: Staff, form: dict[str, str]) -> web.StreamResponse:
     t = request[MESSAGES]
+    if form.get("signed") not in ("yes", "no"):  # anything else must not be read as "no" and appended
+        return await _overview(request, staff, status=422, error=t("invalid_choice"))
     signed = form.get("signed") == "yes"
     signed_on: dt.date | None = None
     if signed:
@@ -277,6 +277,8 @@ async def set_agreement(request: web.Request, staff: Staff, form: dict[str, str]
 
 @staff_page(admin=True)
 async def set_module(request: web.Request, staff: Staff, form: dict[str, str]) -> web.StreamResponse:
+    if form.get("active") not in ("yes", "no"):
+        return await _overview(request, staff, status=422, error=request[MESSAGES]("invalid_choice"))
     active = form.get("active") == "yes"
     if active != staff.tenant.module_active:
         await request.app[LEDGER].set_module(staff.ctx(), staff.tenant.tenant_id, active)
@@ -578,6 +580,8 @@ async def customer_objection(request: web.Request, staff: Staff, form: dict[str,
     if isinstance(checked, str):
         return await _customer(request, staff, status=422, error=checked, form=form)
     method, reason = checked
+    if form.get("withdraw") not in ("0", "1"):
+        return await _customer(request, staff, status=422, error=t("invalid_choice"), form=form)
     withdraw = form.get("withdraw") == "1"
     if view.objected == withdraw:
         try:
@@ -655,6 +659,8 @@ async def user_reset(request: web.Request, staff: Staff, form: dict[str, str]) -
 @staff_page(admin=True)
 async def user_status(request: web.Request, staff: Staff, form: dict[str, str]) -> web.StreamResponse:
     user = await _target_user(request, staff)
+    if form.get("disabled") not in ("0", "1"):
+        return await _users(request, staff, status=422, error=request[MESSAGES]("invalid_choice"))
     try:
         await request.app[ACCOUNTS].set_disabled(staff.tenant.tenant_id, user.user_id, form.get("disabled") == "1")
     except AccountError as exc:
