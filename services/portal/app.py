@@ -111,12 +111,25 @@ def render(request: web.Request, template: str, *, status: int = 200, **context:
 
 
 def _lang_links(request: web.Request) -> list[tuple[str, str, bool]]:
+    """The language switch's links, built from the matched route and its (percent-encoded)
+    parameters, never from the raw path: ``GET //evil.example/x`` would otherwise link to
+    ``//evil.example/x?lang=en``, another site, from the dealer's privacy domain. Without a
+    route (the 404 page) the link is the query alone, which stays on this very page."""
     current = request[MESSAGES].lang
+    resource = request.match_info.route.resource
+    path = ""
+    if resource is not None and not isinstance(resource, web.StaticResource):
+        try:
+            path = resource.url_for(**request.match_info).raw_path
+        except (KeyError, ValueError):
+            path = ""
+    if not path.startswith("/") or path.startswith(("//", "/\\")):
+        path = ""
     out = []
     for code, label in (("nl", "Nederlands"), ("en", "English")):
         query = dict(request.query)
         query["lang"] = code
-        out.append((label, request.path + "?" + urlencode(query), code == current))
+        out.append((label, path + "?" + urlencode(query), code == current))
     return out
 
 
