@@ -175,7 +175,9 @@ async def ledger_api(settings: Settings) -> AsyncIterator[list[str]]:
     from services.ledger.relay import TOPIC
 
     _require_free(settings.port, "the ledger API", "LEDGER_HTTP_PORT")
-    runner = web.AppRunner(create_app(settings), access_log=None)
+    from services.serving import server_options
+
+    runner = web.AppRunner(create_app(settings), access_log=None, **server_options(settings))
     await runner.setup()
     try:
         await web.TCPSite(runner, settings.host, settings.port).start()

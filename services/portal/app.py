@@ -41,6 +41,7 @@ from services.portal.security import (
     security_headers_middleware,
 )
 from services.portal.view import TenantFreshness, settings_table
+from services.serving import BodyTimeout, post_within, set_body_timeout
 from services.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -146,7 +147,7 @@ async def posted_form(request: web.Request) -> dict[str, str]:
     rule holds for all of them: a control character (a NUL in an e-mail address was a 500
     from PostgreSQL) is a 422 page naming the field, before anything is looked at."""
     try:
-        posted = await request.post()
+        posted = await post_within(request)
     except UnicodeDecodeError:  # aiohttp decodes a urlencoded body strictly
         raise BadFormText("(form)", "not UTF-8") from None
     form = {k: v for k, v in posted.items() if isinstance(v, str)}
@@ -215,6 +216,11 @@ async def html_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         if exc.status == 413:
             return error_page(request, 413, "bad_request_title", "error_body")
         return error_page(request, exc.status, "bad_request_title", "error_body")
+    except BodyTimeout:
+        log.warning("body_timeout", method=request.method)
+        response = error_page(request, 408, "bad_request_title", "error_body")
+        response.force_close()
+        return response
     except BadFormText as exc:
         log.warning("form_text_refused", field=exc.field)
         return render(request, "message.html", status=422, title=request[MESSAGES]("bad_request_title"),
@@ -249,6 +255,7 @@ def create_portal_app(settings: Settings, *, password_hasher: PasswordHasher | N
         client_max_size=256 * 1024,
     )
     app[SETTINGS] = settings
+    set_body_timeout(app, settings)
     app[HASHER] = password_hasher or PasswordHasher()
     app[TEMPLATES] = template_environment()
     app[LIMITER] = RateLimiter(settings.portal_rate_per_minute, settings.portal_rate_burst)

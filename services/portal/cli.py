@@ -70,14 +70,14 @@ def _serve_one(host: str, port: int, reuse_port: bool) -> None:
 
     from services.logs import configure_logging
     from services.portal.app import create_portal_app
-    from services.serving import event_loop, server_gc
+    from services.serving import event_loop, server_gc, server_options
 
     settings = from_env()
     configure_logging(settings.log_level)  # a spawned worker starts afresh
     app = create_portal_app(settings)
     server_gc()  # as the ledger's serve: start-up objects frozen, young collections every 50,000 allocations
     web.run_app(app, host=host, port=port, access_log=None, print=None, loop=event_loop(),
-                reuse_port=reuse_port or None)
+                reuse_port=reuse_port or None, **server_options(settings))
 
 
 def read_password() -> str:

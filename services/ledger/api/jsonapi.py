@@ -19,6 +19,7 @@ from aiohttp import web
 from consent.text import first_control_character, json_path
 from consent.vocabulary import CUSTOMER_REF_PATTERN, SLUG_PATTERN
 from schemas.api import ErrorBody
+from services.serving import read_body_within
 
 T = TypeVar("T")
 Handler = Callable[..., Awaitable[web.StreamResponse]]
@@ -77,7 +78,7 @@ async def read_body(request: web.Request, body_type: type[T], max_body: int = MA
         raise ApiError(415, "unsupported_media_type", "send the body as application/json", field="Content-Type")
     if request.content_length is not None and request.content_length > max_body:
         raise ApiError(413, "body_too_large", f"the body may be at most {max_body} bytes", field="$")
-    raw = await request.read()
+    raw = await read_body_within(request)  # BodyTimeout: a 408 from the middleware
     if len(raw) > max_body:  # chunked bodies have no Content-Length
         raise ApiError(413, "body_too_large", f"the body may be at most {max_body} bytes", field="$")
     decoder = _decoders.get(body_type)
