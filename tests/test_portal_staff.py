@@ -59,24 +59,25 @@ async def test_a_login_form_post_without_the_csrf_token_is_refused(world: World)
     assert r.status == 403
 
 
-async def test_repeated_wrong_passwords_lock_the_account(world: World) -> None:
+async def test_repeated_wrong_passwords_make_that_address_wait_and_a_reset_lifts_it(world: World) -> None:
+    # More in tests/test_portal_login.py: unknown accounts alike, per address, back-off, unlock.
     email = world.users["garage-a:staff"]
     for _ in range(MAX_FAILED_LOGINS):
-        outcome, _ = await world.accounts.login("garage-a", email, "wrong password!!")
+        outcome, _ = await world.accounts.login("garage-a", email, "wrong password!!", client="127.0.0.1")
         assert outcome == "bad_credentials"
-    outcome, user = await world.accounts.login("garage-a", email, PASSWORD)
+    outcome, user = await world.accounts.login("garage-a", email, PASSWORD, client="127.0.0.1")
     assert (outcome, user) == ("locked", None)
     page = await world.client.get("/login")
     r = await world.client.post("/login", headers={"Cookie": f"__Host-portal_login={page.cookies['__Host-portal_login'].value}"},
                                 data={"tenant": "garage-a", "email": email, "password": PASSWORD,
                                       "csrf_token": csrf_of(await page.text())})
-    assert r.status == 403 and "tijdelijk geblokkeerd" in await r.text()
-    # an admin's reset lifts the lock
+    assert r.status == 429 and "Te veel mislukte pogingen" in await r.text()
+    # an admin's reset lifts the wait
     staff = await world.accounts.login("garage-a", world.users["garage-a:admin"], PASSWORD)
     assert staff[0] == "ok"
     users = {u.email: u for u in await world.accounts.list_users("garage-a")}
     await world.accounts.reset_password("garage-a", users[email].user_id, "a brand new password")
-    assert (await world.accounts.login("garage-a", email, "a brand new password"))[0] == "ok"
+    assert (await world.accounts.login("garage-a", email, "a brand new password", client="127.0.0.1"))[0] == "ok"
 
 
 async def test_unknown_users_and_wrong_tenants_cannot_log_in(world: World) -> None:
@@ -456,7 +457,7 @@ async def test_every_post_route_refuses_a_request_without_its_csrf_token(world: 
         r = await world.client.post(path, data=data, headers=cookie, allow_redirects=False)
         assert r.status == 403, (path, r.status)
         posted.append(path)
-    assert len(posted) == 19 and "/logout" in posted and "/login" in posted
+    assert len(posted) == 20 and "/logout" in posted and "/login" in posted  # 20: the users page's unlock
     assert await world.ledger.store.stream_version(tenant_stream("garage-a")) == tenant_before
     assert await world.ledger.store.stream_version(subject_stream("garage-a", "dealer", "K1")) == subject_before
     assert (await world.client.get("/beheer/garage-a", headers=cookie)).status == 200  # logout did not happen

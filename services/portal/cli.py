@@ -35,6 +35,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--email", required=True)
     p.add_argument("--role", choices=("admin", "staff"), default="admin")
     p.set_defaults(func=cmd_create_user)
+    p = psub.add_parser("unlock", help="lift the login back-off of a user account, for every address")
+    p.add_argument("--tenant", required=True)
+    p.add_argument("--email", required=True)
+    p.set_defaults(func=cmd_unlock)
     p = psub.add_parser("issue-link", help="issue a subject's personal portal link and print its URL")
     p.add_argument("--tenant", required=True)
     p.add_argument("--source", default="dealer")
@@ -124,6 +128,33 @@ def cmd_create_user(args: argparse.Namespace) -> int:
         print(f"consent-ledger: {TEXT['en'].get(exc.message_key, exc.message_key)}", file=sys.stderr)
         return 2
     print(f"created {args.role} {args.email} for {args.tenant} ({user_id})")
+    return 0
+
+
+def cmd_unlock(args: argparse.Namespace) -> int:
+    """``portal unlock``: what the users page's "Unlock" does, for an admin who is the one
+    waiting (or has no browser at hand)."""
+    from services.portal.accounts import Accounts
+
+    if not is_slug(args.tenant):
+        raise SystemExit("consent-ledger: --tenant must be a tenant id (lower-case letters, digits, _ and -)")
+
+    async def run() -> int | None:
+        pool = await asyncpg.create_pool(_database_url(), min_size=1, max_size=2)
+        assert pool is not None
+        try:
+            accounts = Accounts(pool)
+            user = next((u for u in await accounts.list_users(args.tenant)
+                         if u.email.lower() == args.email.strip().lower()), None)
+            return None if user is None else await accounts.unlock(args.tenant, user.user_id)
+        finally:
+            await pool.close()
+
+    cleared = asyncio.run(run())
+    if cleared is None:
+        print(f"consent-ledger: {args.tenant} has no user {args.email!r}", file=sys.stderr)
+        return 2
+    print(f"unlocked {args.email} at {args.tenant} ({cleared} address(es) cleared)")
     return 0
 
 

@@ -47,6 +47,7 @@ from services.portal.app import (
     MESSAGES,
     SETTINGS,
     TEMPLATES,
+    TRUSTED_PROXIES,
     error_page,
     posted_form,
     posted_from_here,
@@ -56,7 +57,7 @@ from services.portal.app import (
 )
 from services.portal.links import portal_url
 from services.portal.messages import Messages
-from services.portal.security import MAX_BODY_CHARS, Csrf, sanitise_html
+from services.portal.security import MAX_BODY_CHARS, Csrf, client_address, sanitise_html
 from services.portal.view import PortalView, build_view, policy_fragment, preference_changes
 
 log = structlog.get_logger(__name__)
@@ -116,6 +117,7 @@ def add_routes(app: web.Application) -> None:
     r.add_post(b + "/gebruikers", user_create)
     r.add_post(b + "/gebruikers/{user_id}/reset", user_reset)
     r.add_post(b + "/gebruikers/{user_id}/status", user_status)
+    r.add_post(b + "/gebruikers/{user_id}/unlock", user_unlock)
 
 
 async def home(request: web.Request) -> web.StreamResponse:
@@ -213,10 +215,11 @@ async def login(request: web.Request) -> web.StreamResponse:
     values = {"tenant": tenant_id, "email": email}
     if not is_slug(tenant_id) or not email:
         return await login_page(request, status=401, error=t("login_failed"), values=values)
-    outcome, user = await request.app[ACCOUNTS].login(tenant_id, email, form.get("password", ""))
-    if outcome == "locked":
-        log.warning("login_locked", tenant=tenant_id)
-        return await login_page(request, status=403, error=t("login_locked"), values=values)
+    client = client_address(request, request.app[TRUSTED_PROXIES])
+    outcome, user = await request.app[ACCOUNTS].login(tenant_id, email, form.get("password", ""), client=client)
+    if outcome == "locked":  # this address must wait; said alike for accounts that exist and those that do not
+        log.warning("login_backoff", tenant=tenant_id)
+        return await login_page(request, status=429, error=t("login_locked"), values=values)
     if user is None:
         log.warning("login_failed", tenant=tenant_id)
         return await login_page(request, status=401, error=t("login_failed"), values=values)
@@ -668,3 +671,13 @@ async def user_status(request: web.Request, staff: Staff, form: dict[str, str]) 
     log.info("user_status_set", target=user.user_id, disabled=form.get("disabled") == "1")
     return _redirect(request, f"/beheer/{staff.tenant.tenant_id}/gebruikers", msg="saved_staff")
 
+
+
+@staff_page(admin=True)
+async def user_unlock(request: web.Request, staff: Staff, form: dict[str, str]) -> web.StreamResponse:
+    """Lift the login back-off of this account for every address (a user who mistyped too
+    often, or whose address an attacker shares)."""
+    user = await _target_user(request, staff)
+    cleared = await request.app[ACCOUNTS].unlock(staff.tenant.tenant_id, user.user_id)
+    log.info("user_unlocked", target=user.user_id, addresses=cleared)
+    return _redirect(request, f"/beheer/{staff.tenant.tenant_id}/gebruikers", msg="saved_staff")
