@@ -205,3 +205,12 @@ async def test_the_cli_unlocks_an_account(world: World, db_url: str, settings) -
                                                        "--tenant", "garage-a", "--email", UNKNOWN],
                                       capture_output=True, text=True, cwd=REPO, env=env)
     assert unknown.returncode == 2 and "no user" in unknown.stderr
+
+
+async def test_an_account_e_mail_with_a_control_character_is_refused_wherever_it_comes_from(world: World) -> None:
+    from services.portal.accounts import AccountError
+
+    for email in ("a\x01b@garage-a.example.nl", "ab@garage-a.example.nl\x7f", "x\x85@garage-a.example.nl"):
+        with pytest.raises(AccountError) as err:
+            await world.accounts.create("garage-a", email, "staff", PASSWORD, created_by="tests")
+        assert (err.value.message_key, err.value.field) == ("email_invalid", "email")

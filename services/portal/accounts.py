@@ -32,6 +32,7 @@ import msgspec
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
+from consent.text import control_character_problem
 from services.ledger.store import translate_errors
 
 Role = Literal["admin", "staff"]
@@ -142,7 +143,7 @@ class Accounts:
 
     async def create(self, tenant_id: str, email: str, role: str, password: str, *, created_by: str) -> User:
         email = email.strip()
-        if not EMAIL_PATTERN.fullmatch(email):
+        if not EMAIL_PATTERN.fullmatch(email) or control_character_problem(email):  # the CLI too, not only forms
             raise AccountError("email_invalid", "email")
         if role not in ROLES:
             raise AccountError("role_invalid", "role")
