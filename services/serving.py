@@ -14,6 +14,12 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final
+
+from aiohttp import web
+
+if TYPE_CHECKING:
+    from services.settings import Settings
 
 ServeOne = Callable[[str, int, bool], None]  # (host, port, reuse_port): serves until stopped
 
@@ -56,3 +62,67 @@ def event_loop() -> asyncio.AbstractEventLoop:
     except ImportError:
         return asyncio.new_event_loop()
     return uvloop.new_event_loop()
+
+
+# -- slow clients ------------------------------------------------------------------------
+
+BODY_TIMEOUT: Final = web.AppKey("http_body_timeout", float)
+DEFAULT_BODY_TIMEOUT: Final = 30.0
+
+
+def server_options(settings: Settings) -> dict[str, Any]:
+    """What ``web.run_app`` / ``web.AppRunner`` get for the API and portal servers.
+
+    The header timeout is aiohttp's ``keepalive_timeout``: aiohttp (3.14) arms it when a
+    connection opens and again after every response, and closes the connection when it
+    fires while no complete request head has arrived. So a client that connects and sends
+    nothing, or its headers a byte at a time, is cut off after ``http_header_timeout``
+    seconds, and so is a kept-alive connection idle that long (a proxy in front must reuse
+    upstream connections for less than that). aiohttp has no separate header-read
+    timeout; the body timeout is ours (:func:`read_body_within`). ``lingering_time=0``:
+    when an answer leaves part of the body unread (a refused key, a body that timed out),
+    the connection closes after the answer, instead of aiohttp reading and discarding the
+    rest for up to 10 s to keep the connection (a slow body would hold it that long)."""
+    return {"keepalive_timeout": float(settings.http_header_timeout), "lingering_time": 0.0}
+
+
+def set_body_timeout(app: web.Application, settings: Settings) -> None:
+    app[BODY_TIMEOUT] = float(settings.http_body_timeout)
+
+
+class BodyTimeout(Exception):
+    """The client did not send the request body in time; answer 408 and close."""
+
+
+def body_timeout(request: web.BaseRequest) -> float:
+    app = getattr(request, "config_dict", None)
+    return app.get(BODY_TIMEOUT, DEFAULT_BODY_TIMEOUT) if app is not None else DEFAULT_BODY_TIMEOUT
+
+
+async def read_body_within(request: web.Request) -> bytes:
+    """The whole body, within the app's body timeout (a slow-loris body holds a connection,
+    a task and its buffer for as long as the client likes otherwise)."""
+    try:
+        async with asyncio.timeout(body_timeout(request)):
+            return await request.read()
+    except TimeoutError:
+        raise BodyTimeout from None
+
+
+async def post_within(request: web.Request) -> Any:
+    """``request.post()`` (a form) within the app's body timeout."""
+    try:
+        async with asyncio.timeout(body_timeout(request)):
+            return await request.post()
+    except TimeoutError:
+        raise BodyTimeout from None
+
+
+async def chunk_within(request: web.Request, size: int) -> bytes:
+    """The next piece of a streamed body (b"" at its end); a pause longer than the body
+    timeout raises :class:`BodyTimeout`. For uploads that may rightly take minutes."""
+    try:
+        async with asyncio.timeout(body_timeout(request)):
+            return await request.content.read(size)
+    except TimeoutError:
+        raise BodyTimeout from None

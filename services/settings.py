@@ -51,6 +51,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # (<name>.toml, chosen with ?mapping=name) and the largest upload accepted.
     import_mappings_dir: str | None = None
     import_max_upload_mb: int = 200
+    # Slow clients (API and portal servers, services/serving.py), in seconds: a connection
+    # must send a complete request head within http_header_timeout of connecting or of the
+    # previous response (so an idle kept-alive connection closes then too); a request body
+    # must arrive within http_body_timeout (an import upload: no pause longer than that).
+    http_header_timeout: int = 15
+    http_body_timeout: int = 30
 
 
 def from_env(env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -87,6 +93,8 @@ def from_env(env: Mapping[str, str] | None = None, **overrides: object) -> Setti
         "broker_port": _int(e, "LEDGER_BROKER_PORT", 19092, minimum=1, maximum=65535),
         "import_mappings_dir": e.get("LEDGER_IMPORT_MAPPINGS_DIR") or None,
         "import_max_upload_mb": _int(e, "LEDGER_IMPORT_MAX_UPLOAD_MB", 200, minimum=1),
+        "http_header_timeout": _int(e, "LEDGER_HTTP_HEADER_TIMEOUT", 15, minimum=1, maximum=3600),
+        "http_body_timeout": _int(e, "LEDGER_HTTP_BODY_TIMEOUT", 30, minimum=1, maximum=3600),
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]

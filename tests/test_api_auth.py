@@ -29,6 +29,7 @@ from services.ledger.api.app import ROUTE_SETS
 from services.ledger.api.jsonapi import Operation
 from services.ledger.api_keys import ROLES
 from tests.conftest import Dealer, make_dealer
+from tests.raw_http import json_body, raw_request
 
 TENANT_ROLES = tuple(r for r in ROLES if r != "operator")
 _PATH_PARAM = re.compile(r"\{([a-z_]+)(?::[^}]*)?\}")
@@ -191,6 +192,10 @@ async def test_every_operation_refuses_missing_and_bad_keys(api: TestClient, wor
         "right id, wrong secret": {"Authorization": f"Bearer clk_{key_id}_{secret[::-1]}"},
         "not a key at all": {"Authorization": "Bearer hello"},
         "revoked key": {"Authorization": f"Bearer {revoked['key']}"},
+        # Bytes that are no key at all must not reach the database (asyncpg refused them: 500).
+        "non-ascii key id": {"Authorization": f"Bearer clk_{key_id}\u00e9_{secret}"},
+        "non-ascii secret": {"Authorization": f"Bearer clk_{key_id}_{secret}\u00e9\u20ac"},
+        "upper-case key id": {"Authorization": f"Bearer clk_{key_id.upper()}X_{secret}"},
     }
     before = await written_state(db_url)
     checked = 0
@@ -266,3 +271,20 @@ def test_role_list_covers_the_database_check() -> None:
     sql = (resources.files("services.ledger") / "migrations" / "0007_api_keys.sql").read_text()
     declared = set(re.findall(r"'(\w+)'", sql.split("CHECK (role IN", 1)[1].split(")", 1)[0]))
     assert declared == set(ROLES)
+
+
+async def test_a_key_with_bytes_that_are_not_utf8_or_ascii_is_a_401_not_a_500(api: TestClient, world: Fixture,
+                                                                            db_url: str) -> None:
+    """aiohttp's client will not send these, a hand-written client will: the server decodes the
+    header with surrogate escapes, and such a string once reached the database (500)."""
+    key_id, secret = world.dealer.keys["admin"].removeprefix("clk_").split("_", 1)
+    path = f"/v1/tenants/{world.dealer.tenant_id}".encode()
+    before = await written_state(db_url)
+    for raw_key in (b"clk_" + key_id.encode() + b"\xff_" + secret.encode(),
+                    b"clk_" + key_id.encode() + b"_" + secret.encode() + b"\xe9",
+                    b"clk_\xc3\xa9_" + secret.encode()):
+        status, body = await raw_request(api.host, api.port, b"GET " + path + b" HTTP/1.1\r\nHost: x\r\n"
+                                         b"Authorization: Bearer " + raw_key + b"\r\nConnection: close\r\n\r\n")
+        assert status == 401, (raw_key, body)
+        assert json_body(body)["error"] == "unauthorized"
+    assert await written_state(db_url) == before

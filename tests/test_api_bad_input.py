@@ -376,3 +376,81 @@ async def test_a_reference_or_contact_field_ending_in_a_newline_is_refused(
     for path, payload, field in TRAILING_NEWLINE:
         status, body = await send(api, "POST", path, dealer, payload)
         assert_names(status, body, 422, field, "regex")
+
+
+# -- loose values that used to be accepted or answered 500 ---------------------------------
+
+CONTROL_CHARACTERS = [
+    ("POST", T + "/api-keys", {"role": "sender", "label": "mailer\u0000"}, "$.label"),
+    ("POST", SUBJ + "/invoices", {**INVOICE, "contact": {"name": "Jan\u0007 Jansen"}}, "$.contact.name"),
+    ("POST", SUBJ + "/invoices", {**INVOICE, "contact": {"street": "Dorpsstraat 1\u001b[31m"}}, "$.contact.street"),
+    ("POST", T + "/policy/chapters", {"title": "Cookies\u007f", "body": "<p>x</p>"}, "$.title"),
+    ("POST", T + "/policy/chapters", {"title": "Cookies", "body": "<p>\u0085x</p>"}, "$.body"),
+    ("POST", T + "/data-sources", {"source_id": "regio-west", "label": "West\u0000"}, "$.label"),
+    ("POST", SUBJ + "/objection", {"note": "per telefoon\u0000"}, "$.note"),
+    ("POST", T + "/subjects:batch", {"items": [
+        {"kind": "invoice", "source": "dealer", "customer_ref": "C1", "invoice_id": "F-1", "invoice_date": "2024-01-31",
+         "contact": {"city": "Utrecht"}},
+        {"kind": "invoice", "source": "dealer", "customer_ref": "C2", "invoice_id": "F-2", "invoice_date": "2024-01-31",
+         "contact": {"city": "Ut\u0000recht"}},
+    ]}, "$.items[1].contact.city"),
+]
+
+
+async def test_a_control_character_in_any_text_field_is_a_422_naming_the_field(
+        api: TestClient, dealer: Dealer, unchanged: None, db_url: str) -> None:
+    keys_before = await _api_key_count(db_url)
+    for method, path, payload, field in CONTROL_CHARACTERS:
+        status, body = await send(api, method, path, dealer, payload)
+        assert_names(status, body, 422, field, "control character")
+    assert await _api_key_count(db_url) == keys_before
+
+
+async def _api_key_count(db_url: str) -> int:
+    conn = await asyncpg.connect(db_url)
+    try:
+        return await conn.fetchval("SELECT count(*) FROM ledger.api_keys")
+    finally:
+        await conn.close()
+
+
+async def test_tabs_and_line_breaks_in_text_are_kept(api: TestClient, dealer: Dealer) -> None:
+    status, body = await send(api, "POST", T + "/policy/chapters", dealer,
+                              {"title": "Cookies", "body": "<p>regel 1\r\n\tregel 2</p>\n"})
+    assert status == 201, body
+
+
+DUPLICATE_KEYS = [
+    (SUBJ + "/invoices", b'{"invoice_id": "F-1", "invoice_date": "2024-01-31", "invoice_id": "F-2"}', "$.invoice_id",
+     "invoice_id"),
+    (SUBJ + "/invoices", b'{"invoice_id": "F-1", "invoice_date": "2024-01-31",'
+                         b' "contact": {"email": "a@example.nl", "email": "b@example.nl"}}', "$.contact.email", "email"),
+    (SUBJ + "/preferences", b'{"changes": [{"category": "newsletter", "channel": "email", "value": "opt_in",'
+                            b' "value": "opt_out"}]}', "$.changes[0].value", "value"),
+    (T + "/api-keys", b'{"role": "sender", "role": "admin"}', "$.role", "role"),
+]
+
+
+async def test_a_key_twice_in_one_json_object_is_a_422_naming_the_key(
+        api: TestClient, dealer: Dealer, unchanged: None) -> None:
+    for path, raw, field, key in DUPLICATE_KEYS:
+        status, body = await send(api, "POST", path, dealer, raw=raw)
+        assert_names(status, body, 422, field, key, "more than once")
+        assert body["error"] == "duplicate_key"
+
+
+async def test_json_nested_deeper_than_any_body_type_is_refused_not_a_500(
+        api: TestClient, dealer: Dealer, unchanged: None) -> None:
+    for raw, field in ((b'{"note": ' + b"[" * 200_000 + b"]" * 200_000 + b"}", "$.note"),
+                       (b"[" * 500_000 + b"]" * 500_000, "$")):
+        status, body = await send(api, "POST", SUBJ + "/objection", dealer, raw=raw)
+        assert status in (400, 422) and body["field"] == field, body
+
+
+async def test_a_processor_agreement_signed_before_1950_or_in_the_future_is_refused(
+        api: TestClient, dealer: Dealer, unchanged: None) -> None:
+    for signed_on, problem in (("0001-01-01", "before 1950"), ("1949-12-31", "before 1950"),
+                               ("2999-01-01", "in the future")):
+        status, body = await send(api, "PUT", T + "/processor-agreement", dealer,
+                                  {"signed": True, "signed_on": signed_on})
+        assert_names(status, body, 422, "$.signed_on", problem)

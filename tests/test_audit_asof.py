@@ -11,6 +11,7 @@ from services.audit.errors import AuditError
 from services.audit.loading import TenantRecord
 from services.audit.policy_history import policy_at, policy_by_version, versions
 from services.audit.receipts import build_receipt, receipts_from
+from consent.terms import ledger_day
 from services.audit.times import end_of_dutch_day, parse_known_at, parse_on
 from tests.consent_builders import SubjectHistoryBuilder, TenantHistoryBuilder, day, moment
 
@@ -169,6 +170,18 @@ def test_a_date_as_knowledge_time_means_the_end_of_that_dutch_day() -> None:
     assert end_of_dutch_day(day("2025-01-10")) == dt.datetime(2025, 1, 10, 22, 59, 59, 999999, tzinfo=dt.timezone.utc)
     assert parse_known_at("2025-06-15", NOW) == NOW  # today: what is known now
     assert parse_known_at(None, NOW) == NOW
+
+
+def test_the_end_of_a_dutch_day_before_1940_uses_the_amsterdam_time_of_that_day() -> None:
+    # Amsterdam Mean Time (+00:19:32) until 1937, then +00:20 (+01:20 in summer) until the occupation
+    # on 1940-05-16.
+    assert end_of_dutch_day(day("1930-05-03")) == dt.datetime(1930, 5, 3, 23, 40, 27, 999999, tzinfo=dt.timezone.utc)
+    assert end_of_dutch_day(day("1939-01-15")) == dt.datetime(1939, 1, 15, 23, 39, 59, 999999, tzinfo=dt.timezone.utc)
+    assert end_of_dutch_day(day("1939-06-01")) == dt.datetime(1939, 6, 1, 22, 39, 59, 999999, tzinfo=dt.timezone.utc)
+    assert parse_known_at("1900-01-01", NOW) == dt.datetime(1900, 1, 1, 23, 40, 27, 999999, tzinfo=dt.timezone.utc)
+    for text in ("1938-12-31", "1940-05-15", "1940-05-16", "1945-09-16", "0001-01-01"):
+        k = parse_known_at(text, NOW)
+        assert ledger_day(k) == day(text) and ledger_day(k + dt.timedelta(microseconds=1)) != day(text)
 
 
 def test_the_date_defaults_to_the_day_of_k_and_garbage_is_refused() -> None:

@@ -105,3 +105,86 @@ async def test_the_local_stack_starts_stops_on_ctrl_c_and_keeps_its_data(tmp_pat
     finally:
         code = interrupt(proc)
     assert code == 0, log_path.read_text()
+
+
+def children_of(pid: int) -> dict[int, str]:
+    """Processes whose parent is ``pid``: {pid: program}."""
+    found = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        name, _, rest = text.rpartition(")")
+        if int(rest.split()[1]) == pid:
+            found[int(stat.parent.name)] = name.partition("(")[2]
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+async def test_after_kill_9_of_the_stack_its_broker_dies_and_the_next_start_succeeds(tmp_path: Path) -> None:
+    """`kill -9` gives `consent-ledger run` no time to stop its children: the broker used to
+    survive, holding its port, and the next `make run` refused to start."""
+    var = tmp_path / "var"
+    ports = {name: free_port() for name in ("LEDGER_HTTP_PORT", "LEDGER_PORTAL_PORT", "LEDGER_PG_PORT",
+                                             "LEDGER_BROKER_PORT")}
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("LEDGER_DATABASE_URL", "LEDGER_KAFKA_BOOTSTRAP", "LEDGER_MASTER_KEY")}
+    env.update({k: str(v) for k, v in ports.items()})
+    env.update(LEDGER_VAR_DIR=str(var), LEDGER_PORTAL_BASE_URL=f"http://127.0.0.1:{ports['LEDGER_PORTAL_PORT']}")
+    base = f"http://127.0.0.1:{ports['LEDGER_HTTP_PORT']}"
+    log_path = tmp_path / "run.log"
+
+    proc, _ = start_stack(env, log_path)
+    broker_pid = int((var / "broker.pid").read_text())
+    assert broker_pid in children_of(proc.pid), "the pid file names the broker this run started"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(10)
+    deadline = time.monotonic() + 10
+    while alive(broker_pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not alive(broker_pid), "the broker died with its parent"
+    assert (var / "pg" / "postmaster.pid").exists(), "PostgreSQL was left running (the next start ends it)"
+
+    proc, output = start_stack(env, log_path)
+    try:
+        keys = demo_keys(output)
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{base}/v1/tenants/demo-garage",
+                                headers={"Authorization": f"Bearer {keys['admin']}"}) as r:
+                assert r.status == 200
+        assert int((var / "broker.pid").read_text()) != broker_pid
+    finally:
+        code = interrupt(proc)
+    assert code == 0, log_path.read_text()
+    assert not (var / "broker.pid").exists() and not (var / "pg" / "postmaster.pid").exists()
+
+
+async def test_a_start_ends_a_broker_its_pid_file_names_and_leaves_other_processes_alone(tmp_path: Path) -> None:
+    """Where the parent-death signal is not available (or came too late), the next start
+    ends the broker by the pid file the earlier run wrote; a pid that now belongs to
+    another program is not touched."""
+    from services.devservers import LocalBroker
+
+    pid_file = tmp_path / "broker.pid"
+    leftover = subprocess.Popen([LocalBroker.binary(), "broker", "--listener-url",
+                                 f"tcp://127.0.0.1:{free_port()}", "--storage-engine", "memory://tansu/"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        pid_file.write_text(f"{other.pid}\n")
+        assert not LocalBroker(pid_file=pid_file).end_leftover()
+        assert other.poll() is None and not pid_file.exists()
+        pid_file.write_text(f"{leftover.pid}\n")
+        assert LocalBroker(pid_file=pid_file).end_leftover()
+        assert leftover.wait(5) is not None and not pid_file.exists()
+    finally:
+        processes.stop(leftover)
+        processes.stop(other)

@@ -76,6 +76,43 @@ async def test_bad_uploads_are_answered_with_4xx_json_naming_the_field_and_write
     assert await _events(db_url) == 0
 
 
+async def test_deeply_nested_json_lines_are_rejected_rows_or_a_422_never_a_500(
+    api: TestClient, dealer: Dealer, db_url: str
+) -> None:
+    ndjson = {**dealer.auth("importer"), "Content-Type": "application/x-ndjson"}
+    good = b'{"customer_ref": "K9", "category": "newsletter", "channel": "email", "value": "opt_in"}\n'
+    deep = b'{"customer_ref": ' + b"[" * 100_000 + b"]" * 100_000 + b"}\n"
+    # On the first line it is what the kind is guessed from: the file as a whole is refused.
+    r = await api.post(URL, data=deep + good, headers=ndjson)
+    assert r.status == 422, await r.text()
+    assert (await r.json())["field"] == "file"
+    # Further down it is one rejected row; the good row is recorded.
+    r = await api.post(URL + "?kind=preferences", data=good + deep, headers=ndjson)
+    assert r.status == 200, await r.text()
+    body = await r.json()
+    assert body["summary"]["recorded"] == 1
+    assert body["rejections"] == [{"line": 2, "field": "(line)", "problem": "not valid JSON: nested too deeply"}]
+
+
+async def test_a_control_character_in_a_csv_or_json_lines_value_rejects_that_row_naming_the_column(
+    api: TestClient, dealer: Dealer, db_url: str
+) -> None:
+    csv_file = "customer_ref;invoice_id;invoice_date;name\nK1;F1;05-03-2024;Jan\x07 Jansen\nK2;F2;05-03-2024;Piet\n"
+    r = await api.post(URL, data=csv_file.encode(), headers={**dealer.auth("importer"), **CSV})
+    body = await r.json()
+    assert r.status == 200 and body["summary"]["recorded"] == 1, body
+    assert [(x["line"], x["field"]) for x in body["rejections"]] == [(2, "name")]
+    assert "control character" in body["rejections"][0]["problem"]
+    lines = (b'{"customer_ref": "K8\\u0000", "category": "newsletter", "channel": "email", "value": "opt_in"}\n'
+             b'{"customer_ref": "K9", "category": "newsletter", "channel": "email", "value": "opt_in"}\n')
+    r = await api.post(URL + "?kind=preferences", data=lines,
+                       headers={**dealer.auth("importer"), "Content-Type": "application/x-ndjson"})
+    body = await r.json()
+    assert r.status == 200 and body["summary"]["recorded"] == 1, body
+    assert [(x["line"], x["field"]) for x in body["rejections"]] == [(1, "customer_ref")]
+    assert await _events(db_url) == 2
+
+
 async def test_only_the_importer_and_admin_of_the_same_tenant_may_upload(
     api: TestClient, dealer: Dealer, other_dealer: Dealer
 ) -> None:

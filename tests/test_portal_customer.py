@@ -16,6 +16,7 @@ from services.portal.app import LINKS
 from services.portal.links import split_token
 from services.portal.security import CSP
 from tests.portal_support import OPERATOR, World, csrf_of, make_world
+from tests.raw_http import raw_request
 
 
 @pytest.fixture
@@ -47,6 +48,30 @@ async def test_english_is_served_on_request_by_query_or_accept_language(world: W
     assert "Privacy Portal" in await r.text()
     r = await world.client.get(world.url("garage-a/dealer/K1"), headers={"Accept-Language": "de,nl;q=0.8,en;q=0.7"})
     assert "Privacy Portaal" in await r.text()
+
+
+LANG_LINK = re.compile(r'<a href="([^"]*)" lang="(nl|en)"')
+
+
+async def test_the_language_links_of_a_404_page_never_lead_off_site_whatever_the_path(world: World) -> None:
+    """The raw path used to be echoed: ``GET //evil.example/x`` linked to ``//evil.example/x?lang=en``.
+    Sent over a raw socket: a client library would read ``//evil.example`` as a host."""
+    host, port = world.client.host, world.client.port
+    for path in (b"//evil.example/x", b"/\\evil.example", b"//evil.example", b"/%2F%2Fevil.example/x",
+                 b"/\\/evil.example/x?a=b", b"/beheer//evil.example"):
+        status, body = await raw_request(host, port, b"GET " + path + b" HTTP/1.1\r\nHost: x\r\n"
+                                         b"Connection: close\r\n\r\n")
+        html = body.decode()
+        assert status == 404, (path, status)
+        links = LANG_LINK.findall(html)
+        assert {lang for _, lang in links} == {"nl", "en"}, (path, html)
+        for href, lang in links:
+            assert href.startswith("?") and "evil" not in href, (path, href)
+            assert f"lang={lang}" in href
+    # A page that matched a route links to that route, built from its parameters.
+    html = await (await world.client.get(world.url("garage-a/dealer/K1") + "?lang=en")).text()
+    assert dict((lang, href) for href, lang in LANG_LINK.findall(html)) == {
+        "nl": world.url("garage-a/dealer/K1") + "?lang=nl", "en": world.url("garage-a/dealer/K1") + "?lang=en"}
 
 
 async def test_unknown_malformed_and_revoked_tokens_get_the_same_neutral_page(world: World) -> None:

@@ -61,24 +61,25 @@ async def test_a_login_form_post_without_the_csrf_token_is_refused(world: World)
     assert r.status == 403
 
 
-async def test_repeated_wrong_passwords_lock_the_account(world: World) -> None:
+async def test_repeated_wrong_passwords_make_that_address_wait_and_a_reset_lifts_it(world: World) -> None:
+    # More in tests/test_portal_login.py: unknown accounts alike, per address, back-off, unlock.
     email = world.users["garage-a:staff"]
     for _ in range(MAX_FAILED_LOGINS):
-        outcome, _ = await world.accounts.login("garage-a", email, "wrong password!!")
+        outcome, _ = await world.accounts.login("garage-a", email, "wrong password!!", client="127.0.0.1")
         assert outcome == "bad_credentials"
-    outcome, user = await world.accounts.login("garage-a", email, PASSWORD)
+    outcome, user = await world.accounts.login("garage-a", email, PASSWORD, client="127.0.0.1")
     assert (outcome, user) == ("locked", None)
     page = await world.client.get("/login")
     r = await world.client.post("/login", headers={"Cookie": f"__Host-portal_login={page.cookies['__Host-portal_login'].value}"},
                                 data={"tenant": "garage-a", "email": email, "password": PASSWORD,
                                       "csrf_token": csrf_of(await page.text())})
-    assert r.status == 403 and "tijdelijk geblokkeerd" in await r.text()
-    # an admin's reset lifts the lock
+    assert r.status == 429 and "Te veel mislukte pogingen" in await r.text()
+    # an admin's reset lifts the wait
     staff = await world.accounts.login("garage-a", world.users["garage-a:admin"], PASSWORD)
     assert staff[0] == "ok"
     users = {u.email: u for u in await world.accounts.list_users("garage-a")}
     await world.accounts.reset_password("garage-a", users[email].user_id, "a brand new password")
-    assert (await world.accounts.login("garage-a", email, "a brand new password"))[0] == "ok"
+    assert (await world.accounts.login("garage-a", email, "a brand new password", client="127.0.0.1"))[0] == "ok"
 
 
 async def test_unknown_users_and_wrong_tenants_cannot_log_in(world: World) -> None:
@@ -331,7 +332,57 @@ async def test_a_signed_agreement_needs_a_valid_date_that_is_not_in_the_future(w
     r = await world.client.post("/beheer/garage-a/agreement", headers=cookie,
                                 data={"csrf_token": csrf, "signed": "yes", "signed_on": "2999-01-01"})
     assert r.status == 422 and "in the future" in await r.text()
+    r = await world.client.post("/beheer/garage-a/agreement", headers=cookie,
+                                data={"csrf_token": csrf, "signed": "yes", "signed_on": "0001-01-01"})
+    assert r.status == 422 and "before 1950" in await r.text()
     assert await world.ledger.store.stream_version(tenant_stream("garage-a")) == before
+
+
+async def test_a_choice_the_agreement_module_objection_or_account_forms_do_not_offer_appends_nothing(
+        world: World) -> None:
+    cookie = await login(world.client, "garage-a", world.users["garage-a:admin"])
+    _, csrf = await _page(world, "/beheer/garage-a", cookie)
+    staff = (await world.accounts.list_users("garage-a"))[-1]
+    tenant_before = await world.ledger.store.stream_version(tenant_stream("garage-a"))
+    subject_before = await world.ledger.store.stream_version(subject_stream("garage-a", "dealer", "K1"))
+    for path, data in (("/beheer/garage-a/agreement", {"signed": "maybe", "signed_on": "2025-03-01"}),
+                       ("/beheer/garage-a/agreement", {"signed_on": "2025-03-01"}),
+                       ("/beheer/garage-a/module", {"active": "1"}),
+                       ("/beheer/garage-a/klanten/dealer/K1/bezwaar",
+                        {"method": "phone", "reason": "belde", "withdraw": "maybe"}),
+                       (f"/beheer/garage-a/gebruikers/{staff.user_id}/status", {"disabled": "true"})):
+        r = await world.client.post(path, headers=cookie, data={"csrf_token": csrf, **data}, allow_redirects=False)
+        assert r.status == 422, (path, data, r.status)
+        assert "ongeldige keuze" in await r.text()
+    assert await world.ledger.store.stream_version(tenant_stream("garage-a")) == tenant_before
+    assert await world.ledger.store.stream_version(subject_stream("garage-a", "dealer", "K1")) == subject_before
+    assert not (await world.accounts.get("garage-a", staff.user_id)).disabled  # type: ignore[union-attr]
+
+
+async def test_a_control_character_in_any_posted_field_is_a_422_naming_the_field_and_nothing_is_saved(
+        world: World) -> None:
+    cookie = await login(world.client, "garage-a", world.users["garage-a:admin"])
+    _, csrf = await _page(world, "/beheer/garage-a", cookie)
+    users_before = len(await world.accounts.list_users("garage-a"))
+    tenant_before = await world.ledger.store.stream_version(tenant_stream("garage-a"))
+    for path, data, field in (("/beheer/garage-a/gebruikers", {"email": "nieuw\u0000@example.nl", "role": "staff"},
+                               "email"),
+                              ("/beheer/garage-a/beleid/nieuw", {"title": "Cookies", "body": "<p>a\u0001b</p>"}, "body"),
+                              ("/beheer/garage-a/klanten/dealer/K1/bezwaar",
+                               {"method": "phone", "reason": "belde\u001b", "withdraw": "0"}, "reason")):
+        r = await world.client.post(path, headers=cookie, data={"csrf_token": csrf, **data})
+        assert r.status == 422, (path, r.status)
+        assert f"Het veld {field} bevat een teken" in await r.text()
+    # A customer's own form too, and a body that is not UTF-8 at all.
+    html = await (await world.client.get(world.url("garage-a/dealer/K1"))).text()
+    r = await world.client.post(world.url("garage-a/dealer/K1") + "/objection",
+                                data={"csrf_token": csrf_of(html), "policy_version": "x\u0000"})
+    assert r.status == 422 and "policy_version" in await r.text()
+    r = await world.client.post("/beheer/garage-a/gebruikers", headers={**cookie, "Content-Type":
+                                "application/x-www-form-urlencoded"}, data=b"csrf_token=" + csrf.encode() + b"&email=\xff")
+    assert r.status == 422
+    assert len(await world.accounts.list_users("garage-a")) == users_before
+    assert await world.ledger.store.stream_version(tenant_stream("garage-a")) == tenant_before
 
 
 async def test_staff_record_and_withdraw_an_objection_on_a_customers_behalf_with_a_reason(world: World) -> None:
@@ -408,7 +459,7 @@ async def test_every_post_route_refuses_a_request_without_its_csrf_token(world: 
         r = await world.client.post(path, data=data, headers=cookie, allow_redirects=False)
         assert r.status == 403, (path, r.status)
         posted.append(path)
-    assert len(posted) == 19 and "/logout" in posted and "/login" in posted
+    assert len(posted) == 20 and "/logout" in posted and "/login" in posted  # 20: the users page's unlock
     assert await world.ledger.store.stream_version(tenant_stream("garage-a")) == tenant_before
     assert await world.ledger.store.stream_version(subject_stream("garage-a", "dealer", "K1")) == subject_before
     assert (await world.client.get("/beheer/garage-a", headers=cookie)).status == 200  # logout did not happen

@@ -9,21 +9,22 @@ from __future__ import annotations
 import datetime as dt
 from typing import Final
 
-from consent.terms import ledger_day
+from consent.terms import AMSTERDAM, ledger_day
 from services.audit.errors import AuditError
 
 UTC: Final = dt.timezone.utc
-_OFFSETS: Final = (dt.timedelta(hours=1), dt.timedelta(hours=2))  # CET, CEST
 
 
 def end_of_dutch_day(day: dt.date) -> dt.datetime:
-    """The last microsecond of ``day`` in Europe/Amsterdam, as a UTC datetime."""
-    next_midnight = dt.datetime.combine(day + dt.timedelta(days=1), dt.time())
-    for offset in _OFFSETS:
-        candidate = (next_midnight - offset).replace(tzinfo=UTC) - dt.timedelta(microseconds=1)
-        if ledger_day(candidate) == day and ledger_day(candidate + dt.timedelta(microseconds=1)) != day:
-            return candidate
-    raise AssertionError(f"no end of day found for {day}")  # pragma: no cover - every day has one
+    """The last microsecond of ``day`` in Europe/Amsterdam, as a UTC datetime.
+
+    The offset comes from the tz database, not from an assumed CET/CEST: Amsterdam was
+    +00:19:32 until 1937 and +00:20 until the occupation (1940-05-16), and a date that
+    old is a fair question for an audit. The next day's midnight always exists in
+    Amsterdam (no transition there at midnight in the tz data); ``fold=0`` picks the
+    earlier reading if one ever did."""
+    next_midnight = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), tzinfo=AMSTERDAM)
+    return next_midnight.astimezone(UTC) - dt.timedelta(microseconds=1)
 
 
 def parse_known_at(text: str | None, now: dt.datetime, field: str = "known_at") -> dt.datetime:

@@ -25,6 +25,7 @@ from typing import IO, Any, Final, Literal
 
 import msgspec
 
+from consent.text import CONTROL_CHARACTERS, control_character_problem
 from services.importer.mapping import KINDS, OPTIONAL, REQUIRED, Kind, Mapping, normalise_header
 
 Format = Literal["csv", "jsonl"]
@@ -211,6 +212,8 @@ class RecordReader:
         # The kind's fields in order, in one C call per row (a field the file lacks picks
         # the None appended at index ``width``).
         picks = [i if i is not None else width for i in indexes]
+        assert self.kind is not None
+        columns = [self.mapping.column_for(self.kind, f) for f in fields_of(self.kind)]
         pick = operator.itemgetter(*picks) if len(picks) > 1 else (lambda row: (row[picks[0]],))
         last_line = reader.line_num
         while True:
@@ -226,7 +229,8 @@ class RecordReader:
             last_line = reader.line_num
             if len(row) == width:
                 row.append(None)  # what a column missing from the file reads as (index width)
-                yield line, pick(row)
+                values = pick(row)
+                yield line, _control_character_problem(values, columns) or values
             elif row and not (len(row) == 1 and not row[0].strip()):  # blank lines are skipped
                 yield line, RowProblem("(row)", f"the row has {len(row)} columns, the header {width}"
                                                 f" (an unquoted {delimiter!r} inside a value?)")
@@ -249,7 +253,7 @@ class RecordReader:
 def _json_object(text: str) -> dict | None:
     try:
         obj = msgspec.json.decode(text)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         return None
     return obj if isinstance(obj, dict) else None
 
@@ -259,6 +263,8 @@ def _jsonl_record(line: int, text: str, columns: list[str]) -> Record:
         obj = msgspec.json.decode(text)
     except msgspec.DecodeError as exc:
         return line, RowProblem("(line)", f"not valid JSON: {exc}")
+    except RecursionError:  # msgspec's depth limit ([[[[...]]]] on one line): a bad line, not a crash
+        return line, RowProblem("(line)", "not valid JSON: nested too deeply")
     if not isinstance(obj, dict):
         return line, RowProblem("(line)", "not a JSON object")
     values: list[str | None] = []
@@ -272,7 +278,19 @@ def _jsonl_record(line: int, text: str, columns: list[str]) -> Record:
             values.append(str(v))
         else:
             return line, RowProblem(column, "must be a string, a number or null")
-    return line, values
+    return line, _control_character_problem(values, columns) or values
+
+
+def _control_character_problem(values: Values, columns: Sequence[str]) -> RowProblem | None:
+    """The text rule of :mod:`consent.text`, naming the column; one regex over the whole
+    row first, since almost every row passes."""
+    if CONTROL_CHARACTERS.search("\t".join(v for v in values if v)) is None:
+        return None
+    for column, value in zip(columns, values):
+        problem = control_character_problem(value) if value else None
+        if problem is not None:
+            return RowProblem(column, problem)
+    return None  # pragma: no cover - the joined row had one, so one value has it
 
 
 def _guess_kind(header: set[str], mapping: Mapping) -> Kind:

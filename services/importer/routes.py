@@ -30,6 +30,7 @@ from services.importer.pipeline import Importer, ImportRefused, Summary
 from services.importer.plans import Rejection
 from services.ledger.api.app import SETTINGS, Call
 from services.ledger.api.jsonapi import ApiError, ApiRoutes, json_response
+from services.serving import chunk_within
 
 routes = ApiRoutes(tag="import")
 
@@ -74,7 +75,7 @@ async def upload_import(call: Call) -> web.Response:
     try:
         size = 0
         with os.fdopen(fd, "wb") as f:
-            async for chunk in request.content.iter_chunked(_CHUNK):
+            while chunk := await chunk_within(request, _CHUNK):  # no pause longer than the body timeout
                 size += len(chunk)
                 if size > limit:
                     raise ApiError(413, "body_too_large", f"the file may be at most {settings.import_max_upload_mb} MB",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 import time
 from typing import Final
@@ -39,12 +40,19 @@ def _digest(secret: str) -> bytes:
     return hashlib.sha256(secret.encode()).digest()
 
 
+_KEY_ID: Final = re.compile(r"[0-9a-f]{1,32}")
+_SECRET: Final = re.compile(r"[A-Za-z0-9_-]{1,100}")
+
+
 def split_key(raw: str) -> tuple[str, str] | None:
+    """(key id, secret) of a key in the shape :func:`issue_key` makes, else None. Anything
+    else (non-ASCII bytes, a NUL, an overlong secret) is simply not a key: it must answer
+    401 like any unknown key, never reach the database (asyncpg refused a NUL: a 500)."""
     if not raw.startswith(PREFIX):
         return None
     rest = raw[len(PREFIX):]
     key_id, sep, secret = rest.partition("_")
-    if not sep or not key_id or not secret or len(key_id) > 32:
+    if not sep or not _KEY_ID.fullmatch(key_id) or not _SECRET.fullmatch(secret):
         return None
     return key_id, secret
 

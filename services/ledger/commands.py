@@ -156,8 +156,8 @@ class Ledger:
             raise CommandRejected(422, "validation_error", "a signed agreement needs its signing date", "$.signed_on")
         if not signed and signed_on is not None:
             raise CommandRejected(422, "validation_error", "an unsigned agreement has no signing date", "$.signed_on")
-        if signed_on is not None and signed_on > dt.date.today():
-            raise CommandRejected(422, "validation_error", "the signing date is in the future", "$.signed_on")
+        if signed_on is not None:  # the bounds of every fact date: not in the future, not before 1950
+            check_fact_date(signed_on, "$.signed_on")
         return await self._tenant_command(ctx, tenant_id, [ProcessorAgreementSet(signed=signed, signed_on=signed_on)],
                                           expected, version)
 

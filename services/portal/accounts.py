@@ -1,10 +1,17 @@
 """Staff and admin accounts of a tenant, and their login sessions.
 
-* Passwords are hashed with argon2id (argon2-cffi's defaults, RFC 9106 low-memory profile);
-  a login for an unknown or disabled e-mail still runs one argon2 verification, so the answer
-  time does not reveal which accounts exist.
-* After ``MAX_FAILED_LOGINS`` wrong passwords in a row an account is locked for
-  ``LOCKOUT``; a correct password during the lock is refused too (and not counted).
+* Passwords are hashed with argon2id (argon2-cffi's defaults, RFC 9106 low-memory profile).
+* A login does the same work and gets the same answer whether the e-mail belongs to an
+  account or not: one query, one argon2 verification (against a dummy hash when there is no
+  usable account), one write of the outcome. So neither the answer nor its time tells an
+  attacker which staff accounts exist.
+* Failures are counted per (tenant, typed e-mail, client address), not per account: after
+  ``MAX_FAILED_LOGINS`` wrong passwords from one address, that address must wait
+  ``BACKOFF_FIRST`` before its next try for that e-mail, twice as long after every further
+  failure, at most ``BACKOFF_MAX``; a try during the wait is refused unchecked. Other
+  addresses are not affected, so nobody can lock a colleague out. A success clears the
+  count; ``FORGET_AFTER`` without failures starts it afresh. An admin unlocks an account
+  (every address) on the users page or with ``consent-ledger portal unlock``.
 * A session id is 256 random bits in a ``__Host-`` cookie (Secure, HttpOnly, SameSite=Strict,
   Path=/); only its SHA-256 is stored. Sessions end after ``SESSION_IDLE`` without use or
   ``SESSION_MAX`` after login, and all of a user's sessions end when the password is reset
@@ -25,12 +32,15 @@ import msgspec
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
+from consent.text import control_character_problem
 from services.ledger.store import translate_errors
 
 Role = Literal["admin", "staff"]
 ROLES: Final[tuple[Role, ...]] = ("admin", "staff")
 MAX_FAILED_LOGINS: Final = 5
-LOCKOUT: Final = dt.timedelta(minutes=15)
+BACKOFF_FIRST: Final = dt.timedelta(seconds=15)
+BACKOFF_MAX: Final = dt.timedelta(minutes=15)
+FORGET_AFTER: Final = dt.timedelta(days=1)
 SESSION_IDLE: Final = dt.timedelta(hours=1)
 SESSION_MAX: Final = dt.timedelta(hours=12)
 MIN_PASSWORD_LENGTH: Final = 12
@@ -45,8 +55,9 @@ class User(msgspec.Struct, frozen=True, kw_only=True):
     email: str
     role: Role
     disabled: bool = False
-    locked_until: dt.datetime | None = None
+    locked_until: dt.datetime | None = None  # unused since the per-client back-off (kept: old rows)
     created_at: dt.datetime | None = None
+    blocked_clients: int = 0  # addresses that must wait before their next login try (list_users)
 
     @property
     def actor_id(self) -> str:
@@ -87,7 +98,13 @@ def _session_digest(session_id: str) -> bytes:
 def _user(row: asyncpg.Record) -> User:
     return User(user_id=row["user_id"], tenant_id=row["tenant_id"], email=row["email"], role=row["role"],
                 disabled=row["disabled_at"] is not None, locked_until=row["locked_until"],
-                created_at=row["created_at"])
+                created_at=row["created_at"],
+                blocked_clients=row.get("blocked_clients", 0))
+
+
+# The key of a typed e-mail address in portal.login_failures, computed by PostgreSQL (its
+# lower() is the one the users' e-mail index uses).
+_EMAIL_KEY: Final = "sha256(convert_to(lower({}), 'UTF8'))"
 
 
 _USER_COLUMNS: Final = "user_id, tenant_id, email, role, disabled_at, locked_until, created_at"
@@ -126,7 +143,7 @@ class Accounts:
 
     async def create(self, tenant_id: str, email: str, role: str, password: str, *, created_by: str) -> User:
         email = email.strip()
-        if not EMAIL_PATTERN.fullmatch(email):
+        if not EMAIL_PATTERN.fullmatch(email) or control_character_problem(email):  # the CLI too, not only forms
             raise AccountError("email_invalid", "email")
         if role not in ROLES:
             raise AccountError("role_invalid", "role")
@@ -154,9 +171,24 @@ class Accounts:
     async def list_users(self, tenant_id: str) -> list[User]:
         with translate_errors():
             rows = await self._pool.fetch(
-                f"SELECT {_USER_COLUMNS} FROM portal.users WHERE tenant_id = $1 ORDER BY role, lower(email)", tenant_id
+                f"SELECT {_USER_COLUMNS}, (SELECT count(*) FROM portal.login_failures f WHERE f.tenant_id = u.tenant_id"
+                f"   AND f.email_key = {_EMAIL_KEY.format('u.email')} AND f.blocked_until > now()) AS blocked_clients"
+                f" FROM portal.users u WHERE tenant_id = $1 ORDER BY role, lower(email)", tenant_id
             )
         return [_user(r) for r in rows]
+
+    async def unlock(self, tenant_id: str, user_id: str) -> int:
+        """Forget the failed logins for this account's e-mail from every address (the users
+        page's "Unlock", ``consent-ledger portal unlock``); the number of addresses cleared."""
+        with translate_errors():
+            email = await self._pool.fetchval(
+                "SELECT email FROM portal.users WHERE tenant_id = $1 AND user_id = $2", tenant_id, user_id)
+            if email is None:
+                raise AccountError("user_unknown")
+            done = await self._pool.execute(
+                f"DELETE FROM portal.login_failures WHERE tenant_id = $1 AND email_key = {_EMAIL_KEY.format('$2')}",
+                tenant_id, email)
+        return int(done.split()[-1])
 
     async def admins(self, tenant_id: str) -> list[User]:
         """Accounts with admin rights that can log in (shown on the AVG Beheer page)."""
@@ -170,14 +202,16 @@ class Accounts:
         password_hash = await self._hash(password)
         with translate_errors():
             async with self._pool.acquire() as conn, conn.transaction():
-                done = await conn.execute(
+                email = await conn.fetchval(
                     "UPDATE portal.users SET password_hash = $3, failed_logins = 0, locked_until = NULL,"
-                    " password_set_at = now() WHERE tenant_id = $1 AND user_id = $2",
+                    " password_set_at = now() WHERE tenant_id = $1 AND user_id = $2 RETURNING email",
                     tenant_id, user_id, password_hash,
                 )
-                if done == "UPDATE 0":
+                if email is None:
                     raise AccountError("user_unknown")
                 await conn.execute("DELETE FROM portal.sessions WHERE user_id = $1", user_id)
+                await conn.execute(f"DELETE FROM portal.login_failures WHERE tenant_id = $1"
+                                   f" AND email_key = {_EMAIL_KEY.format('$2')}", tenant_id, email)
 
     async def set_disabled(self, tenant_id: str, user_id: str, disabled: bool) -> None:
         """Disable (ends its sessions) or enable an account. The tenant's last active admin
@@ -209,37 +243,63 @@ class Accounts:
 
     # -- login ---------------------------------------------------------------------------
 
-    async def login(self, tenant_id: str, email: str, password: str) -> tuple[LoginOutcome, User | None]:
-        """Check a password. Counts failures and locks the account after too many."""
+    async def login(self, tenant_id: str, email: str, password: str, *, client: str = "local"
+                    ) -> tuple[LoginOutcome, User | None]:
+        """Check a password typed at ``client`` (the address the rate limit counts).
+
+        Every path does the same work (see the module): the account and this client's
+        failures in one query, one argon2 verification, one write. "locked": this client
+        must wait before trying this e-mail again (whether or not it is an account)."""
+        if self._dummy_hash is None:  # made before the first login of either kind, not inside one
+            self._dummy_hash = await self._hash(secrets.token_urlsafe(16))
+        client = client[:64]
         with translate_errors():
             row = await self._pool.fetchrow(
-                f"SELECT {_USER_COLUMNS}, password_hash, failed_logins, now() AS now FROM portal.users"
-                " WHERE tenant_id = $1 AND lower(email) = lower($2)",
-                tenant_id, email.strip(),
+                f"SELECT u.user_id, u.tenant_id, u.email, u.role, u.disabled_at, u.locked_until, u.created_at,"
+                f" u.password_hash, f.blocked_until > now() AS blocked"
+                f" FROM (SELECT 1) one"
+                f" LEFT JOIN portal.users u ON u.tenant_id = $1 AND lower(u.email) = lower($2)"
+                f" LEFT JOIN portal.login_failures f ON f.tenant_id = $1 AND f.email_key = {_EMAIL_KEY.format('$2')}"
+                f"   AND f.client = $3",
+                tenant_id, email.strip(), client,
             )
-        if row is None or row["disabled_at"] is not None or len(password) > MAX_PASSWORD_LENGTH:
-            await self._verify(None, password[:MAX_PASSWORD_LENGTH])  # same work either way
-            return "bad_credentials", None
-        if row["locked_until"] is not None and row["locked_until"] > row["now"]:
-            await self._verify(None, password)
+        assert row is not None
+        usable = (row["user_id"] is not None and row["disabled_at"] is None
+                  and len(password) <= MAX_PASSWORD_LENGTH and not row["blocked"])
+        verified = await self._verify(row["password_hash"] if usable else None, password[:MAX_PASSWORD_LENGTH])
+        if row["blocked"]:
+            await self._record(tenant_id, email, client, failed=None)  # the same one write, counting nothing
             return "locked", None
-        if not await self._verify(row["password_hash"], password):
-            with translate_errors():
-                # A lock that has run out starts a fresh count.
-                await self._pool.execute(
-                    "UPDATE portal.users u SET failed_logins = f.n,"
-                    " locked_until = CASE WHEN f.n >= $2 THEN now() + $3::interval END"
-                    " FROM (SELECT CASE WHEN locked_until IS NOT NULL AND locked_until <= now() THEN 1"
-                    "       ELSE failed_logins + 1 END AS n FROM portal.users WHERE user_id = $1) f"
-                    " WHERE u.user_id = $1",
-                    row["user_id"], MAX_FAILED_LOGINS, LOCKOUT,
-                )
-            return "bad_credentials", None
+        if usable and verified:
+            await self._record(tenant_id, email, client, failed=False)
+            return "ok", _user(row)
+        await self._record(tenant_id, email, client, failed=True)
+        return "bad_credentials", None
+
+    async def _record(self, tenant_id: str, email: str, client: str, *, failed: bool | None) -> None:
+        """One statement whatever the outcome: a failure counted (and the wait it earns), a
+        success clearing the count, or (None) a refused try during a wait, which touches
+        nothing. Failures older than FORGET_AFTER are dropped on the way."""
         with translate_errors():
             await self._pool.execute(
-                "UPDATE portal.users SET failed_logins = 0, locked_until = NULL WHERE user_id = $1", row["user_id"]
+                f"WITH forget AS (DELETE FROM portal.login_failures WHERE last_failed_at < now() - $5::interval"
+                f"   AND $6::boolean IS NOT NULL AND NOT (tenant_id = $1 AND email_key = {_EMAIL_KEY.format('$2')}"
+                f"   AND client = $3)),"  # this row is the upsert's: one statement must not touch it twice
+                f" cleared AS (DELETE FROM portal.login_failures WHERE $6::boolean = false AND tenant_id = $1"
+                f"   AND email_key = {_EMAIL_KEY.format('$2')} AND client = $3)"
+                f" INSERT INTO portal.login_failures AS f (tenant_id, email_key, client, failures, last_failed_at,"
+                f"   blocked_until)"
+                f" SELECT $1, {_EMAIL_KEY.format('$2')}, $3, 1, now(), CASE WHEN 1 >= $4 THEN now() + $7::interval END"
+                f" WHERE $6::boolean"
+                f" ON CONFLICT (tenant_id, email_key, client) DO UPDATE SET"
+                f"   failures = CASE WHEN f.last_failed_at < now() - $5::interval THEN 1 ELSE f.failures + 1 END,"
+                f"   last_failed_at = now(),"
+                f"   blocked_until = CASE WHEN (CASE WHEN f.last_failed_at < now() - $5::interval THEN 1"
+                f"       ELSE f.failures + 1 END) >= $4"
+                f"     THEN now() + least($7::interval * power(2, (CASE WHEN f.last_failed_at < now() - $5::interval"
+                f"       THEN 1 ELSE f.failures + 1 END) - $4), $8::interval) END",
+                tenant_id, email.strip(), client, MAX_FAILED_LOGINS, FORGET_AFTER, failed, BACKOFF_FIRST, BACKOFF_MAX,
             )
-        return "ok", _user(row)
 
     # -- sessions ------------------------------------------------------------------------
 

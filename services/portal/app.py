@@ -23,6 +23,7 @@ import structlog
 from aiohttp import web
 from argon2 import PasswordHasher
 
+from consent.text import control_character_problem
 from services.ledger.commands import CommandRejected, Ledger
 from services.ledger.errors import StoreUnavailable, WrongExpectedVersion
 from services.ledger.migrate import migrate
@@ -40,6 +41,7 @@ from services.portal.security import (
     security_headers_middleware,
 )
 from services.portal.view import TenantFreshness, settings_table
+from services.serving import BodyTimeout, post_within, set_body_timeout
 from services.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -110,13 +112,50 @@ def render(request: web.Request, template: str, *, status: int = 200, **context:
 
 
 def _lang_links(request: web.Request) -> list[tuple[str, str, bool]]:
+    """The language switch's links, built from the matched route and its (percent-encoded)
+    parameters, never from the raw path: ``GET //evil.example/x`` would otherwise link to
+    ``//evil.example/x?lang=en``, another site, from the dealer's privacy domain. Without a
+    route (the 404 page) the link is the query alone, which stays on this very page."""
     current = request[MESSAGES].lang
+    resource = request.match_info.route.resource
+    path = ""
+    if resource is not None and not isinstance(resource, web.StaticResource):
+        try:
+            path = resource.url_for(**request.match_info).raw_path
+        except (KeyError, ValueError):
+            path = ""
+    if not path.startswith("/") or path.startswith(("//", "/\\")):
+        path = ""
     out = []
     for code, label in (("nl", "Nederlands"), ("en", "English")):
         query = dict(request.query)
         query["lang"] = code
-        out.append((label, request.path + "?" + urlencode(query), code == current))
+        out.append((label, path + "?" + urlencode(query), code == current))
     return out
+
+
+class BadFormText(ValueError):
+    """A posted field breaks the text rule (:mod:`consent.text`), or the form is not UTF-8."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(problem)
+        self.field = field
+
+
+async def posted_form(request: web.Request) -> dict[str, str]:
+    """The posted form's text fields. Every portal POST reads its form here, so the one text
+    rule holds for all of them: a control character (a NUL in an e-mail address was a 500
+    from PostgreSQL) is a 422 page naming the field, before anything is looked at."""
+    try:
+        posted = await post_within(request)
+    except UnicodeDecodeError:  # aiohttp decodes a urlencoded body strictly
+        raise BadFormText("(form)", "not UTF-8") from None
+    form = {k: v for k, v in posted.items() if isinstance(v, str)}
+    for name, value in form.items():
+        problem = control_character_problem(name) or control_character_problem(value)
+        if problem is not None:
+            raise BadFormText(name if control_character_problem(name) is None else "(form)", problem)
+    return form
 
 
 def error_page(request: web.Request, status: int, title_key: str, body_key: str,
@@ -177,6 +216,15 @@ async def html_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         if exc.status == 413:
             return error_page(request, 413, "bad_request_title", "error_body")
         return error_page(request, exc.status, "bad_request_title", "error_body")
+    except BodyTimeout:
+        log.warning("body_timeout", method=request.method)
+        response = error_page(request, 408, "bad_request_title", "error_body")
+        response.force_close()
+        return response
+    except BadFormText as exc:
+        log.warning("form_text_refused", field=exc.field)
+        return render(request, "message.html", status=422, title=request[MESSAGES]("bad_request_title"),
+                      body=request[MESSAGES]("field_text_invalid", field=exc.field))
     except CommandRejected as exc:
         log.warning("command_rejected", error=exc.error)
         response = render(request, "message.html", status=exc.status, title=request[MESSAGES]("bad_request_title"),
@@ -207,6 +255,7 @@ def create_portal_app(settings: Settings, *, password_hasher: PasswordHasher | N
         client_max_size=256 * 1024,
     )
     app[SETTINGS] = settings
+    set_body_timeout(app, settings)
     app[HASHER] = password_hasher or PasswordHasher()
     app[TEMPLATES] = template_environment()
     app[LIMITER] = RateLimiter(settings.portal_rate_per_minute, settings.portal_rate_burst)

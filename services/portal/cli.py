@@ -35,6 +35,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--email", required=True)
     p.add_argument("--role", choices=("admin", "staff"), default="admin")
     p.set_defaults(func=cmd_create_user)
+    p = psub.add_parser("unlock", help="lift the login back-off of a user account, for every address")
+    p.add_argument("--tenant", required=True)
+    p.add_argument("--email", required=True)
+    p.set_defaults(func=cmd_unlock)
     p = psub.add_parser("issue-link", help="issue a subject's personal portal link and print its URL")
     p.add_argument("--tenant", required=True)
     p.add_argument("--source", default="dealer")
@@ -70,14 +74,14 @@ def _serve_one(host: str, port: int, reuse_port: bool) -> None:
 
     from services.logs import configure_logging
     from services.portal.app import create_portal_app
-    from services.serving import event_loop, server_gc
+    from services.serving import event_loop, server_gc, server_options
 
     settings = from_env()
     configure_logging(settings.log_level)  # a spawned worker starts afresh
     app = create_portal_app(settings)
     server_gc()  # as the ledger's serve: start-up objects frozen, young collections every 50,000 allocations
     web.run_app(app, host=host, port=port, access_log=None, print=None, loop=event_loop(),
-                reuse_port=reuse_port or None)
+                reuse_port=reuse_port or None, **server_options(settings))
 
 
 def read_password() -> str:
@@ -124,6 +128,33 @@ def cmd_create_user(args: argparse.Namespace) -> int:
         print(f"consent-ledger: {TEXT['en'].get(exc.message_key, exc.message_key)}", file=sys.stderr)
         return 2
     print(f"created {args.role} {args.email} for {args.tenant} ({user_id})")
+    return 0
+
+
+def cmd_unlock(args: argparse.Namespace) -> int:
+    """``portal unlock``: what the users page's "Unlock" does, for an admin who is the one
+    waiting (or has no browser at hand)."""
+    from services.portal.accounts import Accounts
+
+    if not is_slug(args.tenant):
+        raise SystemExit("consent-ledger: --tenant must be a tenant id (lower-case letters, digits, _ and -)")
+
+    async def run() -> int | None:
+        pool = await asyncpg.create_pool(_database_url(), min_size=1, max_size=2)
+        assert pool is not None
+        try:
+            accounts = Accounts(pool)
+            user = next((u for u in await accounts.list_users(args.tenant)
+                         if u.email.lower() == args.email.strip().lower()), None)
+            return None if user is None else await accounts.unlock(args.tenant, user.user_id)
+        finally:
+            await pool.close()
+
+    cleared = asyncio.run(run())
+    if cleared is None:
+        print(f"consent-ledger: {args.tenant} has no user {args.email!r}", file=sys.stderr)
+        return 2
+    print(f"unlocked {args.email} at {args.tenant} ({cleared} address(es) cleared)")
     return 0
 
 

@@ -17,6 +17,7 @@ from aiohttp import web
 from services.portal.accounts import AccountError, new_password
 from services.portal.app import ACCOUNTS, LINKS, create_portal_app
 from services.portal.links import portal_url
+from services.serving import server_options
 from services.settings import Settings
 
 DEMO_TENANT: Final = "demo-garage"
@@ -31,7 +32,7 @@ async def portal_component(settings: Settings) -> AsyncIterator[list[str]]:
 
     _require_free(settings.portal_port, "the privacy portal", "LEDGER_PORTAL_PORT")
     app = create_portal_app(settings)
-    runner = web.AppRunner(app, access_log=None)
+    runner = web.AppRunner(app, access_log=None, **server_options(settings))
     await runner.setup()
     try:
         await web.TCPSite(runner, settings.host, settings.portal_port).start()

@@ -98,6 +98,8 @@ TEXT: Final[dict[Lang, dict[str, str]]] = {
         "policy_changed": "Ons privacybeleid is gewijzigd terwijl u deze pagina open had. Lees het nieuwe beleid "
                           "en sla uw keuze opnieuw op.",
         "invalid_choice": "Er is een ongeldige keuze verstuurd.",
+        "field_text_invalid": "Het veld {field} bevat een teken dat niet in tekst thuishoort (een stuurteken)."
+                              " Er is niets opgeslagen.",
         "yes": "Ja",
         "no": "Nee",
         "neutral_title": "Link niet geldig",
@@ -137,8 +139,8 @@ TEXT: Final[dict[Lang, dict[str, str]]] = {
         "login_password": "Wachtwoord",
         "login_button": "Inloggen",
         "login_failed": "Inloggen mislukt: controleer bedrijfscode, e-mailadres en wachtwoord.",
-        "login_locked": "Dit account is tijdelijk geblokkeerd na te veel mislukte pogingen. Probeer het later "
-                        "opnieuw of vraag een beheerder het wachtwoord te resetten.",
+        "login_locked": "Te veel mislukte pogingen vanaf dit adres. Wacht even en probeer het dan opnieuw (na elke"
+                        " volgende fout wat langer), of vraag een beheerder het account te ontgrendelen.",
         "logout": "Uitloggen",
         "logged_in_as": "Ingelogd als",
         "nav_overview": "AVG Beheer",
@@ -253,6 +255,8 @@ TEXT: Final[dict[Lang, dict[str, str]]] = {
         "status_active": "actief",
         "status_disabled": "uitgeschakeld",
         "status_locked": "geblokkeerd tot {until}",
+        "status_backoff": "moet wachten na mislukte logins ({n} adres(sen))",
+        "unlock": "Ontgrendelen",
         "new_user": "Nieuwe gebruiker",
         "create_user": "Gebruiker aanmaken",
         "reset_password": "Wachtwoord resetten",
@@ -324,6 +328,8 @@ TEXT: Final[dict[Lang, dict[str, str]]] = {
         "policy_changed": "Our privacy policy changed while you had this page open. Please read the new policy and "
                           "save your choice again.",
         "invalid_choice": "An invalid choice was sent.",
+        "field_text_invalid": "The field {field} holds a character that does not belong in text (a control"
+                              " character). Nothing was saved.",
         "yes": "Yes",
         "no": "No",
         "neutral_title": "Link not valid",
@@ -360,8 +366,8 @@ TEXT: Final[dict[Lang, dict[str, str]]] = {
         "login_password": "Password",
         "login_button": "Log in",
         "login_failed": "Login failed: check company code, e-mail address and password.",
-        "login_locked": "This account is locked for a while after too many failed attempts. Try again later or "
-                        "ask an admin to reset the password.",
+        "login_locked": "Too many failed attempts from this address. Wait a little and try again (a little longer"
+                        " after every further failure), or ask an admin to unlock the account.",
         "logout": "Log out",
         "logged_in_as": "Logged in as",
         "nav_overview": "GDPR management",
@@ -475,6 +481,8 @@ TEXT: Final[dict[Lang, dict[str, str]]] = {
         "status_active": "active",
         "status_disabled": "disabled",
         "status_locked": "locked until {until}",
+        "status_backoff": "waiting after failed logins ({n} address(es))",
+        "unlock": "Unlock",
         "new_user": "New user",
         "create_user": "Create user",
         "reset_password": "Reset password",

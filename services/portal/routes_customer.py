@@ -27,6 +27,7 @@ from services.portal.app import (
     STORE,
     TEMPLATES,
     error_page,
+    posted_form,
     posted_from_here,
     rate_limited,
     render,
@@ -72,8 +73,7 @@ async def _open(request: web.Request) -> LinkTarget | web.Response:
 
 async def _checked_form(request: web.Request, csrf: Csrf, purpose: str) -> dict[str, str] | web.Response:
     """The posted form if its CSRF token is right and it came from this site."""
-    form = await request.post()
-    fields = {k: v for k, v in form.items() if isinstance(v, str)}
+    fields = await posted_form(request)
     if not posted_from_here(request) or not csrf.valid(purpose, fields.get(Csrf.FIELD)):
         log.warning("csrf_refused", route=request.match_info.route.resource.canonical
                     if request.match_info.route.resource else None)

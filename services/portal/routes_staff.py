@@ -49,7 +49,9 @@ from services.portal.app import (
     MESSAGES,
     SETTINGS,
     TEMPLATES,
+    TRUSTED_PROXIES,
     error_page,
+    posted_form,
     posted_from_here,
     rate_limited,
     render,
@@ -57,7 +59,7 @@ from services.portal.app import (
 )
 from services.portal.links import portal_url
 from services.portal.messages import Messages
-from services.portal.security import MAX_BODY_CHARS, Csrf, sanitise_html
+from services.portal.security import MAX_BODY_CHARS, Csrf, client_address, sanitise_html
 from services.portal.view import PortalView, build_view, policy_fragment, preference_changes
 
 log = structlog.get_logger(__name__)
@@ -117,6 +119,7 @@ def add_routes(app: web.Application) -> None:
     r.add_post(b + "/gebruikers", user_create)
     r.add_post(b + "/gebruikers/{user_id}/reset", user_reset)
     r.add_post(b + "/gebruikers/{user_id}/status", user_status)
+    r.add_post(b + "/gebruikers/{user_id}/unlock", user_unlock)
 
 
 async def home(request: web.Request) -> web.StreamResponse:
@@ -156,8 +159,7 @@ def staff_page(*, admin: bool = False) -> Callable[[StaffHandler], Callable[[web
                 return error_page(request, 403, "forbidden_title", "admin_only")
             form: dict[str, str] = {}
             if request.method == "POST":
-                posted = await request.post()
-                form = {k: v for k, v in posted.items() if isinstance(v, str)}
+                form = await posted_form(request)
                 if not posted_from_here(request) or not request.app[CSRF].valid(_session_purpose(digest),
                                                                            form.get(Csrf.FIELD)):
                     log.warning("csrf_refused")
@@ -205,8 +207,7 @@ async def login(request: web.Request) -> web.StreamResponse:
     limited = rate_limited(request)
     if limited is not None:
         return limited
-    posted = await request.post()
-    form = {k: v for k, v in posted.items() if isinstance(v, str)}
+    form = await posted_form(request)
     nonce = request.cookies.get(PRELOGIN_COOKIE, "")
     if not nonce or not posted_from_here(request) or not request.app[CSRF].valid("login:" + nonce, form.get(Csrf.FIELD)):
         log.warning("csrf_refused", route="/login")
@@ -216,10 +217,11 @@ async def login(request: web.Request) -> web.StreamResponse:
     values = {"tenant": tenant_id, "email": email}
     if not is_slug(tenant_id) or not email:
         return await login_page(request, status=401, error=t("login_failed"), values=values)
-    outcome, user = await request.app[ACCOUNTS].login(tenant_id, email, form.get("password", ""))
-    if outcome == "locked":
-        log.warning("login_locked", tenant=tenant_id)
-        return await login_page(request, status=403, error=t("login_locked"), values=values)
+    client = client_address(request, request.app[TRUSTED_PROXIES])
+    outcome, user = await request.app[ACCOUNTS].login(tenant_id, email, form.get("password", ""), client=client)
+    if outcome == "locked":  # this address must wait; said alike for accounts that exist and those that do not
+        log.warning("login_backoff", tenant=tenant_id)
+        return await login_page(request, status=429, error=t("login_locked"), values=values)
     if user is None:
         log.warning("login_failed", tenant=tenant_id)
         return await login_page(request, status=401, error=t("login_failed"), values=values)
@@ -235,9 +237,8 @@ async def logout(request: web.Request) -> web.StreamResponse:
     session_id = request.cookies.get(SESSION_COOKIE, "")
     found = await request.app[ACCOUNTS].session_user(session_id) if session_id else None
     if found is not None:
-        posted = await request.post()
-        token = posted.get(Csrf.FIELD)
-        if not request.app[CSRF].valid(_session_purpose(found[1]), token if isinstance(token, str) else None):
+        posted = await posted_form(request)
+        if not request.app[CSRF].valid(_session_purpose(found[1]), posted.get(Csrf.FIELD)):
             return error_page(request, 403, "forbidden_title", "csrf_body")
         await request.app[ACCOUNTS].end_session(session_id)
     response = web.HTTPSeeOther(url_for(request, "/login"))
@@ -263,6 +264,8 @@ async def _overview(request: web.Request, staff: Staff, *, status: int = 200, er
 @staff_page(admin=True)
 async def set_agreement(request: web.Request, staff: Staff, form: dict[str, str]) -> web.StreamResponse:
     t = request[MESSAGES]
+    if form.get("signed") not in ("yes", "no"):  # anything else must not be read as "no" and appended
+        return await _overview(request, staff, status=422, error=t("invalid_choice"))
     signed = form.get("signed") == "yes"
     signed_on: dt.date | None = None
     if signed:
@@ -279,6 +282,8 @@ async def set_agreement(request: web.Request, staff: Staff, form: dict[str, str]
 
 @staff_page(admin=True)
 async def set_module(request: web.Request, staff: Staff, form: dict[str, str]) -> web.StreamResponse:
+    if form.get("active") not in ("yes", "no"):
+        return await _overview(request, staff, status=422, error=request[MESSAGES]("invalid_choice"))
     active = form.get("active") == "yes"
     if active != staff.tenant.module_active:
         await request.app[LEDGER].set_module(staff.ctx(), staff.tenant.tenant_id, active)
@@ -604,6 +609,8 @@ async def customer_objection(request: web.Request, staff: Staff, form: dict[str,
     if isinstance(checked, str):
         return await _customer(request, staff, status=422, error=checked, form=form)
     method, reason = checked
+    if form.get("withdraw") not in ("0", "1"):
+        return await _customer(request, staff, status=422, error=t("invalid_choice"), form=form)
     withdraw = form.get("withdraw") == "1"
     if view.objected == withdraw:
         try:
@@ -681,6 +688,8 @@ async def user_reset(request: web.Request, staff: Staff, form: dict[str, str]) -
 @staff_page(admin=True)
 async def user_status(request: web.Request, staff: Staff, form: dict[str, str]) -> web.StreamResponse:
     user = await _target_user(request, staff)
+    if form.get("disabled") not in ("0", "1"):
+        return await _users(request, staff, status=422, error=request[MESSAGES]("invalid_choice"))
     try:
         await request.app[ACCOUNTS].set_disabled(staff.tenant.tenant_id, user.user_id, form.get("disabled") == "1")
     except AccountError as exc:
@@ -688,3 +697,13 @@ async def user_status(request: web.Request, staff: Staff, form: dict[str, str]) 
     log.info("user_status_set", target=user.user_id, disabled=form.get("disabled") == "1")
     return _redirect(request, f"/beheer/{staff.tenant.tenant_id}/gebruikers", msg="saved_staff")
 
+
+
+@staff_page(admin=True)
+async def user_unlock(request: web.Request, staff: Staff, form: dict[str, str]) -> web.StreamResponse:
+    """Lift the login back-off of this account for every address (a user who mistyped too
+    often, or whose address an attacker shares)."""
+    user = await _target_user(request, staff)
+    cleared = await request.app[ACCOUNTS].unlock(staff.tenant.tenant_id, user.user_id)
+    log.info("user_unlocked", target=user.user_id, addresses=cleared)
+    return _redirect(request, f"/beheer/{staff.tenant.tenant_id}/gebruikers", msg="saved_staff")

@@ -30,6 +30,7 @@ from services.ledger.metrics import LedgerMetrics
 from services.ledger.migrate import migrate
 from services.ledger.store import EventStore, request_fingerprint
 from services.ledger.subject_keys import SubjectKeys
+from services.serving import BODY_TIMEOUT, BodyTimeout, set_body_timeout
 from services.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -184,6 +185,12 @@ async def _answer_errors_as_json(request: web.Request, handler: Any) -> web.Stre
     except IntegrityError as exc:
         log.error("integrity_error", error=str(exc))
         return _as_response(ApiError(409, "conflict", "the write conflicts with existing data"))
+    except BodyTimeout:
+        log.warning("body_timeout", method=request.method)
+        response = _as_response(ApiError(408, "request_timeout", "the request body did not arrive in time"
+                                         f" ({request.app[BODY_TIMEOUT]:g} s)", field="$"))
+        response.force_close()  # what is left of the body would be read as the next request
+        return response
     except web.HTTPRequestEntityTooLarge:
         return _as_response(ApiError(413, "body_too_large", f"the body may be at most {MAX_BODY} bytes", field="$"))
     except web.HTTPException as exc:
@@ -225,6 +232,7 @@ def create_app(settings: Settings, route_sets: Sequence[ApiRoutes] | None = None
     largest = max([MAX_BODY] + [op.max_body for rs in sets for op in rs.operations])
     app = web.Application(middlewares=[request_context], client_max_size=largest)
     app[SETTINGS] = settings
+    set_body_timeout(app, settings)
     app[METRICS] = LedgerMetrics()
     app[ROUTE_SETS] = sets
     # Parameterised routes are looked up by path shape, not one by one (routing.py).

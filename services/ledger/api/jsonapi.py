@@ -7,6 +7,7 @@ OpenAPI 3.1 document (``/v1/openapi.json``), so the document cannot drift from t
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -15,8 +16,10 @@ from typing import Any, Final, TypeVar
 import msgspec
 from aiohttp import web
 
+from consent.text import first_control_character, json_path
 from consent.vocabulary import CUSTOMER_REF_PATTERN, SLUG_PATTERN
 from schemas.api import ErrorBody
+from services.serving import read_body_within
 
 T = TypeVar("T")
 Handler = Callable[..., Awaitable[web.StreamResponse]]
@@ -75,16 +78,80 @@ async def read_body(request: web.Request, body_type: type[T], max_body: int = MA
         raise ApiError(415, "unsupported_media_type", "send the body as application/json", field="Content-Type")
     if request.content_length is not None and request.content_length > max_body:
         raise ApiError(413, "body_too_large", f"the body may be at most {max_body} bytes", field="$")
-    raw = await request.read()
+    raw = await read_body_within(request)  # BodyTimeout: a 408 from the middleware
     if len(raw) > max_body:  # chunked bodies have no Content-Length
         raise ApiError(413, "body_too_large", f"the body may be at most {max_body} bytes", field="$")
     decoder = _decoders.get(body_type)
     if decoder is None:
         decoder = _decoders[body_type] = msgspec.json.Decoder(body_type)
     try:
-        return decoder.decode(raw)
+        value = decoder.decode(raw)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
         raise validation_error(exc) from None
+    except RecursionError:  # msgspec's depth limit: a 1 MiB body can nest far deeper than any type
+        raise ApiError(400, "malformed_json", "the JSON is nested too deeply", field="$") from None
+    check_json_text(raw)
+    return value
+
+
+class _Pairs(list):  # type: ignore[type-arg]
+    """A JSON object as its (key, value) pairs in order, duplicates kept."""
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    d = dict(pairs)
+    if len(d) != len(pairs):
+        raise _DuplicateKey
+    return d
+
+
+def _first_duplicate(node: Any, path: str) -> tuple[str, str] | None:
+    if isinstance(node, _Pairs):
+        seen: set[str] = set()
+        for key, item in node:
+            if key in seen:
+                return json_path(path, key), key
+            seen.add(key)
+            found = _first_duplicate(item, json_path(path, key))
+            if found is not None:
+                return found
+    elif isinstance(node, list):
+        for i, item in enumerate(node):
+            found = _first_duplicate(item, json_path(path, i))
+            if found is not None:
+                return found
+    return None
+
+
+# Where a control character can hide in JSON text: an escape (\u0000, \b, \f) or the raw
+# DEL / C1 bytes (the others may not appear raw inside a string). Anything else cannot
+# hold one, so the walk over the decoded value is skipped for almost every body.
+_MAYBE_CONTROL: Final = re.compile(rb"\\u00[01]|\\u007[fF]|\\u00[89]|\\u[dD][89a-fA-F]|\\[bf]|\x7f|\xc2[\x80-\x9f]")
+
+
+def check_json_text(raw: bytes) -> None:
+    """The rules msgspec does not check on a body it decoded: no key twice in one object
+    (msgspec, like most parsers, keeps the last one silently, so a client and the ledger
+    could read different values), and no control characters in any string
+    (:mod:`consent.text`). Raises a 422 naming the key or field."""
+    try:
+        json.loads(raw, object_pairs_hook=_unique_pairs)
+    except _DuplicateKey:
+        found = _first_duplicate(json.loads(raw, object_pairs_hook=_Pairs), "$")
+        assert found is not None
+        path, key = found
+        raise ApiError(422, "duplicate_key", f"the key {key!r} appears more than once in one object",
+                       field=path) from None
+    except RecursionError:
+        raise ApiError(400, "malformed_json", "the JSON is nested too deeply", field="$") from None
+    if _MAYBE_CONTROL.search(raw):
+        found_text = first_control_character(msgspec.json.decode(raw))
+        if found_text is not None:
+            raise ApiError(422, "validation_error", found_text[1], field=found_text[0])
 
 
 @dataclass(frozen=True)
