@@ -129,7 +129,7 @@ async def catch_up_projector(url: str) -> dict[str, Any] | None:
     pool = await asyncpg.create_pool(url, min_size=2, max_size=4)
     assert pool is not None
     try:
-        head = await pool.fetchval("SELECT position FROM ledger.head")
+        head = await pool.fetchval("SELECT max(position) FROM ledger.partitions")
         started = time.perf_counter()
         position = await apply_until_caught_up(Projection(pool, clock=SystemClock()), batch=5000)
         seconds = time.perf_counter() - started

@@ -24,7 +24,7 @@ MIB = 1024 * 1024
 async def head(db_url: str) -> tuple[int, bytes]:
     conn = await asyncpg.connect(db_url)
     try:
-        row = await conn.fetchrow("SELECT position, hash FROM ledger.head")
+        row = await conn.fetchrow("SELECT array_agg(position ORDER BY log_partition), array_agg(hash ORDER BY log_partition) FROM ledger.partitions")
         return row["position"], bytes(row["hash"])
     finally:
         await conn.close()
