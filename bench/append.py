@@ -81,8 +81,8 @@ _CHANNELS = ("email", "sms", "app", "post", "phone")
 
 INSERT_ROW = (
     "INSERT INTO bench.{table} (position, event_id, stream_id, version, tenant_id, event_type, schema_version,"
-    " recorded_at, occurred_on, data, metadata, prev_hash, hash)"
-    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+    " recorded_at, occurred_on, data, metadata, prev_hash, hash, log_partition)"
+    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 0)"
 )
 
 
