@@ -203,7 +203,7 @@ async def test_an_append_to_another_partition_does_not_wait_for_a_slow_one(
     db_url: str, reader_pool: asyncpg.Pool
 ) -> None:
     """garage-a (partition 3) holds its head in a slow insert; garage-b (partition 31),
-    from another process's store, appends and commits meanwhile."""
+    from another process's store, appends (bulk and grouped) and commits meanwhile."""
     conn = await asyncpg.connect(db_url)
     try:
         await conn.execute(
@@ -226,12 +226,17 @@ async def test_an_append_to_another_partition_does_not_wait_for_a_slow_one(
             tenant_id="garage-a", writes=[StreamWrite("subject/garage-a/dealer/slow", [invoice(1)])], metadata=META)))
         await asyncio.sleep(0.2)  # the slow writer now holds partition 3's head
         started = time.perf_counter()
+        # The bulk path too (the DMS import of another tenant): it takes only its partition's lock.
+        bulk = await asyncio.wait_for(other.append_bulk(AppendRequest(
+            tenant_id="garage-b", writes=[StreamWrite("subject/garage-b/dealer/bulk", [invoice(3), invoice(4)])],
+            metadata=META)), 0.6)
         result = await asyncio.wait_for(other.append(AppendRequest(
             tenant_id="garage-b", writes=[StreamWrite("subject/garage-b/dealer/fast", [invoice(2)])], metadata=META)),
             0.6)
         assert time.perf_counter() - started < 0.6 and not slow_task.done()
-        assert (result.partition, result.first_position) == (31, 1)
-        assert [e.stream_id for e in await reader.read_all(0, tenant_id="garage-b")] == ["subject/garage-b/dealer/fast"]
+        assert (bulk.partition, bulk.first_position, result.first_position) == (31, 1, 3)
+        assert [e.stream_id for e in await reader.read_all(0, tenant_id="garage-b")] == [
+            "subject/garage-b/dealer/bulk", "subject/garage-b/dealer/bulk", "subject/garage-b/dealer/fast"]
         assert await reader.read_all(0, tenant_id="garage-a") == []  # the slow one is not committed yet
         assert (await slow_task).partition == 3
     finally:

@@ -109,7 +109,9 @@ async def test_columns_sent_as_joined_text_come_back_exactly(store: EventStore, 
 
 
 @pytest.mark.parametrize("stream, tenant", [("subject/acme/dealer/a\nb", "acme"), ("", "acme"),
-                                            ("subject/acme/dealer/C1", "ac\nme")])
+                                            ("subject/acme/dealer/C1", "ac\nme"),
+                                            # a stream lives in its tenant's partition: it must name it
+                                            ("subject/beta/dealer/C1", "acme"), ("acme", "acme")])
 async def test_ids_that_cannot_be_sent_as_joined_text_are_refused(store: EventStore, stream: str, tenant: str) -> None:
     with pytest.raises(ValueError):
         await store.append(AppendRequest(tenant_id=tenant, writes=[StreamWrite(stream, [invoice(1)])], metadata=META))
