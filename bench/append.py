@@ -372,6 +372,7 @@ class LedgerBulk(HttpPhase):
 
 BATCHES = "ledger_append_batch_seconds_count"
 APPENDED = "ledger_events_appended_total"
+CONFLICTS = "ledger_append_partition_conflicts_total"
 
 
 async def run_rounds(phases: list[Phase], profile: Profile, postgres_pid: int,
@@ -381,20 +382,23 @@ async def run_rounds(phases: list[Phase], profile: Profile, postgres_pid: int,
     ledger's phases, the server's group-commit batches."""
     meters = {p.name: CpuMeter(server_pid=p.ledger.pid if p.ledger else None, postgres_pid=postgres_pid)
               for p in phases}
-    server: dict[str, dict[str, float]] = {p.name: {"batches": 0.0, "events": 0.0} for p in phases}
+    server: dict[str, dict[str, float]] = {p.name: {"batches": 0.0, "events": 0.0, "conflicts": 0.0} for p in phases}
     for p in phases:
         await p.open()
     try:
         for r in range(profile.rounds):
             progress(f"round {r + 1}/{profile.rounds}")
             for p in phases:
-                before = await asyncio.to_thread(p.ledger.metrics) if p.ledger else {}
+                # /metrics is one process's: with several, each scrape may reach another one.
+                scrape = p.ledger is not None and p.ledger.extra_env.get("LEDGER_HTTP_WORKERS", "1") == "1"
+                before = await asyncio.to_thread(p.ledger.metrics) if scrape and p.ledger else {}
                 with meters[p.name]:
                     result = await p.run_slice(profile.slice_seconds, profile.warmup)
-                if p.ledger:
+                if scrape and p.ledger:
                     after = await asyncio.to_thread(p.ledger.metrics)
                     server[p.name]["batches"] += after.get(BATCHES, 0) - before.get(BATCHES, 0)
                     server[p.name]["events"] += after.get(APPENDED, 0) - before.get(APPENDED, 0)
+                    server[p.name]["conflicts"] += after.get(CONFLICTS, 0) - before.get(CONFLICTS, 0)
                 p.results.append(result)
                 progress(f"  {p.name}: {result.events_per_s:.0f} events/s")
     finally:
@@ -413,6 +417,9 @@ async def run_rounds(phases: list[Phase], profile: Profile, postgres_pid: int,
             b, e = server[p.name]["batches"], server[p.name]["events"]
             summary["server_batches"] = int(b)
             summary["server_mean_batch_events"] = round(e / b, 1) if b else None
+            # Partitions planned again per committed batch (another process appended to
+            # them meanwhile). With several server processes, /metrics is one process's.
+            summary["server_conflicts_per_batch"] = round(server[p.name]["conflicts"] / b, 2) if b else None
         out[p.name] = summary
     return out
 

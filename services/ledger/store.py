@@ -127,13 +127,16 @@ class EventStore:
         max_batch_events: int = 5000,
         on_commit: AppendObserver | None = None,
         closing_events: frozenset[str] = CLOSING_EVENTS,
+        on_conflict: Callable[[int], None] | None = None,
     ) -> None:
+        """``on_commit(events, seconds)`` after each committed batch; ``on_conflict(n)`` when
+        n partitions of a batch are planned again (another writer appended to them)."""
         self._pool = pool
         self._on_commit = on_commit
         self._closing_events = closing_events
         self._partitions: int | None = None
         self._writer = GroupCommitWriter(pool, max_batch_events=max_batch_events, on_commit=on_commit,
-                                         closing_events=closing_events)
+                                         closing_events=closing_events, on_conflict=on_conflict)
 
     # -- lifecycle -----------------------------------------------------------------
 

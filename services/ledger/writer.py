@@ -102,8 +102,10 @@ class GroupCommitWriter:
         max_batch_events: int,
         on_commit: AppendObserver | None,
         closing_events: frozenset[str],
+        on_conflict: Callable[[int], None] | None = None,
     ) -> None:
         self._pool = pool
+        self._on_conflict = on_conflict
         self._max_batch_events = max_batch_events
         self._on_commit = on_commit
         self._closing_events = closing_events
@@ -256,6 +258,8 @@ class GroupCommitWriter:
             remaining = [p for p in remaining if not p.future.done()]
             if not remaining:
                 return appended
+            if self._on_conflict is not None:
+                self._on_conflict(len(set(plan.heads) - written))
         return appended + await self._commit_locked(remaining)
 
     async def _commit_locked(self, batch: list[Pending]) -> int:
