@@ -124,7 +124,27 @@ TAMPERS: dict[str, tuple[Tamper, int, str]] = {
         lambda c: c.execute("UPDATE ledger.partitions SET position = 13 WHERE log_partition = 3"),
         13, "missing at the end",
     ),
+    "move an event into another partition": (
+        lambda c: c.execute("UPDATE ledger.events SET log_partition = 4 WHERE position = 5"),
+        5, "expected position 5, found 6",
+    ),
 }
+
+
+async def test_an_event_moved_into_another_partition_is_named_there_too(
+    ledger_conn: asyncpg.Connection,
+) -> None:
+    """Partition 3's chain misses it; partition 4's walk finds an event of a tenant whose
+    partition is 3 (each chain is checked on its own, in parallel)."""
+    await ledger_conn.execute("UPDATE ledger.events SET log_partition = 4 WHERE position = 5")
+    count, broken = await verify_ledger(ledger_conn)
+    assert broken is not None and (broken.partition, broken.position) == (GARAGE_A, 5)
+    await ledger_conn.execute("UPDATE ledger.events SET log_partition = 4 WHERE log_partition = 3")
+    # ... and partition 3's head rolled back to empty, so that only partition 4 is wrong.
+    await ledger_conn.execute("UPDATE ledger.partitions SET position = 0, hash = decode(repeat('00', 32), 'hex')"
+                              " WHERE log_partition = 3")
+    count, broken = await verify_ledger(ledger_conn)
+    assert broken is not None and broken.partition == 4 and "partition is 3" in broken.problem, broken
 
 
 async def test_an_untouched_ledger_passes_verify(ledger_conn: asyncpg.Connection, db_url: str) -> None:
