@@ -110,4 +110,4 @@ async def verify_ledger(
     return total, broken
 
 
-__all__ = ["partition_of", "verify_ledger"]
+__all__ = ["verify_ledger"]
