@@ -8,7 +8,10 @@ Five phases, all against one durable PostgreSQL (fsync on, synchronous_commit on
    (psycopg3), configured through its environment variables, one event per
    ``insert_events`` call, 8 threads;
 3. ledger: HTTP ``POST .../subjects/{source}/{ref}/preferences``, one event per
-   request, 32 concurrent aiohttp clients, the server in its own process;
+   request, 32 concurrent clients spread over 64 tenants (so over most of the ledger's 32
+   log partitions), against ``consent-ledger serve`` with 1, 2 and 4 server processes
+   (``LEDGER_HTTP_WORKERS``; three servers on one database, each phase against its own),
+   and once more with every client on one tenant (one partition), 1 process;
 4. executemany: asyncpg ``executemany`` of 500 rows per transaction, 4 connections;
 5. bulk: HTTP ``POST /v1/tenants/{tenant}/subjects:batch``, 500 items each, 4 clients.
 
@@ -25,6 +28,7 @@ from __future__ import annotations
 import abc
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import os
 import secrets
@@ -66,7 +70,9 @@ from services.ledger.api_keys import issue_key  # noqa: E402
 from services.ledger.migrate import migrate  # noqa: E402
 from services.ledger.subject_keys import new_master_key  # noqa: E402
 
-TENANT = "bench-garage"
+TENANT = "bench-garage"  # the one-tenant phase, and the bulk phase
+TENANTS = tuple(f"bench-garage-{i:02d}" for i in range(64))  # the many-tenant phases
+SERVER_PROCESSES = (1, 2, 4)
 STREAMS_PER_WORKER = 100
 BULK_ROWS = 500
 
@@ -75,8 +81,8 @@ _CHANNELS = ("email", "sms", "app", "post", "phone")
 
 INSERT_ROW = (
     "INSERT INTO bench.{table} (position, event_id, stream_id, version, tenant_id, event_type, schema_version,"
-    " recorded_at, occurred_on, data, metadata, prev_hash, hash)"
-    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+    " recorded_at, occurred_on, data, metadata, prev_hash, hash, log_partition)"
+    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 0)"
 )
 
 
@@ -298,25 +304,47 @@ class HttpPhase(Phase):
 
 
 class LedgerSingle(HttpPhase):
-    """Each of the 32 clients changes preferences of its own 100 subjects in turn."""
+    """Each of the 32 clients changes preferences of its own 100 subjects in turn, all of
+    one tenant (one log partition): every append of every process waits for that
+    partition's head."""
 
-    name, title = "ledger_http", "ledger over HTTP, one event per request"
+    name, title = "ledger_http_one_tenant", "ledger over HTTP, one event per request, one tenant"
 
     def __init__(self, ledger: LedgerProcess, key: str, profile: Profile) -> None:
         super().__init__(ledger, key, profile.http_clients)
+
+    def target(self, w: int, i: int) -> tuple[str, dict[str, str]]:
+        return TENANT, self.headers
 
     async def run_slice(self, seconds: float, warmup: float) -> LoadResult:
         async def op(w: int, _: int) -> int:
             i = self.iteration(w)
             conn = self.conns[w]
+            tenant, headers = self.target(w, i)
             body = msgspec.json.encode({"changes": [preference_change(w, i)]})
-            path = f"/v1/tenants/{TENANT}/subjects/dealer/p{w}-{i % STREAMS_PER_WORKER}/preferences"
-            status, payload = await conn.send(conn.request_bytes("POST", path, self.headers, body))
+            path = f"/v1/tenants/{tenant}/subjects/dealer/p{w}-{i % STREAMS_PER_WORKER}/preferences"
+            status, payload = await conn.send(conn.request_bytes("POST", path, headers, body))
             if status != 201:
                 raise RuntimeError(f"HTTP {status}: {payload[:200]!r}")
             return 1
 
         return await closed_loop(op, workers=self.workers, seconds=seconds, warmup=warmup)
+
+
+class LedgerManyTenants(LedgerSingle):
+    """The same load spread over 64 tenants: client w alternates between tenants w and
+    w + 32, so every tenant gets appends and they fall into most of the 32 partitions."""
+
+    def __init__(self, ledger: LedgerProcess, keys: dict[str, str], profile: Profile, processes: int) -> None:
+        super().__init__(ledger, "", profile)
+        self.name = f"ledger_http_w{processes}"
+        self.title = f"ledger over HTTP, one event per request, {len(TENANTS)} tenants, {processes} server processes"
+        self.tenant_headers = {t: {"Authorization": f"Bearer {k}", "Content-Type": "application/json"}
+                               for t, k in keys.items()}
+
+    def target(self, w: int, i: int) -> tuple[str, dict[str, str]]:
+        tenant = TENANTS[(w + self.workers * (i % 2)) % len(TENANTS)]
+        return tenant, self.tenant_headers[tenant]
 
 
 class LedgerBulk(HttpPhase):
@@ -344,6 +372,7 @@ class LedgerBulk(HttpPhase):
 
 BATCHES = "ledger_append_batch_seconds_count"
 APPENDED = "ledger_events_appended_total"
+CONFLICTS = "ledger_append_partition_conflicts_total"
 
 
 async def run_rounds(phases: list[Phase], profile: Profile, postgres_pid: int,
@@ -353,20 +382,23 @@ async def run_rounds(phases: list[Phase], profile: Profile, postgres_pid: int,
     ledger's phases, the server's group-commit batches."""
     meters = {p.name: CpuMeter(server_pid=p.ledger.pid if p.ledger else None, postgres_pid=postgres_pid)
               for p in phases}
-    server: dict[str, dict[str, float]] = {p.name: {"batches": 0.0, "events": 0.0} for p in phases}
+    server: dict[str, dict[str, float]] = {p.name: {"batches": 0.0, "events": 0.0, "conflicts": 0.0} for p in phases}
     for p in phases:
         await p.open()
     try:
         for r in range(profile.rounds):
             progress(f"round {r + 1}/{profile.rounds}")
             for p in phases:
-                before = await asyncio.to_thread(p.ledger.metrics) if p.ledger else {}
+                # /metrics is one process's: with several, each scrape may reach another one.
+                scrape = p.ledger is not None and p.ledger.extra_env.get("LEDGER_HTTP_WORKERS", "1") == "1"
+                before = await asyncio.to_thread(p.ledger.metrics) if scrape and p.ledger else {}
                 with meters[p.name]:
                     result = await p.run_slice(profile.slice_seconds, profile.warmup)
-                if p.ledger:
+                if scrape and p.ledger:
                     after = await asyncio.to_thread(p.ledger.metrics)
                     server[p.name]["batches"] += after.get(BATCHES, 0) - before.get(BATCHES, 0)
                     server[p.name]["events"] += after.get(APPENDED, 0) - before.get(APPENDED, 0)
+                    server[p.name]["conflicts"] += after.get(CONFLICTS, 0) - before.get(CONFLICTS, 0)
                 p.results.append(result)
                 progress(f"  {p.name}: {result.events_per_s:.0f} events/s")
     finally:
@@ -385,6 +417,9 @@ async def run_rounds(phases: list[Phase], profile: Profile, postgres_pid: int,
             b, e = server[p.name]["batches"], server[p.name]["events"]
             summary["server_batches"] = int(b)
             summary["server_mean_batch_events"] = round(e / b, 1) if b else None
+            # Partitions planned again per committed batch (another process appended to
+            # them meanwhile). With several server processes, /metrics is one process's.
+            summary["server_conflicts_per_batch"] = round(server[p.name]["conflicts"] / b, 2) if b else None
         out[p.name] = summary
     return out
 
@@ -393,15 +428,16 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-async def tenant_keys(session: aiohttp.ClientSession, base: str, operator_key: str) -> dict[str, str]:
-    r = await session.post(f"{base}/v1/tenants", json={"tenant_id": TENANT, "name": "Autobedrijf Bench"},
+async def tenant_keys(session: aiohttp.ClientSession, base: str, operator_key: str,
+                      tenant: str = TENANT) -> dict[str, str]:
+    r = await session.post(f"{base}/v1/tenants", json={"tenant_id": tenant, "name": "Autobedrijf Bench"},
                            headers={"Authorization": f"Bearer {operator_key}"})
     body = await r.json()
     if r.status != 201:
         raise RuntimeError(f"creating the tenant failed: {r.status} {body}")
     keys = {"admin": body["admin_key"]["key"]}
     for role in ("staff", "importer"):
-        r = await session.post(f"{base}/v1/tenants/{TENANT}/api-keys", json={"role": role},
+        r = await session.post(f"{base}/v1/tenants/{tenant}/api-keys", json={"role": role},
                                headers={"Authorization": f"Bearer {keys['admin']}"})
         if r.status != 201:
             raise RuntimeError(f"issuing a {role} key failed: {r.status} {await r.text()}")
@@ -422,13 +458,22 @@ async def run(profile: Profile, *, quick: bool, ledger_env: dict[str, str]) -> d
             operator = (await issue_key(conn, None, "operator", "bench")).key
         finally:
             await conn.close()
-        with LedgerProcess(url, new_master_key(), log_path=workdir / "ledger.log", extra_env=ledger_env) as ledger:
+        master_key = new_master_key()
+        with contextlib.ExitStack() as servers:
+            # One server per process count, all on the same database, started up front;
+            # each many-tenant phase loads its own, the others idle meanwhile.
+            ledgers = {n: servers.enter_context(LedgerProcess(
+                url, master_key, log_path=workdir / f"ledger-w{n}.log",
+                extra_env={**ledger_env, "LEDGER_HTTP_WORKERS": str(n)})) for n in SERVER_PROCESSES}
+            ledger = ledgers[1]
             connector = aiohttp.TCPConnector(limit=profile.http_clients)
             async with aiohttp.ClientSession(connector=connector) as session:
                 keys = await tenant_keys(session, ledger.base_url, operator)
+                staff = {t: (await tenant_keys(session, ledger.base_url, operator, t))["staff"] for t in TENANTS}
                 phases: list[Phase] = [
                     RawInserts(url, profile),
                     EventsourcingRecorder(pg.port, "bench", profile),
+                    *(LedgerManyTenants(ledgers[n], staff, profile, n) for n in SERVER_PROCESSES),
                     LedgerSingle(ledger, keys["staff"], profile),
                     RawExecutemany(url, profile),
                     LedgerBulk(ledger, keys["importer"], profile),
@@ -437,17 +482,28 @@ async def run(profile: Profile, *, quick: bool, ledger_env: dict[str, str]) -> d
         remove_tree(workdir)
 
     rate = {name: s["events_per_s"] for name, s in summaries.items()}
-    s = summaries["ledger_http"]
+    s = summaries["ledger_http_w1"]
+    per_processes: dict[str, Any] = {}
+    for n in SERVER_PROCESSES:
+        phase = summaries[f"ledger_http_w{n}"]
+        per_processes[f"events_per_s_w{n}"] = phase["events_per_s"]
+        per_processes[f"p99_ms_w{n}"] = phase["p99_ms"]
+        per_processes[f"ratio_vs_raw_w{n}"] = ratio(phase["events_per_s"], rate["raw_insert"])
+    one = summaries["ledger_http_one_tenant"]
     return {
         "benchmark": "append",
         "mode": "quick" if quick else "full",
+        # many tenants, 1 server process (the _wN figures below for 1, 2 and 4)
         "events_per_s": s["events_per_s"],
         "p50_ms": s["p50_ms"],
         "p99_ms": s["p99_ms"],
+        **per_processes,
+        "one_tenant_events_per_s": one["events_per_s"],
+        "one_tenant_p99_ms": one["p99_ms"],
         "raw_events_per_s": rate["raw_insert"],
-        "ratio_vs_raw": ratio(rate["ledger_http"], rate["raw_insert"]),
+        "ratio_vs_raw": ratio(rate["ledger_http_w1"], rate["raw_insert"]),
         "eventsourcing_events_per_s": rate["eventsourcing"],
-        "ratio_vs_eventsourcing": ratio(rate["ledger_http"], rate["eventsourcing"]),
+        "ratio_vs_eventsourcing": ratio(rate["ledger_http_w1"], rate["eventsourcing"]),
         "bulk_events_per_s": rate["ledger_bulk"],
         "executemany_events_per_s": rate["raw_executemany"],
         "ratio_bulk_vs_executemany": ratio(rate["ledger_bulk"], rate["raw_executemany"]),
@@ -457,6 +513,8 @@ async def run(profile: Profile, *, quick: bool, ledger_env: dict[str, str]) -> d
             **msgspec.structs.asdict(profile),
             "bulk_rows": BULK_ROWS,
             "streams_per_worker": STREAMS_PER_WORKER,
+            "tenants": len(TENANTS),
+            "server_processes": list(SERVER_PROCESSES),
             "postgres": pg_settings,
             "ledger_env": ledger_env,
             "event_loop": type(asyncio.get_running_loop()).__module__,

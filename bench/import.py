@@ -15,7 +15,12 @@ Phases, one after the other, against one durable PostgreSQL (fsync on):
 4. copy: asyncpg ``copy_to_table`` of the same file into a plain table (no index, no
    checks, PostgreSQL parses the CSV itself): the ceiling for "rows into PostgreSQL";
 5. copy_records: the file parsed in Python (csv module) and sent with
-   ``copy_records_to_table``: what a client-side bulk load costs.
+   ``copy_records_to_table``: what a client-side bulk load costs;
+6. parallel: the same file imported for two other tenants at once, each in a process of
+   its own (as two ``consent-ledger import`` runs, one per dealer), tenants chosen in
+   different log partitions, so their bulk appends take different head locks
+   (docs/event-store.md, "Partitions"): ``parallel_rows_per_s`` (both files' rows over the
+   wall time) against ``ingest_rows_per_s`` of one import alone.
 
 Figures: ``ingest_rows_per_s``, ``copy_rows_per_s`` (phase 4), ``ratio_vs_copy``,
 ``end_to_end_rows_per_s`` (rows / (ingest + projector catch-up)), ``peak_rss_mb`` (this
@@ -28,8 +33,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import csv
 import datetime as dt
+import multiprocessing
 import random
 import resource
 import sys
@@ -55,6 +62,8 @@ from services.ledger.store import EventStore  # noqa: E402
 from services.ledger.subject_keys import SubjectKeys, new_master_key, parse_master_key  # noqa: E402
 
 TENANT = "bench-garage"
+# The parallel phase's tenants: log partitions 25 and 31 of 32 (bench-garage is in 13).
+PARALLEL_TENANTS = ("bench-garage-00", "bench-garage-01")
 FULL_ROWS, QUICK_ROWS = 1_000_000, 50_000
 INVOICES_PER_CUSTOMER = 5
 HEADER = ("customer_ref", "invoice_id", "invoice_date", "name", "email", "city")
@@ -93,19 +102,19 @@ def peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux: KiB
 
 
-async def ingest(url: str, path: Path) -> dict[str, Any]:
+async def ingest(url: str, path: Path, tenant: str = TENANT) -> dict[str, Any]:
     pool = await asyncpg.create_pool(url, min_size=2, max_size=6)
     assert pool is not None
     store = EventStore(pool)
     await store.start()
     try:
         ledger = Ledger(pool, store, SubjectKeys(pool, parse_master_key(new_master_key())))
-        await ledger.create_tenant(Context(Actor(kind="operator", id="bench")), TENANT, "Bench garage")
+        await ledger.create_tenant(Context(Actor(kind="operator", id="bench")), tenant, "Bench garage")
         rejected: list[object] = []
         started = time.perf_counter()
         cpu_started = time.process_time()
         summary = await Importer(ledger, batch_size=DEFAULT_BATCH).run_file(
-            str(path), tenant=TENANT, source="dealer", mapping=DEFAULT_MAPPING,
+            str(path), tenant=tenant, source="dealer", mapping=DEFAULT_MAPPING,
             actor=Actor(kind="importer", id="bench"), on_reject=rejected.append)
         seconds = time.perf_counter() - started
         cpu = time.process_time() - cpu_started
@@ -119,6 +128,26 @@ async def ingest(url: str, path: Path) -> dict[str, Any]:
             "importer_seconds": summary.timings, "cpu_seconds": round(cpu, 3)}
 
 
+def _ingest_process(url: str, path: str, tenant: str) -> dict[str, Any]:
+    return asyncio.run(ingest(url, Path(path), tenant))
+
+
+async def parallel_ingest(url: str, path: Path, rows: int) -> dict[str, Any]:
+    """PARALLEL_TENANTS imported at once, one process each; rows of all over the wall time."""
+    loop = asyncio.get_running_loop()
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(len(PARALLEL_TENANTS), mp_context=context) as pool:
+        # Start-up (interpreter, imports) is not the import's: warm the processes first.
+        await asyncio.gather(*(loop.run_in_executor(pool, time.sleep, 0.5) for _ in PARALLEL_TENANTS))
+        started = time.perf_counter()
+        each = await asyncio.gather(*(loop.run_in_executor(pool, _ingest_process, url, str(path), t)
+                                      for t in PARALLEL_TENANTS))
+        seconds = time.perf_counter() - started
+    total = rows * len(PARALLEL_TENANTS)
+    return {"tenants": list(PARALLEL_TENANTS), "seconds": round(seconds, 3), "rows_per_s": round(total / seconds, 1),
+            "each_rows_per_s": [e["rows_per_s"] for e in each]}
+
+
 async def catch_up_projector(url: str) -> dict[str, Any] | None:
     """The projector applies the whole ledger; None if there is no projector (yet)."""
     try:
@@ -129,15 +158,17 @@ async def catch_up_projector(url: str) -> dict[str, Any] | None:
     pool = await asyncpg.create_pool(url, min_size=2, max_size=4)
     assert pool is not None
     try:
-        head = await pool.fetchval("SELECT position FROM ledger.head")
+        heads = {r[0]: r[1] for r in await pool.fetch(
+            "SELECT log_partition, position FROM ledger.partitions WHERE position > 0")}
+        head = await pool.fetchval("SELECT count(*) FROM ledger.events")
         started = time.perf_counter()
         position = await apply_until_caught_up(Projection(pool, clock=SystemClock()), batch=5000)
         seconds = time.perf_counter() - started
         subjects = await pool.fetchval("SELECT count(*) FROM projector.subjects")
     finally:
         await pool.close()
-    if position != head:
-        raise RuntimeError(f"the projector stopped at {position}, the ledger head is {head}")
+    if position != heads:
+        raise RuntimeError(f"the projector stopped at {position}, the ledger heads are {heads}")
     return {"events": head, "seconds": round(seconds, 3), "events_per_s": round(head / seconds, 1),
             "subjects": subjects}
 
@@ -212,6 +243,8 @@ async def run(rows: int, customers: int, mode: str) -> dict[str, Any]:
             structlog.get_logger().info("bench_phase", phase="copy")
             copied = await copy_file(url, path, rows)
             records = await copy_records(url, path, rows)
+            structlog.get_logger().info("bench_phase", phase="parallel", tenants=len(PARALLEL_TENANTS))
+            parallel = await parallel_ingest(url, path, rows)
     finally:
         remove_tree(workdir)
     end_to_end_seconds = ingested["seconds"] + (projected["seconds"] if projected else 0.0)
@@ -224,11 +257,13 @@ async def run(rows: int, customers: int, mode: str) -> dict[str, Any]:
         "copy_records_rows_per_s": records["rows_per_s"],
         "ratio_vs_copy_records": ratio(ingested["rows_per_s"], records["rows_per_s"]),
         "end_to_end_rows_per_s": round(rows / end_to_end_seconds, 1),
+        "parallel_rows_per_s": parallel["rows_per_s"],
+        "ratio_parallel_vs_one": ratio(parallel["rows_per_s"], ingested["rows_per_s"]),
         "projector": "caught up" if projected else "absent (services/projector has no Projection yet)",
         "peak_rss_mb": rss,
         "sizes": {"rows": rows, "customers": customers, "file_bytes": generated["bytes"]},
         "phases": {"generate": generated, "ingest": ingested, "projector": projected, "copy": copied,
-                   "copy_records": records},
+                   "copy_records": records, "parallel": parallel},
         "setup": {"batch_size": DEFAULT_BATCH, "postgres": pg_settings,
                   "event_loop": type(asyncio.get_running_loop()).__module__},
         "machine": machine(),

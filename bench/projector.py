@@ -239,8 +239,8 @@ async def kafka_catch_up(url: str, bootstrap: str, total_events: int) -> dict[st
     try:
         t0 = time.perf_counter()
         async with running_relay(RelayConfig(database_url=url, bootstrap=bootstrap, partitions=6, batch_size=5000)):
-            head = await conn.fetchval("SELECT position FROM ledger.head")
-            while (await conn.fetchval("SELECT position FROM ledger.checkpoints WHERE name = $1",
+            head = await conn.fetchval("SELECT sum(position)::bigint FROM ledger.partitions")
+            while (await conn.fetchval("SELECT sum(position)::bigint FROM ledger.checkpoints WHERE name LIKE $1 || '/p%'",
                                        f"relay:{LEDGER_TOPIC}") or 0) < head:
                 await asyncio.sleep(0.1)
         relay_s = time.perf_counter() - t0

@@ -49,7 +49,7 @@ SELECT format('CREATE ROLE %I', r) FROM unnest(ARRAY[:'owner_role', :'app_role',
 SELECT format('ALTER ROLE %I LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS', r)
   FROM unnest(ARRAY[:'owner_role', :'app_role', :'readonly_role']) AS r \gexec
 
--- A transaction left open holds the ledger's head row lock and stops every append: end it.
+-- A transaction left open holds a partition's head row lock and stops its appends: end it.
 ALTER ROLE :"app_role" SET idle_in_transaction_session_timeout = '60s';
 ALTER ROLE :"readonly_role" SET default_transaction_read_only = on;
 
@@ -122,8 +122,11 @@ SELECT format('REVOKE ALL ON TABLE %s FROM %I', t, :'app_role'),
   FROM (VALUES
     -- The log: appended to, read; never changed or removed.
     ('ledger.events',            'SELECT, INSERT'),
-    -- The one head row: locked (SELECT ... FOR UPDATE needs UPDATE) and moved on by each append.
-    ('ledger.head',              'SELECT, UPDATE'),
+    -- One head row per log partition: locked (SELECT ... FOR UPDATE needs UPDATE) and moved on
+    -- by each append to that partition.
+    ('ledger.partitions',        'SELECT, UPDATE'),
+    -- The head of the log before partitioning: frozen, read by `verify` (migration 0015).
+    ('ledger.log_origin',        'SELECT'),
     -- Which migrations ran: services check it at start-up, only `migrate` (the owner) writes it.
     ('ledger.schema_migrations', 'SELECT'),
     -- First answers of idempotent requests: written once.

@@ -64,6 +64,9 @@ class TenantCreatedResponse(msgspec.Struct, frozen=True, kw_only=True):
     tenant_id: str
     admin_key: ApiKeyIssued
     position: int
+    # The tenant's log partition: its positions are those of this partition (they order the
+    # tenant's events; positions of other tenants may be in another partition).
+    partition: int = 0
 
 
 class SetProcessorAgreement(Request, frozen=True):
@@ -168,12 +171,16 @@ class StreamVersions(msgspec.Struct, frozen=True):
 
 
 class AppendResponse(msgspec.Struct, frozen=True, kw_only=True):
+    """Positions are in the tenant's log partition (``partition``): they order the tenant's
+    events, and are what a read model's progress for this tenant is compared with."""
+
     streams: list[StreamVersions]
     first_position: int
     last_position: int
     event_ids: list[str]
     recorded_at: dt.datetime
     replayed: bool = False
+    partition: int = 0
 
 
 class ErrorBody(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -197,6 +204,7 @@ class StreamEvent(msgspec.Struct, frozen=True, kw_only=True):
     data: dict
     metadata: dict
     hash: str
+    partition: int = 0  # the tenant's log partition: (partition, position) names the event
 
 
 class StreamPage(msgspec.Struct, frozen=True, kw_only=True):

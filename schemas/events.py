@@ -318,9 +318,12 @@ class Metadata(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
 class RecordedEvent(msgspec.Struct, frozen=True, kw_only=True):
     """One committed ledger row.
 
-    ``position`` is the global order (commit order); ``version`` the 1-based order in its
-    stream; ``recorded_at`` the transaction time (non-decreasing with position);
-    ``occurred_on`` the domain date where the event has one.
+    ``partition`` is the log partition of the event's tenant and ``position`` its place in
+    that partition: gap-free, in commit order; ``(partition, position)`` names the event,
+    and positions of different partitions are not comparable (a tenant's events are all in
+    one partition, so its positions order them). ``version`` is the 1-based order in its
+    stream; ``recorded_at`` the transaction time (non-decreasing with position within a
+    partition); ``occurred_on`` the domain date where the event has one.
     """
 
     position: int
@@ -335,6 +338,9 @@ class RecordedEvent(msgspec.Struct, frozen=True, kw_only=True):
     event: AnyEvent
     metadata: Metadata
     hash: str
+    # Envelopes published before the log was partitioned have none: 0 (their positions
+    # are those of the single log of that time, below every partition's new positions).
+    partition: int = 0
 
 
 _envelope_decoder: Final = msgspec.json.Decoder(RecordedEvent)

@@ -34,9 +34,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("migrate", help="apply pending database migrations")
     p.set_defaults(func=cmd_migrate)
     p = sub.add_parser("verify", help="check the hash chain of the whole ledger")
-    p.add_argument("--anchor", action="append", default=[], type=_anchor, metavar="POSITION:HASH",
-                   help="a hash kept outside the database (e.g. from the Kafka topic) that event POSITION must have;"
-                        " repeatable")
+    p.add_argument("--anchor", action="append", default=[], type=_anchor, metavar="[PARTITION/]POSITION:HASH",
+                   help="a hash kept outside the database (e.g. from the Kafka topic: the envelope's partition,"
+                        " position and hash) that the event must have; without PARTITION/, an event written before"
+                        " the log was partitioned; repeatable")
     p.set_defaults(func=cmd_verify)
     p = sub.add_parser("serve", help="run the ledger HTTP API (and the Kafka relay if a broker is set)")
     p.add_argument("--host", default=None)
@@ -68,7 +69,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     async def run() -> list[str]:
         conn = await asyncpg.connect(_database_url())
         try:
-            return await migrate(conn)
+            return await migrate(conn, log_partitions=from_env().log_partitions)
         finally:
             await conn.close()
 
@@ -90,9 +91,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from services.ledger.verify import verify_ledger
 
     async def run() -> tuple[int, object]:
-        conn = await asyncpg.connect(_database_url())
+        url = _database_url()
+        conn = await asyncpg.connect(url)
         try:
-            return await verify_ledger(conn, anchors=args.anchor)
+            # Partitions are verified in parallel, on connections sharing the snapshot.
+            return await verify_ledger(conn, anchors=args.anchor, connect=lambda: asyncpg.connect(url))
         finally:
             await conn.close()
 
@@ -106,7 +109,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         anchored = f", {n} anchor{'s' if n != 1 else ''} matched" if n else ""
         print(f"ok: {count} events, hash chain intact{anchored}")
         return 0
-    print(f"BROKEN at position {broken.position}: {broken.problem} ({count} events verified before it)")  # type: ignore[attr-defined]
+    print(f"BROKEN at {broken.where()}: {broken.problem} ({count} events verified before it)")  # type: ignore[attr-defined]
     return 1
 
 

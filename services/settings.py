@@ -42,6 +42,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     pool_size: int = 10
     # The relay to Kafka (services/ledger/relay.py): partitions and replication of the topic it creates.
     relay_partitions: int = 6
+    log_partitions: int = 32  # used once, by `migrate` on a new database (docs/event-store.md)
     relay_replication_factor: int = 1
     # The local stack (services/devstack.py): data folder and the ports of the embedded servers.
     var_dir: str = "var"
@@ -87,6 +88,7 @@ def from_env(env: Mapping[str, str] | None = None, **overrides: object) -> Setti
         "log_level": _choice(e, "LEDGER_LOG_LEVEL", "info", ("debug", "info", "warning", "error", "critical")),
         "pool_size": _int(e, "LEDGER_DB_POOL_SIZE", 10, minimum=1),
         "relay_partitions": _int(e, "LEDGER_RELAY_PARTITIONS", 6, minimum=1),
+        "log_partitions": _int(e, "LEDGER_LOG_PARTITIONS", 32, minimum=1, maximum=1024),
         "relay_replication_factor": _int(e, "LEDGER_RELAY_REPLICATION_FACTOR", 1, minimum=1),
         "var_dir": e.get("LEDGER_VAR_DIR", "var"),
         "pg_port": _int(e, "LEDGER_PG_PORT", 54329, minimum=1, maximum=65535),

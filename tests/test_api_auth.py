@@ -137,7 +137,7 @@ async def written_state(db_url: str) -> tuple[Any, ...]:
     conn = await asyncpg.connect(db_url)
     try:
         return (
-            tuple(await conn.fetchrow("SELECT position, hash FROM ledger.head")),
+            tuple(await conn.fetchrow("SELECT array_agg(position ORDER BY log_partition), array_agg(hash ORDER BY log_partition) FROM ledger.partitions")),
             await conn.fetchval("SELECT count(*) FROM ledger.events"),
             await conn.fetchval("SELECT md5(string_agg(key_id || coalesce(tenant_id, '') || role"
                                 " || coalesce(revoked_at::text, ''), ',' ORDER BY key_id)) FROM ledger.api_keys"),

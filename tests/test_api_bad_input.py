@@ -21,11 +21,12 @@ SUBJ = T + "/subjects/dealer/C1"
 MIB = 1024 * 1024
 
 
-async def head(db_url: str) -> tuple[int, bytes]:
+async def head(db_url: str) -> list[tuple[int, bytes]]:
+    """Every log partition's head (position, hash)."""
     conn = await asyncpg.connect(db_url)
     try:
-        row = await conn.fetchrow("SELECT position, hash FROM ledger.head")
-        return row["position"], bytes(row["hash"])
+        rows = await conn.fetch("SELECT position, hash FROM ledger.partitions ORDER BY log_partition")
+        return [(r["position"], bytes(r["hash"])) for r in rows]
     finally:
         await conn.close()
 

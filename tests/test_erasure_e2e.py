@@ -88,8 +88,8 @@ async def relay_until_caught_up(db_url: str, bootstrap: str) -> None:
         async with running_relay(RelayConfig(database_url=db_url, bootstrap=bootstrap, partitions=2)):
             deadline = time.monotonic() + 30
             while True:
-                head = await conn.fetchval("SELECT position FROM ledger.head")
-                done = await conn.fetchval("SELECT position FROM ledger.checkpoints WHERE name = $1",
+                head = await conn.fetchval("SELECT sum(position)::bigint FROM ledger.partitions")
+                done = await conn.fetchval("SELECT sum(position)::bigint FROM ledger.checkpoints WHERE name LIKE $1 || '/p%'",
                                            f"relay:{LEDGER_TOPIC}")
                 if done is not None and done >= head:
                     return

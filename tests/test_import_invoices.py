@@ -89,11 +89,11 @@ async def test_importing_the_same_file_twice_appends_nothing_the_second_time(
     # Consecutive batches share customers: each was planned on the one still committing,
     # without a single conflict (the plan's expected effects were right).
     assert (first.recorded, first.events, first.batches, first.retries) == (40, 40, 5, 0)
-    head = await pool.fetchval("SELECT position FROM ledger.head")
+    head = await pool.fetchval("SELECT max(position) FROM ledger.partitions")
     again, rejected = await run_import(ledger, path, batch_size=8)
     assert rejected == []
     assert (again.rows, again.recorded, again.corrected, again.unchanged, again.events) == (40, 0, 0, 40, 0)
-    assert await pool.fetchval("SELECT position FROM ledger.head") == head
+    assert await pool.fetchval("SELECT max(position) FROM ledger.partitions") == head
 
 
 async def test_overlapping_files_append_only_the_invoices_not_seen_before(

@@ -82,12 +82,12 @@ async def test_projector_rebuild_and_status_print_json(db_url: str, pool: asyncp
                                    capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
     report = json.loads(done.stdout.strip().splitlines()[-1])
-    assert report["events"] == 2 and report["subjects"] == 1 and report["rebuilt_through"] == 2
+    assert report["events"] == 2 and report["subjects"] == 1 and max(report["rebuilt_through"]) == 2
     done = await asyncio.to_thread(subprocess.run, [*processes.consent_ledger(), "projector", "status"], env=env,
                                    capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
     status = json.loads(done.stdout.strip().splitlines()[-1])
-    assert status["subjects"] == 1 and status["rebuilt_through"] == 2 and status["unpublished"] == 1
+    assert status["subjects"] == 1 and max(status["rebuilt_through"]) == 2 and status["unpublished"] == 1
 
 
 async def test_projector_run_without_a_broker_says_so_and_fails(db_url: str) -> None:

@@ -97,7 +97,8 @@ def apply_as_a_consumer(records: list[tuple[int, RecordedEvent, bytes]]) -> dict
 async def ledger_events(db_url: str) -> list[tuple[int, str, str, int]]:
     conn = await asyncpg.connect(db_url)
     try:
-        rows = await conn.fetch("SELECT position, event_id::text, stream_id, version FROM ledger.events ORDER BY position")
+        rows = await conn.fetch("SELECT position, event_id::text, stream_id, version FROM ledger.events"
+                                " ORDER BY log_partition, position")
     finally:
         await conn.close()
     return [(r[0], r[1], r[2], r[3]) for r in rows]
@@ -166,7 +167,7 @@ async def test_a_restarted_relay_resumes_from_its_checkpoint(db_url: str, store:
     await append_invoices(store, streams, 5, "second")
     conn = await asyncpg.connect(db_url)
     try:
-        assert await conn.fetchval("SELECT position FROM ledger.checkpoints WHERE name = $1",
+        assert await conn.fetchval("SELECT sum(position)::bigint FROM ledger.checkpoints WHERE name LIKE $1 || '/p%'",
                                    f"relay:{topic}") == 100
     finally:
         await conn.close()
@@ -195,6 +196,10 @@ async def test_a_second_relay_waits_as_a_standby_while_the_first_one_runs(
 # -- the whole process: `consent-ledger serve` killed with SIGKILL under load --------------
 
 
+# Four tenants in four log partitions (of 32): the load spans partitions.
+KILL_TENANTS = {"garage-k": 6, "garage-a": 3, "acme": 13, "beta": 7}
+
+
 async def test_every_acknowledged_append_survives_a_kill_9_of_serve_and_reaches_the_topic(
     db_url: str, fresh_broker: LocalBroker, tmp_path: Path
 ) -> None:
@@ -215,18 +220,22 @@ async def test_every_acknowledged_append_survives_a_kill_9_of_serve_and_reaches_
     try:
         await processes.wait_http_ok(f"{base}/readyz", proc, log_path)
         async with aiohttp.ClientSession() as http:
-            r = await http.post(f"{base}/v1/tenants", json={"tenant_id": "garage-k", "name": "Autobedrijf K"},
-                                headers={"Authorization": f"Bearer {operator}"})
-            assert r.status == 201, await r.text()
-            auth = {"Authorization": f"Bearer {(await r.json())['admin_key']['key']}"}
+            auths: dict[str, dict[str, str]] = {}
+            for tenant, partition in KILL_TENANTS.items():
+                r = await http.post(f"{base}/v1/tenants", json={"tenant_id": tenant, "name": "Autobedrijf K"},
+                                    headers={"Authorization": f"Bearer {operator}"})
+                assert r.status == 201, await r.text()
+                assert (await r.json())["partition"] == partition
+                auths[tenant] = {"Authorization": f"Bearer {(await r.json())['admin_key']['key']}"}
 
             async def worker(w: int) -> None:
+                tenant = list(KILL_TENANTS)[w % len(KILL_TENANTS)]
                 for i in range(10_000):
                     invoice = f"w{w}-{i}"
                     try:
                         async with http.post(
-                            f"{base}/v1/tenants/garage-k/subjects/dealer/k{w}-{i % 4}/invoices",
-                            json={"invoice_id": invoice, "invoice_date": "2025-03-01"}, headers=auth,
+                            f"{base}/v1/tenants/{tenant}/subjects/dealer/k{w}-{i % 4}/invoices",
+                            json={"invoice_id": invoice, "invoice_date": "2025-03-01"}, headers=auths[tenant],
                         ) as resp:
                             if 200 <= resp.status < 300:
                                 acknowledged[invoice] = (await resp.json())["event_ids"]
@@ -247,8 +256,11 @@ async def test_every_acknowledged_append_survives_a_kill_9_of_serve_and_reaches_
         async def relayed() -> bool:
             c = await asyncpg.connect(db_url)
             try:
-                return await c.fetchval("SELECT position FROM ledger.checkpoints WHERE name = $1",
-                                        f"relay:{TOPIC}") == ledger[-1][0]
+                # every partition's checkpoint at its head
+                heads = {r[0]: r[1] for r in await c.fetch("SELECT log_partition, position FROM ledger.partitions")}
+                done = {int(r[0].rsplit("/p", 1)[1]): r[1] for r in await c.fetch(
+                    "SELECT name, position FROM ledger.checkpoints WHERE name LIKE $1 || '/p%'", f"relay:{TOPIC}")}
+                return all(done.get(p, 0) == h for p, h in heads.items()) and len(ledger) == sum(heads.values())
             finally:
                 await c.close()
 
@@ -295,7 +307,7 @@ async def test_consent_ledger_relay_runs_on_its_own_and_stops_cleanly_on_sigterm
                 return False
             c = await asyncpg.connect(db_url)
             try:
-                done = await c.fetchval("SELECT position FROM ledger.checkpoints WHERE name = $1", f"relay:{TOPIC}")
+                done = await c.fetchval("SELECT sum(position)::bigint FROM ledger.checkpoints WHERE name LIKE $1 || '/p%'", f"relay:{TOPIC}")
             finally:
                 await c.close()
             return done == 20 and "ledger_relay_lag_events 0.0" in text

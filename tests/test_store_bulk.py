@@ -81,18 +81,18 @@ def test_the_bulk_hash_input_is_byte_for_byte_the_chain_s_own() -> None:
 
 
 async def test_bulk_appends_continue_the_chain_between_ordinary_appends(store: EventStore, pool: asyncpg.Pool) -> None:
-    await store.append(AppendRequest(tenant_id="acme", writes=[StreamWrite("s/a", [invoice(0)])], metadata=META))
-    result = await store.append_bulk(bulk(StreamWrite("s/a", [invoice(1), invoice(2)], 1),
-                                          StreamWrite("s/b", [invoice(3)], 0)))
+    await store.append(AppendRequest(tenant_id="acme", writes=[StreamWrite("s/acme/a", [invoice(0)])], metadata=META))
+    result = await store.append_bulk(bulk(StreamWrite("s/acme/a", [invoice(1), invoice(2)], 1),
+                                          StreamWrite("s/acme/b", [invoice(3)], 0)))
     assert (result.first_position, result.last_position) == (2, 4)
-    assert [(r.stream_id, r.from_version, r.to_version) for r in result.streams] == [("s/a", 2, 3), ("s/b", 1, 1)]
-    after = await store.append(AppendRequest(tenant_id="acme", writes=[StreamWrite("s/b", [invoice(4)], 1)],
+    assert [(r.stream_id, r.from_version, r.to_version) for r in result.streams] == [("s/acme/a", 2, 3), ("s/acme/b", 1, 1)]
+    after = await store.append(AppendRequest(tenant_id="acme", writes=[StreamWrite("s/acme/b", [invoice(4)], 1)],
                                              metadata=META))
     assert after.first_position == 5
     events = await store.read_all(0)
     assert [e.position for e in events] == [1, 2, 3, 4, 5]
     assert [e.event_id for e in events[1:4]] == result.event_ids
-    assert [(e.stream_id, e.version) for e in events] == [("s/a", 1), ("s/a", 2), ("s/a", 3), ("s/b", 1), ("s/b", 2)]
+    assert [(e.stream_id, e.version) for e in events] == [("s/acme/a", 1), ("s/acme/a", 2), ("s/acme/a", 3), ("s/acme/b", 1), ("s/acme/b", 2)]
     assert {e.recorded_at for e in events[1:4]} == {result.recorded_at}
     assert events[1].event == invoice(1) and events[1].metadata == META
     assert events[1].occurred_on == dt.date(2024, 1, 31)
@@ -100,19 +100,19 @@ async def test_bulk_appends_continue_the_chain_between_ordinary_appends(store: E
 
 
 async def test_a_stale_expected_version_refuses_the_whole_bulk_request(store: EventStore, pool: asyncpg.Pool) -> None:
-    await store.append_bulk(bulk(StreamWrite("s/a", [invoice(1)], 0)))
+    await store.append_bulk(bulk(StreamWrite("s/acme/a", [invoice(1)], 0)))
     with pytest.raises(WrongExpectedVersion) as info:
-        await store.append_bulk(bulk(StreamWrite("s/b", [invoice(2)], 0), StreamWrite("s/a", [invoice(3)], 0)))
+        await store.append_bulk(bulk(StreamWrite("s/acme/b", [invoice(2)], 0), StreamWrite("s/acme/a", [invoice(3)], 0)))
     assert info.value.current == 1
     assert await pool.fetchval("SELECT count(*) FROM ledger.events") == 1
-    assert await pool.fetchval("SELECT position FROM ledger.head") == 1
+    assert await pool.fetchval("SELECT max(position) FROM ledger.partitions") == 1
 
 
 async def test_a_closed_stream_refuses_the_bulk_request(store: EventStore, pool: asyncpg.Pool) -> None:
     await store.append(AppendRequest(tenant_id="acme", metadata=META,
-                                     writes=[StreamWrite("s/gone", [invoice(1), SubjectErased(reason="request")])]))
+                                     writes=[StreamWrite("s/acme/gone", [invoice(1), SubjectErased(reason="request")])]))
     with pytest.raises(StreamClosed):
-        await store.append_bulk(bulk(StreamWrite("s/ok", [invoice(2)]), StreamWrite("s/gone", [invoice(3)])))
+        await store.append_bulk(bulk(StreamWrite("s/acme/ok", [invoice(2)]), StreamWrite("s/acme/gone", [invoice(3)])))
     assert await pool.fetchval("SELECT count(*) FROM ledger.events") == 2
 
 
@@ -126,15 +126,15 @@ async def test_a_failing_hook_leaves_nothing_and_the_chain_continues_without_a_g
         raise HookFailed("index conflict")
 
     with pytest.raises(HookFailed):
-        await store.append_bulk(bulk(StreamWrite("s/a", [invoice(i) for i in range(100)], 0), hook=failing))
+        await store.append_bulk(bulk(StreamWrite("s/acme/a", [invoice(i) for i in range(100)], 0), hook=failing))
     assert await pool.fetchval("SELECT count(*) FROM ledger.events") == 0
     assert await pool.fetchval("SELECT count(*) FROM public.side") == 0
-    assert await pool.fetchval("SELECT position FROM ledger.head") == 0
+    assert await pool.fetchval("SELECT max(position) FROM ledger.partitions") == 0
 
     async def ok(conn: asyncpg.Connection, result: AppendResult) -> None:
         await conn.execute("INSERT INTO public.side VALUES ($1)", result.last_position)
 
-    result = await store.append_bulk(bulk(StreamWrite("s/a", [invoice(1)], 0), hook=ok))
+    result = await store.append_bulk(bulk(StreamWrite("s/acme/a", [invoice(1)], 0), hook=ok))
     assert result.first_position == 1
     assert await pool.fetchval("SELECT position FROM public.side") == 1
     assert await _chain_ok(pool) == 1
@@ -142,18 +142,18 @@ async def test_a_failing_hook_leaves_nothing_and_the_chain_continues_without_a_g
 
 async def test_a_bulk_request_that_breaks_a_constraint_leaves_nothing(store: EventStore, pool: asyncpg.Pool) -> None:
     # An event id that is taken already fails the COPY: the whole request rolls back.
-    first = await store.append_bulk(bulk(StreamWrite("s/a", [invoice(1)], 0)))
+    first = await store.append_bulk(bulk(StreamWrite("s/acme/a", [invoice(1)], 0)))
     from services.ledger import bulk as bulk_module
 
     original = bulk_module.new_event_ids
     bulk_module.new_event_ids = lambda n: [first.event_ids[0]] * n  # type: ignore[assignment]
     try:
         with pytest.raises(LedgerError):
-            await store.append_bulk(bulk(StreamWrite("s/b", [invoice(2), invoice(3)], 0)))
+            await store.append_bulk(bulk(StreamWrite("s/acme/b", [invoice(2), invoice(3)], 0)))
     finally:
         bulk_module.new_event_ids = original
     assert await pool.fetchval("SELECT count(*) FROM ledger.events") == 1
-    assert (await store.append_bulk(bulk(StreamWrite("s/b", [invoice(2)], 0)))).first_position == 2
+    assert (await store.append_bulk(bulk(StreamWrite("s/acme/b", [invoice(2)], 0)))).first_position == 2
     assert await _chain_ok(pool) == 2
 
 
@@ -170,18 +170,18 @@ async def test_bulk_and_ordinary_appends_interleave_in_commit_order(
     done = asyncio.Event()
 
     async def follower() -> None:
-        async for e in store.follow(0, batch=7, idle_sleep=0.005, stop=lambda: done.is_set() and len(seen) >= 260):
+        async for e in store.follow_partition(await store.partition_of("acme"), 0, batch=7, idle_sleep=0.005, stop=lambda: done.is_set() and len(seen) >= 260):
             seen.append(e.position)
 
     async def bulk_writer(s: EventStore, name: str) -> None:
         for b in range(5):
-            await s.append_bulk(bulk(*(StreamWrite(f"s/{name}/{b}/{k}", [invoice(k), invoice(k + 1)], 0)
+            await s.append_bulk(bulk(*(StreamWrite(f"s/acme/{name}/{b}/{k}", [invoice(k), invoice(k + 1)], 0)
                                        for k in range(10))))
 
     async def single_writer(s: EventStore, name: str) -> None:
         for i in range(30):
             await s.append(AppendRequest(tenant_id="acme", metadata=META,
-                                         writes=[StreamWrite("s/shared", [invoice(i)])]))
+                                         writes=[StreamWrite("s/acme/shared", [invoice(i)])]))
 
     try:
         follow = asyncio.create_task(follower())
@@ -205,9 +205,9 @@ async def test_bulk_event_ids_are_time_ordered_uuids(store: EventStore, pool: as
     """Version 7 ids (time first) keep the event_id index growing at its right end."""
     import uuid
 
-    first = await store.append_bulk(bulk(StreamWrite("s/a", [invoice(i) for i in range(50)], 0)))
+    first = await store.append_bulk(bulk(StreamWrite("s/acme/a", [invoice(i) for i in range(50)], 0)))
     await asyncio.sleep(0.002)
-    second = await store.append_bulk(bulk(StreamWrite("s/a", [invoice(i) for i in range(50)], 50)))
+    second = await store.append_bulk(bulk(StreamWrite("s/acme/a", [invoice(i) for i in range(50)], 50)))
     ids = [uuid.UUID(i) for i in first.event_ids + second.event_ids]
     assert len(set(ids)) == 100
     assert all(u.version == 7 and u.variant == uuid.RFC_4122 for u in ids)

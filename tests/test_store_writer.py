@@ -15,7 +15,7 @@ from aiohttp.test_utils import TestClient
 from schemas.events import Actor, InvoiceRecorded, Metadata, PreferencesChanged, PreferenceSetting, SubjectErased
 from services.ledger.api.app import STORE
 from services.ledger.errors import IntegrityError, StreamClosed, WrongExpectedVersion
-from services.ledger.hashchain import verify_rows
+from services.ledger.verify import verify_ledger
 from services.ledger.store import AppendRequest, AppendResult, EventStore, StreamWrite
 from tests.conftest import Dealer
 
@@ -42,9 +42,7 @@ async def store(pool: asyncpg.Pool) -> AsyncIterator[EventStore]:
 
 async def chain_is_intact(pool: asyncpg.Pool) -> int:
     async with pool.acquire() as conn:
-        rows = [dict(r) for r in await conn.fetch("SELECT * FROM ledger.events ORDER BY position")]
-        head = dict(await conn.fetchrow("SELECT position, hash FROM ledger.head"))
-    count, broken = await verify_rows(rows, head)
+        count, broken = await verify_ledger(conn)
     assert broken is None, broken
     return count
 
@@ -99,8 +97,10 @@ async def test_columns_sent_as_joined_text_come_back_exactly(store: EventStore, 
         store.append(AppendRequest(tenant_id="beta", writes=[StreamWrite("subject/beta/dealer/3", [change])],
                                    metadata=META)),
     )
-    events = await store.read_all(0)
-    assert [e.position for e in events] == [1, 2, 3, 4, 5]
+    # Two tenants, two partitions (acme 13, beta 7): each partition numbered from 1.
+    events = await store.read_all(0, tenant_id="acme") + await store.read_all(0, tenant_id="beta")
+    assert [(e.partition, e.position) for e in events] == [(13, 1), (13, 2), (13, 3), (13, 4), (7, 1)]
+    assert (first.partition, second.partition) == (13, 7)
     assert [e.occurred_on for e in events[:4]] == [None, invoice(1).invoice_date, None, invoice(2).invoice_date]
     assert [e.tenant_id for e in events] == ["acme"] * 4 + ["beta"]
     assert events[0].event == change and events[4].event == change
@@ -109,7 +109,9 @@ async def test_columns_sent_as_joined_text_come_back_exactly(store: EventStore, 
 
 
 @pytest.mark.parametrize("stream, tenant", [("subject/acme/dealer/a\nb", "acme"), ("", "acme"),
-                                            ("subject/acme/dealer/C1", "ac\nme")])
+                                            ("subject/acme/dealer/C1", "ac\nme"),
+                                            # a stream lives in its tenant's partition: it must name it
+                                            ("subject/beta/dealer/C1", "acme"), ("acme", "acme")])
 async def test_ids_that_cannot_be_sent_as_joined_text_are_refused(store: EventStore, stream: str, tenant: str) -> None:
     with pytest.raises(ValueError):
         await store.append(AppendRequest(tenant_id=tenant, writes=[StreamWrite(stream, [invoice(1)])], metadata=META))
@@ -119,7 +121,8 @@ async def test_a_failed_batch_rolls_back_and_the_writer_goes_on(store: EventStor
     await store.append(req(STREAM, invoice(1)))
 
     async def break_the_transaction(conn: asyncpg.Connection, result: AppendResult) -> None:
-        await conn.execute("INSERT INTO ledger.head (id, position, hash, recorded_at) VALUES (true, 0, '', now())")
+        await conn.execute("INSERT INTO ledger.partitions (log_partition, position, hash, recorded_at)"
+                           " VALUES (0, 0, '', now())")
 
     hooked = AppendRequest(tenant_id="acme", writes=[StreamWrite(STREAM, [invoice(2)])], metadata=META,
                            in_transaction=break_the_transaction)
@@ -162,7 +165,7 @@ class _MovesTheHeadBeforeTheWrite:
         return getattr(self._conn, name)
 
     async def fetchval(self, query: str, *args: object) -> object:
-        if query.startswith("WITH head AS"):
+        if query.startswith("WITH heads AS"):
             if not self.optimistic_writes:
                 await self._other.append(self._request)
             wrote = await self._conn.fetchval(query, *args)
@@ -178,19 +181,21 @@ async def test_a_batch_planned_on_a_head_that_moved_is_written_once_on_the_new_h
     other = EventStore(pool)
     await other.start()
     try:
-        conn = await store._connection()
+        writer = store._writer  # the test reaches into the writer to swap its connection
+        conn = await writer._connection()
         proxy = _MovesTheHeadBeforeTheWrite(conn, other, req(STREAM, invoice(2)))
-        store._conn = proxy  # type: ignore[assignment]
+        writer._conn = proxy  # type: ignore[assignment]
         mine = await store.append(req(STREAM, invoice(3)))
-        assert proxy.optimistic_writes == [False]  # the stale plan wrote nothing ...
-        assert (mine.first_position, mine.streams[0].to_version) == (3, 3)  # ... the locked path did, after the other
+        # the stale plan wrote nothing; planned again on a fresh read, it was written once
+        assert proxy.optimistic_writes == [False, True]
+        assert (mine.first_position, mine.streams[0].to_version) == (3, 3)  # after the other
         with pytest.raises(WrongExpectedVersion):  # and a stale expected version is still caught on the new head
             await store.append(req(STREAM, invoice(4), expected=2))
-        assert proxy.optimistic_writes == [False]  # refused at the read: nothing was sent
+        assert proxy.optimistic_writes == [False, True]  # refused at the read: nothing was sent
         await store.append(req(STREAM, invoice(5), expected=3))
-        assert proxy.optimistic_writes == [False, True]  # unmoved head: one statement wrote it
+        assert proxy.optimistic_writes == [False, True, True]  # unmoved head: one statement wrote it
     finally:
-        store._conn = conn
+        writer._conn = conn
         await other.stop()
     assert [e.event.invoice_id for e in await store.read_stream(STREAM)] == ["F1", "F2", "F3", "F5"]  # type: ignore[attr-defined]
     assert await chain_is_intact(pool) == 4

@@ -23,6 +23,7 @@ from services.ledger.verify import verify_ledger
 
 META = Metadata(actor=Actor(kind="api", id="tamper-test"), method="api")
 EVENTS = 12
+GARAGE_A = 3  # the log partition of tenant garage-a (of 32): every event here is in it
 CLI = str(Path(sys.executable).with_name("consent-ledger"))
 
 
@@ -111,19 +112,39 @@ TAMPERS: dict[str, tuple[Tamper, int, str]] = {
         12, "missing at the end",
     ),
     "alter the head's hash": (
-        lambda c: c.execute("UPDATE ledger.head SET hash = sha256(hash)"),
+        lambda c: c.execute("UPDATE ledger.partitions SET hash = sha256(hash) WHERE log_partition = 3"),
         12, "head hash",
     ),
     "move the head back one event": (
-        lambda c: c.execute("UPDATE ledger.head SET position = 11, hash = e.hash FROM ledger.events e"
-                            " WHERE e.position = 11"),
+        lambda c: c.execute("UPDATE ledger.partitions h SET position = 11, hash = e.hash FROM ledger.events e"
+                            " WHERE e.position = 11 AND h.log_partition = 3 AND e.log_partition = 3"),
         12, "beyond the ledger head",
     ),
     "move the head forward": (
-        lambda c: c.execute("UPDATE ledger.head SET position = 13"),
+        lambda c: c.execute("UPDATE ledger.partitions SET position = 13 WHERE log_partition = 3"),
         13, "missing at the end",
     ),
+    "move an event into another partition": (
+        lambda c: c.execute("UPDATE ledger.events SET log_partition = 4 WHERE position = 5"),
+        5, "expected position 5, found 6",
+    ),
 }
+
+
+async def test_an_event_moved_into_another_partition_is_named_there_too(
+    ledger_conn: asyncpg.Connection,
+) -> None:
+    """Partition 3's chain misses it; partition 4's walk finds an event of a tenant whose
+    partition is 3 (each chain is checked on its own, in parallel)."""
+    await ledger_conn.execute("UPDATE ledger.events SET log_partition = 4 WHERE position = 5")
+    count, broken = await verify_ledger(ledger_conn)
+    assert broken is not None and (broken.partition, broken.position) == (GARAGE_A, 5)
+    await ledger_conn.execute("UPDATE ledger.events SET log_partition = 4 WHERE log_partition = 3")
+    # ... and partition 3's head rolled back to empty, so that only partition 4 is wrong.
+    await ledger_conn.execute("UPDATE ledger.partitions SET position = 0, hash = decode(repeat('00', 32), 'hex')"
+                              " WHERE log_partition = 3")
+    count, broken = await verify_ledger(ledger_conn)
+    assert broken is not None and broken.partition == 4 and "partition is 3" in broken.problem, broken
 
 
 async def test_an_untouched_ledger_passes_verify(ledger_conn: asyncpg.Connection, db_url: str) -> None:
@@ -153,7 +174,8 @@ async def test_verify_names_the_first_tampered_position(name: str, ledger_conn: 
 
     done = run_verify(db_url)
     assert done.returncode == 1, done.stdout + done.stderr
-    assert f"BROKEN at position {position}:" in done.stdout, done.stdout
+    assert f"BROKEN at partition {GARAGE_A} position {position}:" in done.stdout, done.stdout
+    assert broken.partition == GARAGE_A
 
 
 async def rewrite_chain_from(conn: asyncpg.Connection, position: int) -> None:
@@ -172,7 +194,7 @@ async def rewrite_chain_from(conn: asyncpg.Connection, position: int) -> None:
         await conn.execute("UPDATE ledger.events SET prev_hash = $1, hash = $2 WHERE position = $3",
                            prev, digest, r["position"])
         prev = digest
-    await conn.execute("UPDATE ledger.head SET hash = $1", prev)
+    await conn.execute("UPDATE ledger.partitions SET hash = $1 WHERE log_partition = $2", prev, GARAGE_A)
 
 
 async def test_a_recomputed_chain_passes_alone_but_not_against_external_anchors(
@@ -185,15 +207,16 @@ async def test_a_recomputed_chain_passes_alone_but_not_against_external_anchors(
     assert await verify_ledger(ledger_conn) == (EVENTS, None), "the forger made the chain self-consistent"
 
     # Anchored at the last event only: the rewrite is caught, at or before that position.
-    count, broken = await verify_ledger(ledger_conn, anchors=[Anchor(EVENTS, published[EVENTS])])
+    count, broken = await verify_ledger(ledger_conn, anchors=[Anchor(EVENTS, published[EVENTS], GARAGE_A)])
     assert broken is not None and broken.position == EVENTS and "anchor" in broken.problem
     # Anchored at every event (a consumer of the whole topic): the exact first rewritten event.
-    anchors = [Anchor(p, h) for p, h in published.items()]
+    anchors = [Anchor(p, h, GARAGE_A) for p, h in published.items()]
     count, broken = await verify_ledger(ledger_conn, anchors=anchors)
     assert broken is not None and broken.position == 5 and count == 4
 
-    done = run_verify(db_url, "--anchor", f"3:{published[3]}", "--anchor", f"{EVENTS}:{published[EVENTS]}")
-    assert done.returncode == 1 and f"BROKEN at position {EVENTS}:" in done.stdout, done.stdout
+    done = run_verify(db_url, "--anchor", f"{GARAGE_A}/3:{published[3]}",
+                      "--anchor", f"{GARAGE_A}/{EVENTS}:{published[EVENTS]}")
+    assert done.returncode == 1 and f"BROKEN at partition {GARAGE_A} position {EVENTS}:" in done.stdout, done.stdout
     assert "after position 3" in done.stdout, "the last anchor that still matched bounds the rewrite"
 
 
@@ -201,10 +224,11 @@ async def test_an_anchor_beyond_the_ledger_reveals_truncation(ledger_conn: async
     last = await ledger_conn.fetchrow("SELECT position, hash FROM ledger.events WHERE position = $1", EVENTS)
     # Truncate cleanly: drop the last two events and point the head at what is left.
     await ledger_conn.execute("DELETE FROM ledger.events WHERE position > $1", EVENTS - 2)
-    await ledger_conn.execute("UPDATE ledger.head SET position = e.position, hash = e.hash FROM ledger.events e"
-                              " WHERE e.position = $1", EVENTS - 2)
+    await ledger_conn.execute("UPDATE ledger.partitions h SET position = e.position, hash = e.hash FROM ledger.events e"
+                              " WHERE e.position = $1 AND h.log_partition = $2 AND e.log_partition = $2",
+                              EVENTS - 2, GARAGE_A)
     assert await verify_ledger(ledger_conn) == (EVENTS - 2, None)
-    count, broken = await verify_ledger(ledger_conn, anchors=[Anchor(EVENTS, bytes(last["hash"]).hex())])
+    count, broken = await verify_ledger(ledger_conn, anchors=[Anchor(EVENTS, bytes(last["hash"]).hex(), GARAGE_A)])
     assert broken is not None and broken.position == EVENTS - 1 and "missing" in broken.problem
 
 
@@ -216,7 +240,7 @@ async def test_verify_refuses_a_malformed_anchor(db_url: str) -> None:
 
 async def test_matching_anchors_pass(ledger_conn: asyncpg.Connection, db_url: str) -> None:
     rows = await ledger_conn.fetch("SELECT position, hash FROM ledger.events WHERE position IN (1, 12)")
-    args = [a for r in rows for a in ("--anchor", f"{r['position']}:{bytes(r['hash']).hex()}")]
+    args = [a for r in rows for a in ("--anchor", f"{GARAGE_A}/{r['position']}:{bytes(r['hash']).hex()}")]
     done = run_verify(db_url, *args)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "2 anchors matched" in done.stdout

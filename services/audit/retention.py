@@ -145,7 +145,8 @@ async def _repair_keys(ledger: Ledger, tenant_id: str) -> int:
     with translate_errors():
         done = await ledger.pool.execute(
             "DELETE FROM ledger.subject_keys k WHERE k.tenant_id = $1 AND EXISTS (SELECT 1 FROM ledger.events e"
-            " WHERE e.stream_id = k.stream_id AND e.event_type = 'SubjectErased')",
+            " WHERE e.log_partition = ledger.partition_of($1, (SELECT count(*)::integer FROM ledger.partitions)) AND e.stream_id = k.stream_id"
+            " AND e.event_type = 'SubjectErased')",
             tenant_id,
         )
     return int(done.split()[-1])
@@ -158,7 +159,8 @@ async def _repair_portal_links(ledger: Ledger, tenant_id: str) -> int:
     with translate_errors():
         done = await ledger.pool.execute(
             "DELETE FROM portal.links l WHERE l.tenant_id = $1 AND EXISTS (SELECT 1 FROM ledger.events e"
-            " WHERE e.stream_id = 'subject/' || l.tenant_id || '/' || l.source || '/' || l.customer_ref"
+            " WHERE e.log_partition = ledger.partition_of($1, (SELECT count(*)::integer FROM ledger.partitions))"
+            " AND e.stream_id = 'subject/' || l.tenant_id || '/' || l.source || '/' || l.customer_ref"
             " AND e.event_type = 'SubjectErased')",
             tenant_id,
         )

@@ -10,20 +10,12 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import AsyncIterator
-from typing import Final
 
 import asyncpg
 
 from consent.subject import SubjectState, apply_subject
-from services.ledger.store import _COLUMNS as EVENT_COLUMNS  # the columns row_to_recorded reads
-from services.ledger.store import row_to_recorded, translate_errors
-
-_SUBJECT_EVENTS: Final = (
-    f"SELECT {EVENT_COLUMNS} FROM ledger.events"
-    " WHERE tenant_id = $1 AND stream_id LIKE 'subject/%' AND recorded_at <= $2"
-    " ORDER BY stream_id, version"
-)
-_FAR_FUTURE: Final = dt.datetime(9999, 1, 1, tzinfo=dt.timezone.utc)
+from services.ledger import store
+from services.ledger.store import translate_errors
 
 
 async def scan_subjects(conn: asyncpg.Connection, tenant_id: str, known_at: dt.datetime | None = None,
@@ -33,9 +25,8 @@ async def scan_subjects(conn: asyncpg.Connection, tenant_id: str, known_at: dt.d
     with translate_errors():
         async with conn.transaction(isolation="repeatable_read", readonly=True):
             state: SubjectState | None = None
-            cursor = conn.cursor(_SUBJECT_EVENTS, tenant_id, known_at or _FAR_FUTURE, prefetch=prefetch)
-            async for row in cursor:
-                recorded = row_to_recorded(row)
+            # The store reads the tenant's partition only (a cursor on this snapshot).
+            async for recorded in store.tenant_subject_events(conn, tenant_id, known_at, prefetch=prefetch):
                 if state is not None and recorded.version == 1:
                     yield state
                     state = None
@@ -46,9 +37,4 @@ async def scan_subjects(conn: asyncpg.Connection, tenant_id: str, known_at: dt.d
 
 async def tenant_ids(conn: asyncpg.Connection | asyncpg.Pool) -> list[str]:
     """Every tenant that has a stream of its own."""
-    with translate_errors():
-        rows = await conn.fetch(
-            "SELECT substr(stream_id, 8) AS tenant_id FROM ledger.events"
-            " WHERE stream_id LIKE 'tenant/%' AND version = 1 ORDER BY 1"
-        )
-    return [r["tenant_id"] for r in rows]
+    return await store.tenant_ids(conn)

@@ -544,8 +544,10 @@ class PreferencePlanner(Planner):
         """Per subject, the current value per cell (cells never set are "default")."""
         with translate_errors():
             rows = await self.pool.fetch(
-                "SELECT stream_id, data FROM ledger.events WHERE stream_id = ANY($1::text[])"
-                " AND event_type = 'PreferencesChanged' ORDER BY stream_id, version", list(streams))
+                "SELECT stream_id, data FROM ledger.events"
+                " WHERE log_partition = ledger.partition_of($2, (SELECT count(*)::integer FROM ledger.partitions))"
+                " AND stream_id = ANY($1::text[])"
+                " AND event_type = 'PreferencesChanged' ORDER BY stream_id, version", list(streams), self.tenant)
         current: dict[str, dict[str, str]] = {}
         for r in rows:
             cells = current.setdefault(r["stream_id"], {})

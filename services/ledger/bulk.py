@@ -2,9 +2,10 @@
 written with binary COPY.
 
 The guarantees are exactly those of :meth:`EventStore.append` (docs/event-store.md),
-because the transaction is built the same way: it begins by taking the head lock
-(``SELECT ... FROM ledger.head FOR UPDATE``, held until COMMIT, so positions = commit
-order, without gaps); reads the head and the streams' last versions and event types in a
+because the transaction is built the same way: it begins by taking the head lock of the
+tenant's log partition (``SELECT ... FROM ledger.partitions ... FOR UPDATE``, held until
+COMMIT, so positions = commit order within the partition, without gaps; other partitions
+are not held up); reads the head and the streams' last versions and event types in a
 statement that starts after the lock is held; refuses the whole request on a stale
 expected version (WrongExpectedVersion) or a closed stream (StreamClosed); numbers,
 hash-chains and inserts the events; moves the head; runs the caller's in-transaction hook;
@@ -33,11 +34,10 @@ import asyncpg
 import msgspec
 
 from schemas.events import encode_event
+from services.ledger import sql
 from services.ledger.errors import StreamClosed, WrongExpectedVersion
 from services.ledger.hashchain import format_timestamp
-from services.ledger.store import (
-    _BEGIN_AND_LOCK,
-    _STREAM_TAILS,
+from services.ledger.model import (
     CLOSING_EVENTS,
     AppendObserver,
     AppendRequest,
@@ -46,19 +46,10 @@ from services.ledger.store import (
     new_event_ids,
     translate_errors,
 )
+from services.ledger.store import check_request
 
 _encode: Final = msgspec.json.Encoder().encode
 
-# After the lock is ours, in a statement of its own (its snapshot sees every earlier
-# append): the head, and per stream (in the order given) its last version and event type.
-_READ_STATE: Final = (
-    "SELECT h.position, h.hash, h.recorded_at, s.versions, s.last_types FROM ledger.head h" + _STREAM_TAILS
-)
-_MOVE_HEAD: Final = "UPDATE ledger.head SET position = $1, hash = $2, recorded_at = $3"
-_EVENT_COLUMNS: Final = (
-    "position", "event_id", "stream_id", "version", "tenant_id", "event_type", "schema_version",
-    "recorded_at", "occurred_on", "data", "metadata", "prev_hash", "hash",
-)
 class _Prepared:
     """A request's events as columns, encoded before the lock is taken.
 
@@ -125,7 +116,7 @@ class _Prepared:
         return versions, hashes
 
 
-async def bulk_append(pool: asyncpg.Pool, request: AppendRequest, *,
+async def bulk_append(pool: asyncpg.Pool, request: AppendRequest, partition: int, *,
                       closing_events: frozenset[str] = CLOSING_EVENTS,
                       on_commit: AppendObserver | None = None) -> AppendResult:
     """Append one request atomically in a transaction of its own, events by binary COPY.
@@ -133,18 +124,15 @@ async def bulk_append(pool: asyncpg.Pool, request: AppendRequest, *,
     IntegrityError, or whatever the request's hook raises (nothing is then written)."""
     if request.idempotency_key is not None:
         raise ValueError("bulk appends take no idempotency key (the caller deduplicates)")
-    if not request.writes or not any(w.events for w in request.writes):
-        raise ValueError("append needs at least one event")
-    if not _is_id(request.tenant_id) or not all(_is_id(w.stream_id) for w in request.writes):
-        raise ValueError("tenant and stream ids are non-empty printable text")
+    check_request(request)
     started = time.perf_counter()
     prepared = _Prepared(request)
     streams = sorted(set(prepared.stream_ids))
     with translate_errors():
         async with pool.acquire() as conn:
             try:
-                await conn.execute(_BEGIN_AND_LOCK)
-                result = await _write(conn, request, prepared, streams, closing_events)
+                await conn.execute(sql.begin_and_lock([partition]))
+                result = await _write(conn, request, partition, prepared, streams, closing_events)
                 await conn.execute("COMMIT")
             except BaseException:
                 if not conn.is_closed() and conn.is_in_transaction():
@@ -159,9 +147,12 @@ async def bulk_append(pool: asyncpg.Pool, request: AppendRequest, *,
     return result
 
 
-async def _write(conn: asyncpg.Connection, request: AppendRequest, prepared: _Prepared, streams: list[str],
-                 closing_events: frozenset[str]) -> AppendResult:
-    state = await conn.fetchrow(_READ_STATE, "\n".join(streams))
+async def _write(conn: asyncpg.Connection, request: AppendRequest, partition: int, prepared: _Prepared,
+                 streams: list[str], closing_events: frozenset[str]) -> AppendResult:
+    # After the lock is ours, in a statement of its own (its snapshot sees every earlier
+    # append): the partition's head, and per stream its last version and event type.
+    state = await conn.fetchrow(sql.BULK_READ_STATE, "\n".join(streams), "\n".join([str(partition)] * len(streams)),
+                                partition)
     assert state is not None
     current = dict(zip(streams, state["versions"] or ()))
     last_types = dict(zip(streams, state["last_types"] or ()))
@@ -173,7 +164,7 @@ async def _write(conn: asyncpg.Connection, request: AppendRequest, prepared: _Pr
             raise WrongExpectedVersion(write.stream_id, write.expected_version, current.get(write.stream_id, 0))
     head_position: int = state["position"]
     first_prev = bytes(state["hash"])
-    recorded_at = max(dt.datetime.now(dt.UTC), state["recorded_at"])  # never backwards along the log
+    recorded_at = max(dt.datetime.now(dt.UTC), state["recorded_at"])  # never backwards along the partition
     # A stream written twice in one request continues from its first write.
     versions = dict(current)
     start_versions: list[int] = []
@@ -188,17 +179,13 @@ async def _write(conn: asyncpg.Connection, request: AppendRequest, prepared: _Pr
     n = len(hashes)
     stream_column = [s for s, c in zip(prepared.stream_ids, prepared.counts) for _ in range(c)]
     tenant, meta = request.tenant_id, prepared.metadata
-    records = zip(range(first, first + n), prepared.event_ids, stream_column, event_versions,
+    records = zip([partition] * n, range(first, first + n), prepared.event_ids, stream_column, event_versions,
                   [tenant] * n, prepared.types, prepared.schema_versions, [recorded_at] * n,
                   prepared.occurred, prepared.data, [meta] * n, [first_prev, *hashes[:-1]], hashes)
-    await conn.copy_records_to_table("events", schema_name="ledger", columns=_EVENT_COLUMNS, records=records)
-    await conn.execute(_MOVE_HEAD, head_position + n, hashes[-1], recorded_at)
+    await conn.copy_records_to_table("events", schema_name="ledger", columns=sql.BULK_EVENT_COLUMNS, records=records)
+    await conn.execute(sql.MOVE_HEAD, partition, head_position + n, hashes[-1], recorded_at)
     result = AppendResult(streams=results, first_position=first, last_position=head_position + n,
-                          event_ids=prepared.event_ids, recorded_at=recorded_at)
+                          event_ids=prepared.event_ids, recorded_at=recorded_at, partition=partition)
     if request.in_transaction is not None:
         await request.in_transaction(conn, result)
     return result
-
-
-def _is_id(text: str) -> bool:
-    return bool(text) and text.isprintable()

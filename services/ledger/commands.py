@@ -271,14 +271,8 @@ class Ledger:
     async def subject_heads(self, stream_ids: Sequence[str]) -> dict[str, tuple[int, bool]]:
         """(version, erased) per subject stream, one index probe each: SubjectErased is
         always a stream's last event, since nothing is appended after it."""
-        with translate_errors():
-            rows = await self.pool.fetch(
-                "SELECT s AS stream_id, e.version, e.event_type FROM unnest($1::text[]) AS s"
-                " LEFT JOIN LATERAL (SELECT version, event_type FROM ledger.events WHERE stream_id = s"
-                " ORDER BY version DESC LIMIT 1) e ON true",
-                list(stream_ids),
-            )
-        return {r["stream_id"]: (r["version"] or 0, r["event_type"] == "SubjectErased") for r in rows}
+        heads = await self.store.stream_heads(stream_ids)
+        return {s: (version, last_type == "SubjectErased") for s, (version, last_type) in heads.items()}
 
     async def refuse_erased(self, stream_ids: Sequence[str]) -> dict[str, int]:
         """Raise 410 if any subject stream was erased; else their current versions."""

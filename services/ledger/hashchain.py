@@ -62,6 +62,14 @@ def event_hash(
 class ChainBroken(msgspec.Struct, frozen=True):
     position: int
     problem: str
+    # The log partition of the break; None: the events written before partitioning (one
+    # chain across every partition, ending at ledger.log_origin).
+    partition: int | None = None
+
+    def where(self) -> str:
+        if self.partition is None:
+            return f"position {self.position}"
+        return f"partition {self.partition} position {self.position}"
 
 
 class Anchor(msgspec.Struct, frozen=True):
@@ -71,17 +79,23 @@ class Anchor(msgspec.Struct, frozen=True):
 
     position: int
     hash: str  # hex, 64 characters
+    # The log partition of the event (envelope field ``partition``); None: an event written
+    # before the log was partitioned (its position is unique over the whole log).
+    partition: int | None = None
 
 
 def parse_anchor(text: str) -> Anchor:
-    """``POSITION:HASH`` (hash in hex), as given to ``consent-ledger verify --anchor``."""
-    position, sep, digest = text.strip().partition(":")
-    if not sep or not position.isdigit() or int(position) < 1:
-        raise ValueError(f"anchor {text!r} is not POSITION:HASH with a position >= 1")
+    """``PARTITION/POSITION:HASH`` (an event of a log partition) or ``POSITION:HASH`` (an
+    event written before partitioning), hash in hex, as given to ``consent-ledger verify
+    --anchor``."""
+    place, sep, digest = text.strip().partition(":")
+    partition_text, slash, position = place.rpartition("/")
+    if not sep or not position.isdigit() or int(position) < 1 or (slash and not partition_text.isdigit()):
+        raise ValueError(f"anchor {text!r} is not [PARTITION/]POSITION:HASH with a position >= 1")
     digest = digest.lower()
     if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
         raise ValueError(f"anchor {text!r}: the hash must be 64 hex characters (SHA-256)")
-    return Anchor(int(position), digest)
+    return Anchor(int(position), digest, int(partition_text) if slash else None)
 
 
 def check_row(row: dict, expected_prev: bytes, expected_position: int) -> str | None:
@@ -121,18 +135,22 @@ def _anchor_map(anchors: Iterable[Anchor]) -> dict[int, bytes]:
 
 
 async def verify_rows(
-    rows: AsyncIterator[dict] | Iterable[dict], head: dict | None, anchors: Iterable[Anchor] = ()
+    rows: AsyncIterator[dict] | Iterable[dict], head: dict | None, anchors: Iterable[Anchor] = (), *,
+    start_position: int = 1, start_hash: bytes = GENESIS, partition: int | None = None,
 ) -> tuple[int, ChainBroken | None]:
-    """Walk rows in position order; return (rows checked, first break or None).
+    """Walk one chain's rows in position order; return (rows checked, first break or None).
 
-    The first break is the lowest position at which something is wrong: a row that is
-    missing, out of place, altered, not linked to its predecessor, or whose hash differs
-    from an anchor; then the head (its position and hash must be the last event's).
+    The chain starts at ``start_position`` linked to ``start_hash`` (a log partition starts
+    where the log before partitioning ended). The first break is the lowest position at
+    which something is wrong: a row that is missing, out of place, altered, not linked to
+    its predecessor, or whose hash differs from an anchor; then the head (its position and
+    hash must be the last event's).
     """
     anchored = _anchor_map(anchors)
     last_matched = 0
-    expected_prev = GENESIS
-    expected_position = 1
+    expected_prev = start_hash
+    expected_position = start_position
+    base = start_position - 1
     count = 0
     if hasattr(rows, "__aiter__"):
         iterator = rows
@@ -144,7 +162,7 @@ async def verify_rows(
     async for row in iterator:  # type: ignore[union-attr]
         problem = check_row(row, expected_prev, expected_position)
         if problem:
-            return count, ChainBroken(position=expected_position, problem=problem)
+            return count, ChainBroken(position=expected_position, problem=problem, partition=partition)
         anchor = anchored.get(expected_position)
         if anchor is not None:
             if anchor != bytes(row["hash"]):
@@ -153,30 +171,36 @@ async def verify_rows(
                     position=expected_position,
                     problem="hash differs from the anchor kept outside the database: the chain was rewritten"
                     f" at or before this position{since}",
+                    partition=partition,
                 )
             last_matched = expected_position
         expected_prev = bytes(row["hash"])
         expected_position += 1
         count += 1
+    end = base + count
     if head is not None:
-        if head["position"] < count:
+        if head["position"] < end:
             return count, ChainBroken(
                 position=head["position"] + 1,
                 problem=f"event {head['position'] + 1} is beyond the ledger head (head says {head['position']}"
-                f" events, found {count}): appended behind the store's back, or the head was rolled back",
+                f", found {end}): appended behind the store's back, or the head was rolled back",
+                partition=partition,
             )
-        if head["position"] > count:
+        if head["position"] > end:
             return count, ChainBroken(
-                position=count + 1,
-                problem=f"ledger head says {head['position']} events, found {count} (events missing at the end)",
+                position=end + 1,
+                problem=f"ledger head says {head['position']}, found {end} (events missing at the end)",
+                partition=partition,
             )
         if bytes(head["hash"]) != expected_prev:
-            return count, ChainBroken(position=count, problem="ledger head hash does not match the last event")
-    beyond = [p for p in anchored if p > count]
+            return count, ChainBroken(position=end, problem="ledger head hash does not match the last event",
+                                      partition=partition)
+    beyond = [p for p in anchored if p > end]
     if beyond:
         return count, ChainBroken(
-            position=count + 1,
-            problem=f"an anchor names position {min(beyond)} but the ledger ends at {count}"
+            position=end + 1,
+            problem=f"an anchor names position {min(beyond)} but the chain ends at {end}"
             " (events missing at the end: truncated with the head rolled back)",
+            partition=partition,
         )
     return count, None

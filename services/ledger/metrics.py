@@ -19,8 +19,14 @@ class LedgerMetrics:
             buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5), registry=self.registry,
         )
         self.events_appended = Counter("ledger_events_appended_total", "Events appended", registry=self.registry)
+        self.partition_conflicts = Counter(
+            "ledger_append_partition_conflicts_total",
+            "Partitions of a batch planned again because another writer appended to them between the batch's"
+            " read and its write (optimistic batches)", registry=self.registry,
+        )
         self.relay_lag = Gauge(
-            "ledger_relay_lag_events", "Ledger head position minus the relay's checkpoint", registry=self.registry,
+            "ledger_relay_lag_events", "Events not yet relayed: partition heads minus the relay's checkpoints",
+            registry=self.registry,
         )
 
         # The labelled child per (method, route, status): prometheus_client's labels()
@@ -33,6 +39,9 @@ class LedgerMetrics:
             child = self._request_children[(method, route, status)] = self.request_latency.labels(
                 method, route, str(status))
         child.observe(seconds)
+
+    def on_conflict(self, partitions: int) -> None:
+        self.partition_conflicts.inc(partitions)
 
     def on_commit(self, events: int, seconds: float) -> None:
         self.events_appended.inc(events)

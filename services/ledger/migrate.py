@@ -50,8 +50,10 @@ async def pending_migrations(conn: asyncpg.Connection) -> list[str]:
     return [name for name in names if name not in done]
 
 
-async def migrate(conn: asyncpg.Connection) -> list[str]:
-    """Apply pending migrations; returns the names applied."""
+async def migrate(conn: asyncpg.Connection, *, log_partitions: int | None = None) -> list[str]:
+    """Apply pending migrations; returns the names applied. ``log_partitions``: the number
+    of log partitions, used only by the migration that creates them (0010_partitions.sql:
+    chosen once, at install; default 32)."""
     applied_now: list[str] = []
     # Nothing pending: run no DDL at all, so that services connecting as a least-privilege
     # role (no CREATE right, deploy/postgres-roles.sql) start once `migrate` has run.
@@ -59,6 +61,8 @@ async def migrate(conn: asyncpg.Connection) -> list[str]:
         return applied_now
     await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
     try:
+        if log_partitions is not None:
+            await conn.execute("SELECT set_config('ledger.log_partitions', $1, false)", str(log_partitions))
         await conn.execute("CREATE SCHEMA IF NOT EXISTS ledger")
         await conn.execute(
             "CREATE TABLE IF NOT EXISTS ledger.schema_migrations ("

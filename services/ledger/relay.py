@@ -7,15 +7,18 @@ PostgreSQL, and this relay follows ``ledger.events`` on its own (a task inside
 
 Guarantees (see docs/relay-and-local-stack.md):
 
-* **at least once**: the checkpoint (``ledger.checkpoints``) advances only after the
-  broker acknowledged (``acks="all"``) every event of a batch; a crash re-sends at most
-  the batch in flight;
+* **one checkpoint per log partition** (``ledger.checkpoints``, ``relay:{topic}/p{n}``):
+  the relay reads every partition after its own checkpoint in one query (positions of
+  different partitions are not comparable; within one, a row that commits later always
+  gets a higher position, so nothing is skipped);
+* **at least once**: a partition's checkpoint advances only after the broker acknowledged
+  (``acks="all"``) every event of a batch; a crash re-sends at most the batch in flight;
 * **stream order**: one producer, one batch in flight (publish, await every ack, then
   advance); same key -> same partition; aiokafka keeps one request in flight per broker,
   so retries do not reorder;
 * **a broker that lost its data** (in-memory tansu restarted, topic deleted) is noticed
   (topic missing or empty while the checkpoint says we published, or acknowledged
-  offsets going backwards) and the whole ledger is published again from position 1.
+  offsets going backwards) and the whole ledger is published again from the start.
   Consumers de-duplicate: per stream, apply an event iff its version is the last applied
   version + 1.
 * **one active relay per topic and database**: a PostgreSQL advisory lock, held on the
@@ -42,8 +45,7 @@ from aiokafka.errors import KafkaError
 from schemas.events import encode_recorded
 from services.kafka_security import PLAINTEXT, KafkaSecurity
 from services.ledger.metrics import LedgerMetrics
-from services.ledger.store import _COLUMNS as EVENT_COLUMNS  # the columns row_to_recorded reads
-from services.ledger.store import row_to_recorded
+from services.ledger.store import partition_count, partition_heads, read_partitions
 from services.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -68,7 +70,12 @@ class RelayConfig(msgspec.Struct, frozen=True, kw_only=True):
 
     @property
     def checkpoint_name(self) -> str:
+        """The single checkpoint of the relay before the log was partitioned: the fallback
+        of every partition's own (its positions are below every partition's new ones)."""
         return f"relay:{self.topic}"
+
+    def partition_checkpoint(self, partition: int) -> str:
+        return f"relay:{self.topic}/p{partition}"
 
     @property
     def lock_id(self) -> int:
@@ -102,7 +109,7 @@ class Relay:
     def __init__(self, config: RelayConfig, metrics: LedgerMetrics | None = None) -> None:
         self.config = config
         self.metrics = metrics or LedgerMetrics()
-        self.checkpoint = 0  # last position the broker acknowledged (as stored)
+        self.checkpoints: dict[int, int] = {}  # per log partition, the last position the broker acknowledged
         self.published = 0  # events acknowledged by the broker since start (re-sends included)
         self.republishes = 0  # times the broker's loss of data made us start from position 1
         self._log = log.bind(topic=config.topic)
@@ -123,9 +130,9 @@ class Relay:
                 if self.published > before:
                     backoff = self.config.backoff_initial
                 self._log.warning("relay_retrying", error=f"{type(exc).__name__}: {exc}",
-                                  checkpoint=self.checkpoint, retry_in_s=round(backoff, 2))
+                                  relayed=self.checkpoint, retry_in_s=round(backoff, 2))
             except Exception:  # a bug must not stop the relay for good: log it loudly and retry
-                self._log.exception("relay_failed", checkpoint=self.checkpoint, retry_in_s=round(backoff, 2))
+                self._log.exception("relay_failed", relayed=self.checkpoint, retry_in_s=round(backoff, 2))
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, self.config.backoff_max)
 
@@ -135,7 +142,7 @@ class Relay:
             conn: asyncpg.Connection = await asyncpg.connect(self.config.database_url, timeout=10)
             stack.push_async_callback(conn.close, timeout=5)
             await self._become_leader(conn)
-            self.checkpoint = await self._load_checkpoint(conn)
+            self.checkpoints = await self._load_checkpoints(conn)
             await self._update_lag(conn)
             admin = AIOKafkaAdminClient(bootstrap_servers=self.config.bootstrap,
                                         request_timeout_ms=self.config.request_timeout_ms,
@@ -153,7 +160,7 @@ class Relay:
             )
             stack.push_async_callback(producer.stop)
             await producer.start()
-            self._log.info("relay_connected", bootstrap=self.config.bootstrap, checkpoint=self.checkpoint)
+            self._log.info("relay_connected", bootstrap=self.config.bootstrap, relayed=self.checkpoint)
             await self._publish_loop(conn, admin, producer)
 
     async def _become_leader(self, conn: asyncpg.Connection) -> None:
@@ -162,25 +169,23 @@ class Relay:
             if not waiting:
                 self._log.info("relay_standby", reason="another relay holds the lock")
                 waiting = True
-            self.checkpoint = await self._load_checkpoint(conn)
+            self.checkpoints = await self._load_checkpoints(conn)
             await self._update_lag(conn)
             await asyncio.sleep(self.config.standby_poll)
 
     async def _publish_loop(self, conn: asyncpg.Connection, admin: AIOKafkaAdminClient,
                             producer: AIOKafkaProducer) -> None:
         last_offsets: dict[int, int] = {}
+        partitions = await partition_count(conn)
         while True:
-            rows = await conn.fetch(
-                f"SELECT {EVENT_COLUMNS} FROM ledger.events WHERE position > $1 ORDER BY position LIMIT $2",
-                self.checkpoint, self.config.batch_size,
-            )
-            if not rows:
+            # Every partition after its own checkpoint, in one round trip (store verb).
+            events = await read_partitions(conn, self.checkpoints, partitions, self.config.batch_size)
+            if not events:
                 self.metrics.relay_lag.set(0)
                 await asyncio.sleep(self.config.idle_poll)
                 continue
             if self.config.topic not in await admin.list_topics():
                 raise TopicMissing(f"topic {self.config.topic} is gone")
-            events = [row_to_recorded(r) for r in rows]
             futures = [
                 await producer.send(self.config.topic, key=e.stream_id.encode(), value=encode_recorded(e))
                 for e in events
@@ -193,13 +198,14 @@ class Relay:
                 assert not isinstance(meta, BaseException)
                 previous = last_offsets.get(meta.partition)
                 if previous is not None and meta.offset <= previous:
-                    await self._save_checkpoint(conn, 0)
+                    await self._reset_checkpoints(conn)
                     self.republishes += 1
                     raise BrokerLostData(f"partition {meta.partition} acknowledged offset {meta.offset}"
                                          f" after {previous}: the broker lost its data")
                 last_offsets[meta.partition] = meta.offset
             self.published += len(events)
-            await self._save_checkpoint(conn, events[-1].position)
+            # Events come ordered by partition, then position: the last of each partition wins.
+            await self._save_checkpoints(conn, {e.partition: e.position for e in events})
             await self._update_lag(conn)
 
     # -- the topic -----------------------------------------------------------------
@@ -226,9 +232,9 @@ class Relay:
             await self._lost(conn, "the topic is empty")
 
     async def _lost(self, conn: asyncpg.Connection, why: str) -> None:
-        self._log.warning("relay_republishing_from_start", reason=why, previous_checkpoint=self.checkpoint)
+        self._log.warning("relay_republishing_from_start", reason=why, relayed=self.checkpoint)
         self.republishes += 1
-        await self._save_checkpoint(conn, 0)
+        await self._reset_checkpoints(conn)
 
     async def _partitions(self, admin: AIOKafkaAdminClient) -> list[int]:
         described = await admin.describe_topics([self.config.topic])
@@ -248,22 +254,44 @@ class Relay:
 
     # -- the checkpoint ------------------------------------------------------------
 
-    async def _load_checkpoint(self, conn: asyncpg.Connection) -> int:
-        value = await conn.fetchval("SELECT position FROM ledger.checkpoints WHERE name = $1",
-                                    self.config.checkpoint_name)
-        return int(value or 0)
+    @property
+    def checkpoint(self) -> int:
+        """The checkpoints added up: on a ledger partitioned from its start, the number of
+        events the broker acknowledged (for logs and tests; the relay uses the map)."""
+        return sum(self.checkpoints.values())
 
-    async def _save_checkpoint(self, conn: asyncpg.Connection, position: int) -> None:
+    async def _load_checkpoints(self, conn: asyncpg.Connection) -> dict[int, int]:
+        rows = await conn.fetch("SELECT name, position FROM ledger.checkpoints WHERE name = $1 OR name LIKE $2",
+                                self.config.checkpoint_name, f"relay:{self.config.topic}/p%")
+        stored = {r["name"]: int(r["position"]) for r in rows}
+        # A partition without a checkpoint of its own continues from the single checkpoint
+        # of the relay before partitioning: everything at or below it was published, and
+        # every event written since is above it in whatever partition.
+        legacy = stored.get(self.config.checkpoint_name, 0)
+        partitions = await partition_count(conn)
+        return {p: stored.get(self.config.partition_checkpoint(p), legacy) for p in range(partitions)}
+
+    async def _save_checkpoints(self, conn: asyncpg.Connection, positions: dict[int, int]) -> None:
+        parts = sorted(positions)
         await conn.execute(
-            "INSERT INTO ledger.checkpoints (name, position) VALUES ($1, $2)"
+            "INSERT INTO ledger.checkpoints (name, position) SELECT * FROM unnest($1::text[], $2::bigint[])"
             " ON CONFLICT (name) DO UPDATE SET position = excluded.position, updated_at = now()",
-            self.config.checkpoint_name, position,
+            [self.config.partition_checkpoint(p) for p in parts], [positions[p] for p in parts],
         )
-        self.checkpoint = position
+        self.checkpoints.update(positions)
+
+    async def _reset_checkpoints(self, conn: asyncpg.Connection) -> None:
+        """Publish everything again: every partition from the start (the checkpoint of
+        before partitioning too, so that it no longer stands in for a missing one)."""
+        partitions = await partition_count(conn)
+        await self._save_checkpoints(conn, dict.fromkeys(range(partitions), 0))
+        await conn.execute("UPDATE ledger.checkpoints SET position = 0, updated_at = now() WHERE name = $1",
+                           self.config.checkpoint_name)
 
     async def _update_lag(self, conn: asyncpg.Connection) -> None:
-        head = await conn.fetchval("SELECT position FROM ledger.head")
-        self.metrics.relay_lag.set(max(0, int(head or 0) - self.checkpoint))
+        heads = await partition_heads(conn)
+        lag = sum(max(0, head - self.checkpoints.get(p, 0)) for p, head in heads.items())
+        self.metrics.relay_lag.set(lag)
 
 
 # -- running it --------------------------------------------------------------------------

@@ -31,7 +31,6 @@ from schemas.events import RecordedEvent
 
 # The store's own column list and row decoder, so the portal's one-round-trip read decodes
 # events exactly as EventStore.read_stream does.
-from services.ledger.store import _COLUMNS as EVENT_COLUMNS
 from services.ledger.store import EventStore, row_to_recorded, translate_errors
 
 SELECTOR_BYTES: Final = 8
@@ -106,6 +105,7 @@ class LinkStore:
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
+        self._store = EventStore(pool)  # reads only: the partition count, a stream
         # First come, first served for the pool's connections on the hot path. asyncpg's pool
         # lets a newly arriving request take a connection that was just released to a waiter,
         # which then queues again at the back: at saturation a few pages waited ten times the
@@ -152,12 +152,12 @@ class LinkStore:
                     "SELECT l.link_id, l.verifier_hash, l.tenant_id AS link_tenant_id, l.source, l.customer_ref,"
                     " l.issued_at, l.revoked_at, e.*"
                     " FROM portal.links l LEFT JOIN LATERAL ("
-                    f"SELECT {EVENT_COLUMNS} FROM ledger.events"
-                    " WHERE l.revoked_at IS NULL"
-                    " AND stream_id = 'subject/' || l.tenant_id || '/' || l.source || '/' || l.customer_ref"
-                    " ORDER BY version) e ON true"
+                    + EventStore.stream_subquery(
+                        "l.tenant_id", "'subject/' || l.tenant_id || '/' || l.source || '/' || l.customer_ref", "$2",
+                        "l.revoked_at IS NULL")
+                    + ") e ON true"
                     " WHERE l.selector_hash = $1",
-                    selector_hash,
+                    selector_hash, await self._store.partitions(),
                 )
         row = rows[0] if rows else None
         stored = bytes(row["verifier_hash"]) if row is not None else _DUMMY_DIGEST
@@ -168,7 +168,7 @@ class LinkStore:
                             row["issued_at"])
         stream = subject_stream(target.tenant_id, target.source, target.customer_ref)
         if row["stream_id"] != stream:  # no events joined (or a different stream id format)
-            return target, await EventStore(self._pool).read_stream(stream)
+            return target, await self._store.read_stream(stream)
         return target, [row_to_recorded(r) for r in rows]
 
     async def live(self, tenant_id: str, source: str, customer_ref: str) -> LinkInfo | None:

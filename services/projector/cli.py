@@ -138,14 +138,18 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     settings = _settings(kafka=False)
 
+    from services.ledger.store import partition_heads
+
     async def status() -> dict[str, object]:
         conn = await asyncpg.connect(settings.database_url)
         try:
             return {
                 "subjects": await conn.fetchval("SELECT count(*) FROM projector.subjects"),
                 "tenants": await conn.fetchval("SELECT count(*) FROM projector.tenants"),
-                "ledger_head": await conn.fetchval("SELECT position FROM ledger.head"),
-                "rebuilt_through": await conn.fetchval("SELECT rebuilt_through FROM projector.checkpoint"),
+                # Per log partition (index = partition): positions of two are not comparable.
+                "ledger_heads": [h for _, h in sorted((await partition_heads(conn)).items())],
+                "rebuilt_through": await conn.fetchval(
+                    "SELECT coalesce(rebuilt_through_partitions, array[rebuilt_through]) FROM projector.checkpoint"),
                 "offsets": {f"{r[0]}/{r[1]}": r[2] for r in await conn.fetch(
                     "SELECT topic, partition, next_offset FROM projector.offsets ORDER BY topic, partition")},
                 "pending_term_reevaluations": [r[0] for r in await conn.fetch(

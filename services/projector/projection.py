@@ -130,11 +130,20 @@ class Projection:
         stored in the same transaction as the subjects."""
         started = time.perf_counter()
         result = ApplyResult()
-        rebuilt_through = await self.pool.fetchval("SELECT rebuilt_through FROM projector.checkpoint") or 0
+        checkpoint = await self.pool.fetchrow(
+            "SELECT rebuilt_through, rebuilt_through_partitions FROM projector.checkpoint")
+        # Per log partition (positions of two partitions are not comparable); a checkpoint
+        # of before partitioning holds for every partition (0020_checkpoint_partitions.sql).
+        everywhere = checkpoint["rebuilt_through"] if checkpoint is not None else 0
+        per_partition: list[int] = (checkpoint["rebuilt_through_partitions"] or []) if checkpoint is not None else []
         tenant_events: dict[str, list[RecordedEvent]] = defaultdict(list)
         subject_events: dict[SubjectKey, dict[int, RecordedEvent]] = defaultdict(dict)
         for e in events:
-            if e.position <= rebuilt_through:
+            if per_partition:
+                through = per_partition[e.partition] if e.partition < len(per_partition) else 0
+            else:
+                through = everywhere
+            if e.position <= through:
                 result.duplicates += 1
                 continue
             parsed = parse_subject_stream(e.stream_id)
@@ -506,16 +515,19 @@ class Projection:
         return len(rows)
 
 
-async def apply_until_caught_up(projection: Projection, *, batch: int = 2000, after: int = 0) -> int:
-    """Apply the whole ledger from the event store (no Kafka): for tests and tools.
-    Returns the last position applied."""
-    position = after
+async def apply_until_caught_up(projection: Projection, *, batch: int = 2000,
+                                after: Mapping[int, int] | None = None) -> dict[int, int]:
+    """Apply the whole ledger from the event store (no Kafka): for tests and tools, every
+    log partition after its position in ``after`` (none: from the start). Returns the
+    last position applied per partition."""
+    positions = dict(after or {})
     while True:
-        events = await projection.store.read_all(position, batch)
+        events = await projection.store.read_partitions(positions, batch)
         if not events:
-            return position
+            return positions
         await projection.apply(events)
-        position = events[-1].position
+        for e in events:
+            positions[e.partition] = e.position
 
 
 __all__ = ["ApplyResult", "OutOfOrderEvent", "Projection", "apply_until_caught_up"]

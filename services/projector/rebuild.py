@@ -44,8 +44,7 @@ from consent.tenant import TenantState, apply_tenant
 from consent.terms import TermMatrix
 from consent.vocabulary import parse_subject_stream
 from schemas.events import Metadata, RecordedEvent, decode_event
-from services.ledger.store import _COLUMNS as EVENT_COLUMNS  # the columns row_to_recorded reads
-from services.ledger.store import row_to_recorded
+from services.ledger.store import partition_count, partition_heads, read_partitions, scan_log
 from services.projector.clock import Clock
 from services.projector.readmodel import (
     SUBJECT_COLUMNS,
@@ -66,8 +65,6 @@ _REBUILD_LOCK: Final = 0x72656275696C64  # "rebuild"
 _NO_TERMS: Final = TermMatrix()
 TENANT_COLUMNS: Final = ("tenant_id", "version", "last_position", "state", "terms_version", "reeval_version",
                          "reeval_after_source", "reeval_after_ref")
-# A worker's share of the subject streams (PostgreSQL computes it while scanning).
-_SHARE: Final = "(hashtext(stream_id) & 2147483647) % $2 = $3"
 _metadata_decoder: Final = msgspec.json.Decoder(Metadata)
 
 
@@ -78,7 +75,8 @@ class RebuildReport(msgspec.Struct, kw_only=True):
     workers: int = 1
     fold_seconds: float = 0.0  # the slowest worker's read and fold (the rest of build_seconds: evaluate, COPY)
     caught_up_events: int = 0
-    rebuilt_through: int = 0
+    # Per log partition (index = partition), the position the model is complete through.
+    rebuilt_through: list[int] = msgspec.field(default_factory=list)
     build_seconds: float = 0.0
     index_seconds: float = 0.0
     swap_seconds: float = 0.0
@@ -105,11 +103,11 @@ _tenants_decoder: Final = msgspec.msgpack.Decoder(Tenants)
 
 
 def _recorded(row: asyncpg.Record) -> RecordedEvent:
-    """row_to_recorded by column index (the rebuild reads a million of them)."""
+    """row_to_recorded by column index (store.SCAN_COLUMNS; the rebuild reads a million)."""
     return RecordedEvent(
         position=row[0], event_id=row[1], stream_id=row[2], version=row[3], tenant_id=row[4], event_type=row[5],
         schema_version=row[6], recorded_at=row[7], occurred_on=row[8], event=decode_event(row[9]),
-        metadata=_metadata_decoder.decode(row[10]), hash=bytes(row[11]).hex(),
+        metadata=_metadata_decoder.decode(row[10]), hash=bytes(row[11]).hex(), partition=row[12],
     )
 
 
@@ -151,7 +149,6 @@ def _apply_tenant_event(tenants: Tenants, recorded: RecordedEvent) -> bool:
 class Share(msgspec.Struct, frozen=True, kw_only=True):
     database_url: str
     snapshot: str
-    head: int
     index: int
     workers: int
     on: dt.date
@@ -186,10 +183,8 @@ async def _build_share(share: Share) -> ShareReport:
         events = 0
         async with read.transaction(isolation="repeatable_read", readonly=True):
             await read.execute(f"SET TRANSACTION SNAPSHOT '{share.snapshot}'")
-            cursor = await read.cursor(
-                f"SELECT {EVENT_COLUMNS} FROM ledger.events WHERE position <= $1 AND stream_id LIKE 'subject/%'"
-                f" AND {_SHARE} ORDER BY position", share.head, share.workers, share.index,
-            )
+            # The exported snapshot bounds what is read: exactly what the heads said.
+            cursor = await scan_log(read, "subject/%", shares=share.workers, share=share.index)
             get = subjects.get
             while True:
                 rows = await cursor.fetch(share.fetch_size)
@@ -260,13 +255,11 @@ async def rebuild(
         # 1. the snapshot, and the tenants in it
         tenants = Tenants(states={}, terms_version={})
         async with snap_conn.transaction(isolation="repeatable_read", readonly=True):
-            head = await snap_conn.fetchval("SELECT position FROM ledger.head")
+            heads = await partition_heads(snap_conn)
             snapshot = await snap_conn.fetchval("SELECT pg_export_snapshot()")
-            workers = report.workers = workers or default_workers(head)
-            for row in await snap_conn.fetch(
-                f"SELECT {EVENT_COLUMNS} FROM ledger.events WHERE stream_id LIKE 'tenant/%' AND position <= $1"
-                " ORDER BY position", head,
-            ):
+            workers = report.workers = workers or default_workers(
+                sum(heads.values()) - len(heads) * await snap_conn.fetchval("SELECT position FROM ledger.log_origin"))
+            async for row in scan_log(snap_conn, "tenant/%"):
                 recorded = _recorded(row)
                 if recorded.stream_id == f"tenant/{recorded.tenant_id}":
                     _apply_tenant_event(tenants, recorded)
@@ -275,7 +268,7 @@ async def rebuild(
             # 2. the subjects, in parallel shares of the same snapshot
             shares = [
                 msgspec.msgpack.encode(Share(
-                    database_url=database_url, snapshot=snapshot, head=head, index=i, workers=workers, on=on,
+                    database_url=database_url, snapshot=snapshot, index=i, workers=workers, on=on,
                     tenants=_tenants_encoder.encode(tenants), fetch_size=fetch_size,
                 ))
                 for i in range(workers)
@@ -310,7 +303,7 @@ async def rebuild(
         async with conn.transaction():
             await conn.execute(f"SET LOCAL lock_timeout = '{int(lock_timeout_s * 1000)}ms'")
             await conn.execute("LOCK TABLE projector.subjects, projector.tenants IN EXCLUSIVE MODE")
-            position, report.caught_up_events = await _catch_up(conn, tenants, head, on, fetch_size)
+            positions, report.caught_up_events = await _catch_up(conn, tenants, heads, on, fetch_size)
             await _carry_over_published(conn)
             for table in ("subjects", "tenants"):
                 indexes = [r[0] for r in await conn.fetch(
@@ -320,12 +313,16 @@ async def rebuild(
                 await conn.execute(f"ALTER TABLE projector.{table}_new RENAME TO {table}")
                 for name in indexes:
                     await conn.execute(f"ALTER INDEX projector.{name} RENAME TO {table}{name[len(table) + 4:]}")
+            through = [positions[p] for p in sorted(positions)]
+            # rebuilt_through (one number) only for code of before partitioning: the smallest.
             await conn.execute(
-                "INSERT INTO projector.checkpoint (id, rebuilt_through) VALUES (true, $1)"
-                " ON CONFLICT (id) DO UPDATE SET rebuilt_through = excluded.rebuilt_through, rebuilt_at = now()",
-                position,
+                "INSERT INTO projector.checkpoint (id, rebuilt_through, rebuilt_through_partitions)"
+                " VALUES (true, $1, $2)"
+                " ON CONFLICT (id) DO UPDATE SET rebuilt_through = excluded.rebuilt_through,"
+                " rebuilt_through_partitions = excluded.rebuilt_through_partitions, rebuilt_at = now()",
+                min(through, default=0), through,
             )
-        report.rebuilt_through = position
+        report.rebuilt_through = through
         report.swap_seconds = time.perf_counter() - t_swap
     finally:
         await snap_conn.close()
@@ -362,19 +359,20 @@ async def _index_statements(conn: asyncpg.Connection, table: str) -> list[tuple[
     return out
 
 
-async def _catch_up(conn: asyncpg.Connection, tenants: Tenants, head: int, on: dt.date,
-                    fetch_size: int) -> tuple[int, int]:
-    """Under the lock: apply what was committed after the snapshot to the new tables.
-    Returns (position now reflected, events applied)."""
-    position, n = head, 0
+async def _catch_up(conn: asyncpg.Connection, tenants: Tenants, heads: dict[int, int], on: dt.date,
+                    fetch_size: int) -> tuple[dict[int, int], int]:
+    """Under the lock: apply what was committed after the snapshot to the new tables,
+    every partition after its head in the snapshot. Returns (positions now reflected,
+    per partition; events applied)."""
+    positions, n = dict(heads), 0
+    partitions = await partition_count(conn)
     by_stream: dict[str, list[RecordedEvent]] = defaultdict(list)
     retermed: set[str] = set()
     moved: set[str] = set()
     while True:
-        records = await conn.fetch(f"SELECT {EVENT_COLUMNS} FROM ledger.events WHERE position > $1"
-                                   " ORDER BY position LIMIT $2", position, fetch_size)
-        for r in records:
-            recorded = row_to_recorded(r)
+        records = await read_partitions(conn, positions, partitions, fetch_size)
+        for recorded in records:
+            positions[recorded.partition] = recorded.position
             if parse_subject_stream(recorded.stream_id) is not None:
                 by_stream[recorded.stream_id].append(recorded)
             elif recorded.stream_id == f"tenant/{recorded.tenant_id}":
@@ -382,12 +380,10 @@ async def _catch_up(conn: asyncpg.Connection, tenants: Tenants, head: int, on: d
                 if _apply_tenant_event(tenants, recorded):
                     retermed.add(recorded.tenant_id)
         n += len(records)
-        if records:
-            position = records[-1][0]
-        if len(records) < fetch_size:
+        if not records:
             break
     if not n:
-        return position, 0
+        return positions, 0
     if moved:
         await conn.execute("DELETE FROM projector.tenants_new WHERE tenant_id = ANY($1::text[])", sorted(moved))
         await conn.copy_records_to_table("tenants_new", schema_name="projector", columns=list(TENANT_COLUMNS),
@@ -407,7 +403,7 @@ async def _catch_up(conn: asyncpg.Connection, tenants: Tenants, head: int, on: d
     rows = [subject_row(state, tenants, on, None) for state in states.values() if state is not None]
     await upsert_subject_rows(conn, rows, table="projector.subjects_new")  # published_hash: carried over next
     log.info("rebuild_caught_up", events=n, subjects=len(rows), tenants=len(moved))
-    return position, n
+    return positions, n
 
 
 async def _fetch_new_rows(conn: asyncpg.Connection, where: str, *args: Iterable[str]) -> dict[str, SubjectRow]:
@@ -434,7 +430,7 @@ async def raw_read(database_url: str, *, fetch_size: int = 20_000) -> tuple[int,
         started = time.perf_counter()
         n = 0
         async with conn.transaction(isolation="repeatable_read", readonly=True):
-            cursor = await conn.cursor(f"SELECT {EVENT_COLUMNS} FROM ledger.events ORDER BY position")
+            cursor = await scan_log(conn)
             while True:
                 rows = await cursor.fetch(fetch_size)
                 n += len(rows)

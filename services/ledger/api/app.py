@@ -260,7 +260,7 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
     async with pool.acquire() as conn:
         await migrate(conn)
     metrics = app[METRICS]
-    store = EventStore(pool, on_commit=metrics.on_commit)
+    store = EventStore(pool, on_commit=metrics.on_commit, on_conflict=metrics.on_conflict)
     await store.start()
     app[POOL] = pool
     app[STORE] = store

@@ -138,7 +138,7 @@ def _page(stream_id: str, events: list[RecordedEvent], version: int, limit: int)
                 position=e.position, event_id=e.event_id, stream_id=e.stream_id, version=e.version,
                 event_type=e.event_type, schema_version=e.schema_version, recorded_at=e.recorded_at,
                 occurred_on=e.occurred_on, data=msgspec.to_builtins(e.event), metadata=msgspec.to_builtins(e.metadata),
-                hash=e.hash,
+                hash=e.hash, partition=e.partition,
             )
             for e in events
         ],

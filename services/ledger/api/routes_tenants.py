@@ -58,7 +58,8 @@ async def create_tenant(call: Call) -> web.Response:
         raise ApiError(409, "tenant_exists", f"tenant {body.tenant_id!r} already exists", field="$.tenant_id") from None
     key = await issue_key(call.request.app[POOL], body.tenant_id, "admin", "first admin key")
     return json_response(s.TenantCreatedResponse(tenant_id=body.tenant_id, admin_key=key,
-                                                 position=result.last_position), status=201)
+                                                 position=result.last_position, partition=result.partition),
+                         status=201)
 
 
 @routes.get("/v1/tenants/{tenant}", summary="The tenant's current settings, policy and term matrix",
