@@ -24,7 +24,9 @@ Bitemporal reading of "on D" (the knowledge time K is applied when folding the s
   the latest such (a future-dated invoice counts from its date);
 * a prospect acquisition counts from its acquired_on;
 * preferences and objections count from the (Dutch) day they were recorded: a later
-  opt-out does not make an earlier send unlawful;
+  opt-out does not make an earlier send unlawful; an opt-out or objection given earlier
+  (``given_on``, a paper form or DMS delivery) counts from the day given, while an opt-in
+  or a withdrawal never counts before the day recorded (:mod:`consent.subject`);
 * erasure always wins, whatever D.
 
 A prospect-post subject without any acquisition in effect on D has no date to start a term
@@ -44,6 +46,7 @@ from consent.subject import (
     ObjectionFact,
     SubjectState,
     acquisition_in_effect,
+    decisive_preference,
     invoice_in_effect,
     objection_in_effect,
 )
@@ -114,15 +117,15 @@ def _decide(
     # 2, 3. the subject's own choice for this cell, as in force on `on`
     history = subject.preferences.get(key)
     if history:
-        for pref in reversed(history):
-            if pref.effective_on <= on:
-                if pref.value == "opt_out":
-                    return Decision(eligible=False, basis=None, reason="opted_out", evidence=(pref.event_id,))
-                if pref.value == "opt_in":
-                    return Decision(
-                        eligible=True, basis="consent", reason="explicit_consent", evidence=(pref.event_id,)
-                    )
-                break  # "default": follow the term matrix
+        pref = decisive_preference(history, on)
+        if pref is not None:
+            if pref.value == "opt_out":
+                return Decision(eligible=False, basis=None, reason="opted_out", evidence=(pref.event_id,))
+            if pref.value == "opt_in":
+                return Decision(
+                    eligible=True, basis="consent", reason="explicit_consent", evidence=(pref.event_id,)
+                )
+            # "default": follow the term matrix
 
     # 4. customer
     invoice = facts.invoice
@@ -196,8 +199,10 @@ def next_change(
     facts: set[dt.date] = {f.invoice_date for f in subject.invoices.values() if f.invoice_date > on}
     facts.update(f.acquired_on for f in subject.acquisitions if f.acquired_on > on)
     facts.update(f.effective_on for f in subject.objections if f.effective_on > on)
+    facts.update(f.given_on for f in subject.objections if f.given_on is not None and f.given_on > on)
     for history in subject.preferences.values():
         facts.update(f.effective_on for f in history if f.effective_on > on)
+        facts.update(f.given_on for f in history if f.given_on is not None and f.given_on > on)
     first_lapse = min(lapses, default=None)
     if first_lapse is not None and (not facts or first_lapse < min(facts)):
         # No fact takes effect before it, so on that day the same facts decide, and the cell

@@ -608,12 +608,16 @@ class PreferencePlanner(Planner):
                 counts.recorded += 1
                 state.current[key] = row.value
         writes = _Writes()
+        # The DMS shows the customer no text the ledger knows of; the consent record names
+        # the dealer's policy in force when it was given (issue 16), read once per batch.
+        policy = await self.ledger.current_policy_version(self.tenant) if after else None
         for stream, state in after.items():
             old = current.get(stream, {})
             changes = [PreferenceSetting(category=cells[k][0], channel=cells[k][1], value=v)  # type: ignore[arg-type]
                        for k, v in sorted(state.current.items()) if k in cells and old.get(k, "default") != v]
             if changes:
-                writes.add(stream, PreferencesChanged(changes=changes, changed_by=self.actor, method="import"))
+                writes.add(stream, PreferencesChanged(changes=changes, changed_by=self.actor, method="import",
+                                                      policy_version=policy, policy_version_basis="in_force"))
         stream_writes, _ = writes.build(versions)
         tenant = self.tenant
 

@@ -3,6 +3,7 @@ stream reads for admins and auditors."""
 
 from __future__ import annotations
 
+import datetime as dt
 from collections import defaultdict
 
 import msgspec
@@ -20,7 +21,7 @@ from schemas.events import (
 )
 from services.ledger.api.app import STORE, Call
 from services.ledger.api.jsonapi import ApiError, ApiRoutes, json_response
-from services.ledger.commands import check_fact_date
+from services.ledger.commands import CommandRejected, check_fact_date, check_given_on
 from services.ledger.store import StreamWrite
 
 routes = ApiRoutes(tag="subjects")
@@ -59,7 +60,7 @@ async def change_preferences(call: Call) -> web.Response:
     tenant, source, ref = _subject(call)
     return json_response(await call.ledger.change_preferences(
         call.ctx(), tenant, source, ref, b.changes, policy_version_shown=b.policy_version, note=b.note,
-        expected=b.expected_version), status=201)
+        expected=b.expected_version, given_on=b.given_on, evidence_ref=b.evidence_ref), status=201)
 
 
 @routes.post(SUBJECT + "/objection", summary="Record an objection to all direct marketing (GDPR art. 21)",
@@ -69,7 +70,7 @@ async def record_objection(call: Call) -> web.Response:
     tenant, source, ref = _subject(call)
     return json_response(await call.ledger.record_objection(
         call.ctx(), tenant, source, ref, policy_version_shown=b.policy_version, note=b.note,
-        expected=b.expected_version), status=201)
+        expected=b.expected_version, given_on=b.given_on, evidence_ref=b.evidence_ref), status=201)
 
 
 @routes.post(SUBJECT + "/objection/withdraw", summary="Withdraw the objection to direct marketing",
@@ -79,7 +80,7 @@ async def withdraw_objection(call: Call) -> web.Response:
     tenant, source, ref = _subject(call)
     return json_response(await call.ledger.record_objection(
         call.ctx(), tenant, source, ref, withdraw=True, policy_version_shown=b.policy_version, note=b.note,
-        expected=b.expected_version), status=201)
+        expected=b.expected_version, given_on=b.given_on, evidence_ref=b.evidence_ref), status=201)
 
 
 @routes.post(SUBJECT + "/marketing-activities", summary="Record that a campaign reached the subject",
@@ -104,6 +105,12 @@ async def bulk_append(call: Call) -> web.Response:
             check_fact_date(item.invoice_date, f"$.items[{i}].invoice_date")
         elif isinstance(item, s.BulkProspect):
             check_fact_date(item.acquired_on, f"$.items[{i}].acquired_on")
+        else:
+            try:
+                check_given_on(item.given_on, item.evidence_ref)
+            except CommandRejected as exc:
+                raise ApiError(exc.status, exc.error, exc.message,
+                               field=f"$.items[{i}].{(exc.field or '$.given_on').removeprefix('$.')}") from None
         if item.source in checked:
             continue
         try:
@@ -113,6 +120,7 @@ async def bulk_append(call: Call) -> web.Response:
         checked.add(item.source)
     per_stream: dict[str, list[Event]] = defaultdict(list)
     ctx = call.ctx("import")
+    policies: dict[dt.date | None, str] = {}  # the version in force per day given, looked up once
     for item in b.items:
         stream = subject_stream(tenant, item.source, item.customer_ref)
         event: Event
@@ -123,7 +131,12 @@ async def bulk_append(call: Call) -> web.Response:
             event = ProspectRegistered(acquired_on=item.acquired_on, how=item.how,
                                        personal=await call.ledger.seal_contact(tenant, stream, item.contact))
         else:
-            event = PreferencesChanged(changes=item.changes, changed_by=ctx.actor, method=item.method)
+            policy = policies.get(item.given_on)
+            if policy is None:
+                policy = policies[item.given_on] = (await call.ledger.consent_policy(tenant, None, item.given_on))[0]
+            event = PreferencesChanged(changes=item.changes, changed_by=ctx.actor, method=item.method,
+                                       policy_version=policy, policy_version_basis="in_force",
+                                       given_on=item.given_on, evidence_ref=item.evidence_ref)
         per_stream[stream].append(event)
     result = await call.ledger.append_many(ctx, tenant, [StreamWrite(k, v) for k, v in per_stream.items()])
     return json_response(result, status=201)
