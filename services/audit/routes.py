@@ -136,7 +136,9 @@ async def audit_receipts(call: Call) -> web.Response:
     store = call.request.app[STORE]
     events = await load_subject_events(store, tenant_id, source, ref)
     tenant = await load_tenant(store, tenant_id)
-    return json_response(ReceiptList(subject=f"{tenant_id}/{source}/{ref}", receipts=receipts_from(events, tenant)))
+    public_base = call.request.app[SETTINGS].portal_base_url
+    return json_response(ReceiptList(subject=f"{tenant_id}/{source}/{ref}",
+                                     receipts=receipts_from(events, tenant, public_base=public_base)))
 
 
 @routes.get(AUDIT_SUBJECT + "/receipts/{receipt_id}", summary="One consent receipt (JSON, for download)",
@@ -144,7 +146,8 @@ async def audit_receipts(call: Call) -> web.Response:
 @_answers
 async def audit_receipt(call: Call) -> web.Response:
     tenant_id, source, ref = _ids(call)
-    receipt = await load_receipt(call.request.app[STORE], tenant_id, source, ref, call.param("receipt_id"))
+    receipt = await load_receipt(call.request.app[STORE], tenant_id, source, ref, call.param("receipt_id"),
+                                 public_base=call.request.app[SETTINGS].portal_base_url)
     return json_response(receipt, headers={
         "Content-Disposition": f'attachment; filename="{receipt.receipt_id}.json"'})
 
@@ -187,7 +190,8 @@ async def _export(call: Call) -> AccessExport:
     store = call.request.app[STORE]
     events = await load_subject_events(store, tenant_id, source, ref)
     tenant = await load_tenant(store, tenant_id)
-    return build_export(events, tenant, await revealer(call.ledger.keys, tenant_id, source, ref), _now())
+    return build_export(events, tenant, await revealer(call.ledger.keys, tenant_id, source, ref), _now(),
+                        call.request.app[SETTINGS].portal_base_url)
 
 
 def _file_name(export: AccessExport) -> str:

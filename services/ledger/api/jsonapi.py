@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
 
 import msgspec
+import msgspec.inspect
 from aiohttp import web
 
 from consent.vocabulary import CUSTOMER_REF_PATTERN, SLUG_PATTERN
@@ -54,13 +55,77 @@ _FIELD_OF_OBJECT = re.compile(r"^Object (?:missing required|contains unknown) fi
 _PLAIN_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
-def validation_error(exc: msgspec.ValidationError | msgspec.DecodeError) -> ApiError:
+NOT_A_DATE: Final = "not a calendar date (YYYY-MM-DD)"
+NOT_A_DATETIME: Final = "not a date-time (ISO 8601 with an offset, e.g. 2025-03-01T12:00:00+01:00)"
+_PATH_STEP = re.compile(r'\.([A-Za-z_][A-Za-z0-9_]*)|\[(\d+)\]|\[("[^"]*")\]')
+_ENUM = re.compile(r"^Invalid enum value (?P<value>.+)$")
+
+
+def _types_at(body_type: type, path: str) -> list[Any]:
+    """The msgspec type infos a JSON path can lead to in ``body_type`` (several where a
+    union branches), for naming what a field allows."""
+    current: list[Any] = [msgspec.inspect.type_info(body_type)]
+    for step in _PATH_STEP.finditer(path.removeprefix("$")):
+        name, index = step.group(1), step.group(2)
+        following: list[Any] = []
+        stack = list(current)
+        while stack:
+            t = stack.pop()
+            if isinstance(t, msgspec.inspect.Metadata):
+                stack.append(t.type)
+            elif isinstance(t, msgspec.inspect.UnionType):
+                stack.extend(t.types)
+            elif isinstance(t, (msgspec.inspect.ListType, msgspec.inspect.SetType, msgspec.inspect.FrozenSetType,
+                                msgspec.inspect.VarTupleType)) and index is not None:
+                following.append(t.item_type)
+            elif isinstance(t, msgspec.inspect.DictType) and name is None and index is None:
+                following.append(t.value_type)
+            elif isinstance(t, msgspec.inspect.StructType) and name is not None:
+                following.extend(f.type for f in t.fields if f.encode_name == name)
+        current = following
+    return current
+
+
+def allowed_values(body_type: type, path: str) -> list[str]:
+    """The values a Literal (enum) field at ``path`` allows, in declaration-sorted order."""
+    values: list[str] = []
+    stack = _types_at(body_type, path)
+    while stack:
+        t = stack.pop()
+        if isinstance(t, msgspec.inspect.Metadata):
+            stack.append(t.type)
+        elif isinstance(t, msgspec.inspect.UnionType):
+            stack.extend(t.types)
+        elif isinstance(t, msgspec.inspect.LiteralType):
+            values.extend(str(v) for v in t.values if str(v) not in values)
+    return values
+
+
+def _plain_words(message: str, body_type: type | None, path: str) -> str:
+    """msgspec's message in words a person acts on: a bad date says what a date looks like,
+    a wrong enum value lists the values allowed."""
+    if message.startswith("Invalid RFC3339 encoded date") and "datetime" not in message \
+            or message.startswith("Expected `date`"):
+        return NOT_A_DATE
+    if message.startswith("Invalid RFC3339 encoded datetime") or message.startswith("Expected `datetime`"):
+        return NOT_A_DATETIME
+    enum = _ENUM.match(message)
+    if enum is not None and body_type is not None:
+        allowed = allowed_values(body_type, path)
+        if allowed:
+            return f"{message}; allowed: {', '.join(allowed)}"
+    return message
+
+
+def validation_error(exc: msgspec.ValidationError | msgspec.DecodeError, body_type: type | None = None) -> ApiError:
     """msgspec says e.g. "Expected `int` <= 120, got 130 - at `$.cells[0].months`".
     ``field`` is the JSON path of the offending value: for a missing or unknown field,
-    the field itself (``$.contact.nme``) rather than the object holding it."""
+    the field itself (``$.contact.nme``) rather than the object holding it. With the
+    body's type, a wrong enum value is answered with the allowed values."""
     m = _AT_PATH.match(str(exc))
     message = m.group("msg") if m else str(exc)
     path = (m.group("path") if m else None) or "$"
+    message = _plain_words(message, body_type, path)
     named = _FIELD_OF_OBJECT.match(message)
     if named is not None:
         name = named.group("name")
@@ -84,7 +149,7 @@ async def read_body(request: web.Request, body_type: type[T], max_body: int = MA
     try:
         return decoder.decode(raw)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-        raise validation_error(exc) from None
+        raise validation_error(exc, body_type) from None
 
 
 @dataclass(frozen=True)

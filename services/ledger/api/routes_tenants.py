@@ -7,6 +7,7 @@ from aiohttp import web
 
 from consent.policy import policy_version
 from schemas import api as s
+from schemas.events import ControllerContact
 from services.ledger.api.app import POOL, Call
 from services.ledger.api.jsonapi import ApiError, ApiRoutes, json_response
 from services.ledger.api_keys import issue_key
@@ -41,6 +42,7 @@ class TenantView(msgspec.Struct, frozen=True, kw_only=True):
     policy_version: str
     chapters: list[ChapterView]
     terms: list[TermView]
+    controller: ControllerContact | None = None
 
 
 class ChapterAdded(msgspec.Struct, frozen=True, kw_only=True):
@@ -74,6 +76,7 @@ async def get_tenant(call: Call) -> web.Response:
         policy_version=policy_version(state.chapters),
         chapters=[ChapterView(c.chapter_id, c.title, c.body, c.active) for c in state.chapters],
         terms=[TermView(c.category, c.channel, c.months) for c in state.terms.cells()],
+        controller=state.controller,
     ))
 
 
@@ -162,6 +165,17 @@ async def delete_chapter(call: Call) -> web.Response:
 async def edit_terms(call: Call) -> web.Response:
     return json_response(await call.ledger.edit_terms(call.ctx(), call.param("tenant"), call.body.cells,
                                                       call.body.expected_version))
+
+
+@routes.put("/v1/tenants/{tenant}/controller-contact", summary="The dealer's contact details as data controller",
+            roles=ADMIN, body=s.SetControllerContact, responses={200: s.AppendResponse})
+async def set_controller_contact(call: Call) -> web.Response:
+    """Contact point, address, e-mail, phone and web site of the dealer as data controller
+    (GDPR art. 13(1)(a)). Every consent receipt names them (Kantara CR v1.1
+    ``piiControllers``); a receipt of a change recorded before they were set names the
+    dealer only, with empty contact fields."""
+    return json_response(await call.ledger.set_controller_contact(call.ctx(), call.param("tenant"), call.body.details,
+                                                                  call.body.expected_version))
 
 
 @routes.put("/v1/tenants/{tenant}/retention", summary="Retention: years after last invoice, months for prospects",
