@@ -324,6 +324,8 @@ async def _campaign_check_as_known(call: Call, tenant: str, body: CampaignCheck,
             summary="Compliance warnings on the tenant's current opt-in term matrix (they never change it)",
             roles=("admin", "staff", "auditor"), responses={200: TermWarnings})
 async def term_warnings(call: Call) -> web.Response:
+    """Compliance notes on the dealer's current term matrix (e.g. terms longer than a code
+    of conduct allows). They never change the matrix or any answer."""
     tenant = call.param("tenant")
     version, state = await call.ledger.require_tenant(tenant, fresh=True)
     return json_response(TermWarnings(tenant_id=tenant, tenant_version=version,

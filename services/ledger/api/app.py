@@ -41,6 +41,7 @@ LEDGER = web.AppKey("ledger", Ledger)
 KEYRING = web.AppKey("keyring", KeyRing)
 METRICS = web.AppKey("metrics", LedgerMetrics)
 ROUTE_SETS = web.AppKey("route_sets", list)
+OPENAPI_CACHE = web.AppKey("openapi_cache", dict)
 REQUEST_ID = web.RequestKey("request_id", str)
 RAW_BODY = web.RequestKey("raw_body", bytes)
 
@@ -227,6 +228,7 @@ def create_app(settings: Settings, route_sets: Sequence[ApiRoutes] | None = None
     app[SETTINGS] = settings
     app[METRICS] = LedgerMetrics()
     app[ROUTE_SETS] = sets
+    app[OPENAPI_CACHE] = {}
     # Parameterised routes are looked up by path shape, not one by one (routing.py).
     add_routes(app.router, [(op.method, op.path, _guard(op), op.handler.__name__) for rs in sets for op in rs.operations])
     app.cleanup_ctx.append(_database)
@@ -264,7 +266,12 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
 
 
 def openapi(app: web.Application) -> dict[str, Any]:
-    return openapi_document(app[ROUTE_SETS], title="Consent ledger API", version="1")
+    """The document, built once per app (reading the handlers' code for their error ids
+    takes about a second; the routes never change while the app runs)."""
+    cache = app[OPENAPI_CACHE]
+    if "doc" not in cache:
+        cache["doc"] = openapi_document(app[ROUTE_SETS], title="Consent ledger API", version="1")
+    return cache["doc"]
 
 
 def metrics_text(app: web.Application) -> bytes:

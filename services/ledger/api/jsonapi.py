@@ -18,6 +18,7 @@ from aiohttp import web
 
 from consent.vocabulary import CUSTOMER_REF_PATTERN, SLUG_PATTERN
 from schemas.api import ErrorBody
+from services.ledger.api.openapi_docs import describe, describe_fields, error_responses, example_for
 
 T = TypeVar("T")
 Handler = Callable[..., Awaitable[web.StreamResponse]]
@@ -217,6 +218,23 @@ class ApiRoutes:
 
 _PATH_PARAM = re.compile(r"\{([a-z_]+)(?::[^}]*)?\}")
 
+API_DESCRIPTION: Final = (
+    "The consent ledger of a Dutch car dealer: record invoices, prospects, preferences and objections; ask"
+    " whether a campaign may be sent (eligibility); audit any past date; erase a customer. Authenticate with"
+    " `Authorization: Bearer <API key>`; each key has one role and one tenant. Every error is JSON"
+    " `{error, message, field}`: `error` is a stable id, `field` names the offending field. The rules behind"
+    " every answer: docs/rules.md in the repository; a walkthrough: README.md."
+)
+PATH_PARAMETER_DOCS: Final[dict[str, str]] = {
+    "tenant": "the dealer's tenant id",
+    "source": "the data source (databron), e.g. dealer",
+    "ref": "the dealer's customer ref",
+    "key_id": "the API key's id",
+    "chapter_id": "the policy chapter's id",
+    "receipt_id": "the receipt's id (cr-...)",
+    "version": "the policy version id",
+}
+
 
 # What the guard in app.py checks path parameters against, as the document says it.
 PATH_PARAMETER_SCHEMAS: Final[dict[str, dict[str, Any]]] = {
@@ -258,7 +276,7 @@ def openapi_document(route_sets: Sequence[ApiRoutes], *, title: str, version: st
         for op in rs.operations:
             oa_path = _PATH_PARAM.sub(lambda m: "{" + m.group(1) + "}", op.path)
             params: list[dict[str, Any]] = [
-                {"name": name, "in": "path", "required": True,
+                {"name": name, "in": "path", "required": True, "description": PATH_PARAMETER_DOCS.get(name, name),
                  "schema": PATH_PARAMETER_SCHEMAS.get(name, {"type": "string"})}
                 for name in _PATH_PARAM.findall(op.path)
             ]
@@ -272,15 +290,23 @@ def openapi_document(route_sets: Sequence[ApiRoutes], *, title: str, version: st
                     responses[str(status)] = {"description": "OK" if status < 300 else "No content"}
                 else:
                     responses[str(status)] = {
-                        "description": "OK",
-                        "content": {"application/json": {"schema": refs[rtype]}},
+                        "description": "Created" if status == 201 else "OK",
+                        "content": {"application/json": {"schema": refs[rtype], "example": example_for(rtype)}},
                     }
-            for status, desc in _error_statuses(op):
-                responses.setdefault(
-                    str(status), {"description": desc, "content": {"application/json": {"schema": error_ref}}}
-                )
+            for status, (desc, ids) in error_responses(op).items():
+                if op.responses.get(status, ErrorBody) is not ErrorBody:
+                    continue  # an answer of its own type, declared by the route
+                responses[str(status)] = {
+                    "description": f"{desc}. Error ids: {', '.join(f'`{i}`' for i in ids)}.",
+                    "content": {"application/json": {"schema": error_ref, "examples": {
+                        i: {"value": {"error": i, "message": "what is wrong, in words",
+                                      **({"field": "$.field"} if status in (400, 409, 422) else {})}}
+                        for i in ids}}},
+                    "x-error-ids": ids,
+                }
             entry: dict[str, Any] = {
                 "summary": op.summary,
+                "description": describe(op),
                 "operationId": op.handler.__name__,
                 "tags": list(op.tags),
                 "parameters": params,
@@ -292,7 +318,7 @@ def openapi_document(route_sets: Sequence[ApiRoutes], *, title: str, version: st
             if op.body is not None:
                 entry["requestBody"] = {
                     "required": True,
-                    "content": {"application/json": {"schema": refs[op.body]}},
+                    "content": {"application/json": {"schema": refs[op.body], "example": example_for(op.body)}},
                 }
             elif op.content_type != "application/json":  # a raw upload (e.g. a CSV file), read by the handler
                 entry["requestBody"] = {
@@ -300,9 +326,10 @@ def openapi_document(route_sets: Sequence[ApiRoutes], *, title: str, version: st
                     "content": {ct.strip(): {"schema": {"type": "string"}} for ct in op.content_type.split(",")},
                 }
             paths.setdefault(oa_path, {})[op.method.lower()] = entry
+    describe_fields(components)
     return {
         "openapi": "3.1.0",
-        "info": {"title": title, "version": version},
+        "info": {"title": title, "version": version, "description": API_DESCRIPTION},
         "paths": paths,
         "components": {
             "schemas": components,
