@@ -56,3 +56,19 @@ async def test_a_bad_date_in_a_query_gets_the_same_words_as_in_a_body(api: TestC
     assert r.status == 422, await r.text()
     err = await r.json()
     assert err["field"] == field and "not a calendar date (YYYY-MM-DD)" in err["message"]
+
+
+async def test_every_kind_of_4xx_names_the_field(api: TestClient, dealer: Dealer) -> None:
+    cases = [
+        ("GET", "/v1/tenants/garage-a", {}, 401, "Authorization"),
+        ("GET", "/v1/tenants/garage-a", {"Authorization": "Bearer clk_nope_nope"}, 401, "Authorization"),
+        ("POST", "/v1/tenants/garage-a/api-keys", dealer.auth("sender"), 403, "Authorization"),
+        ("GET", "/v1/tenants/garage-b", dealer.auth("admin"), 403, "tenant"),
+        ("GET", "/v1/nothing-here", {}, 404, "path"),
+        ("DELETE", "/v1/tenants", dealer.auth("admin"), 405, "method"),
+    ]
+    for method, path, headers, status, field in cases:
+        r = await api.request(method, path, headers=headers)
+        body = await r.json()
+        assert (r.status, body.get("field")) == (status, field), (method, path, body)
+        assert body["message"]

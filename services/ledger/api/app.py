@@ -118,12 +118,14 @@ def _guard(op: Operation) -> Any:
             scheme, _, raw = header.partition(" ")
             if scheme.lower() != "bearer" or not raw:
                 raise ApiError(401, "unauthorized", "send an API key as 'Authorization: Bearer <key>'",
-                               headers={"WWW-Authenticate": "Bearer"})
+                               field="Authorization", headers={"WWW-Authenticate": "Bearer"})
             principal = await request.app[KEYRING].authenticate(raw.strip())
             if principal is None:
-                raise ApiError(401, "unauthorized", "unknown or revoked API key", headers={"WWW-Authenticate": "Bearer"})
+                raise ApiError(401, "unauthorized", "unknown or revoked API key", field="Authorization",
+                               headers={"WWW-Authenticate": "Bearer"})
             if principal.role not in op.roles:
-                raise ApiError(403, "forbidden", f"role {principal.role!r} may not do this (allowed: {', '.join(op.roles)})")
+                raise ApiError(403, "forbidden", f"role {principal.role!r} may not do this (allowed: {', '.join(op.roles)})",
+                               field="Authorization")
             tenant = request.match_info.get("tenant")
             if tenant is not None and principal.tenant_id != tenant:
                 raise ApiError(403, "forbidden", "this key is not valid for that tenant", field="tenant")
@@ -184,7 +186,7 @@ async def _answer_errors_as_json(request: web.Request, handler: Any) -> web.Stre
                                      headers={"Retry-After": "1"}))
     except IntegrityError as exc:
         log.error("integrity_error", error=str(exc))
-        return _as_response(ApiError(409, "conflict", "the write conflicts with existing data"))
+        return _as_response(ApiError(409, "conflict", "the write conflicts with existing data", field="$"))
     except web.HTTPRequestEntityTooLarge:
         return _as_response(ApiError(413, "body_too_large", f"the body may be at most {MAX_BODY} bytes", field="$"))
     except web.HTTPException as exc:
@@ -198,7 +200,12 @@ async def _answer_errors_as_json(request: web.Request, handler: Any) -> web.Stre
                                              field=name))
         error = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
         headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
-        return _as_response(ApiError(exc.status, error, exc.reason, headers=headers))
+        # Every 4xx names what to fix: no route has this path, or not this method.
+        where = {404: "path", 405: "method"}.get(exc.status)
+        message = {404: f"no operation has the path {request.path[:200]!r} (see /v1/docs)",
+                   405: f"{request.method} is not allowed here (allowed: {headers['Allow'] if headers else '-'})"
+                   }.get(exc.status, exc.reason)
+        return _as_response(ApiError(exc.status, error, message, field=where, headers=headers))
     except Exception:  # a bug: logged with its traceback, answered in JSON like every other error
         log.exception("unhandled_error", method=request.method, path=request.path)
         return _as_response(ApiError(500, "internal_error", "the ledger failed to handle this request; it was logged"))
