@@ -133,3 +133,15 @@ def test_the_projector_learns_that_a_back_dated_opt_out_starts_on_its_given_day(
     """For a matrix of a past date (a rebuild evaluating history), the day given is a change."""
     state = fresh_customer().opt_out("newsletter", "email", at=R, given_on=G).state()
     assert next_change(state, TERMS, day("2024-02-01")) == day(G)
+
+
+def test_events_recorded_before_given_on_existed_still_decode_with_the_defaults() -> None:
+    from schemas.events import ObjectionRecorded, PreferencesChanged, decode_event
+
+    old = ('{"type":"PreferencesChanged","changes":[{"category":"newsletter","channel":"email","value":"opt_out"}],'
+           '"changed_by":{"kind":"subject","id":"subject"},"method":"portal","policy_version":"pv-1","note":null}')
+    event = decode_event(old)
+    assert isinstance(event, PreferencesChanged)
+    assert (event.given_on, event.evidence_ref, event.policy_version_basis) == (None, None, "shown")
+    objection = decode_event('{"type":"ObjectionRecorded","changed_by":{"kind":"staff","id":"u"},"method":"phone"}')
+    assert isinstance(objection, ObjectionRecorded) and objection.given_on is None

@@ -11,6 +11,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -50,8 +51,16 @@ def exported(output: str) -> dict[str, str]:
 
 
 @pytest.fixture
-def stack(tmp_path: Path):  # type: ignore[no-untyped-def]
-    """`consent-ledger run` in tmp_path (its ./var there), with the repository's examples."""
+def stack():  # type: ignore[no-untyped-def]
+    """`consent-ledger run` in a scratch folder (its ./var there), with the repository's
+    examples. The folder is not under pytest's /tmp/pytest-of-<user>: the embedded
+    PostgreSQL runs as another user when tests run as root, and a concurrent pytest session
+    resets that folder to 0700, which would lock the server out mid-test."""
+    with tempfile.TemporaryDirectory(prefix="walkthrough-") as scratch:
+        yield from _stack(Path(scratch))
+
+
+def _stack(tmp_path: Path):  # type: ignore[no-untyped-def]
     (tmp_path / "examples").symlink_to(REPO / "examples")
     env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
     ports = {name: free_port() for name in ("LEDGER_HTTP_PORT", "LEDGER_PORTAL_PORT", "LEDGER_PG_PORT",
