@@ -16,6 +16,7 @@ from aiohttp.test_utils import TestClient
 from services.ledger.api.app import Call, default_route_sets
 from services.ledger.api.jsonapi import ApiRoutes, json_response, openapi_document
 from services.ledger.api.openapi_docs import ROLE_WORDS
+from tests.conftest import Dealer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -143,3 +144,14 @@ async def test_the_reference_page_is_served_with_its_assets_from_the_package(api
     assert missing.status == 404 and (await missing.json())["error"] == "not_found"
     spec = await (await api.get("/v1/openapi.json")).json()
     assert spec["paths"]["/v1/docs"]["get"]["x-roles"] == ["public"]
+
+
+async def test_the_subject_write_examples_are_accepted(api: TestClient, dealer: Dealer) -> None:
+    """Sent as documented (to a real subject), the write examples are accepted."""
+    doc = (await (await api.get("/v1/openapi.json")).json())["paths"]
+    base = "/v1/tenants/{tenant}/subjects/{source}/{ref}"
+    for suffix in ("/invoices", "/preferences", "/objection", "/objection/withdraw", "/marketing-activities"):
+        example = doc[base + suffix]["post"]["requestBody"]["content"]["application/json"]["example"]
+        r = await api.post(f"/v1/tenants/garage-a/subjects/dealer/K1001{suffix}", json=example,
+                           headers=dealer.auth("admin"))
+        assert r.status == 201, (suffix, example, await r.text())

@@ -151,6 +151,11 @@ _EXAMPLE_STRINGS: Final[dict[str, str]] = {
 }
 
 
+# Optional request fields whose value must match the ledger's state (a stream version, a
+# published policy version): left out of examples so that "try it out" works as shown.
+_STATE_BOUND: Final = frozenset({"expected_version", "policy_version"})
+
+
 def _constraint_value(t: Any, name: str) -> Any:
     if isinstance(t, mi.StrType):
         text = _EXAMPLE_STRINGS.get(name, name.replace("_", "-") if t.pattern else f"example {name}")
@@ -205,6 +210,8 @@ def example_of(t: Any, name: str = "", depth: int = 0) -> Any:
         if t.tag_field is not None:
             out[t.tag_field] = t.tag
         for f in t.fields:
+            if not f.required and f.encode_name in _STATE_BOUND:
+                continue  # an example that names them would be refused against any real ledger
             value = example_of(f.type, f.encode_name, depth + 1)
             if value is None and not f.required:
                 continue
