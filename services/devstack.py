@@ -221,7 +221,7 @@ async def demo_tenant(settings: Settings) -> AsyncIterator[list[str]]:
     carries an idempotency key, so a second start changes nothing), and fresh API keys
     per role: the previous run's demo keys are revoked. Secrets are only printed."""
     from schemas.api import Contact
-    from schemas.events import Actor, PreferenceSetting
+    from schemas.events import Actor, ControllerContact, PreferenceSetting
     from services.ledger.api_keys import issue_key
     from services.ledger.commands import Context, Ledger
     from services.ledger.migrate import migrate
@@ -249,6 +249,11 @@ async def demo_tenant(settings: Settings) -> AsyncIterator[list[str]]:
             await ledger.create_tenant(ctx("tenant"), t, "Autobedrijf Demo")
             await ledger.set_processor_agreement(ctx("agreement"), t, True, dt.date(2025, 1, 15))
             await ledger.set_module(ctx("module"), t, True)
+            # The dealer's contact details as controller: every consent receipt names them.
+            await ledger.set_controller_contact(ctx("controller"), t, ControllerContact(
+                contact="Privacy desk", street="Stationsweg 1", postcode="3511 AB", city="Utrecht",
+                email="privacy@autobedrijf-demo.example.nl", phone="+31 30 123 4567",
+                url="https://autobedrijf-demo.example.nl"))
             for s in DEMO_SUBJECTS:
                 contact = Contact(name=s.name, email=s.email)
                 if s.invoice_months_ago is not None:

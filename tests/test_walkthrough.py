@@ -103,6 +103,11 @@ def test_the_readme_walkthrough_runs_as_written_against_the_local_stack(stack) -
     assert '"then_reason":"soft_opt_in"' in changed and '"now_reason":"opted_out"' in changed
     assert '"reason":"soft_opt_in"' in then_cell
     assert '"keys_shredded":1' in erasure and erasure.strip().splitlines()[-1] == "HTTP 410"
+    # The receipts of the walkthrough's change name the demo dealer's contact details.
+    receipts = subprocess.run(["consent-ledger", "audit", "receipts", "--tenant", "demo-garage", "--ref", "K1003"],
+                              cwd=cwd, env=env, capture_output=True, text=True, timeout=60)
+    assert receipts.returncode == 0, receipts.stderr
+    assert "privacy@autobedrijf-demo.example.nl" in receipts.stdout and '"policyUrl"' in receipts.stdout
 
 
 def test_cli_commands_find_the_local_stack_through_a_private_connection_file(stack) -> None:  # type: ignore[no-untyped-def]
