@@ -28,7 +28,9 @@ Bitemporal reading of "on D" (the knowledge time K is applied when folding the s
   the latest such (a future-dated invoice counts from its date);
 * a prospect acquisition counts from its acquired_on;
 * preferences and objections count from the (Dutch) day they were recorded: a later
-  opt-out does not make an earlier send unlawful;
+  opt-out does not make an earlier send unlawful; an opt-out or objection given earlier
+  (``given_on``, a paper form or DMS delivery) counts from the day given, while an opt-in
+  or a withdrawal never counts before the day recorded (:mod:`consent.subject`);
 * erasure always wins, whatever D.
 
 What a sender must do with a "yes" comes from the law on D too: ``requires_objection_offer``
@@ -55,11 +57,13 @@ from consent.subject import (
     ObjectionFact,
     SubjectState,
     acquisition_in_effect,
+    decisive_preference,
     invoice_in_effect,
     objection_in_effect,
 )
 from consent.terms import ALL_CELLS, TermMatrix, add_months, cell_key
 from consent.vocabulary import DIGITAL_CHANNELS, Basis, Reason
+from schemas.eligibility import Cell
 
 __all__ = ["Basis", "Decision", "Reason", "eligibility_matrix", "evaluate", "next_change"]
 
@@ -90,6 +94,14 @@ class Decision(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     law: str | None = None
     requires_postfilter_check: bool = False
     requires_objection_offer: bool = False
+
+
+def as_cell(d: Decision) -> Cell:
+    """The decision in the one answer shape (topic cells, HTTP checks, audit view cells)."""
+    return Cell(eligible=d.eligible, basis=d.basis, reason=d.reason, until=d.until, evidence=list(d.evidence),
+                requires_disclosure=d.requires_disclosure, law=d.law,
+                requires_postfilter_check=d.requires_postfilter_check,
+                requires_objection_offer=d.requires_objection_offer)
 
 
 _LAST_SWITCH: Final = SWITCH_DATES[-1] if SWITCH_DATES else dt.date.min
@@ -146,15 +158,15 @@ def _decide(
     # 2, 3. the subject's own choice for this cell, as in force on `on`
     history = subject.preferences.get(key)
     if history:
-        for pref in reversed(history):
-            if pref.effective_on <= on:
-                if pref.value == "opt_out":
-                    return Decision(eligible=False, basis=None, reason="opted_out", evidence=(pref.event_id,))
-                if pref.value == "opt_in":
-                    return Decision(
-                        eligible=True, basis="consent", reason="explicit_consent", evidence=(pref.event_id,)
-                    )
-                break  # "default": follow the term matrix
+        pref = decisive_preference(history, on)
+        if pref is not None:
+            if pref.value == "opt_out":
+                return Decision(eligible=False, basis=None, reason="opted_out", evidence=(pref.event_id,))
+            if pref.value == "opt_in":
+                return Decision(
+                    eligible=True, basis="consent", reason="explicit_consent", evidence=(pref.event_id,)
+                )
+            # "default": follow the term matrix
 
     # 4. customer
     invoice = facts.invoice
@@ -241,8 +253,10 @@ def next_change(
     facts.update(f.effective_on for f in subject.objections if f.effective_on > on)
     if on < _LAST_SWITCH:  # the law changes on a switch date (consent/law.py); none after the last
         facts.update(switch_dates_after(on))
+    facts.update(f.given_on for f in subject.objections if f.given_on is not None and f.given_on > on)
     for history in subject.preferences.values():
         facts.update(f.effective_on for f in history if f.effective_on > on)
+        facts.update(f.given_on for f in history if f.given_on is not None and f.given_on > on)
     first_lapse = min(lapses, default=None)
     if first_lapse is not None and (not facts or first_lapse < min(facts)):
         # No fact takes effect before it, so on that day the same facts decide, and the cell

@@ -14,8 +14,18 @@ rule and the read models need, each fact with the event_id it rests on (evidence
   between. Within one ledger day only the last change is kept (decisions are per day);
 * the erasure event, the last marketing activity date, and stream bookkeeping.
 
-Preferences and objections take effect on the Dutch calendar day they were recorded
-(:func:`consent.terms.ledger_day`), stored as ``effective_on``.
+Preferences and objections are bitemporal. ``effective_on`` is the Dutch calendar day a
+change was recorded (:func:`consent.terms.ledger_day`); ``given_on`` the earlier day the
+customer gave it, when the event says so (a signed paper form, a DMS delivery), else None.
+Histories are ordered by the day given (``given_on`` or, without one, ``effective_on``).
+A date D is read two ways: what the customer wanted on D as far as the ledger knows now
+(the latest change given on or before D: the "actual" reading) and what the ledger had been
+told by D (the latest change, in given order, recorded on or before D: the "known"
+reading). The stricter of the two decides (opt_out < default < opt_in; objected beats not
+objected), so an opt-out or objection given earlier makes earlier dates "no", and an
+opt-in, a return to default or a withdrawn objection never counts before the day it was
+recorded: consent cannot be back-dated to make a past send lawful (docs/rules.md, "Dated
+preferences").
 
 The state is a frozen msgspec Struct with str-keyed dicts ("newsletter:email") and tuples,
 so it serialises to JSON as is.
@@ -54,6 +64,7 @@ __all__ = [
     "acquisition_in_effect",
     "apply_subject",
     "current_preferences",
+    "decisive_preference",
     "fold_subject",
     "invoice_in_effect",
     "objection_in_effect",
@@ -74,11 +85,20 @@ class AcquisitionFact(msgspec.Struct, frozen=True, gc=False):
 
 
 class PreferenceFact(msgspec.Struct, frozen=True, gc=False):
+    """``effective_on``: the day recorded; ``given_on``: the earlier day given, or None."""
+
     value: PreferenceValue
     event_id: str
     recorded_at: dt.datetime
     effective_on: dt.date
     policy_version: str | None = None
+    given_on: dt.date | None = None
+
+    @property
+    def since(self) -> dt.date:
+        """The first day this change decides on its own: an opt-out from the day it was
+        given, anything more permissive from the day it was recorded."""
+        return self.given_on if self.given_on is not None and self.value == "opt_out" else self.effective_on
 
 
 class ObjectionFact(msgspec.Struct, frozen=True, gc=False):
@@ -88,6 +108,12 @@ class ObjectionFact(msgspec.Struct, frozen=True, gc=False):
     event_id: str
     recorded_at: dt.datetime
     effective_on: dt.date
+    given_on: dt.date | None = None
+
+    @property
+    def since(self) -> dt.date:
+        """An objection counts from the day it was given, a withdrawal from the day recorded."""
+        return self.given_on if self.given_on is not None and self.objected else self.effective_on
 
 
 class SubjectState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -146,12 +172,46 @@ class SubjectState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
 _Fact = TypeVar("_Fact", PreferenceFact, ObjectionFact)
 
 
+def _given(fact: PreferenceFact | ObjectionFact) -> dt.date:
+    """The order key of a change: the day it was given."""
+    return fact.given_on if fact.given_on is not None else fact.effective_on
+
+
 def _push(history: tuple[_Fact, ...], fact: _Fact) -> tuple[_Fact, ...]:
-    """Append a change; earlier changes of the same (or a later) day are superseded."""
+    """Add a change in given order. A change that can never decide again in either reading
+    (same day given and a later one recorded no later) is dropped: decisions are per day."""
+    if fact.given_on is None:
+        # Given the day it is recorded: no change in the history is given or recorded
+        # later, so it goes last and supersedes the tail given on that same day.
+        n = len(history)
+        while n and _given(history[n - 1]) >= fact.effective_on:
+            n -= 1
+        return history[:n] + (fact,)
+    key = fact.given_on
     n = len(history)
-    while n and history[n - 1].effective_on >= fact.effective_on:
+    while n and _given(history[n - 1]) > key:  # later-given changes stay after it
         n -= 1
-    return history[:n] + (fact,)
+    head = tuple(f for f in history[:n] if not (_given(f) == key and f.effective_on >= fact.effective_on))
+    return head + (fact,) + history[n:]
+
+
+def _given_on(given_on: dt.date | None, day: dt.date) -> dt.date | None:
+    """The event's ``given_on`` as a fact keeps it: None when it is not before the day recorded."""
+    return given_on if given_on is not None and given_on < day else None
+
+
+def _readings(history: tuple[_Fact, ...], on: dt.date) -> tuple[_Fact | None, _Fact | None]:
+    """(actual, known) on ``on``: the latest change given by then, and the latest (in given
+    order) recorded by then. Without back-dated changes both are the same fact."""
+    actual: _Fact | None = None
+    known: _Fact | None = None
+    for fact in reversed(history):
+        if actual is None and _given(fact) <= on:
+            actual = fact
+        if fact.effective_on <= on:
+            known = fact
+            break  # anything earlier in the list is given earlier: actual is set by now
+    return actual, known
 
 
 def apply_subject(state: SubjectState | None, recorded: RecordedEvent) -> SubjectState:
@@ -193,14 +253,17 @@ def apply_subject(state: SubjectState | None, recorded: RecordedEvent) -> Subjec
         return replace(state, invoices=invoices, last_invoice_on=last, **book)
     if isinstance(event, PreferencesChanged):
         day = ledger_day(at)
+        given = _given_on(event.given_on, day)
         preferences = dict(state.preferences)
         for change in event.changes:
             key = cell_key(change.category, change.channel)
-            fact = PreferenceFact(change.value, event_id, at, day, event.policy_version)
+            fact = PreferenceFact(change.value, event_id, at, day, event.policy_version, given)
             preferences[key] = _push(preferences.get(key, ()), fact)
         return replace(state, preferences=preferences, **book)
     if isinstance(event, (ObjectionRecorded, ObjectionWithdrawn)):
-        objection = ObjectionFact(isinstance(event, ObjectionRecorded), event_id, at, ledger_day(at))
+        day = ledger_day(at)
+        objection = ObjectionFact(isinstance(event, ObjectionRecorded), event_id, at, day,
+                                  _given_on(event.given_on, day))
         return replace(state, objections=_push(state.objections, objection), **book)
     if isinstance(event, ProspectRegistered):
         acquisition = AcquisitionFact(event.acquired_on, event_id, at)
@@ -266,22 +329,41 @@ def acquisition_in_effect(state: SubjectState, on: dt.date) -> AcquisitionFact |
 
 
 def objection_in_effect(state: SubjectState, on: dt.date) -> ObjectionFact | None:
-    """The objection in force on ``on`` (recorded on or before that day and not withdrawn
-    by then), or None."""
-    for fact in reversed(state.objections):
-        if fact.effective_on <= on:
-            return fact if fact.objected else None
+    """The objection in force on ``on``, or None: objected in either reading (the
+    module docstring), so an objection given earlier counts from the day given, and a
+    withdrawal only from the day it was recorded."""
+    if not state.objections:
+        return None
+    actual, known = _readings(state.objections, on)
+    if actual is not None and actual.objected:
+        return actual
+    if known is not None and known.objected:
+        return known
     return None
+
+
+def decisive_preference(history: tuple[PreferenceFact, ...], on: dt.date) -> PreferenceFact | None:
+    """The change that decides a cell on ``on``: the stricter of the two readings
+    (opt_out < default < opt_in). None: no own choice counts (never set, or an opt-in not
+    yet recorded by then): follow the term matrix."""
+    actual, known = _readings(history, on)
+    if actual is None:  # nothing given by then (known is None too: given <= recorded)
+        return None
+    if actual is known or actual.value == "opt_out":
+        return actual
+    if known is not None and known.value == "opt_out":
+        return known
+    if actual.value == "opt_in" and known is not None and known.value == "opt_in":
+        return actual
+    if actual.value == "default":
+        return actual
+    return known if known is not None and known.value == "default" else None
 
 
 def preference_in_effect(state: SubjectState, category: str, channel: str, on: dt.date) -> PreferenceFact | None:
-    """The preference change of the cell in force on ``on`` (None: never set by then)."""
+    """The preference change of the cell in force on ``on`` (None: none counts by then)."""
     history = state.preferences.get(cell_key(category, channel))
-    if history:
-        for fact in reversed(history):
-            if fact.effective_on <= on:
-                return fact
-    return None
+    return decisive_preference(history, on) if history else None
 
 
 def current_preferences(state: SubjectState) -> dict[str, PreferenceValue]:

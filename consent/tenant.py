@@ -21,6 +21,8 @@ from consent.policy import Policy, apply_policy, policy_version
 from consent.terms import TermMatrix, apply_term_edit, terms_from_cells
 from consent.vocabulary import tenant_stream
 from schemas.events import (
+    ControllerContact,
+    ControllerContactSet,
     DataSourceAdded,
     ModuleActivationSet,
     PolicyChapterActiveSet,
@@ -52,6 +54,7 @@ class TenantState(msgspec.Struct, frozen=True, kw_only=True):
     module_active: bool = False
     retention_customer_years: int = 7
     retention_prospect_months: int = 3
+    controller: ControllerContact | None = None
     version: int = 0
     last_position: int = 0
     last_event_id: str = ""
@@ -133,6 +136,8 @@ def apply_tenant(state: TenantState | None, recorded: RecordedEvent) -> TenantSt
             retention_prospect_months=event.prospect_months,
             **bookkeeping,
         )
+    if isinstance(event, ControllerContactSet):
+        return replace(state, controller=event.details, **bookkeeping)
     if isinstance(event, TenantCreated):
         raise ValueError(f"{recorded.stream_id}: TenantCreated at version {recorded.version}")
     raise ValueError(f"{type(event).__name__} is not a tenant event")

@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 import msgspec
 
 from consent.vocabulary import CUSTOMER_REF_PATTERN, END_OF_TEXT, SLUG_PATTERN, Category, Channel
-from schemas.events import Identifier, Method, PreferenceSetting, ShortText, TermCell
+from schemas.events import ControllerContact, EvidenceRef, Identifier, Method, PreferenceSetting, ShortText, TermCell
 
 Slug = Annotated[str, msgspec.Meta(pattern=SLUG_PATTERN, description="lower-case letters, digits, _ and -")]
 CustomerRef = Annotated[str, msgspec.Meta(pattern=CUSTOMER_REF_PATTERN)]
@@ -117,6 +117,13 @@ class AddDataSource(Request, frozen=True):
     label: ShortText
 
 
+class SetControllerContact(Request, frozen=True):
+    """The dealer's contact details as data controller, shown on every consent receipt."""
+
+    details: ControllerContact
+    expected_version: ExpectedVersion | None = None
+
+
 class SetRetention(Request, frozen=True):
     customer_years: Annotated[int, msgspec.Meta(ge=1, le=20)] = 7
     prospect_months: Annotated[int, msgspec.Meta(ge=1, le=60)] = 3
@@ -139,18 +146,43 @@ class RegisterProspect(Request, frozen=True):
     expected_version: ExpectedVersion | None = None
 
 
+PolicyVersion = Annotated[str, msgspec.Meta(
+    max_length=64, description="the version id of the policy text shown to the customer (GET"
+    " /v1/tenants/{tenant}/audit/policy lists them); omitted: the version in force on the day given is recorded")]
+GivenOn = Annotated[dt.date, msgspec.Meta(
+    description="the day the customer gave this (a signed paper form, a DMS delivery), if earlier than today;"
+    " not in the future. An opt-out or objection counts from this day; an opt-in or withdrawal only from the"
+    " day recorded (consent is never back-dated). Requires evidence_ref")]
+EvidenceRefField = Annotated[EvidenceRef, msgspec.Meta(
+    description="where the dated statement is kept: a form id, a DMS file and line (no personal data);"
+    " required with given_on")]
+NoteField = Annotated[Note, msgspec.Meta(
+    description="free text such as 'telefonisch verzoek'; personal data, stored encrypted")]
+MethodField = Annotated[Method, msgspec.Meta(description="through what the customer made the change")]
+
+
 class ChangePreferences(Request, frozen=True):
-    changes: Annotated[list[PreferenceSetting], msgspec.Meta(min_length=1, max_length=25)]
-    method: Method = "api"
-    policy_version: Annotated[str, msgspec.Meta(max_length=64)] | None = None
-    note: Note | None = None
+    """Set the subject's own choice for some cells: ``opt_in`` (explicit consent, until
+    withdrawn), ``opt_out``, or ``default`` (follow the dealer's term matrix)."""
+
+    changes: Annotated[list[PreferenceSetting], msgspec.Meta(
+        min_length=1, max_length=25, description="one entry per (category, channel), each at most once")]
+    method: MethodField = "api"
+    policy_version: PolicyVersion | None = None
+    note: NoteField | None = None
+    given_on: GivenOn | None = None
+    evidence_ref: EvidenceRefField | None = None
     expected_version: ExpectedVersion | None = None
 
 
 class RecordObjection(Request, frozen=True):
-    method: Method = "api"
-    policy_version: Annotated[str, msgspec.Meta(max_length=64)] | None = None
-    note: Note | None = None
+    """An objection to (or its withdrawal from) all direct marketing, GDPR art. 21."""
+
+    method: MethodField = "api"
+    policy_version: PolicyVersion | None = None
+    note: NoteField | None = None
+    given_on: GivenOn | None = None
+    evidence_ref: EvidenceRefField | None = None
     expected_version: ExpectedVersion | None = None
 
 
@@ -236,8 +268,13 @@ class BulkProspect(BulkItem, frozen=True, tag="prospect"):
 
 
 class BulkPreferences(BulkItem, frozen=True, tag="preferences"):
+    """Preferences as a DMS delivers them; the policy version recorded is the one in force
+    on the day given."""
+
     changes: Annotated[list[PreferenceSetting], msgspec.Meta(min_length=1, max_length=25)]
-    method: Method = "import"
+    method: MethodField = "import"
+    given_on: GivenOn | None = None
+    evidence_ref: EvidenceRefField | None = None
 
 
 class BulkAppend(Request, frozen=True):

@@ -145,17 +145,26 @@ class CheckSubject(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
 
 
 class CampaignCheck(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """May each of these subjects get a ``category`` message on ``channel`` on ``send_date``?"""
+    """May each of these subjects get a ``category`` message on ``channel`` on ``send_date``?
+
+    ``known_at``: answer as the ledger knew it at that moment (what a send on that day
+    could rely on, for an audit of a past campaign); omitted: as known now."""
 
     category: Category
     channel: Channel
     send_date: dt.date
     subjects: Annotated[list[CheckSubject], msgspec.Meta(min_length=1, max_length=MAX_CHECK_SUBJECTS)]
+    known_at: Annotated[dt.datetime, msgspec.Meta(
+        description="ISO 8601 with an offset, not in the future; the answer as the ledger knew it then")] | None = None
 
 
 class SubjectCheck(msgspec.Struct, frozen=True, kw_only=True):
     """One subject's answer. An unknown subject (no events in this tenant) is not an error:
-    ``known: false``, not eligible, reason ``unknown_subject``."""
+    ``known: false``, not eligible, reason ``unknown_subject``, ``cell`` null.
+
+    ``cell`` is the decision in the one shape every answer uses (the matrix's cells on the
+    topic and from GET .../eligibility, and each cell of the audit view): read that. The
+    flat fields beside it repeat it for clients written before it existed."""
 
     source: str
     customer_ref: str
@@ -169,6 +178,7 @@ class SubjectCheck(msgspec.Struct, frozen=True, kw_only=True):
     law: str | None = None
     requires_postfilter_check: bool = False
     requires_objection_offer: bool = False
+    cell: Cell | None = None
 
 
 class CampaignCheckResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -183,6 +193,7 @@ class CampaignCheckResult(msgspec.Struct, frozen=True, kw_only=True):
     eligible: int
     unknown: int
     results: list[SubjectCheck]
+    known_at: dt.datetime | None = None
 
 
 class TermWarnings(msgspec.Struct, frozen=True, kw_only=True):

@@ -25,6 +25,10 @@ from consent.vocabulary import END_OF_TEXT, Category, Channel, PreferenceValue
 Months = Annotated[int, msgspec.Meta(ge=0, le=120)]
 ShortText = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 Identifier = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*" + END_OF_TEXT)]
+EvidenceRef = Annotated[str, msgspec.Meta(
+    min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9 ._:/#+-]*" + END_OF_TEXT,
+    description="where the dated statement can be found: a form id, a DMS file name and line (no personal data)")]
+PolicyVersionBasis = Literal["shown", "in_force"]
 
 
 class Sealed(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -144,6 +148,28 @@ class TermMatrixEdited(Event, frozen=True):
     cells: list[TermCell]
 
 
+class ControllerContact(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """How a customer reaches the dealer as data controller (GDPR art. 13(1)(a)): shown on
+    every consent receipt (Kantara CR v1.1 ``piiControllers``). The dealer's business
+    contact point, not a person's private data."""
+
+    contact: Annotated[ShortText, msgspec.Meta(description="the contact point, e.g. 'Privacy desk'")]
+    street: ShortText
+    postcode: Annotated[str, msgspec.Meta(min_length=1, max_length=20)]
+    city: ShortText
+    country: Annotated[str, msgspec.Meta(min_length=2, max_length=2, pattern="^[A-Z]{2}$",
+                                         description="ISO 3166-1 alpha-2")] = "NL"
+    email: Annotated[str, msgspec.Meta(max_length=254, pattern=r"^[^@\s]+@[^@\s]+" + END_OF_TEXT)]
+    phone: Annotated[str, msgspec.Meta(max_length=40, pattern=r"^[0-9+() -]{3,40}" + END_OF_TEXT)]
+    url: Annotated[str, msgspec.Meta(max_length=300, pattern=r"^https?://[^\s]+" + END_OF_TEXT)] | None = None
+
+
+class ControllerContactSet(Event, frozen=True):
+    """The dealer set its contact details as data controller."""
+
+    details: ControllerContact
+
+
 class RetentionPolicySet(Event, frozen=True):
     customer_years: Annotated[int, msgspec.Meta(ge=1, le=20)] = 7
     prospect_months: Annotated[int, msgspec.Meta(ge=1, le=60)] = 3
@@ -190,8 +216,17 @@ class ProspectRegistered(Event, frozen=True):
 class PreferencesChanged(Event, frozen=True):
     """One save of preferences: by the customer (portal), staff on their behalf, or the DMS.
 
-    ``policy_version`` is the version id of the policy text shown when the change was made.
-    ``note`` (free text such as "telefonisch verzoek") is personal data, hence sealed.
+    ``policy_version`` is the version id of the policy text: the one shown when the change
+    was made (``policy_version_basis`` "shown", the portal), or, when nothing was shown to
+    the ledger's knowledge, the version in force on the day the preference was given
+    ("in_force"). ``note`` (free text such as "telefonisch verzoek") is personal data,
+    hence sealed.
+
+    ``given_on``: the day the customer gave it, when that is earlier than the day it was
+    recorded (a signed paper form, a DMS delivery), with ``evidence_ref`` naming where that
+    statement is kept. None: given on the (Dutch) day it was recorded. An opt-out counts
+    from ``given_on``; an opt-in never counts before it was recorded (docs/rules.md,
+    "Dated preferences").
     """
 
     changes: Annotated[list[PreferenceSetting], msgspec.Meta(min_length=1)]
@@ -199,22 +234,37 @@ class PreferencesChanged(Event, frozen=True):
     method: Method
     policy_version: str | None = None
     note: Sealed | None = None
+    given_on: dt.date | None = None
+    evidence_ref: EvidenceRef | None = None
+    policy_version_basis: PolicyVersionBasis = "shown"
 
 
 class ObjectionRecorded(Event, frozen=True):
-    """Objection to all direct marketing (GDPR art. 21): absolute."""
+    """Objection to all direct marketing (GDPR art. 21): absolute.
+
+    ``given_on``, ``evidence_ref`` and ``policy_version_basis`` as for PreferencesChanged:
+    an objection counts from ``given_on``."""
 
     changed_by: Actor
     method: Method
     policy_version: str | None = None
     note: Sealed | None = None
+    given_on: dt.date | None = None
+    evidence_ref: EvidenceRef | None = None
+    policy_version_basis: PolicyVersionBasis = "shown"
 
 
 class ObjectionWithdrawn(Event, frozen=True):
+    """The objection is withdrawn. ``given_on`` etc. as for PreferencesChanged: like an
+    opt-in, a withdrawal never counts before the day it was recorded."""
+
     changed_by: Actor
     method: Method
     policy_version: str | None = None
     note: Sealed | None = None
+    given_on: dt.date | None = None
+    evidence_ref: EvidenceRef | None = None
+    policy_version_basis: PolicyVersionBasis = "shown"
 
 
 class MarketingActivityRecorded(Event, frozen=True):
@@ -252,6 +302,7 @@ TENANT_EVENTS: Final = (
     PolicyChapterDeleted,
     TermMatrixEdited,
     RetentionPolicySet,
+    ControllerContactSet,
 )
 SUBJECT_EVENTS: Final = (
     InvoiceRecorded,
@@ -277,6 +328,7 @@ AnyEvent = (
     | PolicyChapterDeleted
     | TermMatrixEdited
     | RetentionPolicySet
+    | ControllerContactSet
     | InvoiceRecorded
     | InvoiceCorrected
     | ProspectRegistered

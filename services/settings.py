@@ -3,8 +3,11 @@ passed down; nothing reads os.environ after that."""
 
 from __future__ import annotations
 
+import json
 import os
+import stat
 from collections.abc import Mapping
+from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import msgspec
@@ -60,8 +63,99 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     http_body_timeout: int = 30
 
 
-def from_env(env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+CONNECTION_FILE = "local-stack.json"
+"""Written by ``make run`` into its data folder (mode 0600) while the stack runs, so that
+``consent-ledger`` commands in another terminal find the embedded PostgreSQL, broker and
+master key without exports (issue 16). A real deployment sets LEDGER_DATABASE_URL, and then
+the file is never read."""
+
+
+def connection_file(var_dir: str | Path) -> Path:
+    return Path(var_dir) / CONNECTION_FILE
+
+
+def write_connection_file(var_dir: str | Path, values: Mapping[str, object]) -> Path:
+    """Write the running stack's connection details, readable by the owner only, atomically
+    (a reader never sees half a file); ``values`` holds ``pid`` and the settings to use."""
+    path = connection_file(var_dir)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        os.fchmod(f.fileno(), 0o600)  # also when the file was there with other bits
+        json.dump(dict(values), f, indent=2)
+    os.replace(tmp, path)
+    return path
+
+
+def remove_connection_file(var_dir: str | Path, pid: int) -> None:
+    """Remove the file if it is this process's (a second stack may have written its own)."""
+    path = connection_file(var_dir)
+    try:
+        if json.loads(path.read_text(encoding="utf-8")).get("pid") == pid:
+            path.unlink()
+    except (OSError, ValueError):
+        pass
+
+
+def _alive(pid: object) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, another user's
+        return True
+    return True
+
+
+def read_connection_file(var_dir: str | Path) -> dict[str, object] | None:
+    """The running local stack's connection details, or None when no stack runs there (no
+    file, or the process that wrote it is gone). A file others may read or write is
+    refused: it points to the master key, and a planted one could redirect commands."""
+    path = connection_file(var_dir)
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise SettingsError(f"{path} may be read or written by others (mode {stat.S_IMODE(st.st_mode):04o}):"
+                            f" run 'chmod 600 {path}' or delete it and restart 'make run'")
+    if st.st_uid != os.getuid():
+        raise SettingsError(f"{path} belongs to another user: delete it and restart 'make run'")
+    try:
+        values = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise SettingsError(f"{path} cannot be read ({exc}): delete it and restart 'make run'") from None
+    if not isinstance(values, dict) or not _alive(values.get("pid")):
+        return None
+    return values
+
+
+def _local_stack_values(e: Mapping[str, str]) -> dict[str, object]:
+    """Settings from the running ``make run`` stack, for those the environment leaves unset."""
+    found = read_connection_file(e.get("LEDGER_VAR_DIR", "var"))
+    if found is None:
+        return {}
+    values: dict[str, object] = {}
+    if isinstance(found.get("database_url"), str):
+        values["database_url"] = found["database_url"]
+    if isinstance(found.get("kafka_bootstrap"), str) and not e.get("LEDGER_KAFKA_BOOTSTRAP"):
+        values["kafka_bootstrap"] = found["kafka_bootstrap"]
+    key_file = found.get("master_key_file")
+    if isinstance(key_file, str) and not (e.get("LEDGER_MASTER_KEY") or e.get("LEDGER_MASTER_KEY_FILE")):
+        values["master_key"] = _secret_file({"master key file": key_file}, "master key file")
+    return values
+
+
+def from_env(env: Mapping[str, str] | None = None, *, local_stack: bool | None = None,
+             **overrides: object) -> Settings:
+    """Settings from the environment. Where LEDGER_DATABASE_URL is unset and a ``make run``
+    stack is running in the data folder (``local_stack``; default: when reading the real
+    environment), its connection file fills in the database, the broker and the master key."""
     e = os.environ if env is None else env
+    use_local = (env is None) if local_stack is None else local_stack
+    local = _local_stack_values(e) if use_local and not e.get("LEDGER_DATABASE_URL") else {}
     values: dict[str, object] = {
         "database_url": _with_password(e.get("LEDGER_DATABASE_URL", ""),
                                        _secret_file(e, "LEDGER_DATABASE_PASSWORD_FILE")),
@@ -98,6 +192,9 @@ def from_env(env: Mapping[str, str] | None = None, **overrides: object) -> Setti
         "http_header_timeout": _int(e, "LEDGER_HTTP_HEADER_TIMEOUT", 15, minimum=1, maximum=3600),
         "http_body_timeout": _int(e, "LEDGER_HTTP_BODY_TIMEOUT", 30, minimum=1, maximum=3600),
     }
+    for name, value in local.items():
+        if not values.get(name):
+            values[name] = value
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]
 

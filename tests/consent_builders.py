@@ -267,14 +267,18 @@ class SubjectHistoryBuilder(_StreamBuilder):
         method: Method = "portal",
         policy_version: str | None = None,
         event_id: str | None = None,
+        given_on: str | dt.date | None = None,
     ) -> Self:
-        """One save of several cells: ``{"newsletter:email": "opt_out", ...}``."""
+        """One save of several cells: ``{"newsletter:email": "opt_out", ...}``; ``given_on``
+        the earlier day the customer gave it (a paper form)."""
         settings = []
         for key, value in changes.items():
             category, channel = split_cell_key(key)
             settings.append(PreferenceSetting(category=category, channel=channel, value=value))  # type: ignore[arg-type]
         actor = Actor(kind=by, id="subject" if by == "subject" else "u-test")
-        event = PreferencesChanged(changes=settings, changed_by=actor, method=method, policy_version=policy_version)
+        event = PreferencesChanged(changes=settings, changed_by=actor, method=method, policy_version=policy_version,
+                                   given_on=None if given_on is None else day(given_on),
+                                   evidence_ref=None if given_on is None else "form-1")
         return self._append(event, at=at, event_id=event_id, actor=actor)
 
     def opt_in(self, category: str, channel: str, **kwargs) -> Self:
@@ -287,15 +291,19 @@ class SubjectHistoryBuilder(_StreamBuilder):
         """Back to ``default`` (follow the term matrix)."""
         return self.preferences({f"{category}:{channel}": "default"}, **kwargs)
 
-    def object(self, *, at: When | None = None, method: Method = "portal", event_id: str | None = None) -> Self:
+    def object(self, *, at: When | None = None, method: Method = "portal", event_id: str | None = None,
+               given_on: str | dt.date | None = None) -> Self:
         actor = Actor(kind="subject", id="subject")
-        return self._append(ObjectionRecorded(changed_by=actor, method=method), at=at, event_id=event_id, actor=actor)
+        event = ObjectionRecorded(changed_by=actor, method=method, given_on=None if given_on is None else day(given_on))
+        return self._append(event, at=at, event_id=event_id, actor=actor)
 
     def withdraw_objection(
-        self, *, at: When | None = None, method: Method = "portal", event_id: str | None = None
+        self, *, at: When | None = None, method: Method = "portal", event_id: str | None = None,
+        given_on: str | dt.date | None = None,
     ) -> Self:
         actor = Actor(kind="subject", id="subject")
-        return self._append(ObjectionWithdrawn(changed_by=actor, method=method), at=at, event_id=event_id, actor=actor)
+        event = ObjectionWithdrawn(changed_by=actor, method=method, given_on=None if given_on is None else day(given_on))
+        return self._append(event, at=at, event_id=event_id, actor=actor)
 
     def erase(
         self, *, reason: str = "request", suppressed: bool = False, at: When | None = None, event_id: str | None = None

@@ -139,10 +139,10 @@ async def test_receipts_list_and_download(api: TestClient, dealer: Dealer) -> No
         "method": "portal", "policy_version": version}, dealer.auth("staff"))
     r = await api.get(AUDIT + "/subjects/dealer/C1/receipts", headers=dealer.auth("auditor"))
     [receipt] = (await r.json())["receipts"]
-    assert receipt["receipt_id"] == "cr-" + done["event_ids"][0]
-    assert receipt["pii_controller"]["name"] == "Autobedrijf garage-a"
-    assert receipt["policy_version"] == version and receipt["purposes"][0]["consent_type"] == "explicit"
-    r = await api.get(AUDIT + "/subjects/dealer/C1/receipts/" + receipt["receipt_id"], headers=dealer.auth("admin"))
+    assert receipt["consentReceiptID"] == "cr-" + done["event_ids"][0]
+    assert receipt["piiControllers"][0]["piiController"] == "Autobedrijf garage-a"
+    assert receipt["policyVersion"] == version and receipt["services"][0]["purposes"][0]["consentType"] == "explicit"
+    r = await api.get(AUDIT + "/subjects/dealer/C1/receipts/" + receipt["consentReceiptID"], headers=dealer.auth("admin"))
     assert r.status == 200 and "attachment" in r.headers["Content-Disposition"]
     assert (await r.json()) == receipt
     r = await api.get(AUDIT + "/subjects/dealer/C1/receipts/cr-nope", headers=dealer.auth("admin"))
@@ -163,7 +163,7 @@ async def test_the_access_export_holds_the_decrypted_personal_data_as_json_and_c
     assert export["events"][1]["data"]["note"] == {"note": "belde boos op"}
     assert export["state"]["last_invoice_on"] == "2024-05-01"
     assert {c["reason"] for c in export["eligibility_today"]["cells"]} == {"objected"}
-    assert [x["purposes"][0]["preference"] for x in export["receipts"]] == ["objection"]
+    assert [x["services"][0]["purposes"][0]["preference"] for x in export["receipts"]] == ["objection"]
 
     r = await api.get(SUBJ + "/export.csv", headers=dealer.auth("admin"))
     assert r.status == 200 and r.content_type == "text/csv"
@@ -250,9 +250,11 @@ async def test_a_preference_or_objection_naming_a_policy_version_never_published
         await post(api, SUBJ + "/preferences", {**change, "policy_version": version}, dealer.auth("staff"))
     r = await api.get(AUDIT + "/subjects/dealer/C1/receipts", headers=dealer.auth("auditor"))
     receipts = (await r.json())["receipts"]
-    assert [x["policy_version"] for x in receipts] == [second, first, None]
-    for receipt in receipts[:2]:
-        r = await api.get(AUDIT + "/policy/versions/" + receipt["policy_version"], headers=dealer.auth("auditor"))
+    # Without a version shown, the record names the version in force when it was given (issue 16).
+    assert [(x["policyVersion"], x["policyVersionLabel"]) for x in receipts] == [
+        (second, "policy shown"), (first, "policy shown"), (second, "policy in force")]
+    for receipt in receipts:
+        r = await api.get(AUDIT + "/policy/versions/" + receipt["policyVersion"], headers=dealer.auth("auditor"))
         assert r.status == 200  # every version a receipt names resolves to its exact text
 
 

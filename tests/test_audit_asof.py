@@ -132,14 +132,14 @@ def test_a_receipt_names_controller_purposes_basis_method_policy_and_how_to_with
     receipts = receipts_from(subject.events, record)
     assert len(receipts) == 2
     prefs, objection = receipts
-    assert prefs.pii_controller.name == "Autobedrijf Acme" and prefs.pii_principal_id == "acme/dealer/C7"
+    assert prefs.pii_controllers[0].pii_controller == "Autobedrijf Acme" and prefs.pii_principal_id == "acme/dealer/C7"
     assert prefs.policy_version == version and prefs.collection_method == "portal"
-    assert [(p.category, p.channel, p.preference, p.consent_type) for p in prefs.purposes] == [
+    assert [(p.category, p.channel, p.preference, p.consent_type) for p in prefs.services[0].purposes] == [
         ("newsletter", "email", "opt_in", "explicit"), ("sales_campaign", "sms", "opt_out", "withdrawn")]
-    assert "art. 6(1)(a)" in prefs.purposes[0].basis
+    assert "art. 6(1)(a)" in prefs.services[0].purposes[0].basis
     assert "privacy portal" in prefs.how_to_withdraw and "7(3)" in prefs.how_to_withdraw
     assert prefs.receipt_id == "cr-" + subject.events[1].event_id
-    assert objection.purposes[0].preference == "objection"
+    assert objection.services[0].purposes[0].preference == "objection"
     # the same event always gives the same receipt
     again = build_receipt(subject.events[1], tenant.state(), portal_url="https://p.example/?key=abc")
     assert again.receipt_id == prefs.receipt_id and "https://p.example/?key=abc" in again.how_to_withdraw

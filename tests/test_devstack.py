@@ -7,10 +7,13 @@ import os
 import re
 import signal
 import subprocess
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from services.devservers import free_port
 from services.devstack import READY_LINE
@@ -50,7 +53,17 @@ def demo_keys(output: str) -> dict[str, str]:
     return dict(re.findall(r"^\s+(operator|admin|staff|auditor|sender|importer)\s+(clk_\S+)$", output, re.M))
 
 
-async def test_the_local_stack_starts_stops_on_ctrl_c_and_keeps_its_data(tmp_path: Path) -> None:
+@pytest.fixture
+def scratch() -> Iterator[Path]:
+    """A folder outside pytest's /tmp/pytest-of-<user>: the embedded PostgreSQL runs as
+    another user when tests run as root, and a concurrent pytest session (another checkout
+    on the same machine) resets that folder to 0700, locking the server out mid-test."""
+    with tempfile.TemporaryDirectory(prefix="devstack-") as folder:
+        yield Path(folder)
+
+
+async def test_the_local_stack_starts_stops_on_ctrl_c_and_keeps_its_data(scratch: Path) -> None:
+    tmp_path = scratch
     var = tmp_path / "var"
     ports = {name: free_port() for name in ("LEDGER_HTTP_PORT", "LEDGER_PORTAL_PORT", "LEDGER_PG_PORT",
                                              "LEDGER_BROKER_PORT")}

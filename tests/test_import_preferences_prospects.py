@@ -128,3 +128,35 @@ async def test_a_json_lines_file_is_read_with_the_same_mapping_and_checks(
     assert (summary.format, summary.kind, summary.recorded) == ("jsonl", "invoices", 2)
     assert [(r.line, r.field) for r in rejected] == [(4, "(line)"), (5, "invoice_date")]
     assert [type(e).__name__ for e in await subject_events(pool, "12345")] == ["InvoiceRecorded"]
+
+
+async def test_a_given_on_column_dates_a_setting_from_a_signed_form(
+    ledger: Ledger, pool: asyncpg.Pool, tmp_path: Path
+) -> None:
+    """Issue 16: a DMS delivery may say when the customer gave a setting; that row becomes
+    its own event with given_on, the file line as evidence, and the policy in force then."""
+    from consent.eligibility import evaluate
+    from consent.subject import fold_subject
+    from tests.projector_support import folded_tenant
+    from services.ledger.store import EventStore
+
+    today = dt.date.today()
+    given = today - dt.timedelta(days=20)
+    await ledger.record_invoice(PORTAL, "garage-a", "dealer", "K1", "F1", today - dt.timedelta(days=90))
+    body = ("customer_ref;category;channel;value;given_on\n"
+            f"K1;newsletter;email;opt_out;{given:%d-%m-%Y}\n"
+            "K1;sales_campaign;sms;opt_in;\n"
+            f"K2;newsletter;email;opt_out;{today + dt.timedelta(days=3):%d-%m-%Y}\n")
+    summary, rejected = await run_import(ledger, write(tmp_path, "voorkeuren (dec).csv", body))
+    assert [(r.line, r.field) for r in rejected] == [(4, "given_on")] and "future" in rejected[0].problem
+    events = [e for e in await subject_events(pool, "K1") if isinstance(e, PreferencesChanged)]
+    undated, dated = events
+    assert undated.given_on is None and [c.category for c in undated.changes] == ["sales_campaign"]
+    assert dated.given_on == given and dated.evidence_ref == "voorkeuren _dec_.csv:2"
+    assert dated.policy_version and dated.policy_version_basis == "in_force"
+    store = EventStore(pool)
+    state = fold_subject(await store.read_stream("subject/garage-a/dealer/K1"))
+    terms = (await folded_tenant(store, "garage-a")).terms
+    assert state is not None
+    assert evaluate(state, terms, "newsletter", "email", given - dt.timedelta(days=1)).reason == "soft_opt_in"
+    assert evaluate(state, terms, "newsletter", "email", given).reason == "opted_out"

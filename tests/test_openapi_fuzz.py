@@ -62,7 +62,7 @@ PORTAL_EXAMPLES = 25 * EXAMPLES_PER_OPERATION
 
 
 class LedgerState:
-    """What a refused request must leave alone: the ledger head, the API keys, the portal's
+    """What a refused request must leave alone: every partition's head, the API keys, the portal's
     accounts. Read over its own connection on its own event loop (the fuzzers are sync)."""
 
     def __init__(self, db_url: str) -> None:
@@ -71,7 +71,7 @@ class LedgerState:
 
     def read(self) -> tuple[Any, ...]:
         row = self._loop.run_until_complete(self._conn.fetchrow(
-            "SELECT (SELECT position FROM ledger.head) AS head,"
+            "SELECT (SELECT array_agg(position ORDER BY log_partition) FROM ledger.partitions) AS heads,"
             " (SELECT count(*) FROM ledger.api_keys WHERE revoked_at IS NULL) AS keys,"
             " (SELECT count(*) FROM portal.users) AS users"))
         assert row is not None

@@ -157,8 +157,8 @@ async def test_a_customer_opting_out_of_newsletter_email_appends_a_subject_event
     assert receipt.status == 200
     assert receipt.headers["Content-Disposition"].startswith("attachment;")
     body = await receipt.json()
-    assert body["event_id"] == last.event_id and body["policy_version"] == version
-    assert body["collection_method"] == "portal"
+    assert body["eventId"] == last.event_id and body["policyVersion"] == version
+    assert body["collectionMethod"] == "portal" and body["policyVersionLabel"] == "policy shown"
 
 
 async def test_saving_unchanged_settings_records_nothing(world: World) -> None:

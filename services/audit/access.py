@@ -22,7 +22,7 @@ from consent.terms import ledger_day
 from schemas.events import Actor, RecordedEvent, Sealed
 from services.audit.asof import AsOfView, explain_as_of
 from services.audit.loading import REDACTED, Reveal, TenantRecord
-from services.audit.receipts import ConsentReceipt, receipts_from
+from services.audit.receipts import DEFAULT_PUBLIC_BASE, ConsentReceipt, receipts_from
 
 CONTACT_FIELDS: Final = ("name", "email", "phone", "street", "postcode", "city", "country", "licence_plate")
 
@@ -65,7 +65,7 @@ def _opened(recorded: RecordedEvent, reveal: Reveal) -> dict[str, Any]:
 
 
 def build_export(subject_events: Sequence[RecordedEvent], tenant: TenantRecord, reveal: Reveal,
-                 now: dt.datetime) -> AccessExport:
+                 now: dt.datetime, public_base: str = DEFAULT_PUBLIC_BASE) -> AccessExport:
     state = fold_subject(subject_events)
     assert state is not None, "an export needs at least one event"
     events: list[ExportedEvent] = []
@@ -87,7 +87,7 @@ def build_export(subject_events: Sequence[RecordedEvent], tenant: TenantRecord, 
         controller=tenant.state_at(now).name, exported_at=now, erased=state.erased is not None,
         personal_data=personal, state=msgspec.to_builtins(state),
         eligibility_today=explain_as_of(subject_events, tenant, now, ledger_day(now), reveal),
-        receipts=receipts_from(list(subject_events), tenant), events=events,
+        receipts=receipts_from(list(subject_events), tenant, public_base=public_base), events=events,
     )
 
 
@@ -148,13 +148,14 @@ def export_csv(export: AccessExport) -> str:
                        "evidence": [{"position": x.position, "event_type": x.event_type} for x in c.evidence]}),
             ])
     for r in export.receipts:
-        for purpose in r.purposes:
+        for purpose in (p for service in r.services for p in service.purposes):
             writer.writerow([
-                "receipt", r.ledger_position, r.consent_timestamp.isoformat(), r.event_type, "",
+                "receipt", r.ledger_position, r.consent_time.isoformat(), r.event_type, "",
                 f"{r.changed_by.kind}:{r.changed_by.id}", r.collection_method, r.policy_version or "",
                 *([""] * len(CONTACT_FIELDS)), "", purpose.category, purpose.channel, "", purpose.preference, "",
                 r.receipt_id,
                 _json({"purpose": purpose.purpose, "consent_type": purpose.consent_type, "basis": purpose.basis,
-                       "controller": r.pii_controller.name, "how_to_withdraw": r.how_to_withdraw}),
+                       "controller": r.pii_controllers[0].pii_controller, "policy_version_basis":
+                       r.policy_version_basis, "how_to_withdraw": r.how_to_withdraw}),
             ])
     return out.getvalue()

@@ -22,10 +22,11 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
-from consent.eligibility import Decision, eligibility_matrix
+from consent.eligibility import Decision, as_cell, eligibility_matrix
 from consent.law import OLDEST_DATED_RULE, RULES_VERSION, LegalRule, rules_in_force
 from consent.subject import SubjectState, fold_subject, invoice_in_effect, objection_in_effect
 from consent.terms import ALL_CELLS, cell_key
+from schemas.eligibility import Cell
 from schemas.events import (
     Actor,
     InvoiceCorrected,
@@ -64,9 +65,16 @@ class Evidence(msgspec.Struct, frozen=True, kw_only=True):
     occurred_on: dt.date | None = None
     facts: dict[str, Any] = {}
     note: str | None = None
+    policy_version_basis: Literal["shown", "in_force"] | None = None
+    given_on: dt.date | None = None
+    evidence_ref: str | None = None
 
 
 class CellExplanation(msgspec.Struct, frozen=True, kw_only=True):
+    """One cell of the as-of view: the decision (``cell``, in the same shape as the
+    matrix's cells on the topic and in the eligibility checks; the flat fields repeat it)
+    and the evidence events resolved into readable facts."""
+
     category: str
     channel: str
     eligible: bool
@@ -79,6 +87,7 @@ class CellExplanation(msgspec.Struct, frozen=True, kw_only=True):
     law: str | None = None
     requires_postfilter_check: bool = False
     requires_objection_offer: bool = False
+    cell: Cell
 
 
 class AsOfView(msgspec.Struct, frozen=True, kw_only=True):
@@ -159,14 +168,21 @@ def evidence_of(recorded: RecordedEvent, reveal: Reveal | None = None, cell: str
     """The auditor's reading of one event; ``cell`` narrows multi-cell facts to one cell.
 
     For a preference or objection change the actor and method are the ones the event
-    names (who changed it, through what) and ``policy_version`` the policy text shown.
+    names (who changed it, through what), ``policy_version`` the policy text shown (or,
+    ``policy_version_basis`` "in_force", the version in force when it was given), and
+    ``given_on`` / ``evidence_ref`` the earlier day it was given and where that is proven.
     ``reveal`` opens the sealed free-text note (shown as "[erased]" after erasure).
     """
     event = recorded.event
     actor, method, policy = recorded.metadata.actor, recorded.metadata.method, None
     note: str | None = None
+    basis: Literal["shown", "in_force"] | None = None
+    given_on: dt.date | None = None
+    evidence_ref: str | None = None
     if isinstance(event, (PreferencesChanged, ObjectionRecorded, ObjectionWithdrawn)):
         actor, method, policy = event.changed_by, event.method, event.policy_version
+        basis = event.policy_version_basis if policy is not None else None
+        given_on, evidence_ref = event.given_on, event.evidence_ref
         if event.note is not None and reveal is not None:
             opened = reveal(event.note)
             note = opened.get("note") if isinstance(opened, dict) else str(opened)
@@ -174,7 +190,8 @@ def evidence_of(recorded: RecordedEvent, reveal: Reveal | None = None, cell: str
         event_id=recorded.event_id, event_type=recorded.event_type, stream_id=recorded.stream_id,
         version=recorded.version, position=recorded.position, recorded_at=recorded.recorded_at,
         actor=actor, method=method, policy_version=policy, occurred_on=recorded.occurred_on,
-        facts=_facts(recorded, cell), note=note,
+        facts=_facts(recorded, cell), note=note, policy_version_basis=basis, given_on=given_on,
+        evidence_ref=evidence_ref,
     )
 
 
@@ -241,7 +258,7 @@ def explain_as_of(
             reason=decision.reason, until=decision.until, requires_disclosure=decision.requires_disclosure,
             term_months=terms.get(category, channel), evidence=evidence, law=decision.law,
             requires_postfilter_check=decision.requires_postfilter_check,
-            requires_objection_offer=decision.requires_objection_offer,
+            requires_objection_offer=decision.requires_objection_offer, cell=as_cell(decision),
         ))
     invoice = invoice_in_effect(state, on)
     return AsOfView(

@@ -59,7 +59,7 @@ def retention_context() -> Context:
 
 def _objected_on(state: SubjectState) -> dt.date | None:
     """The day the objection in force took effect, if the subject's last word was an objection."""
-    return state.objections[-1].effective_on if state.objected else None
+    return state.objections[-1].since if state.objected else None  # a back-dated objection: the day given
 
 
 class _Shredded(msgspec.Struct, frozen=True):

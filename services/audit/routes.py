@@ -99,6 +99,9 @@ async def audit_context(app: web.Application) -> AsyncIterator[None]:
             roles=READERS, responses={200: AsOfView}, query=_TIMES)
 @_answers
 async def audit_as_of(call: Call) -> web.Response:
+    """What the ledger knew at `known_at` (K, default now) about date `on` (D, default K's
+    day): all 25 cells, each decision with the events it rests on resolved into who, when,
+    how, the policy version and (for a dated preference) the day given and its evidence."""
     tenant_id, source, ref = _ids(call)
     now = _now()
     known_at, on = _times(call, now)
@@ -118,6 +121,9 @@ async def audit_as_of(call: Call) -> web.Response:
             roles=READERS, responses={200: Comparison}, query=_TIMES)
 @_answers
 async def audit_compare(call: Call) -> web.Response:
+    """The view as known at K next to the view as known now, for the same date D: which
+    cells changed and which events recorded after K changed them (a late invoice, a paper
+    opt-out)."""
     tenant_id, source, ref = _ids(call)
     now = _now()
     known_at, on = _times(call, now)
@@ -132,19 +138,25 @@ async def audit_compare(call: Call) -> web.Response:
             roles=READERS, responses={200: ReceiptList})
 @_answers
 async def audit_receipts(call: Call) -> web.Response:
+    """A Kantara Consent Receipt v1.1 for every preference and objection change of the
+    subject, oldest first."""
     tenant_id, source, ref = _ids(call)
     store = call.request.app[STORE]
     events = await load_subject_events(store, tenant_id, source, ref)
     tenant = await load_tenant(store, tenant_id)
-    return json_response(ReceiptList(subject=f"{tenant_id}/{source}/{ref}", receipts=receipts_from(events, tenant)))
+    public_base = call.request.app[SETTINGS].portal_base_url
+    return json_response(ReceiptList(subject=f"{tenant_id}/{source}/{ref}",
+                                     receipts=receipts_from(events, tenant, public_base=public_base)))
 
 
 @routes.get(AUDIT_SUBJECT + "/receipts/{receipt_id}", summary="One consent receipt (JSON, for download)",
             roles=READERS, responses={200: ConsentReceipt})
 @_answers
 async def audit_receipt(call: Call) -> web.Response:
+    """One consent receipt by its id, as a download."""
     tenant_id, source, ref = _ids(call)
-    receipt = await load_receipt(call.request.app[STORE], tenant_id, source, ref, call.param("receipt_id"))
+    receipt = await load_receipt(call.request.app[STORE], tenant_id, source, ref, call.param("receipt_id"),
+                                 public_base=call.request.app[SETTINGS].portal_base_url)
     return json_response(receipt, headers={
         "Content-Disposition": f'attachment; filename="{receipt.receipt_id}.json"'})
 
@@ -153,6 +165,8 @@ async def audit_receipt(call: Call) -> web.Response:
             roles=READERS, responses={200: PolicyText}, query=_TIMES[:1])
 @_answers
 async def audit_policy_at(call: Call) -> web.Response:
+    """The whole policy (every chapter, active or not, in order) as it stood at `known_at`,
+    with its version id."""
     known_at = parse_known_at(call.request.query.get("known_at"), _now())
     return json_response(policy_at(await load_tenant(call.request.app[STORE], call.param("tenant")), known_at))
 
@@ -161,6 +175,8 @@ async def audit_policy_at(call: Call) -> web.Response:
             roles=READERS, responses={200: PolicyHistory})
 @_answers
 async def audit_policy_versions(call: Call) -> web.Response:
+    """Every policy version id the tenant published, when it was first in force, and the
+    event that published it."""
     return json_response(versions(await load_tenant(call.request.app[STORE], call.param("tenant"))))
 
 
@@ -168,6 +184,8 @@ async def audit_policy_versions(call: Call) -> web.Response:
             roles=READERS, responses={200: PolicyText})
 @_answers
 async def audit_policy_version(call: Call) -> web.Response:
+    """The exact text behind a version id that a consent record names. 404
+    `unknown_policy_version`."""
     tenant = await load_tenant(call.request.app[STORE], call.param("tenant"))
     return json_response(policy_by_version(tenant, call.param("version")))
 
@@ -176,6 +194,8 @@ async def audit_policy_version(call: Call) -> web.Response:
             roles=READERS, responses={200: RetentionReport})
 @_answers
 async def audit_retention(call: Call) -> web.Response:
+    """Which subjects the daily retention job would erase today, and why (the date their
+    period counts from). Nothing is erased."""
     tenant_id = call.param("tenant")
     await load_tenant(call.request.app[STORE], tenant_id)  # 404 for an unknown tenant
     [report] = await run_retention(call.ledger, _master_key(call), now=_now(), dry_run=True, tenants=[tenant_id])
@@ -187,7 +207,8 @@ async def _export(call: Call) -> AccessExport:
     store = call.request.app[STORE]
     events = await load_subject_events(store, tenant_id, source, ref)
     tenant = await load_tenant(store, tenant_id)
-    return build_export(events, tenant, await revealer(call.ledger.keys, tenant_id, source, ref), _now())
+    return build_export(events, tenant, await revealer(call.ledger.keys, tenant_id, source, ref), _now(),
+                        call.request.app[SETTINGS].portal_base_url)
 
 
 def _file_name(export: AccessExport) -> str:
@@ -198,6 +219,8 @@ def _file_name(export: AccessExport) -> str:
             roles=READERS, responses={200: AccessExport})
 @_answers
 async def export_subject(call: Call) -> web.Response:
+    """Everything held about the subject (GDPR art. 15): its events with personal data
+    decrypted, its consent state, today's matrix with evidence, and its receipts."""
     export = await _export(call)
     return json_response(export, headers={"Content-Disposition": f'attachment; filename="{_file_name(export)}.json"'})
 
@@ -206,6 +229,7 @@ async def export_subject(call: Call) -> web.Response:
             roles=READERS, responses={200: None})
 @_answers
 async def export_subject_csv(call: Call) -> web.Response:
+    """The same export as one CSV table for a spreadsheet."""
     export = await _export(call)
     return web.Response(text=export_csv(export), content_type="text/csv", charset="utf-8",
                         headers={"Content-Disposition": f'attachment; filename="{_file_name(export)}.csv"'})
@@ -215,6 +239,11 @@ async def export_subject_csv(call: Call) -> web.Response:
              roles=("admin",), body=EraseSubject, responses={201: ErasureResult, 200: ErasureResult})
 @_answers
 async def erase(call: Call) -> web.Response:
+    """Erases the subject (GDPR art. 17): its key is destroyed (so every sealed personal
+    field becomes unreadable), its stream is closed (410 for any later write), the read
+    models drop it and the eligibility topic gets a tombstone. If it had objected, a hashed
+    suppression record keeps the objection honoured. `confirm_ref` must repeat the customer
+    ref. Cannot be undone."""
     tenant_id, source, ref = _ids(call)
     body: EraseSubject = call.body
     if body.confirm_ref != ref:
@@ -230,6 +259,8 @@ async def erase(call: Call) -> web.Response:
             roles=("admin", "auditor", "importer", "sender"), responses={200: Suppression})
 @_answers
 async def suppression_check(call: Call) -> web.Response:
+    """Did this customer ref object to direct marketing before it was erased? Answers from
+    the hashed suppression list only; no personal data."""
     tenant_id, source, ref = _ids(call)
     _, previous = master_keys(call.request.app[SETTINGS])
     found = await suppression.lookup(call.ledger.pool, _master_key(call), tenant_id, source, ref, previous=previous)

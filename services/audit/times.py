@@ -72,7 +72,9 @@ def parse_on(text: str | None, known_at: dt.datetime, field: str = "on") -> dt.d
     try:
         on = dt.date.fromisoformat(text.strip())
     except ValueError:
-        raise AuditError(422, "validation_error", f"{field} must be a date YYYY-MM-DD, not {text!r}", field) from None
+        # the same words as a bad date in a JSON body (services/ledger/api/jsonapi.py NOT_A_DATE)
+        raise AuditError(422, "validation_error", f"{text[:40]!r} is not a calendar date (YYYY-MM-DD)",
+                         field) from None
     if not EARLIEST_ON <= on <= LATEST_ON:
         raise AuditError(422, "validation_error", f"{field} must be a date from {EARLIEST_ON.isoformat()} to"
                          f" {LATEST_ON.isoformat()}, not {on.isoformat()}", field)

@@ -33,7 +33,9 @@ REQUIRED: Final[dict[str, tuple[str, ...]]] = {
 OPTIONAL: Final[dict[str, tuple[str, ...]]] = {
     "invoices": CONTACT_FIELDS,
     "prospects": CONTACT_FIELDS,
-    "preferences": (),
+    # The day the customer gave the setting (a signed form), if earlier than the import:
+    # an opt-out then counts from that day (docs/rules.md, "Dated preferences").
+    "preferences": ("given_on",),
 }
 
 # What a preference value may map to; "ignore" skips the row (counted, not rejected).

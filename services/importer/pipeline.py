@@ -32,7 +32,17 @@ import structlog
 
 from schemas.events import Actor, Metadata
 from services.importer.mapping import Kind, Mapping
-from services.importer.plans import PLANNERS, Counts, Effects, IndexConflict, Plan, Planner, Rejection
+from services.importer.plans import (
+    PLANNERS,
+    Counts,
+    Effects,
+    IndexConflict,
+    Plan,
+    Planner,
+    PreferencePlanner,
+    Rejection,
+    evidence_name,
+)
 from services.importer.reader import RecordReader, RowProblem
 from services.importer.rows import Row, RowParser
 from services.ledger.commands import CommandRejected, Ledger
@@ -129,6 +139,8 @@ class Importer:
             parser = RowParser(reader.kind, mapping)
             planner = PLANNERS[reader.kind](self.ledger, tenant, source, actor,
                                             mapping.column_for(reader.kind, "customer_ref"))
+            if isinstance(planner, PreferencePlanner):
+                planner.evidence_file = evidence_name(summary.file)
             async with self._tenant_lock(tenant):
                 with _fewer_gc_passes():
                     await self._run(reader, parser, planner, summary, actor, on_reject, on_progress)

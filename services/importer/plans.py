@@ -32,6 +32,7 @@ import datetime as dt
 import functools
 import itertools
 import os
+import re
 from hashlib import blake2b
 from collections.abc import Iterable, Sequence
 from typing import Final
@@ -539,7 +540,27 @@ class ProspectPlanner(Planner):
 # ---------------------------------------------------------------------------------------
 
 
+_NOT_IN_EVIDENCE_REF: Final = re.compile(r"[^A-Za-z0-9 ._:/#+-]")
+
+
+def evidence_name(file: str) -> str:
+    """The file's name as an ``evidence_ref`` allows it (schemas.events.EvidenceRef: it must
+    still decode when the event is read back): other characters become '_', at most 180."""
+    name = _NOT_IN_EVIDENCE_REF.sub("_", os.path.basename(file) or "dms-import")[:180]
+    return name if name[:1].isalnum() else "f" + name[:179]
+
+
 class PreferencePlanner(Planner):
+    evidence_file = "dms-import"  # the imported file's name (the pipeline sets it): evidence of dated rows
+    _policies: dict[dt.date, str]
+
+    async def _policy_on(self, given_on: dt.date) -> str:
+        """The policy version in force on ``given_on``, looked up once per day per run."""
+        policies = self.__dict__.setdefault("_policies", {})
+        if given_on not in policies:
+            policies[given_on] = (await self.ledger.consent_policy(self.tenant, None, given_on))[0]
+        return policies[given_on]
+
     async def current(self, streams: Sequence[str]) -> dict[str, dict[str, str]]:
         """Per subject, the current value per cell (cells never set are "default")."""
         with translate_errors():
@@ -581,6 +602,7 @@ class PreferencePlanner(Planner):
         after: dict[str, PreferenceState] = {}
         cells: dict[str, tuple[str, str]] = {}
         news: dict[tuple[str, str], str] = {}  # (stream, cell) -> value newly delivered
+        dated: dict[tuple[str, str], PreferenceRow] = {}  # (stream, cell) -> the row that set it, with given_on
         for row in rows:
             assert isinstance(row, PreferenceRow)
             stream = stream_of(row.customer_ref)
@@ -609,13 +631,34 @@ class PreferencePlanner(Planner):
             else:
                 counts.recorded += 1
                 state.current[key] = row.value
+                if row.given_on is not None:
+                    dated[(stream, key)] = row
+                else:
+                    dated.pop((stream, key), None)
         writes = _Writes()
+        # The DMS shows the customer no text the ledger knows of; the consent record names
+        # the dealer's policy in force when it was given (issue 16), read once per batch.
+        policy = await self.ledger.current_policy_version(self.tenant) if after else None
         for stream, state in after.items():
             old = current.get(stream, {})
             changes = [PreferenceSetting(category=cells[k][0], channel=cells[k][1], value=v)  # type: ignore[arg-type]
-                       for k, v in sorted(state.current.items()) if k in cells and old.get(k, "default") != v]
+                       for k, v in sorted(state.current.items())
+                       if k in cells and old.get(k, "default") != v and (stream, k) not in dated]
             if changes:
-                writes.add(stream, PreferencesChanged(changes=changes, changed_by=self.actor, method="import"))
+                writes.add(stream, PreferencesChanged(changes=changes, changed_by=self.actor, method="import",
+                                                      policy_version=policy, policy_version_basis="in_force"))
+            for k, v in sorted(state.current.items()):
+                row = dated.get((stream, k))
+                if row is None or old.get(k, "default") == v:
+                    continue
+                # A dated setting is its own event: it counts from its own day, and names
+                # the policy in force then and the file line that says so.
+                assert row.given_on is not None
+                writes.add(stream, PreferencesChanged(
+                    changes=[PreferenceSetting(category=cells[k][0], channel=cells[k][1], value=v)],  # type: ignore[arg-type]
+                    changed_by=self.actor, method="import", given_on=row.given_on,
+                    evidence_ref=f"{self.evidence_file}:{row.line}", policy_version_basis="in_force",
+                    policy_version=await self._policy_on(row.given_on)))
         stream_writes, _ = writes.build(versions)
         tenant = self.tenant
 

@@ -56,6 +56,10 @@ class ImportAnswer(msgspec.Struct, kw_only=True):
              query=(("kind", "string", False, "invoices, prospects or preferences (default: from the columns)"),
                     ("mapping", "string", False, "name of a mapping file on the server (LEDGER_IMPORT_MAPPINGS_DIR)")))
 async def upload_import(call: Call) -> web.Response:
+    """A DMS export file (CSV as Dutch DMS software writes it, or JSON Lines) of invoices,
+    prospects or opt-in settings, imported as `consent-ledger import` does: idempotent, in
+    atomic batches, every rejected row reported with its line, field and problem
+    (docs/import.md)."""
     request = call.request
     tenant, source = call.param("tenant"), call.param("source")
     fmt = CONTENT_TYPES.get(request.content_type)

@@ -86,6 +86,7 @@ class PreferenceRow(msgspec.Struct, frozen=True, gc=False):
     category: str
     channel: str
     value: str  # opt_in / opt_out / default / ignore
+    given_on: dt.date | None = None  # the optional given_on column
 
 
 Row = InvoiceRow | ProspectRow | PreferenceRow
@@ -235,6 +236,9 @@ class RowParser:
             raise RowProblem(self._columns["value"],
                              f"{raw[:40]!r} is not a known opt-in value" if raw else
                              "is empty (map \"\" in [preferences.values] to ignore or default)")
+        given = values[4].strip() if len(values) > 4 and values[4] is not None else ""
+        if given:
+            return PreferenceRow(line, ref, category, channel, value, self._day("given_on", given))
         return PreferenceRow(line, ref, category, channel, value)
 
     def _word(self, field: str, value: str | None, words: dict[str, str]) -> str:

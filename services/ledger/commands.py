@@ -17,12 +17,14 @@ import structlog
 from consent.policy import next_chapter_id, policy_version
 from consent.seed import DEFAULT_CHAPTERS, default_term_cells
 from consent.tenant import TenantHistory, TenantState, apply_tenant
-from consent.terms import fact_date_problem, ledger_day
+from consent.terms import AMSTERDAM, fact_date_problem, ledger_day
 from consent.vocabulary import DEFAULT_DATA_SOURCES, subject_stream, tenant_stream
 from schemas.api import Contact
 from schemas.events import (
     Actor,
     Chapter,
+    ControllerContact,
+    ControllerContactSet,
     DataSourceAdded,
     Event,
     InvoiceRecorded,
@@ -30,6 +32,7 @@ from schemas.events import (
     Metadata,
     Method,
     ModuleActivationSet,
+    PolicyVersionBasis,
     ObjectionRecorded,
     ObjectionWithdrawn,
     PolicyChapterActiveSet,
@@ -89,6 +92,23 @@ class Context:
     def metadata(self) -> Metadata:
         return Metadata(actor=self.actor, method=self.method, request_id=self.request_id,
                         correlation_id=self.request_id)
+
+
+def check_given_on(given_on: dt.date | None, evidence_ref: str | None) -> None:
+    """A dated preference (``given_on``) is a claim about the past: it must not be in the
+    future, and it must name the evidence it rests on (a paper form, a DMS file)."""
+    if given_on is None:
+        if evidence_ref is not None:
+            raise CommandRejected(422, "validation_error", "evidence_ref goes with given_on: the day the"
+                                  " customer gave it, as the evidence shows", "$.given_on")
+        return
+    problem = fact_date_problem(given_on, ledger_day(dt.datetime.now(dt.timezone.utc)))
+    if problem is not None:
+        raise CommandRejected(422, "validation_error", f"given_on {problem}", "$.given_on")
+    if evidence_ref is None:
+        raise CommandRejected(422, "validation_error", "a preference given on an earlier day must name its"
+                              " evidence (a form id, a DMS file): evidence_ref is required with given_on",
+                              "$.evidence_ref")
 
 
 def check_fact_date(day: dt.date, field: str) -> None:
@@ -234,6 +254,11 @@ class Ledger:
         return await self._tenant_command(ctx, tenant_id, [DataSourceAdded(source_id=source_id, label=label)],
                                           None, version)
 
+    async def set_controller_contact(self, ctx: Context, tenant_id: str, details: ControllerContact,
+                                     expected: int | None = None) -> AppendResult:
+        version, _ = await self.require_tenant(tenant_id, fresh=True)
+        return await self._tenant_command(ctx, tenant_id, [ControllerContactSet(details=details)], expected, version)
+
     async def set_retention(self, ctx: Context, tenant_id: str, customer_years: int, prospect_months: int) -> AppendResult:
         version, _ = await self.require_tenant(tenant_id, fresh=True)
         event = RetentionPolicySet(customer_years=customer_years, prospect_months=prospect_months)
@@ -303,9 +328,11 @@ class Ledger:
 
     async def change_preferences(self, ctx: Context, tenant_id: str, source: str, ref: str,
                                  changes: Sequence[PreferenceSetting], *, policy_version_shown: str | None = None,
-                                 note: str | None = None, expected: int | None = None) -> AppendResult:
+                                 note: str | None = None, expected: int | None = None,
+                                 given_on: dt.date | None = None, evidence_ref: str | None = None) -> AppendResult:
         await self.require_source(tenant_id, source)
-        await self.require_published_policy(tenant_id, policy_version_shown)
+        check_given_on(given_on, evidence_ref)
+        policy, basis = await self.consent_policy(tenant_id, policy_version_shown, given_on)
         seen: set[tuple[str, str]] = set()
         for i, change in enumerate(changes):
             if (change.category, change.channel) in seen:
@@ -315,19 +342,22 @@ class Ledger:
         stream = subject_stream(tenant_id, source, ref)
         event = PreferencesChanged(
             changes=list(changes), changed_by=ctx.actor, method=ctx.method,
-            policy_version=policy_version_shown, note=await self.seal_note(tenant_id, stream, note),
+            policy_version=policy, policy_version_basis=basis, note=await self.seal_note(tenant_id, stream, note),
+            given_on=given_on, evidence_ref=evidence_ref,
         )
         return await self._append(ctx, tenant_id, stream, [event], expected=expected)
 
     async def record_objection(self, ctx: Context, tenant_id: str, source: str, ref: str, *, withdraw: bool = False,
                                policy_version_shown: str | None = None, note: str | None = None,
-                               expected: int | None = None) -> AppendResult:
+                               expected: int | None = None, given_on: dt.date | None = None,
+                               evidence_ref: str | None = None) -> AppendResult:
         await self.require_source(tenant_id, source)
-        await self.require_published_policy(tenant_id, policy_version_shown)
+        check_given_on(given_on, evidence_ref)
+        policy, basis = await self.consent_policy(tenant_id, policy_version_shown, given_on)
         stream = subject_stream(tenant_id, source, ref)
         cls = ObjectionWithdrawn if withdraw else ObjectionRecorded
-        event = cls(changed_by=ctx.actor, method=ctx.method, policy_version=policy_version_shown,
-                    note=await self.seal_note(tenant_id, stream, note))
+        event = cls(changed_by=ctx.actor, method=ctx.method, policy_version=policy, policy_version_basis=basis,
+                    note=await self.seal_note(tenant_id, stream, note), given_on=given_on, evidence_ref=evidence_ref)
         return await self._append(ctx, tenant_id, stream, [event], expected=expected)
 
     async def record_marketing_activity(self, ctx: Context, tenant_id: str, source: str, ref: str,
@@ -353,6 +383,27 @@ class Ledger:
                                   f"tenant {tenant_id!r} never published policy version {version_id!r}: name the"
                                   " version whose text was shown (GET /v1/tenants/{tenant}/audit/policy)",
                                   "$.policy_version")
+
+    async def consent_policy(self, tenant_id: str, shown: str | None,
+                             given_on: dt.date | None = None) -> tuple[str, PolicyVersionBasis]:
+        """The policy version a consent record names, and on what basis: the version shown
+        (it must be one the tenant published), else the version in force on the day the
+        preference was given (``given_on``, else today). Every consent record names one
+        (issue 16): a staff change on the customer's behalf, an API call or a DMS import
+        showed the customer no text the ledger knows of, but the dealer's policy in force
+        then still governed it; the receipt says "policy in force", not "policy shown"."""
+        if shown is not None:
+            await self.require_published_policy(tenant_id, shown)
+            return shown, "shown"
+        today = ledger_day(dt.datetime.now(dt.timezone.utc))
+        if given_on is None or given_on >= today:
+            return await self.current_policy_version(tenant_id), "in_force"
+        history = TenantHistory(await self.store.read_stream(tenant_stream(tenant_id)))
+        end_of_day = dt.datetime.combine(given_on + dt.timedelta(days=1), dt.time(), tzinfo=AMSTERDAM)
+        try:
+            return history.state_at(end_of_day - dt.timedelta(microseconds=1)).policy_version, "in_force"
+        except LookupError:  # given before the tenant joined: the first policy it published
+            return history.policy_versions()[0][0], "in_force"
 
     async def current_policy_version(self, tenant_id: str) -> str:
         _, state = await self.require_tenant(tenant_id, fresh=True)

@@ -42,6 +42,9 @@ def _info(link: LinkInfo) -> s.PortalLinkInfo:
 @routes.post(LINK, summary="Issue the subject's portal link, or rotate it (the URL is shown once)",
              roles=("admin", "staff", "importer"), body=s.IssuePortalLink, responses={201: s.PortalLinkIssued})
 async def issue_portal_link(call: Call) -> web.Response:
+    """Issues the subject's personal portal link and shows its URL once (only a hash is
+    stored). With `rotate` an existing live link is revoked first; without it, 409
+    `portal_link_exists`."""
     assert call.principal is not None
     tenant, source, ref = await _existing_subject(call)
     links = LinkStore(call.request.app[POOL])
@@ -60,6 +63,8 @@ async def issue_portal_link(call: Call) -> web.Response:
 @routes.get(LINK, summary="The subject's live portal link and its history (never a token)",
             roles=("admin", "staff", "auditor"), responses={200: s.PortalLinkStatus})
 async def portal_link_status(call: Call) -> web.Response:
+    """Whether the subject has a live portal link, when and by whom it was issued, and
+    earlier links; never the token."""
     tenant, source, ref = call.param("tenant"), call.param("source"), call.param("ref")
     await call.ledger.require_source(tenant, source)
     links = LinkStore(call.request.app[POOL])
@@ -71,6 +76,7 @@ async def portal_link_status(call: Call) -> web.Response:
 @routes.delete(LINK, summary="Revoke the subject's portal link (it stops working at once)",
                roles=("admin", "staff"), responses={204: None})
 async def revoke_portal_link(call: Call) -> web.Response:
+    """The link stops working at once. 404 `no_live_link` if there is none."""
     assert call.principal is not None
     tenant, source, ref = call.param("tenant"), call.param("source"), call.param("ref")
     await call.ledger.require_source(tenant, source)

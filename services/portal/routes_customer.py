@@ -13,7 +13,7 @@ import structlog
 from aiohttp import web
 
 from consent.tenant import TenantHistory
-from consent.vocabulary import subject_stream, tenant_stream
+from consent.vocabulary import is_slug, subject_stream, tenant_stream
 from schemas.events import Actor
 from services.audit.receipts import build_receipt, is_receipt_event
 from services.ledger.commands import CommandRejected, Context
@@ -24,6 +24,7 @@ from services.portal.app import (
     LEDGER,
     LINKS,
     MESSAGES,
+    SETTINGS,
     STORE,
     TEMPLATES,
     error_page,
@@ -49,6 +50,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/p/{token}/objection", record_objection)
     app.router.add_post("/p/{token}/objection/withdraw", withdraw_objection)
     app.router.add_get("/p/{token}/receipt/{event_id}", download_receipt)
+    app.router.add_get("/policy/{tenant}/{version}", public_policy)
 
 
 def link_purpose(target: LinkTarget) -> str:
@@ -222,7 +224,27 @@ async def download_receipt(request: web.Request) -> web.StreamResponse:
     if recorded is None or not is_receipt_event(recorded):
         return error_page(request, 404, "not_found_title", "not_found_body")
     history = TenantHistory(await store.read_stream(tenant_stream(target.tenant_id)))
-    receipt = build_receipt(recorded, history.state_at(recorded.recorded_at))
+    receipt = build_receipt(recorded, history.state_at(recorded.recorded_at),
+                            public_base=request.app[SETTINGS].portal_base_url)
     name = f"bevestiging-{recorded.recorded_at:%Y%m%d-%H%M%S}.json"
     return web.Response(body=_receipt_encoder.encode(receipt), content_type="application/json",
                         headers={"Content-Disposition": f'attachment; filename="{name}"'})
+
+
+async def public_policy(request: web.Request) -> web.StreamResponse:
+    """One published version of a dealer's privacy policy, public (no link, no login): the
+    ``policyUrl`` of every consent receipt (Kantara CR v1.1) points here, so the text a
+    customer consented under can be read by anyone holding the receipt. Unknown tenant or
+    version: 404. Rate limited like every portal page."""
+    limited = rate_limited(request)
+    if limited is not None:
+        return limited
+    tenant_id, version_id = request.match_info["tenant"], request.match_info["version"]
+    if not is_slug(tenant_id) or len(version_id) > 64:
+        return error_page(request, 404, "not_found_title", "not_found_body")
+    events = await request.app[STORE].read_stream(tenant_stream(tenant_id))
+    state = TenantHistory(events).state_by_policy_version(version_id) if events else None
+    if state is None:
+        return error_page(request, 404, "not_found_title", "not_found_body")
+    return render(request, "public_policy.html", tenant_name=state.name, version_id=version_id,
+                  policy_html=policy_fragment(request.app[TEMPLATES], state.chapters))

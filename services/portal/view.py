@@ -117,10 +117,10 @@ def explain(decision: Decision, subject: SubjectState, category: str, channel: s
     reason = decision.reason
     if reason == "objected":
         fact = objection_in_effect(subject, on)
-        return t("why_objected", since=t.date(fact.effective_on if fact else None))
+        return t("why_objected", since=t.date(fact.since if fact else None))
     if reason in ("opted_out", "explicit_consent"):
         pref = preference_in_effect(subject, category, channel, on)
-        return t(f"why_{reason}", since=t.date(pref.effective_on if pref else None))
+        return t(f"why_{reason}", since=t.date(pref.since if pref else None))
     if reason == "soft_opt_in":
         invoice = invoice_in_effect(subject, on)
         return t("why_soft_opt_in", until=t.date(decision.until), start=t.date(invoice.invoice_date if invoice else None))
@@ -160,7 +160,7 @@ def build_view(tenant: TenantState, events: list[RecordedEvent], source: str, re
         source_label=tenant.data_sources.get(source, source), customer_ref=ref,
         policy=tenant.chapters, policy_version=tenant.policy_version, categories=groups,
         is_customer=subject.is_customer, objected=objection is not None,
-        objected_since=objection.effective_on if objection else None, erased=subject.erased is not None,
+        objected_since=objection.since if objection else None, erased=subject.erased is not None,
         subject_version=subject.version,
     )
 

@@ -10,6 +10,7 @@ re-read only when its version moves.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import gc
@@ -21,13 +22,27 @@ import asyncpg
 import msgspec
 from aiohttp import web
 
-from consent.eligibility import evaluate
+from consent.eligibility import Decision, as_cell, evaluate
 from consent.law import RULES_VERSION, rules_in_force, rules_starting_after
+from consent.subject import SubjectState
 from consent.tenant import TenantState
+from consent.terms import ledger_day
 from consent.warnings import compliance_warnings
-from schemas.eligibility import CampaignCheck, CampaignCheckResult, EligibilityMatrix, SubjectCheck, TermWarnings
+from schemas.eligibility import (
+    CampaignCheck,
+    CampaignCheckResult,
+    CheckSubject,
+    EligibilityMatrix,
+    SubjectCheck,
+    TermWarnings,
+)
+from schemas.events import TenantCreated, TermMatrixEdited
+from services.audit.errors import AuditError
+from services.audit.loading import TenantRecord
+from services.audit.routes import STREAM_CACHE
+from services.audit.times import parse_known_at
 from services.ledger.api.app import POOL, Call
-from services.ledger.api.jsonapi import ApiError, ApiRoutes, json_response
+from services.ledger.api.jsonapi import NOT_A_DATE, ApiError, ApiRoutes, json_response
 from services.projector.clock import SystemClock
 from services.projector.readmodel import decode_state, decode_tenant, erased_matrix_json, evaluate_subject, matrix_json
 
@@ -93,12 +108,12 @@ def _no_cyclic_gc() -> Iterator[None]:
 
 
 def _date(value: str, field: str) -> dt.date:
-    if not _DATE.fullmatch(value):
-        raise ApiError(422, "validation_error", "a date is YYYY-MM-DD", field=field)
-    try:
-        day = dt.date.fromisoformat(value)
-    except ValueError:
-        raise ApiError(422, "validation_error", f"{value!r} is not a calendar date", field=field) from None
+    day = None
+    if _DATE.fullmatch(value):
+        with contextlib.suppress(ValueError):
+            day = dt.date.fromisoformat(value)
+    if day is None:  # the same words as a bad date in a JSON body (jsonapi.NOT_A_DATE)
+        raise ApiError(422, "validation_error", f"{value[:40]!r} is {NOT_A_DATE}", field=field)
     return _in_range(day, field)
 
 
@@ -118,13 +133,27 @@ async def _tenant_terms(call: Call, tenant: str) -> TenantTerms:
                    headers={"Retry-After": "1"})
 
 
+_KNOWN_AT_DOC: Final = ("ISO 8601 date-time with an offset, or a date (the end of that Dutch day), not in the"
+                         " future: answer as the ledger knew it then (default: now)")
+
+
 @routes.get("/v1/tenants/{tenant}/subjects/{source}/{ref}/eligibility",
             summary="The subject's full eligibility matrix (category x channel) on a date (default today)",
             roles=READERS, responses={200: EligibilityMatrix},
-            query=(("on", "string", False, "YYYY-MM-DD; default today (Dutch calendar day)"),))
+            query=(("on", "string", False, "YYYY-MM-DD; default today (with known_at: the Dutch day of known_at)"),
+                   ("known_at", "string", False, _KNOWN_AT_DOC)))
 async def subject_eligibility(call: Call) -> web.Response:
+    """Every cell of the matrix is a decision: ``eligible``, ``basis``, ``reason``,
+    ``until``, ``evidence`` (ledger event ids) and ``requires_disclosure``, the same shape
+    as on the topic ``consent.eligibility.v1``, in the bulk check's ``cell`` and in the
+    audit view. Without ``known_at`` the answer comes from the projector's read model (what
+    the topic carries); with it, from the ledger's events recorded up to then and the term
+    matrix in force then."""
     tenant, source, ref = call.param("tenant"), call.param("source"), call.param("ref")
     on_param = call.request.query.get("on")
+    known_param = call.request.query.get("known_at")
+    if known_param:
+        return await _subject_as_known(call, tenant, source, ref, known_param, on_param)
     on = _date(on_param, "on") if on_param is not None else SystemClock().today()
     terms = await _tenant_terms(call, tenant)
     raw = await call.request.app[POOL].fetchval(
@@ -141,14 +170,82 @@ async def subject_eligibility(call: Call) -> web.Response:
     return web.Response(body=body, content_type="application/json")
 
 
+def _terms_version_at(record: TenantRecord, known_at: dt.datetime) -> int:
+    """The tenant stream version of the last term matrix edit recorded by ``known_at``."""
+    return max((e.version for e in record.events
+                if e.recorded_at <= known_at and isinstance(e.event, (TenantCreated, TermMatrixEdited))), default=0)
+
+
+async def _known(call: Call, tenant: str, known_at: dt.datetime, field: str) -> tuple[TenantRecord, TenantState]:
+    try:
+        record = await call.request.app[STREAM_CACHE].tenant(tenant)
+        return record, record.state_at(known_at, field)
+    except AuditError as exc:
+        raise ApiError(exc.status, exc.error, exc.message, field=exc.field) from None
+
+
+async def _subject_as_known(call: Call, tenant: str, source: str, ref: str, known_param: str,
+                            on_param: str | None) -> web.Response:
+    now = dt.datetime.now(dt.timezone.utc)
+    try:
+        known_at = parse_known_at(known_param, now)
+    except AuditError as exc:
+        raise ApiError(exc.status, exc.error, exc.message, field=exc.field) from None
+    on = _date(on_param, "on") if on_param is not None else ledger_day(known_at)
+    record, tenant_state = await _known(call, tenant, known_at, "known_at")
+    try:
+        history = await call.request.app[STREAM_CACHE].subject(tenant, source, ref)
+    except AuditError as exc:
+        raise ApiError(exc.status, exc.error, exc.message, field=exc.field) from None
+    state = history.state_at(known_at)
+    if state is None:
+        raise ApiError(404, "unknown_subject", "the ledger knew nothing about this subject at known_at",
+                       field="known_at")
+    terms_version = _terms_version_at(record, known_at)
+    if state.erased is not None:
+        body = erased_matrix_json(state, on, terms_version=terms_version, tenant_position=tenant_state.last_position)
+    else:
+        body = matrix_json(state, evaluate_subject(state, tenant_state.terms, on), terms_version=terms_version,
+                           tenant_position=tenant_state.last_position)
+    return web.Response(body=body, content_type="application/json")
+
+
+async def _states_as_known(call: Call, tenant: str, subjects: list[CheckSubject],
+                           known_at: dt.datetime) -> dict[tuple[str, str], SubjectState]:
+    """Each known subject's state as the ledger knew it at ``known_at`` (from its events,
+    read through the audit service's stream cache, a few streams at a time)."""
+    cache = call.request.app[STREAM_CACHE]
+    gate = asyncio.Semaphore(16)
+    found: dict[tuple[str, str], SubjectState] = {}
+
+    async def one(s: CheckSubject) -> None:
+        async with gate:
+            try:
+                history = await cache.subject(tenant, s.source, s.customer_ref)
+            except AuditError:
+                return  # the ledger holds nothing about it: unknown_subject
+        state = history.state_at(known_at)
+        if state is not None:
+            found[(s.source, s.customer_ref)] = state
+
+    await asyncio.gather(*(one(s) for s in {(s.source, s.customer_ref): s for s in subjects}.values()))
+    return found
+
+
 @routes.post("/v1/tenants/{tenant}/eligibility:check",
              summary="Bulk check for a campaign: category, channel, send date, up to 10,000 subjects",
              roles=READERS, body=CampaignCheck, responses={200: CampaignCheckResult},
              max_body=4 * 1024 * 1024)  # 10,000 refs of up to 64 characters do not fit in 1 MiB
 async def campaign_check(call: Call) -> web.Response:
+    """Every answer's ``cell`` has the matrix's cell shape (``eligible``, ``basis``,
+    ``reason``, ``until``, ``evidence``, ``requires_disclosure``). With ``known_at`` the
+    answers are what the ledger knew then (events recorded up to it, the term matrix in
+    force then): what a campaign sent that day could rely on."""
     tenant = call.param("tenant")
     body: CampaignCheck = call.body
     send_date = _in_range(body.send_date, "$.send_date")
+    if body.known_at is not None:
+        return await _campaign_check_as_known(call, tenant, body, send_date)
     terms = await _tenant_terms(call, tenant)
     subjects = body.subjects
     by_source: dict[str, list[str]] = {}
@@ -179,15 +276,48 @@ async def campaign_check(call: Call) -> web.Response:
                 continue
             d = evaluate(decode_state(raw), matrix, category, channel, send_date)
             eligible += d.eligible
-            results.append(SubjectCheck(
-                source=s.source, customer_ref=s.customer_ref, known=True, eligible=d.eligible, basis=d.basis,
-                reason=d.reason, until=d.until, requires_disclosure=d.requires_disclosure,
-                evidence=list(d.evidence), law=d.law, requires_postfilter_check=d.requires_postfilter_check,
-                requires_objection_offer=d.requires_objection_offer,
-            ))
+            results.append(_answer(s, d))
     return json_response(CampaignCheckResult(category=category, channel=channel, send_date=send_date,
                                              rules_version=RULES_VERSION, checked=len(subjects), eligible=eligible, unknown=unknown,
                                              results=results))
+
+
+def _answer(s: CheckSubject, d: Decision) -> SubjectCheck:
+    evidence = list(d.evidence)
+    return SubjectCheck(
+        source=s.source, customer_ref=s.customer_ref, known=True, eligible=d.eligible, basis=d.basis,
+        reason=d.reason, until=d.until, requires_disclosure=d.requires_disclosure, evidence=evidence,
+        law=d.law, requires_postfilter_check=d.requires_postfilter_check,
+        requires_objection_offer=d.requires_objection_offer, cell=as_cell(d),
+    )
+
+
+async def _campaign_check_as_known(call: Call, tenant: str, body: CampaignCheck, send_date: dt.date) -> web.Response:
+    known_at = body.known_at
+    assert known_at is not None
+    if known_at.tzinfo is None:
+        raise ApiError(422, "validation_error", "known_at needs a UTC offset (e.g. 'Z' or '+01:00')",
+                       field="$.known_at")
+    if known_at > dt.datetime.now(dt.timezone.utc):
+        raise ApiError(422, "known_at_in_future", "known_at is in the future: the ledger cannot know it yet",
+                       field="$.known_at")
+    _, tenant_state = await _known(call, tenant, known_at, "$.known_at")
+    states = await _states_as_known(call, tenant, body.subjects, known_at)
+    results: list[SubjectCheck] = []
+    eligible = unknown = 0
+    for s in body.subjects:
+        state = states.get((s.source, s.customer_ref))
+        if state is None:
+            unknown += 1
+            results.append(SubjectCheck(source=s.source, customer_ref=s.customer_ref, known=False,
+                                        eligible=False, reason="unknown_subject"))
+            continue
+        d = evaluate(state, tenant_state.terms, body.category, body.channel, send_date)
+        eligible += d.eligible
+        results.append(_answer(s, d))
+    return json_response(CampaignCheckResult(category=body.category, channel=body.channel, send_date=send_date,
+                                             rules_version=RULES_VERSION, checked=len(body.subjects), eligible=eligible,
+                                             unknown=unknown, results=results, known_at=known_at))
 
 
 @routes.get("/v1/tenants/{tenant}/terms/warnings",
@@ -196,6 +326,8 @@ async def campaign_check(call: Call) -> web.Response:
             roles=("admin", "staff", "auditor"), responses={200: TermWarnings},
             query=(("on", "string", False, "YYYY-MM-DD: the day of the law; default today (Dutch calendar day)"),))
 async def term_warnings(call: Call) -> web.Response:
+    """Compliance notes on the dealer's current term matrix (e.g. terms longer than a code
+    of conduct allows). They never change the matrix or any answer."""
     tenant = call.param("tenant")
     on_param = call.request.query.get("on")
     on = _date(on_param, "on") if on_param is not None else SystemClock().today()

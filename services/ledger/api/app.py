@@ -42,6 +42,7 @@ LEDGER = web.AppKey("ledger", Ledger)
 KEYRING = web.AppKey("keyring", KeyRing)
 METRICS = web.AppKey("metrics", LedgerMetrics)
 ROUTE_SETS = web.AppKey("route_sets", list)
+OPENAPI_CACHE = web.AppKey("openapi_cache", dict)
 REQUEST_ID = web.RequestKey("request_id", str)
 RAW_BODY = web.RequestKey("raw_body", bytes)
 
@@ -118,12 +119,14 @@ def _guard(op: Operation) -> Any:
             scheme, _, raw = header.partition(" ")
             if scheme.lower() != "bearer" or not raw:
                 raise ApiError(401, "unauthorized", "send an API key as 'Authorization: Bearer <key>'",
-                               headers={"WWW-Authenticate": "Bearer"})
+                               field="Authorization", headers={"WWW-Authenticate": "Bearer"})
             principal = await request.app[KEYRING].authenticate(raw.strip())
             if principal is None:
-                raise ApiError(401, "unauthorized", "unknown or revoked API key", headers={"WWW-Authenticate": "Bearer"})
+                raise ApiError(401, "unauthorized", "unknown or revoked API key", field="Authorization",
+                               headers={"WWW-Authenticate": "Bearer"})
             if principal.role not in op.roles:
-                raise ApiError(403, "forbidden", f"role {principal.role!r} may not do this (allowed: {', '.join(op.roles)})")
+                raise ApiError(403, "forbidden", f"role {principal.role!r} may not do this (allowed: {', '.join(op.roles)})",
+                               field="Authorization")
             tenant = request.match_info.get("tenant")
             if tenant is not None and principal.tenant_id != tenant:
                 raise ApiError(403, "forbidden", "this key is not valid for that tenant", field="tenant")
@@ -184,7 +187,7 @@ async def _answer_errors_as_json(request: web.Request, handler: Any) -> web.Stre
                                      headers={"Retry-After": "1"}))
     except IntegrityError as exc:
         log.error("integrity_error", error=str(exc))
-        return _as_response(ApiError(409, "conflict", "the write conflicts with existing data"))
+        return _as_response(ApiError(409, "conflict", "the write conflicts with existing data", field="$"))
     except BodyTimeout:
         log.warning("body_timeout", method=request.method)
         response = _as_response(ApiError(408, "request_timeout", "the request body did not arrive in time"
@@ -204,7 +207,12 @@ async def _answer_errors_as_json(request: web.Request, handler: Any) -> web.Stre
                                              field=name))
         error = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
         headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
-        return _as_response(ApiError(exc.status, error, exc.reason, headers=headers))
+        # Every 4xx names what to fix: no route has this path, or not this method.
+        where = {404: "path", 405: "method"}.get(exc.status)
+        message = {404: f"no operation has the path {request.path[:200]!r} (see /v1/docs)",
+                   405: f"{request.method} is not allowed here (allowed: {headers['Allow'] if headers else '-'})"
+                   }.get(exc.status, exc.reason)
+        return _as_response(ApiError(exc.status, error, message, field=where, headers=headers))
     except Exception:  # a bug: logged with its traceback, answered in JSON like every other error
         log.exception("unhandled_error", method=request.method, path=request.path)
         return _as_response(ApiError(500, "internal_error", "the ledger failed to handle this request; it was logged"))
@@ -235,6 +243,7 @@ def create_app(settings: Settings, route_sets: Sequence[ApiRoutes] | None = None
     set_body_timeout(app, settings)
     app[METRICS] = LedgerMetrics()
     app[ROUTE_SETS] = sets
+    app[OPENAPI_CACHE] = {}
     # Parameterised routes are looked up by path shape, not one by one (routing.py).
     add_routes(app.router, [(op.method, op.path, _guard(op), op.handler.__name__) for rs in sets for op in rs.operations])
     app.cleanup_ctx.append(_database)
@@ -272,7 +281,12 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
 
 
 def openapi(app: web.Application) -> dict[str, Any]:
-    return openapi_document(app[ROUTE_SETS], title="Consent ledger API", version="1")
+    """The document, built once per app (reading the handlers' code for their error ids
+    takes about a second; the routes never change while the app runs)."""
+    cache = app[OPENAPI_CACHE]
+    if "doc" not in cache:
+        cache["doc"] = openapi_document(app[ROUTE_SETS], title="Consent ledger API", version="1")
+    return cache["doc"]
 
 
 def metrics_text(app: web.Application) -> bytes:

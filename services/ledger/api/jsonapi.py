@@ -14,11 +14,13 @@ from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
 
 import msgspec
+import msgspec.inspect
 from aiohttp import web
 
 from consent.text import first_control_character, json_path
 from consent.vocabulary import CUSTOMER_REF_PATTERN, SLUG_PATTERN
 from schemas.api import ErrorBody
+from services.ledger.api.openapi_docs import describe, describe_fields, error_responses, example_for
 from services.serving import read_body_within
 
 T = TypeVar("T")
@@ -57,13 +59,77 @@ _FIELD_OF_OBJECT = re.compile(r"^Object (?:missing required|contains unknown) fi
 _PLAIN_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
-def validation_error(exc: msgspec.ValidationError | msgspec.DecodeError) -> ApiError:
+NOT_A_DATE: Final = "not a calendar date (YYYY-MM-DD)"
+NOT_A_DATETIME: Final = "not a date-time (ISO 8601 with an offset, e.g. 2025-03-01T12:00:00+01:00)"
+_PATH_STEP = re.compile(r'\.([A-Za-z_][A-Za-z0-9_]*)|\[(\d+)\]|\[("[^"]*")\]')
+_ENUM = re.compile(r"^Invalid enum value (?P<value>.+)$")
+
+
+def _types_at(body_type: type, path: str) -> list[Any]:
+    """The msgspec type infos a JSON path can lead to in ``body_type`` (several where a
+    union branches), for naming what a field allows."""
+    current: list[Any] = [msgspec.inspect.type_info(body_type)]
+    for step in _PATH_STEP.finditer(path.removeprefix("$")):
+        name, index = step.group(1), step.group(2)
+        following: list[Any] = []
+        stack = list(current)
+        while stack:
+            t = stack.pop()
+            if isinstance(t, msgspec.inspect.Metadata):
+                stack.append(t.type)
+            elif isinstance(t, msgspec.inspect.UnionType):
+                stack.extend(t.types)
+            elif isinstance(t, (msgspec.inspect.ListType, msgspec.inspect.SetType, msgspec.inspect.FrozenSetType,
+                                msgspec.inspect.VarTupleType)) and index is not None:
+                following.append(t.item_type)
+            elif isinstance(t, msgspec.inspect.DictType) and name is None and index is None:
+                following.append(t.value_type)
+            elif isinstance(t, msgspec.inspect.StructType) and name is not None:
+                following.extend(f.type for f in t.fields if f.encode_name == name)
+        current = following
+    return current
+
+
+def allowed_values(body_type: type, path: str) -> list[str]:
+    """The values a Literal (enum) field at ``path`` allows, in declaration-sorted order."""
+    values: list[str] = []
+    stack = _types_at(body_type, path)
+    while stack:
+        t = stack.pop()
+        if isinstance(t, msgspec.inspect.Metadata):
+            stack.append(t.type)
+        elif isinstance(t, msgspec.inspect.UnionType):
+            stack.extend(t.types)
+        elif isinstance(t, msgspec.inspect.LiteralType):
+            values.extend(str(v) for v in t.values if str(v) not in values)
+    return values
+
+
+def _plain_words(message: str, body_type: type | None, path: str) -> str:
+    """msgspec's message in words a person acts on: a bad date says what a date looks like,
+    a wrong enum value lists the values allowed."""
+    if message.startswith("Invalid RFC3339 encoded date") and "datetime" not in message \
+            or message.startswith("Expected `date`"):
+        return NOT_A_DATE
+    if message.startswith("Invalid RFC3339 encoded datetime") or message.startswith("Expected `datetime`"):
+        return NOT_A_DATETIME
+    enum = _ENUM.match(message)
+    if enum is not None and body_type is not None:
+        allowed = allowed_values(body_type, path)
+        if allowed:
+            return f"{message}; allowed: {', '.join(allowed)}"
+    return message
+
+
+def validation_error(exc: msgspec.ValidationError | msgspec.DecodeError, body_type: type | None = None) -> ApiError:
     """msgspec says e.g. "Expected `int` <= 120, got 130 - at `$.cells[0].months`".
     ``field`` is the JSON path of the offending value: for a missing or unknown field,
-    the field itself (``$.contact.nme``) rather than the object holding it."""
+    the field itself (``$.contact.nme``) rather than the object holding it. With the
+    body's type, a wrong enum value is answered with the allowed values."""
     m = _AT_PATH.match(str(exc))
     message = m.group("msg") if m else str(exc)
     path = (m.group("path") if m else None) or "$"
+    message = _plain_words(message, body_type, path)
     named = _FIELD_OF_OBJECT.match(message)
     if named is not None:
         name = named.group("name")
@@ -87,7 +153,7 @@ async def read_body(request: web.Request, body_type: type[T], max_body: int = MA
     try:
         value = decoder.decode(raw)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-        raise validation_error(exc) from None
+        raise validation_error(exc, body_type) from None
     except RecursionError:  # msgspec's depth limit: a 1 MiB body can nest far deeper than any type
         raise ApiError(400, "malformed_json", "the JSON is nested too deeply", field="$") from None
     check_json_text(raw)
@@ -219,6 +285,23 @@ class ApiRoutes:
 
 _PATH_PARAM = re.compile(r"\{([a-z_]+)(?::[^}]*)?\}")
 
+API_DESCRIPTION: Final = (
+    "The consent ledger of a Dutch car dealer: record invoices, prospects, preferences and objections; ask"
+    " whether a campaign may be sent (eligibility); audit any past date; erase a customer. Authenticate with"
+    " `Authorization: Bearer <API key>`; each key has one role and one tenant. Every error is JSON"
+    " `{error, message, field}`: `error` is a stable id, `field` names the offending field. The rules behind"
+    " every answer: docs/rules.md in the repository; a walkthrough: README.md."
+)
+PATH_PARAMETER_DOCS: Final[dict[str, str]] = {
+    "tenant": "the dealer's tenant id",
+    "source": "the data source (databron), e.g. dealer",
+    "ref": "the dealer's customer ref",
+    "key_id": "the API key's id",
+    "chapter_id": "the policy chapter's id",
+    "receipt_id": "the receipt's id (cr-...)",
+    "version": "the policy version id",
+}
+
 
 # What the guard in app.py checks path parameters against, as the document says it.
 PATH_PARAMETER_SCHEMAS: Final[dict[str, dict[str, Any]]] = {
@@ -260,7 +343,7 @@ def openapi_document(route_sets: Sequence[ApiRoutes], *, title: str, version: st
         for op in rs.operations:
             oa_path = _PATH_PARAM.sub(lambda m: "{" + m.group(1) + "}", op.path)
             params: list[dict[str, Any]] = [
-                {"name": name, "in": "path", "required": True,
+                {"name": name, "in": "path", "required": True, "description": PATH_PARAMETER_DOCS.get(name, name),
                  "schema": PATH_PARAMETER_SCHEMAS.get(name, {"type": "string"})}
                 for name in _PATH_PARAM.findall(op.path)
             ]
@@ -274,15 +357,23 @@ def openapi_document(route_sets: Sequence[ApiRoutes], *, title: str, version: st
                     responses[str(status)] = {"description": "OK" if status < 300 else "No content"}
                 else:
                     responses[str(status)] = {
-                        "description": "OK",
-                        "content": {"application/json": {"schema": refs[rtype]}},
+                        "description": "Created" if status == 201 else "OK",
+                        "content": {"application/json": {"schema": refs[rtype], "example": example_for(rtype)}},
                     }
-            for status, desc in _error_statuses(op):
-                responses.setdefault(
-                    str(status), {"description": desc, "content": {"application/json": {"schema": error_ref}}}
-                )
+            for status, (desc, ids) in error_responses(op).items():
+                if op.responses.get(status, ErrorBody) is not ErrorBody:
+                    continue  # an answer of its own type, declared by the route
+                responses[str(status)] = {
+                    "description": f"{desc}. Error ids: {', '.join(f'`{i}`' for i in ids)}.",
+                    "content": {"application/json": {"schema": error_ref, "examples": {
+                        i: {"value": {"error": i, "message": "what is wrong, in words",
+                                      **({"field": "$.field"} if status in (400, 409, 422) else {})}}
+                        for i in ids}}},
+                    "x-error-ids": ids,
+                }
             entry: dict[str, Any] = {
                 "summary": op.summary,
+                "description": describe(op),
                 "operationId": op.handler.__name__,
                 "tags": list(op.tags),
                 "parameters": params,
@@ -294,7 +385,7 @@ def openapi_document(route_sets: Sequence[ApiRoutes], *, title: str, version: st
             if op.body is not None:
                 entry["requestBody"] = {
                     "required": True,
-                    "content": {"application/json": {"schema": refs[op.body]}},
+                    "content": {"application/json": {"schema": refs[op.body], "example": example_for(op.body)}},
                 }
             elif op.content_type != "application/json":  # a raw upload (e.g. a CSV file), read by the handler
                 entry["requestBody"] = {
@@ -302,9 +393,10 @@ def openapi_document(route_sets: Sequence[ApiRoutes], *, title: str, version: st
                     "content": {ct.strip(): {"schema": {"type": "string"}} for ct in op.content_type.split(",")},
                 }
             paths.setdefault(oa_path, {})[op.method.lower()] = entry
+    describe_fields(components)
     return {
         "openapi": "3.1.0",
-        "info": {"title": title, "version": version},
+        "info": {"title": title, "version": version, "description": API_DESCRIPTION},
         "paths": paths,
         "components": {
             "schemas": components,

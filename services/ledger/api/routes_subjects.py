@@ -3,6 +3,7 @@ stream reads for admins and auditors."""
 
 from __future__ import annotations
 
+import datetime as dt
 from collections import defaultdict
 
 import msgspec
@@ -20,7 +21,7 @@ from schemas.events import (
 )
 from services.ledger.api.app import STORE, Call
 from services.ledger.api.jsonapi import ApiError, ApiRoutes, json_response
-from services.ledger.commands import check_fact_date
+from services.ledger.commands import CommandRejected, check_fact_date, check_given_on
 from services.ledger.store import StreamWrite
 
 routes = ApiRoutes(tag="subjects")
@@ -36,6 +37,11 @@ def _subject(call: Call) -> tuple[str, str, str]:
 @routes.post(SUBJECT + "/invoices", summary="Record an invoice (makes the subject a customer)",
              roles=("admin", "importer"), body=s.RecordInvoice, responses={201: s.AppendResponse})
 async def record_invoice(call: Call) -> web.Response:
+    """An invoice of the subject: it makes the subject a customer and restarts the soft opt-
+    in terms (the term matrix counts from the last invoice date). `invoice_id` is the DMS's
+    invoice number: the same number again with the same data appends nothing new when sent
+    with the same Idempotency-Key; the nightly import recognises re-deliveries. Contact
+    details are stored encrypted with the subject's own key."""
     b: s.RecordInvoice = call.body
     tenant, source, ref = _subject(call)
     return json_response(await call.ledger.record_invoice(
@@ -46,6 +52,9 @@ async def record_invoice(call: Call) -> web.Response:
 @routes.post(SUBJECT + "/prospect", summary="Register a prospect (data acquired on a date)",
              roles=("admin", "importer", "staff"), body=s.RegisterProspect, responses={201: s.AppendResponse})
 async def register_prospect(call: Call) -> web.Response:
+    """Data of a non-customer was acquired on `acquired_on` (`how`: a bought list, a test-
+    drive request, a fair). A prospect may only get prospect-category post within the
+    prospect term, with the art. 14 disclosure; everything else needs consent."""
     b: s.RegisterProspect = call.body
     tenant, source, ref = _subject(call)
     return json_response(await call.ledger.register_prospect(
@@ -55,36 +64,50 @@ async def register_prospect(call: Call) -> web.Response:
 @routes.post(SUBJECT + "/preferences", summary="Change preferences per category and channel",
              roles=WRITERS, body=s.ChangePreferences, responses={201: s.AppendResponse})
 async def change_preferences(call: Call) -> web.Response:
+    """Sets the subject's own choice per category and channel: `opt_in` (explicit consent,
+    until withdrawn), `opt_out`, or `default` (follow the term matrix). `method` says
+    through what (phone, in_person, ...). `policy_version` names the policy text shown (a
+    version the dealer published); without it the record names the version in force on the
+    day given. `given_on` + `evidence_ref`: the customer gave it earlier, on paper or
+    through the DMS; an opt-out then counts from that day, an opt-in only from today
+    (docs/rules.md, Dated preferences). Every change gets a consent receipt."""
     b: s.ChangePreferences = call.body
     tenant, source, ref = _subject(call)
     return json_response(await call.ledger.change_preferences(
         call.ctx(), tenant, source, ref, b.changes, policy_version_shown=b.policy_version, note=b.note,
-        expected=b.expected_version), status=201)
+        expected=b.expected_version, given_on=b.given_on, evidence_ref=b.evidence_ref), status=201)
 
 
 @routes.post(SUBJECT + "/objection", summary="Record an objection to all direct marketing (GDPR art. 21)",
              roles=WRITERS, body=s.RecordObjection, responses={201: s.AppendResponse})
 async def record_objection(call: Call) -> web.Response:
+    """The subject objects to all direct marketing (GDPR art. 21): every cell becomes
+    `objected`, whatever the preferences and terms. `given_on` as for preferences: an
+    objection given earlier counts from that day."""
     b: s.RecordObjection = call.body
     tenant, source, ref = _subject(call)
     return json_response(await call.ledger.record_objection(
         call.ctx(), tenant, source, ref, policy_version_shown=b.policy_version, note=b.note,
-        expected=b.expected_version), status=201)
+        expected=b.expected_version, given_on=b.given_on, evidence_ref=b.evidence_ref), status=201)
 
 
 @routes.post(SUBJECT + "/objection/withdraw", summary="Withdraw the objection to direct marketing",
              roles=WRITERS, body=s.RecordObjection, responses={201: s.AppendResponse})
 async def withdraw_objection(call: Call) -> web.Response:
+    """The subject withdraws the objection: the own choices and the term matrix apply again,
+    from the day recorded (never earlier)."""
     b: s.RecordObjection = call.body
     tenant, source, ref = _subject(call)
     return json_response(await call.ledger.record_objection(
         call.ctx(), tenant, source, ref, withdraw=True, policy_version_shown=b.policy_version, note=b.note,
-        expected=b.expected_version), status=201)
+        expected=b.expected_version, given_on=b.given_on, evidence_ref=b.evidence_ref), status=201)
 
 
 @routes.post(SUBJECT + "/marketing-activities", summary="Record that a campaign reached the subject",
              roles=("admin", "sender", "importer"), body=s.RecordMarketingActivity, responses={201: s.AppendResponse})
 async def record_marketing_activity(call: Call) -> web.Response:
+    """A campaign reached the subject on `activity_on`. It restarts the retention clock of a
+    prospect's data."""
     b: s.RecordMarketingActivity = call.body
     tenant, source, ref = _subject(call)
     event = MarketingActivityRecorded(activity_on=b.activity_on, category=b.category, channel=b.channel,
@@ -96,6 +119,9 @@ async def record_marketing_activity(call: Call) -> web.Response:
 @routes.post("/v1/tenants/{tenant}/subjects:batch", summary="Append many subject events atomically (max 5,000)",
              roles=("admin", "importer"), body=s.BulkAppend, responses={201: s.AppendResponse})
 async def bulk_append(call: Call) -> web.Response:
+    """Up to 5,000 invoices, prospects and preference settings for many subjects in one
+    atomic append: every item is checked before anything is written, and a bad item names
+    its place (`$.items[12].invoice_date`)."""
     tenant = call.param("tenant")
     b: s.BulkAppend = call.body
     checked: set[str] = set()  # each data source once, not once per item
@@ -104,6 +130,12 @@ async def bulk_append(call: Call) -> web.Response:
             check_fact_date(item.invoice_date, f"$.items[{i}].invoice_date")
         elif isinstance(item, s.BulkProspect):
             check_fact_date(item.acquired_on, f"$.items[{i}].acquired_on")
+        else:
+            try:
+                check_given_on(item.given_on, item.evidence_ref)
+            except CommandRejected as exc:
+                raise ApiError(exc.status, exc.error, exc.message,
+                               field=f"$.items[{i}].{(exc.field or '$.given_on').removeprefix('$.')}") from None
         if item.source in checked:
             continue
         try:
@@ -113,6 +145,7 @@ async def bulk_append(call: Call) -> web.Response:
         checked.add(item.source)
     per_stream: dict[str, list[Event]] = defaultdict(list)
     ctx = call.ctx("import")
+    policies: dict[dt.date | None, str] = {}  # the version in force per day given, looked up once
     for item in b.items:
         stream = subject_stream(tenant, item.source, item.customer_ref)
         event: Event
@@ -123,7 +156,12 @@ async def bulk_append(call: Call) -> web.Response:
             event = ProspectRegistered(acquired_on=item.acquired_on, how=item.how,
                                        personal=await call.ledger.seal_contact(tenant, stream, item.contact))
         else:
-            event = PreferencesChanged(changes=item.changes, changed_by=ctx.actor, method=item.method)
+            policy = policies.get(item.given_on)
+            if policy is None:
+                policy = policies[item.given_on] = (await call.ledger.consent_policy(tenant, None, item.given_on))[0]
+            event = PreferencesChanged(changes=item.changes, changed_by=ctx.actor, method=item.method,
+                                       policy_version=policy, policy_version_basis="in_force",
+                                       given_on=item.given_on, evidence_ref=item.evidence_ref)
         per_stream[stream].append(event)
     result = await call.ledger.append_many(ctx, tenant, [StreamWrite(k, v) for k, v in per_stream.items()])
     return json_response(result, status=201)
@@ -172,6 +210,8 @@ _PAGING = (("from_version", "integer", False, "first stream version to return (d
 @routes.get(SUBJECT + "/events", summary="Read a subject's stream (admins, auditors)", roles=READERS,
             responses={200: s.StreamPage}, query=_PAGING)
 async def read_subject_stream(call: Call) -> web.Response:
+    """The subject's events in order, pages of `limit` from `from_version`, with their
+    hashes. Personal data appears only sealed (encrypted)."""
     tenant, source, ref = _subject(call)
     from_version, limit = _paging(call)
     stream = subject_stream(tenant, source, ref)
@@ -186,6 +226,7 @@ async def read_subject_stream(call: Call) -> web.Response:
 @routes.get("/v1/tenants/{tenant}/events", summary="Read the tenant's own stream (policy, terms, settings)",
             roles=READERS, responses={200: s.StreamPage}, query=_PAGING)
 async def read_tenant_stream(call: Call) -> web.Response:
+    """The tenant's own events (settings, policy edits, term edits) in order, in pages."""
     tenant = call.param("tenant")
     from_version, limit = _paging(call)
     stream = tenant_stream(tenant)
