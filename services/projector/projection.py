@@ -72,6 +72,7 @@ log = structlog.get_logger(__name__)
 
 SubjectKey = tuple[str, str, str]
 _NO_TERMS: Final = TermMatrix()
+_REPUBLISH_LOCK: Final = 0x72657075626C  # "republ"
 
 
 class ApplyResult(msgspec.Struct, kw_only=True):
@@ -510,9 +511,21 @@ class Projection:
         subjects a second. A whole-topic republish marks every partition when it starts and
         when it is done. Returns the subjects published; stops early (returns) when another
         request supersedes this one."""
-        publisher = self.publisher
-        if publisher is None:
+        if self.publisher is None:
             return 0
+        # One republisher at a time (the leader's task, `projector republish`): the lock is
+        # held on a connection of its own for the whole walk.
+        async with self.pool.acquire() as lock:
+            if not await lock.fetchval("SELECT pg_try_advisory_lock($1)", _REPUBLISH_LOCK):
+                return 0
+            try:
+                return await self._republish(topic, rate=rate, progress_every_s=progress_every_s)
+            finally:
+                await lock.execute("SELECT pg_advisory_unlock($1)", _REPUBLISH_LOCK)
+
+    async def _republish(self, topic: str, *, rate: float | None, progress_every_s: float) -> int:
+        publisher = self.publisher
+        assert publisher is not None
         row = await self.pool.fetchrow(
             "SELECT republish_epoch, republish_tenant, republish_after_tenant, republish_after_source,"
             " republish_after_ref, republish_done FROM projector.eligibility_topic WHERE topic = $1", topic)

@@ -172,14 +172,18 @@ class ProjectorService:
         publisher, projection = self.publisher, self.projection
         assert publisher is not None and projection is not None
         topic = c.eligibility_topic
-        if not self._acked_loaded:
-            stored = await projection.pool.fetchval(
-                "SELECT acked_ends FROM projector.eligibility_topic WHERE topic = $1", topic)
-            for p, end in enumerate(stored or []):
-                publisher.acked_ends[p] = max(publisher.acked_ends.get(p, 0), end)
+        stored = await projection.pool.fetchrow(
+            "SELECT epoch, acked_ends FROM projector.eligibility_topic WHERE topic = $1", topic)
+        if stored is not None and (not self._acked_loaded or stored[0] > projection.epoch):
+            # On start, or another process (`projector republish`) started a new epoch and
+            # recorded the offsets of the topic as it found it: those count from now on.
+            ends = {p: end for p, end in enumerate(stored[1] or [])}
+            publisher.acked_ends = ends if self._acked_loaded else {
+                p: max(publisher.acked_ends.get(p, 0), ends.get(p, 0)) for p in {*ends, *publisher.acked_ends}}
             self._persisted_ends = dict(publisher.acked_ends)
+        if not self._acked_loaded or stored is not None:
             await projection.load_epoch(topic)
-            self._acked_loaded = True
+        self._acked_loaded = True
         due = time.monotonic() - self._last_topic_check >= c.topic_check_interval
         if due or self._topic_suspect or publisher.lost.is_set():
             try:
