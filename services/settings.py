@@ -51,6 +51,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # (<name>.toml, chosen with ?mapping=name) and the largest upload accepted.
     import_mappings_dir: str | None = None
     import_max_upload_mb: int = 200
+    # How long an eligibility check with ?min_position= waits for the read model to reach
+    # that ledger position before it answers 503 (read your own writes).
+    min_position_wait_ms: int = 2000
 
 
 def from_env(env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -87,6 +90,7 @@ def from_env(env: Mapping[str, str] | None = None, **overrides: object) -> Setti
         "broker_port": _int(e, "LEDGER_BROKER_PORT", 19092, minimum=1, maximum=65535),
         "import_mappings_dir": e.get("LEDGER_IMPORT_MAPPINGS_DIR") or None,
         "import_max_upload_mb": _int(e, "LEDGER_IMPORT_MAX_UPLOAD_MB", 200, minimum=1),
+        "min_position_wait_ms": _int(e, "LEDGER_MIN_POSITION_WAIT_MS", 2000, minimum=0, maximum=60_000),
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]
