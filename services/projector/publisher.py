@@ -15,7 +15,7 @@ from typing import Final, Protocol
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, OffsetOutOfRangeError
 
 from schemas.eligibility import MARKER_KEY_PREFIX, TOPIC, EpochMarker, encode_marker
 from services.kafka_security import PLAINTEXT, KafkaSecurity
@@ -166,14 +166,42 @@ class KafkaPublisher:
             await self.ensure_topic()
             return "the topic was missing (created again, empty)"
         partitions = await self.topic_partitions()
-        ends = await self.end_offsets(partitions)
-        for p in sorted(self.acked_ends):
-            end = ends.get(p)
-            if end is None:
-                return f"partition {p} is gone ({len(partitions)} partitions now)"
-            if end < self.acked_ends[p]:
-                return f"partition {p} ends at offset {end}, below {self.acked_ends[p]} that was acknowledged"
-        return None
+        gone = sorted(set(p for p, end in self.acked_ends.items() if end > 0) - set(partitions))
+        if gone:
+            return f"partition {gone[0]} is gone ({len(partitions)} partitions now)"
+        return await self._still_holds({p: end for p, end in self.acked_ends.items() if end > 0})
+
+    async def _still_holds(self, acked: dict[int, int]) -> str | None:
+        """Fetch the last acknowledged record of each partition: an "offset out of range"
+        answer, or a partition end (high watermark) below it, means the records are gone.
+        (ListOffsets is no use here: tansu answers it with the last batch's first offset + 1.)"""
+        if not acked:
+            return None
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
+                                    auto_offset_reset="none", request_timeout_ms=self.request_timeout_ms,
+                                    max_partition_fetch_bytes=64 * 1024, fetch_max_wait_ms=50,
+                                    **self.security.client_options())
+        await consumer.start()
+        try:
+            tps = {p: TopicPartition(self.topic, p) for p in acked}
+            consumer.assign(list(tps.values()))
+            for p, tp in tps.items():
+                consumer.seek(tp, acked[p] - 1)
+            deadline = asyncio.get_running_loop().time() + self.request_timeout_ms / 1000
+            while any(consumer.highwater(tp) is None for tp in tps.values()):
+                if asyncio.get_running_loop().time() > deadline:
+                    raise asyncio.TimeoutError("no fetch answer for every partition")
+                try:
+                    await consumer.getmany(timeout_ms=100)
+                except OffsetOutOfRangeError as exc:
+                    return f"the broker no longer has offset {acked[min(acked)] - 1} and on ({exc})"
+            for p, tp in sorted(tps.items()):
+                end = consumer.highwater(tp)
+                if end is not None and end < acked[p]:
+                    return f"partition {p} ends at offset {end}, below {acked[p]} that was acknowledged"
+            return None
+        finally:
+            await consumer.stop()
 
     async def reset_after_loss(self) -> dict[int, int]:
         """Forget the old topic's offsets: from now on, what the current topic holds counts."""
