@@ -218,6 +218,13 @@ class KafkaPublisher:
         if producer is None:
             raise RuntimeError("the publisher is not started")
         partitions = await self.topic_partitions()
+        if set(partitions) - set(await producer.partitions_for(self.topic)):
+            # The producer's metadata is of the topic as it was (a broker that restarted,
+            # a recreated topic): refresh it before naming partitions.
+            await producer.client.force_metadata_update()
+            missing = set(partitions) - set(await producer.partitions_for(self.topic))
+            if missing:
+                raise KafkaError(f"the producer does not know partition(s) {sorted(missing)} of {self.topic} yet")
         futures = [
             await producer.send(self.topic, key=f"{MARKER_KEY_PREFIX}{p}".encode(), partition=p,
                                 value=encode_marker(EpochMarker(epoch=epoch, complete=complete, partition=p,
