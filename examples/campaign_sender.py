@@ -349,7 +349,18 @@ async def _session(db: sqlite3.Connection, bootstrap: str, topic: str, stop: asy
                 await consumer.seek_to_beginning(*tps)
         return total, False
     finally:
+        await _stop(consumer)
+
+
+async def _stop(consumer: AIOKafkaConsumer) -> None:
+    """Stop the consumer; with the broker away, aiokafka's fetch task can end the stop with
+    its own CancelledError: that one is not a cancellation of ours."""
+    try:
         await consumer.stop()
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
 
 
 async def _seek_stored(db: sqlite3.Connection, consumer: AIOKafkaConsumer, topic: str,
