@@ -39,6 +39,7 @@ import asyncpg
 import msgspec
 import structlog
 
+from consent.eligibility import eligibility_matrix
 from consent.errors import OutOfOrderEvent
 from consent.subject import SubjectState, apply_subject
 from consent.tenant import TenantState, apply_tenant
@@ -53,6 +54,7 @@ from services.projector.publisher import Message, Publisher
 from services.projector.readmodel import (
     SUBJECT_SELECT_COLUMNS,
     TENANT_SELECT,
+    Evaluation,
     SubjectRow,
     TenantRow,
     decode_state,
@@ -255,14 +257,20 @@ class Projection:
 
     def _evaluate(
         self, state: SubjectState, tenant: TenantRow | None, today: dt.date, published_hash: bytes | None,
-        *, force: bool = False,
+        *, force: bool = False, current: SubjectRow | None = None,
     ) -> tuple[SubjectRow, Message | None]:
         """The subject's new row and, if its matrix differs from the published one (or
-        ``force``: a republish) and a publisher is configured, the message to publish."""
+        ``force``: a republish) and a publisher is configured, the message to publish.
+        ``current``: the stored row, if it was evaluated today with these terms (its next
+        change and hash are then reused: a republish evaluates only the decisions)."""
         terms = tenant.state.terms if tenant is not None else _NO_TERMS  # no tenant: fail closed
         terms_version = tenant.terms_version if tenant is not None else 0
         tenant_position = tenant.last_position if tenant is not None else 0
-        evaluation = evaluate_subject(state, terms, today)
+        if current is not None and state.erased is None:
+            evaluation = Evaluation(on=today, decisions=eligibility_matrix(state, terms, today),
+                                    next_change=current.next_change, matrix_hash=current.matrix_hash)
+        else:
+            evaluation = evaluate_subject(state, terms, today)
         row = SubjectRow(
             tenant_id=state.tenant_id, source=state.source, customer_ref=state.customer_ref,
             version=state.version, last_position=state.last_position, erased=state.erased is not None,
@@ -456,8 +464,11 @@ class Projection:
         out: list[SubjectRow] = []
         messages: list[Message] = []
         for row in rows:
-            new_row, message = self._evaluate(decode_state(row.state), tenants.get(row.tenant_id), today,
-                                              row.published_hash, force=force)
+            tenant = tenants.get(row.tenant_id)
+            fresh = force and tenant is not None and row.evaluated_on == today \
+                and row.terms_version == tenant.terms_version
+            new_row, message = self._evaluate(decode_state(row.state), tenant, today, row.published_hash,
+                                              force=force, current=row if fresh else None)
             out.append(new_row)
             if message is not None:
                 messages.append(message)
