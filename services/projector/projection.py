@@ -469,7 +469,8 @@ class Projection:
                 and row.terms_version == tenant.terms_version
             new_row, message = self._evaluate(decode_state(row.state), tenant, today, row.published_hash,
                                               force=force, current=row if fresh else None)
-            out.append(new_row)
+            if not (fresh and new_row.published_hash == row.published_hash):  # else the row stays as it is
+                out.append(new_row)
             if message is not None:
                 messages.append(message)
         published = await self._publish_and_write(conn, messages, out)
