@@ -162,7 +162,6 @@ class ProjectorService:
             if conn is not None and not conn.is_closed():
                 await conn.close()  # also releases the leader lock
 
-
     async def _watch_topic(self) -> None:
         """The leader's look at the eligibility topic: a loss found (on start, every
         ``topic_check_interval``, at once after an acknowledgement went backwards or a
