@@ -75,6 +75,7 @@ log = structlog.get_logger(__name__)
 SubjectKey = tuple[str, str, str]
 _NO_TERMS: Final = TermMatrix()
 _REPUBLISH_LOCK: Final = 0x72657075626C  # "republ"
+REPUBLISH_BATCH: Final = 500
 
 
 class ApplyResult(msgspec.Struct, kw_only=True):
@@ -518,7 +519,7 @@ class Projection:
     async def republish_pending(self, topic: str, *, rate: float | None = None,
                                 progress_every_s: float = 5.0) -> int:
         """Run the pending republish of ``topic`` (if any) to its end: every subject in key
-        order, ``batch_size`` per transaction (each row locked, so a live change of the same
+        order, ``REPUBLISH_BATCH`` per transaction (each row locked, so a live change of the same
         subject waits for at most one batch and reaches the topic after it), at most ``rate``
         subjects a second. A whole-topic republish marks every partition when it starts and
         when it is done. Returns the subjects published; stops early (returns) when another
@@ -556,6 +557,9 @@ class Projection:
                  resumed_after=done_before)
         started = last_log = time.monotonic()
         done = 0
+        # Smaller than the other sweeps' batches: a live change of a subject waits for the
+        # batch that holds its row, so the batch bounds its extra latency.
+        batch = min(self.batch_size, REPUBLISH_BATCH)
         while True:
             async with self.pool.acquire() as conn, conn.transaction():
                 current = await conn.fetchrow(
@@ -568,13 +572,13 @@ class Projection:
                     f"SELECT {SUBJECT_SELECT_COLUMNS} FROM projector.subjects s"
                     " WHERE (tenant_id, source, customer_ref) > ($1, $2, $3) AND ($4::text IS NULL OR tenant_id = $4)"
                     " ORDER BY tenant_id, source, customer_ref LIMIT $5 FOR UPDATE",
-                    after[0], after[1], after[2], tenant, self.batch_size,
+                    after[0], after[1], after[2], tenant, batch,
                 )
                 rows = [row_from_record(r) for r in records]
                 tenants = await self._tenant_rows(conn, {r.tenant_id for r in rows}) if rows else {}
                 done += await self._reevaluate_rows(conn, rows, tenants, "republish", force=True)
                 self.metrics.republished.inc(len(rows))
-                finished = len(rows) < self.batch_size
+                finished = len(rows) < batch
                 if rows:
                     after = rows[-1].key
                 if finished:
