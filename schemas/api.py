@@ -222,6 +222,7 @@ class ErrorBody(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     message: str
     field: str | None = None
     current_version: int | None = None
+    position: int | None = None  # eligibility checks with min_position: the ledger position reached
 
 
 class StreamEvent(msgspec.Struct, frozen=True, kw_only=True):

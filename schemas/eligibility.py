@@ -43,7 +43,12 @@ __all__ = [
     "Reason",
     "SubjectCheck",
     "TermWarnings",
+    "EpochMarker",
+    "MARKER_KEY_PREFIX",
+    "decode_marker",
     "decode_matrix",
+    "encode_marker",
+    "is_marker_key",
     "encode_matrix",
     "topic_key",
 ]
@@ -103,6 +108,17 @@ class EligibilityMatrix(msgspec.Struct, frozen=True, kw_only=True):
     terms_version: int
     rules_version: str = ""
     cells: dict[Category, dict[Channel, Cell]]
+    evaluated_at: Annotated[dt.datetime | None, msgspec.Meta(description=(
+        "When the projector evaluated this matrix (UTC). Null in messages written before the field existed."
+    ))] = None
+    epoch: Annotated[int, msgspec.Meta(ge=0, description=(
+        "The topic's generation. It goes up each time the projector publishes every subject again because"
+        " the topic no longer held what it had published (broker data lost, topic deleted or recreated,"
+        " `consent-ledger projector republish`). A consumer that sees a higher epoch than the one its copy"
+        " was built from resets and rebuilds its copy from the compacted topic; it has caught up once it"
+        " has read an EpochMarker (key `~epoch/{partition}`) of that epoch with `complete: true` on every"
+        " partition. 0: never republished (no markers). The HTTP answer carries the topic's current epoch."
+    ))] = 0
 
     @property
     def key(self) -> str:
@@ -128,6 +144,44 @@ def encode_matrix(matrix: EligibilityMatrix) -> bytes:
 def decode_matrix(data: bytes | str) -> EligibilityMatrix:
     """A topic value (not a tombstone: check for null first)."""
     return _decoder.decode(data)
+
+
+# ---------------------------------------------------------------------------------------
+# Epoch markers: the topic's own records, one key per partition
+# ---------------------------------------------------------------------------------------
+
+MARKER_KEY_PREFIX: Final = "~epoch/"
+"""Keys ``~epoch/{partition}`` (never a subject key: a tenant id starts with a letter or digit)
+hold :class:`EpochMarker` records, written to that partition only. Skip them as subjects."""
+
+
+class EpochMarker(msgspec.Struct, frozen=True, kw_only=True):
+    """Written to every partition when a republish of ``epoch`` starts (``complete: false``)
+    and when every subject's matrix (or tombstone) of that epoch is on the topic before it
+    in the same partition (``complete: true``). Compaction keeps the latest per partition."""
+
+    marker: Literal["epoch"] = "epoch"
+    epoch: int
+    complete: bool
+    partition: int
+    subjects: int = 0  # how many subjects the republish published (0 while it runs)
+    at: dt.datetime
+
+
+_marker_decoder: Final = msgspec.json.Decoder(EpochMarker)
+
+
+def is_marker_key(key: str | bytes) -> bool:
+    prefix = MARKER_KEY_PREFIX
+    return key.startswith(prefix.encode()) if isinstance(key, bytes) else key.startswith(prefix)
+
+
+def encode_marker(marker: EpochMarker) -> bytes:
+    return _encoder.encode(marker)
+
+
+def decode_marker(data: bytes | str) -> EpochMarker:
+    return _marker_decoder.decode(data)
 
 
 # ---------------------------------------------------------------------------------------
@@ -179,6 +233,10 @@ class SubjectCheck(msgspec.Struct, frozen=True, kw_only=True):
     requires_postfilter_check: bool = False
     requires_objection_offer: bool = False
     cell: Cell | None = None
+    position: Annotated[int, msgspec.Meta(description=(
+        "The ledger position of the newest event (the subject's or its tenant's) this answer reflects"
+        " (0: unknown subject)."
+    ))] = 0
 
 
 class CampaignCheckResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -194,6 +252,11 @@ class CampaignCheckResult(msgspec.Struct, frozen=True, kw_only=True):
     unknown: int
     results: list[SubjectCheck]
     known_at: dt.datetime | None = None
+    position: Annotated[int, msgspec.Meta(description=(
+        "The newest ledger position any answer reflects (the tenant's or a subject's event). With"
+        " `min_position` in the request, every answer reflects every event of its subject and of the tenant"
+        " at or below that position."
+    ))] = 0
 
 
 class TermWarnings(msgspec.Struct, frozen=True, kw_only=True):

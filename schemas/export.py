@@ -33,7 +33,7 @@ EXPORTS: Final[dict[str, tuple[str, str, tuple[type, ...]]]] = {
         " null = erased). Also the HTTP answer for one subject; the bulk check's request and answer and the"
         " term warnings are in $defs.",
         (eligibility.EligibilityMatrix, eligibility.CampaignCheck, eligibility.CampaignCheckResult,
-         eligibility.TermWarnings),
+         eligibility.TermWarnings, eligibility.EpochMarker),
     ),
 }
 

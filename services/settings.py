@@ -61,6 +61,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # must arrive within http_body_timeout (an import upload: no pause longer than that).
     http_header_timeout: int = 15
     http_body_timeout: int = 30
+    # How long an eligibility check with ?min_position= waits for the read model to reach
+    # that ledger position before it answers 503 (read your own writes).
+    min_position_wait_ms: int = 2000
 
 
 CONNECTION_FILE = "local-stack.json"
@@ -191,6 +194,7 @@ def from_env(env: Mapping[str, str] | None = None, *, local_stack: bool | None =
         "import_max_upload_mb": _int(e, "LEDGER_IMPORT_MAX_UPLOAD_MB", 200, minimum=1),
         "http_header_timeout": _int(e, "LEDGER_HTTP_HEADER_TIMEOUT", 15, minimum=1, maximum=3600),
         "http_body_timeout": _int(e, "LEDGER_HTTP_BODY_TIMEOUT", 30, minimum=1, maximum=3600),
+        "min_position_wait_ms": _int(e, "LEDGER_MIN_POSITION_WAIT_MS", 2000, minimum=0, maximum=60_000),
     }
     for name, value in local.items():
         if not values.get(name):

@@ -73,7 +73,7 @@ async def test_the_example_sender_follows_the_topic_and_filters_a_send_list(
     assert "1 message(s) applied" in done.stderr  # resumed at its offsets: only the tombstone
 
     send_list = "customer_ref,name\nC1,Jan\nC2,Piet\nC3,Kees\nE1,Els\nX9,Onbekend\nP1,Prospect\n"
-    done = await asyncio.to_thread(sender, "filter", "--db", str(db), "--tenant", "acme", "--category",
+    done = await asyncio.to_thread(sender, "filter", "--db", str(db), "--topic", topic, "--tenant", "acme", "--category",
                                    "newsletter", "--channel", "email", "--date", TODAY.isoformat(), "-",
                                    stdin=send_list)
     assert done.returncode == 0, done.stderr
@@ -84,7 +84,7 @@ async def test_the_example_sender_follows_the_topic_and_filters_a_send_list(
     assert lines[1].split(",")[2] == "soft_opt_in"
     assert "eligible 1, not_eligible 3, unknown 2, recheck 0" in done.stderr  # E1 erased, X9 never known
 
-    done = await asyncio.to_thread(sender, "filter", "--db", str(db), "--tenant", "acme", "--category",
+    done = await asyncio.to_thread(sender, "filter", "--db", str(db), "--topic", topic, "--tenant", "acme", "--category",
                                    "prospect", "--channel", "post", "--date", TODAY.isoformat(), "-",
                                    stdin="customer_ref\nP1\n")
     assert done.stdout.strip().splitlines()[1].split(",") == [
@@ -92,7 +92,7 @@ async def test_the_example_sender_follows_the_topic_and_filters_a_send_list(
         "yes", "yes"]  # a letter to a prospect: disclosure, Postfilter check, right to object
 
     far = add_months(TODAY, 30).isoformat()  # beyond every matrix's valid_until: ask the API instead
-    done = await asyncio.to_thread(sender, "filter", "--db", str(db), "--tenant", "acme", "--category",
+    done = await asyncio.to_thread(sender, "filter", "--db", str(db), "--topic", topic, "--tenant", "acme", "--category",
                                    "newsletter", "--channel", "post", "--date", far, "-", stdin="customer_ref\nC1\n")
     assert done.stdout.strip().splitlines()[1:] == []
     assert "need a fresh check" in done.stderr and "dealer/C1" in done.stderr

@@ -134,7 +134,8 @@ async def test_a_campaign_check_answers_every_subject_in_order_and_unknown_ones_
     assert by_ref["NOPE"] == {"source": "dealer", "customer_ref": "NOPE", "known": False, "eligible": False,
                               "basis": None, "reason": "unknown_subject", "until": None,
                               "requires_disclosure": False, "evidence": [], "law": None,
-                              "requires_postfilter_check": False, "requires_objection_offer": False, "cell": None}
+                              "requires_postfilter_check": False, "requires_objection_offer": False, "cell": None,
+                              "position": 0}
     store = EventStore(pool)
     terms = (await folded_tenant(store, "garage-a")).terms
     for ref in ("C1", "C2", "P1"):

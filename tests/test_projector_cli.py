@@ -8,6 +8,7 @@ import datetime as dt
 import json
 import os
 import subprocess
+from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -111,3 +112,59 @@ async def test_the_local_stack_runs_the_projector(
         async with component(settings) as lines:
             assert "consent.eligibility.v1" in lines[0]
             await wait_for(lambda: _rows(pool, 1), 30, "the subject projected by the stack's projector")
+
+
+async def test_projector_republish_publishes_every_subject_again_under_a_new_epoch_and_marks_every_partition(
+    db_url: str, pool: asyncpg.Pool, store: EventStore, broker: LocalBroker
+) -> None:
+    from schemas.eligibility import decode_marker, decode_matrix, is_marker_key
+    from services.projector.clock import SystemClock
+    from services.projector.projection import Projection, apply_until_caught_up
+    from services.projector.publisher import KafkaPublisher
+    from tests.projector_support import erased, topic_records
+
+    topic = f"eligibility-{os.urandom(4).hex()}"
+    await create_tenant(store, "acme")
+    await create_tenant(store, "other")
+    for ref in ("C1", "C2"):
+        await subject(store, "acme", ref, invoice(add_months(TODAY, -3).isoformat()))
+    await subject(store, "acme", "E1", invoice(TODAY.isoformat()), erased())
+    await subject(store, "other", "X1", invoice(TODAY.isoformat()))
+    publisher = KafkaPublisher(broker.bootstrap, topic=topic, partitions=2)
+    await publisher.start()
+    try:
+        await apply_until_caught_up(Projection(pool, clock=SystemClock(), store=store, publisher=publisher))
+    finally:
+        await publisher.stop()
+    env = env_for(db_url, broker.bootstrap)
+    cli = processes.consent_ledger()
+
+    def republish(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*cli, "projector", "republish", "--topic", topic, *args], env=env,
+                              capture_output=True, text=True, timeout=60)
+
+    done = await asyncio.to_thread(republish)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert (report["epoch"], report["published_here"], report["tenant"]) == (1, 4, None)
+    records = await topic_records(broker.bootstrap, topic)
+    latest = {k: v for k, v in records}
+    assert latest["acme/dealer/E1"] is None, "an erased subject gets its tombstone again"
+    for key in ("acme/dealer/C1", "acme/dealer/C2", "other/dealer/X1"):
+        assert decode_matrix(latest[key]).epoch == 1  # type: ignore[arg-type]
+    marks = {decode_marker(v).partition: decode_marker(v) for k, v in records if is_marker_key(k) and v is not None}
+    assert sorted(marks) == [0, 1] and all(m.epoch == 1 and m.complete and m.subjects == 4 for m in marks.values())
+
+    done = await asyncio.to_thread(republish, "--tenant", "other")  # one tenant: the epoch stays
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1])["published_here"] == 1
+    added = Counter(k for k, _ in await topic_records(broker.bootstrap, topic)) - Counter(k for k, _ in records)
+    assert added == Counter({"other/dealer/X1": 1}), "only that tenant's subjects, and no epoch markers"
+
+    done = await asyncio.to_thread(republish, "--tenant", "nobody")
+    assert done.returncode == 1 and "no tenant 'nobody'" in done.stderr
+    done = await asyncio.to_thread(republish, "--tenant", "Not A Tenant")
+    assert done.returncode != 0 and "is not a tenant id" in done.stderr
+    done = await asyncio.to_thread(subprocess.run, [*cli, "projector", "republish"], env=env_for(db_url, None),
+                                   capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0 and "LEDGER_KAFKA_BOOTSTRAP" in done.stderr

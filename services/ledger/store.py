@@ -205,6 +205,23 @@ class EventStore:
         assert row is not None
         return {s: (v, t) for s, v, t in zip(stream_ids, row["versions"] or (), row["last_types"] or ())}
 
+    async def stream_versions_at(self, tenant_id: str, stream_ids: Sequence[str], position: int) -> dict[str, int]:
+        """Each stream's version as of ``position`` of the tenant's log partition (its events
+        at or below it); streams without such events are left out. Read your own writes: a
+        read model reflects ``position`` for these streams once it holds these versions."""
+        if not stream_ids:
+            return {}
+        partition = await self.partition_of(tenant_id)
+        with translate_errors():
+            rows = await self._pool.fetch(sql.STREAM_VERSIONS_AT, partition, "\n".join(stream_ids), position)
+        return {r[0]: r[1] for r in rows}
+
+    async def tenant_head(self, tenant_id: str) -> int:
+        """The last position of the tenant's log partition (0: nothing written there yet)."""
+        partition = await self.partition_of(tenant_id)
+        with translate_errors():
+            return int(await self._pool.fetchval(sql.PARTITION_HEAD, partition) or 0)
+
     async def read_all(
         self, after: int = 0, limit: int = 1000, *, tenant_id: str | None = None
     ) -> list[RecordedEvent]:

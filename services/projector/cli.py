@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import re
 import signal
 import sys
 
@@ -38,6 +39,16 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                          help="processes folding and evaluating subjects in parallel"
                          " (default: one per 250,000 events, at most the CPU count)")
     rebuild.set_defaults(func=cmd_rebuild)
+
+    republish = commands.add_parser(
+        "republish", help="publish every subject's current matrix (tombstones for erased ones) again,"
+        " e.g. after restoring a Kafka cluster")
+    republish.add_argument("--tenant", default=None,
+                           help="only this tenant's subjects (the topic's epoch stays; default: every subject,"
+                           " under a new epoch)")
+    republish.add_argument("--rate", type=float, default=50_000.0, help="subjects per second at most (default 50000)")
+    republish.add_argument("--topic", default=None, help="the eligibility topic (default consent.eligibility.v1)")
+    republish.set_defaults(func=cmd_republish)
 
     status = commands.add_parser("status", help="offsets, pending work and the checkpoint of the read model")
     status.set_defaults(func=cmd_status)
@@ -135,6 +146,71 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_republish(args: argparse.Namespace) -> int:
+    from consent.vocabulary import SLUG_PATTERN
+    from schemas.eligibility import TOPIC
+
+    settings = _settings(kafka=True)
+    if args.rate <= 0:
+        raise SystemExit("consent-ledger: --rate must be above 0")
+    if args.tenant is not None and not re.fullmatch(SLUG_PATTERN, args.tenant):
+        raise SystemExit(f"consent-ledger: --tenant {args.tenant!r} is not a tenant id")
+    try:
+        report = asyncio.run(_republish(settings, args.topic or TOPIC, args.tenant, args.rate))
+    except _CommandError as exc:
+        print(f"consent-ledger: {exc}", file=sys.stderr)
+        return 1
+    print(msgspec.json.encode(report).decode())
+    return 0
+
+
+class _CommandError(Exception):
+    pass
+
+
+async def _republish(settings: Settings, topic: str, tenant: str | None, rate: float) -> dict[str, object]:
+    import time
+
+    from aiokafka.errors import KafkaError
+
+    from services.kafka_security import KafkaSecurity
+    from services.projector.projection import Projection
+    from services.projector.publisher import KafkaPublisher
+
+    pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=3)
+    publisher = KafkaPublisher(settings.kafka_bootstrap, topic=topic, security=KafkaSecurity.from_settings(settings))
+    try:
+        if tenant is not None and not await pool.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM projector.tenants WHERE tenant_id = $1)", tenant):
+            raise _CommandError(f"the projector holds no tenant {tenant!r}")
+        try:
+            await asyncio.wait_for(publisher.start(), timeout=30)
+            ends = await publisher.end_offsets(await publisher.topic_partitions())
+        except (KafkaError, OSError, asyncio.TimeoutError) as exc:
+            raise _CommandError(f"the broker at {settings.kafka_bootstrap} cannot be reached:"
+                                f" {type(exc).__name__}: {exc}") from None
+        projection = Projection(pool, clock=SystemClock(), publisher=publisher)
+        await projection.load_epoch(topic)
+        epoch = await projection.request_republish(
+            topic, "consent-ledger projector republish", tenant=tenant,
+            acked_ends=ends if tenant is None else None)
+        started = time.monotonic()
+        published = 0
+        while True:
+            published += await projection.republish_pending(topic, rate=rate)
+            pending = await pool.fetchval(
+                "SELECT republish_epoch FROM projector.eligibility_topic WHERE topic = $1", topic)
+            if pending is None or pending > epoch:
+                break  # done (by us or by a running projector), or superseded by a newer epoch
+            await asyncio.sleep(0.5)  # a running projector is doing it: wait for it to finish
+        seconds = time.monotonic() - started
+        return {"topic": topic, "epoch": epoch, "tenant": tenant, "published_here": published,
+                "seconds": round(seconds, 2)}
+    finally:
+        await publisher.stop()
+        await pool.close()
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     settings = _settings(kafka=False)
 
@@ -158,6 +234,12 @@ def cmd_status(args: argparse.Namespace) -> int:
                     "SELECT count(*) FROM projector.subjects WHERE published_hash IS DISTINCT FROM matrix_hash"),
                 "due_today_or_earlier": await conn.fetchval(
                     "SELECT count(*) FROM projector.subjects WHERE next_change <= $1", SystemClock().today()),
+                "eligibility_topics": {r[0]: {"epoch": r[1], "republishing": r[2] is not None,
+                                              "republish_tenant": r[3], "republished": r[4],
+                                              "republished_at": r[5].isoformat() if r[5] else None}
+                                       for r in await conn.fetch(
+                    "SELECT topic, epoch, republish_epoch, republish_tenant, republish_done, republished_at"
+                    " FROM projector.eligibility_topic ORDER BY topic")},
             }
         finally:
             await conn.close()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
 class ProjectorMetrics:
@@ -24,3 +24,12 @@ class ProjectorMetrics:
             "projector_batch_seconds", "Time to apply one consumed batch (both transactions, publishing included)",
             buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5), registry=r,
         )
+        self.topic_epoch = Gauge("projector_topic_epoch",
+                                 "The eligibility topic's epoch (goes up on every whole-topic republish)", registry=r)
+        self.topic_losses = Counter("projector_topic_losses_total",
+                                    "Times the eligibility topic was found without what had been published", registry=r)
+        self.republished = Counter("projector_republish_subjects_total",
+                                   "Subjects published again by a republish (matrices and tombstones)", registry=r)
+        self.republish_remaining = Gauge("projector_republish_remaining_subjects",
+                                         "Subjects the running republish has still to publish (0: none running)",
+                                         registry=r)

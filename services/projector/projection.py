@@ -39,6 +39,7 @@ import asyncpg
 import msgspec
 import structlog
 
+from consent.eligibility import eligibility_matrix
 from consent.errors import OutOfOrderEvent
 from consent.law import RULES_VERSION
 from consent.subject import SubjectState, apply_subject
@@ -54,6 +55,7 @@ from services.projector.publisher import Message, Publisher
 from services.projector.readmodel import (
     SUBJECT_SELECT_COLUMNS,
     TENANT_SELECT,
+    Evaluation,
     SubjectRow,
     TenantRow,
     decode_state,
@@ -73,6 +75,8 @@ log = structlog.get_logger(__name__)
 
 SubjectKey = tuple[str, str, str]
 _NO_TERMS: Final = TermMatrix()
+_REPUBLISH_LOCK: Final = 0x72657075626C  # "republ"
+REPUBLISH_BATCH: Final = 500
 
 
 class ApplyResult(msgspec.Struct, kw_only=True):
@@ -119,6 +123,7 @@ class Projection:
         self.metrics = metrics or ProjectorMetrics()
         self.batch_size = batch_size
         self.reeval_wanted = asyncio.Event()
+        self.epoch = 0  # the eligibility topic's epoch, carried by every message (see republish)
         self._tenants: dict[str, TenantRow] = {}  # decoded tenant rows, reused while the version matches
 
     # -- events --------------------------------------------------------------------------
@@ -262,27 +267,35 @@ class Projection:
     # -- evaluation and writing ------------------------------------------------------------
 
     def _evaluate(
-        self, state: SubjectState, tenant: TenantRow | None, today: dt.date, published_hash: bytes | None
+        self, state: SubjectState, tenant: TenantRow | None, today: dt.date, published_hash: bytes | None,
+        *, force: bool = False, current: SubjectRow | None = None,
     ) -> tuple[SubjectRow, Message | None]:
-        """The subject's new row and, if its matrix differs from the published one (and a
-        publisher is configured), the message to publish."""
+        """The subject's new row and, if its matrix differs from the published one (or
+        ``force``: a republish) and a publisher is configured, the message to publish.
+        ``current``: the stored row, if it was evaluated today with these terms (its next
+        change and hash are then reused: a republish evaluates only the decisions)."""
         terms = tenant.state.terms if tenant is not None else _NO_TERMS  # no tenant: fail closed
         terms_version = tenant.terms_version if tenant is not None else 0
         tenant_position = tenant.last_position if tenant is not None else 0
-        evaluation = evaluate_subject(state, terms, today)
+        if current is not None and state.erased is None:
+            evaluation = Evaluation(on=today, decisions=eligibility_matrix(state, terms, today),
+                                    next_change=current.next_change, matrix_hash=current.matrix_hash)
+        else:
+            evaluation = evaluate_subject(state, terms, today)
         row = SubjectRow(
             tenant_id=state.tenant_id, source=state.source, customer_ref=state.customer_ref,
             version=state.version, last_position=state.last_position, erased=state.erased is not None,
             state=encode_state(state), terms_version=terms_version, evaluated_on=today,
             next_change=evaluation.next_change, matrix_hash=evaluation.matrix_hash, published_hash=published_hash,
         )
-        if self.publisher is None or evaluation.matrix_hash == published_hash:
+        if self.publisher is None or (evaluation.matrix_hash == published_hash and not force):
             return row, None
         row.published_hash = evaluation.matrix_hash
         key = topic_key(state.tenant_id, state.source, state.customer_ref)
         if evaluation.decisions is None:
             return row, (key, None)  # erased: tombstone
-        value = matrix_json(state, evaluation, terms_version=terms_version, tenant_position=tenant_position)
+        value = matrix_json(state, evaluation, terms_version=terms_version, tenant_position=tenant_position,
+                            evaluated_at=self.clock.now(), epoch=self.epoch)
         return row, (key, value)
 
     async def _publish_and_write(
@@ -496,7 +509,8 @@ class Projection:
                 return done
 
     async def _reevaluate_rows(
-        self, conn: asyncpg.Connection, rows: list[SubjectRow], tenants: dict[str, TenantRow], why: str
+        self, conn: asyncpg.Connection, rows: list[SubjectRow], tenants: dict[str, TenantRow], why: str,
+        *, force: bool = False,
     ) -> int:
         if not rows:
             return 0
@@ -504,15 +518,152 @@ class Projection:
         out: list[SubjectRow] = []
         messages: list[Message] = []
         for row in rows:
-            new_row, message = self._evaluate(decode_state(row.state), tenants.get(row.tenant_id), today,
-                                              row.published_hash)
-            out.append(new_row)
+            tenant = tenants.get(row.tenant_id)
+            fresh = force and tenant is not None and row.evaluated_on == today \
+                and row.terms_version == tenant.terms_version
+            new_row, message = self._evaluate(decode_state(row.state), tenant, today, row.published_hash,
+                                              force=force, current=row if fresh else None)
+            if not (fresh and new_row.published_hash == row.published_hash):  # else the row stays as it is
+                out.append(new_row)
             if message is not None:
                 messages.append(message)
         published = await self._publish_and_write(conn, messages, out)
         self.metrics.published.inc(published)
         self.metrics.reevaluated.labels(why).inc(len(rows))
         return len(rows)
+
+
+    # -- the topic lost what was published: republish ------------------------------------------
+
+    async def load_epoch(self, topic: str) -> int:
+        """The topic's epoch as stored (another instance may have moved it)."""
+        epoch = await self.pool.fetchval("SELECT epoch FROM projector.eligibility_topic WHERE topic = $1", topic)
+        self.epoch = max(self.epoch, int(epoch or 0))
+        self.metrics.topic_epoch.set(self.epoch)
+        return self.epoch
+
+    async def request_republish(self, topic: str, reason: str, *, tenant: str | None = None,
+                                acked_ends: Mapping[int, int] | None = None) -> int:
+        """Ask for every subject (of ``tenant``: only those) to be published again. A
+        whole-topic republish starts a new epoch (and forgets a pending one: it covers
+        it); a tenant's republish keeps the epoch. Returns the epoch it publishes with."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("INSERT INTO projector.eligibility_topic (topic) VALUES ($1) ON CONFLICT DO NOTHING",
+                               topic)
+            row = await conn.fetchrow("SELECT epoch, republish_epoch, republish_tenant FROM projector.eligibility_topic"
+                                      " WHERE topic = $1 FOR UPDATE", topic)
+            epoch = row[0]
+            if tenant is None:
+                epoch += 1
+            elif row[1] is not None and row[2] is None:
+                return int(row[1])  # a whole-topic republish is pending: it covers this tenant
+            await conn.execute(
+                "UPDATE projector.eligibility_topic SET epoch = $2, republish_epoch = $2, republish_tenant = $3,"
+                " republish_reason = $4, republish_after_tenant = NULL, republish_after_source = NULL,"
+                " republish_after_ref = NULL, republish_done = 0, republish_started_at = now(),"
+                " acked_ends = coalesce($5::bigint[], acked_ends) WHERE topic = $1",
+                topic, epoch, tenant, reason, _ends_array(acked_ends) if acked_ends is not None else None,
+            )
+        self.epoch = max(self.epoch, epoch)
+        self.metrics.topic_epoch.set(self.epoch)
+        log.warning("projector_republish_requested", topic=topic, epoch=epoch, tenant=tenant, reason=reason)
+        return int(epoch)
+
+    async def republish_pending(self, topic: str, *, rate: float | None = None,
+                                progress_every_s: float = 5.0) -> int:
+        """Run the pending republish of ``topic`` (if any) to its end: every subject in key
+        order, ``REPUBLISH_BATCH`` per transaction (each row locked, so a live change of the same
+        subject waits for at most one batch and reaches the topic after it), at most ``rate``
+        subjects a second. A whole-topic republish marks every partition when it starts and
+        when it is done. Returns the subjects published; stops early (returns) when another
+        request supersedes this one."""
+        if self.publisher is None:
+            return 0
+        # One republisher at a time (the leader's task, `projector republish`): the lock is
+        # held on a connection of its own for the whole walk.
+        async with self.pool.acquire() as lock:
+            if not await lock.fetchval("SELECT pg_try_advisory_lock($1)", _REPUBLISH_LOCK):
+                return 0
+            try:
+                return await self._republish(topic, rate=rate, progress_every_s=progress_every_s)
+            finally:
+                await lock.execute("SELECT pg_advisory_unlock($1)", _REPUBLISH_LOCK)
+
+    async def _republish(self, topic: str, *, rate: float | None, progress_every_s: float) -> int:
+        publisher = self.publisher
+        assert publisher is not None
+        row = await self.pool.fetchrow(
+            "SELECT republish_epoch, republish_tenant, republish_after_tenant, republish_after_source,"
+            " republish_after_ref, republish_done FROM projector.eligibility_topic WHERE topic = $1", topic)
+        if row is None or row[0] is None:
+            return 0
+        target, tenant = int(row[0]), row[1]
+        after: tuple[str, str, str] = (row[2], row[3], row[4]) if row[2] is not None else ("", "", "")
+        done_before = int(row[5])
+        self.epoch = max(self.epoch, target)
+        markers = getattr(publisher, "send_markers", None)
+        total = await self.pool.fetchval(
+            "SELECT count(*) FROM projector.subjects WHERE ($1::text IS NULL OR tenant_id = $1)", tenant)
+        if tenant is None and done_before == 0 and row[2] is None and markers is not None:
+            await markers(target, complete=False, subjects=0, at=self.clock.now())
+        log.info("projector_republish_started", topic=topic, epoch=target, tenant=tenant, subjects=total,
+                 resumed_after=done_before)
+        started = last_log = time.monotonic()
+        done = 0
+        # Smaller than the other sweeps' batches: a live change of a subject waits for the
+        # batch that holds its row, so the batch bounds its extra latency.
+        batch = min(self.batch_size, REPUBLISH_BATCH)
+        while True:
+            async with self.pool.acquire() as conn, conn.transaction():
+                current = await conn.fetchrow(
+                    "SELECT republish_epoch, republish_tenant FROM projector.eligibility_topic WHERE topic = $1"
+                    " FOR UPDATE", topic)
+                if current is None or current[0] != target or current[1] != tenant:
+                    log.info("projector_republish_superseded", topic=topic, epoch=target, published=done)
+                    return done
+                records = await conn.fetch(
+                    f"SELECT {SUBJECT_SELECT_COLUMNS} FROM projector.subjects s"
+                    " WHERE (tenant_id, source, customer_ref) > ($1, $2, $3) AND ($4::text IS NULL OR tenant_id = $4)"
+                    " ORDER BY tenant_id, source, customer_ref LIMIT $5 FOR UPDATE",
+                    after[0], after[1], after[2], tenant, batch,
+                )
+                rows = [row_from_record(r) for r in records]
+                tenants = await self._tenant_rows(conn, {r.tenant_id for r in rows}) if rows else {}
+                done += await self._reevaluate_rows(conn, rows, tenants, "republish", force=True)
+                self.metrics.republished.inc(len(rows))
+                finished = len(rows) < batch
+                if rows:
+                    after = rows[-1].key
+                if finished:
+                    if tenant is None and markers is not None:
+                        await markers(target, complete=True, subjects=done_before + done, at=self.clock.now())
+                    await conn.execute(
+                        "UPDATE projector.eligibility_topic SET republish_epoch = NULL, republish_tenant = NULL,"
+                        " republish_after_tenant = NULL, republish_after_source = NULL, republish_after_ref = NULL,"
+                        " republish_done = $2, republished_at = now() WHERE topic = $1", topic, done_before + done)
+                else:
+                    await conn.execute(
+                        "UPDATE projector.eligibility_topic SET republish_after_tenant = $2,"
+                        " republish_after_source = $3, republish_after_ref = $4, republish_done = $5"
+                        " WHERE topic = $1", topic, after[0], after[1], after[2], done_before + done)
+            elapsed = time.monotonic() - started
+            self.metrics.republish_remaining.set(0 if finished else max(0, total - done_before - done))
+            if finished:
+                log.info("projector_republished", topic=topic, epoch=target, tenant=tenant,
+                         subjects=done_before + done, seconds=round(elapsed, 2),
+                         subjects_per_s=round(done / elapsed) if elapsed else None)
+                return done
+            if time.monotonic() - last_log >= progress_every_s:
+                last_log = time.monotonic()
+                log.info("projector_republish_progress", topic=topic, epoch=target, published=done_before + done,
+                         of=total, subjects_per_s=round(done / elapsed) if elapsed else None)
+            # The throttle; and, unthrottled, a turn for the live changes waiting on these rows.
+            await asyncio.sleep(max(0.0, done / rate - elapsed) if rate else 0)
+
+
+def _ends_array(ends: Mapping[int, int]) -> list[int]:
+    """Per-partition end offsets as a PostgreSQL array (index p + 1 = partition p)."""
+    return [ends.get(p, 0) for p in range(max(ends) + 1)] if ends else []
 
 
 async def apply_until_caught_up(projection: Projection, *, batch: int = 2000,

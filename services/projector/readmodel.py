@@ -128,9 +128,12 @@ class _MatrixOut(msgspec.Struct, frozen=True, kw_only=True):
     terms_version: int
     rules_version: str
     cells: dict[str, dict[str, Decision]]
+    evaluated_at: dt.datetime | None = None
+    epoch: int = 0
 
 
-def matrix_json(state: SubjectState, evaluation: Evaluation, *, terms_version: int, tenant_position: int) -> bytes:
+def matrix_json(state: SubjectState, evaluation: Evaluation, *, terms_version: int, tenant_position: int,
+                evaluated_at: dt.datetime | None = None, epoch: int = 0) -> bytes:
     """The topic value (and HTTP answer) for an evaluation of a subject that is not erased."""
     decisions = evaluation.decisions
     if decisions is None:
@@ -148,10 +151,13 @@ def matrix_json(state: SubjectState, evaluation: Evaluation, *, terms_version: i
         terms_version=terms_version,
         rules_version=RULES_VERSION,
         cells={c: {h: decisions[k] for h, k in channels} for c, channels in _LAYOUT},
+        evaluated_at=evaluated_at,
+        epoch=epoch,
     ))
 
 
-def erased_matrix_json(state: SubjectState, on: dt.date, *, terms_version: int, tenant_position: int) -> bytes:
+def erased_matrix_json(state: SubjectState, on: dt.date, *, terms_version: int, tenant_position: int,
+                       evaluated_at: dt.datetime | None = None, epoch: int = 0) -> bytes:
     """The HTTP answer for an erased subject: every cell "no", reason ``erased`` (the topic
     carries a tombstone instead)."""
     decisions = eligibility_matrix(state, TermMatrix(), on)
@@ -168,6 +174,8 @@ def erased_matrix_json(state: SubjectState, on: dt.date, *, terms_version: int, 
         terms_version=terms_version,
         rules_version=RULES_VERSION,
         cells={c: {h: decisions[k] for h, k in channels} for c, channels in _LAYOUT},
+        evaluated_at=evaluated_at,
+        epoch=epoch,
     ))
 
 

@@ -15,6 +15,7 @@ import contextlib
 import datetime as dt
 import gc
 import re
+import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Final
 
@@ -27,6 +28,7 @@ from consent.law import RULES_VERSION, rules_in_force, rules_starting_after
 from consent.subject import SubjectState
 from consent.tenant import TenantState
 from consent.terms import ledger_day
+from consent.vocabulary import subject_stream, tenant_stream
 from consent.warnings import compliance_warnings
 from schemas.eligibility import (
     CampaignCheck,
@@ -41,7 +43,7 @@ from services.audit.errors import AuditError
 from services.audit.loading import TenantRecord
 from services.audit.routes import STREAM_CACHE
 from services.audit.times import parse_known_at
-from services.ledger.api.app import POOL, Call
+from services.ledger.api.app import POOL, SETTINGS, STORE, Call
 from services.ledger.api.jsonapi import NOT_A_DATE, ApiError, ApiRoutes, json_response
 from services.projector.clock import SystemClock
 from services.projector.readmodel import decode_state, decode_tenant, erased_matrix_json, evaluate_subject, matrix_json
@@ -50,6 +52,13 @@ routes = ApiRoutes(tag="eligibility")
 READERS: Final = ("sender", "admin", "auditor")
 _DATE: Final = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _MIN_YEAR, _MAX_YEAR = 1900, 2999
+_POSITION: Final = re.compile(r"^[0-9]{1,18}$")
+MIN_POSITION_QUERY: Final = (
+    "min_position", "integer", False,
+    "a ledger position (an append answer's last_position): wait up to LEDGER_MIN_POSITION_WAIT_MS (default"
+    " 2 s) until the answer reflects every event of the subject(s) and the tenant at or below it; 503"
+    " not_caught_up (with the position reached) if it does not in time",
+)
 
 
 class TenantTerms(msgspec.Struct, frozen=True, kw_only=True):
@@ -137,11 +146,66 @@ _KNOWN_AT_DOC: Final = ("ISO 8601 date-time with an offset, or a date (the end o
                          " future: answer as the ledger knew it then (default: now)")
 
 
+# -- read your own writes ------------------------------------------------------------------
+
+
+async def _min_position(call: Call, tenant: str) -> int | None:
+    """``?min_position=``: None when absent; a 422 naming it when it is not a whole number
+    of at least 0, or lies beyond the head of the tenant's log partition (no append ever
+    answered it: positions count within a partition, docs/event-store.md)."""
+    text = call.request.query.get("min_position")
+    if text is None:
+        return None
+    if not _POSITION.fullmatch(text):
+        raise ApiError(422, "validation_error", "min_position is a ledger position: a whole number, at least 0",
+                       field="min_position")
+    position = int(text)
+    head = await call.request.app[STORE].tenant_head(tenant)
+    if position > head:
+        raise ApiError(422, "position_beyond_head",
+                       f"min_position {position} is beyond the ledger's head ({head}): no append answered it",
+                       field="min_position", position=head)
+    return position
+
+
+class _Wait:
+    """Polls the read model until it reflects ``min_position`` for some streams, or the
+    configured time is up (then a 503 naming the position reached)."""
+
+    def __init__(self, call: Call, min_position: int) -> None:
+        self.min_position = min_position
+        self.deadline = time.monotonic() + call.request.app[SETTINGS].min_position_wait_ms / 1000
+        self._sleep = 0.005
+
+    async def next_round(self, reached: int) -> None:
+        """Sleep before looking again; or raise the 503 if the time is up. ``reached``: a
+        position through which every event of the streams concerned is reflected."""
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise ApiError(503, "not_caught_up",
+                           f"the eligibility read model reflects these streams through position {reached},"
+                           f" not yet {self.min_position}; retry shortly",
+                           field="min_position", position=reached, headers={"Retry-After": "1"})
+        await asyncio.sleep(min(self._sleep, left))
+        self._sleep = min(self._sleep * 2, 0.05)
+
+
+def _reached(needed: dict[str, int], have: dict[str, tuple[int, int]], min_position: int) -> int:
+    """``min_position`` if every stream holds at least the needed version; else the lowest
+    position through which a lagging stream is known applied (its last applied event's)."""
+    lagging = [have.get(s, (0, 0))[1] for s, v in needed.items() if have.get(s, (0, 0))[0] < v]
+    return min(lagging) if lagging else min_position
+
+
+async def _topic_epoch(call: Call) -> int:
+    return int(await call.request.app[POOL].fetchval("SELECT coalesce(max(epoch), 0) FROM projector.eligibility_topic"))
+
+
 @routes.get("/v1/tenants/{tenant}/subjects/{source}/{ref}/eligibility",
             summary="The subject's full eligibility matrix (category x channel) on a date (default today)",
             roles=READERS, responses={200: EligibilityMatrix},
             query=(("on", "string", False, "YYYY-MM-DD; default today (with known_at: the Dutch day of known_at)"),
-                   ("known_at", "string", False, _KNOWN_AT_DOC)))
+                   ("known_at", "string", False, _KNOWN_AT_DOC), MIN_POSITION_QUERY))
 async def subject_eligibility(call: Call) -> web.Response:
     """Every cell of the matrix is a decision: ``eligible``, ``basis``, ``reason``,
     ``until``, ``evidence`` (ledger event ids) and ``requires_disclosure``, the same shape
@@ -155,18 +219,36 @@ async def subject_eligibility(call: Call) -> web.Response:
     if known_param:
         return await _subject_as_known(call, tenant, source, ref, known_param, on_param)
     on = _date(on_param, "on") if on_param is not None else SystemClock().today()
+    min_position = await _min_position(call, tenant)
+    pool = call.request.app[POOL]
+    query = ("SELECT state, version, last_position FROM projector.subjects"
+             " WHERE tenant_id = $1 AND source = $2 AND customer_ref = $3")
     terms = await _tenant_terms(call, tenant)
-    raw = await call.request.app[POOL].fetchval(
-        "SELECT state FROM projector.subjects WHERE tenant_id = $1 AND source = $2 AND customer_ref = $3",
-        tenant, source, ref)
-    if raw is None:
+    row = await pool.fetchrow(query, tenant, source, ref)
+    if min_position is not None:
+        streams = (subject_stream(tenant, source, ref), tenant_stream(tenant))
+        needed = await call.request.app[STORE].stream_versions_at(tenant, streams, min_position)
+        wait = _Wait(call, min_position)
+        while True:
+            have = {streams[1]: (terms.version, terms.last_position)}
+            if row is not None:
+                have[streams[0]] = (row[1], row[2])
+            reached = _reached(needed, have, min_position)
+            if reached == min_position:
+                break
+            await wait.next_round(reached)
+            terms = await _tenant_terms(call, tenant)
+            row = await pool.fetchrow(query, tenant, source, ref)
+    if row is None:
         raise ApiError(404, "unknown_subject", "no events for this subject (or not projected yet)", field="ref")
-    state = decode_state(raw)
+    state = decode_state(row[0])
+    now, epoch = SystemClock().now(), await _topic_epoch(call)
     if state.erased is not None:
-        body = erased_matrix_json(state, on, terms_version=terms.terms_version, tenant_position=terms.last_position)
+        body = erased_matrix_json(state, on, terms_version=terms.terms_version, tenant_position=terms.last_position,
+                                  evaluated_at=now, epoch=epoch)
     else:
         body = matrix_json(state, evaluate_subject(state, terms.state.terms, on), terms_version=terms.terms_version,
-                           tenant_position=terms.last_position)
+                           tenant_position=terms.last_position, evaluated_at=now, epoch=epoch)
     return web.Response(body=body, content_type="application/json")
 
 
@@ -235,6 +317,7 @@ async def _states_as_known(call: Call, tenant: str, subjects: list[CheckSubject]
 @routes.post("/v1/tenants/{tenant}/eligibility:check",
              summary="Bulk check for a campaign: category, channel, send date, up to 10,000 subjects",
              roles=READERS, body=CampaignCheck, responses={200: CampaignCheckResult},
+             query=(MIN_POSITION_QUERY,),
              max_body=4 * 1024 * 1024)  # 10,000 refs of up to 64 characters do not fit in 1 MiB
 async def campaign_check(call: Call) -> web.Response:
     """Every answer's ``cell`` has the matrix's cell shape (``eligible``, ``basis``,
@@ -246,49 +329,75 @@ async def campaign_check(call: Call) -> web.Response:
     send_date = _in_range(body.send_date, "$.send_date")
     if body.known_at is not None:
         return await _campaign_check_as_known(call, tenant, body, send_date)
+    min_position = await _min_position(call, tenant)
     terms = await _tenant_terms(call, tenant)
     subjects = body.subjects
     by_source: dict[str, list[str]] = {}
     for s in subjects:
         by_source.setdefault(s.source, []).append(s.customer_ref)
+    found = await _subject_states(call, tenant, by_source)
+    if min_position is not None:
+        tenant_id = tenant_stream(tenant)
+        streams = [tenant_id, *{subject_stream(tenant, s.source, s.customer_ref) for s in subjects}]
+        needed = await call.request.app[STORE].stream_versions_at(tenant, streams, min_position)
+        wait = _Wait(call, min_position)
+        while True:
+            have = {subject_stream(tenant, k[0], k[1]): (v[1], v[2]) for k, v in found.items()}
+            have[tenant_id] = (terms.version, terms.last_position)
+            reached = _reached(needed, have, min_position)
+            if reached == min_position:
+                break
+            await wait.next_round(reached)
+            terms = await _tenant_terms(call, tenant)
+            found = await _subject_states(call, tenant, by_source)
+    matrix = terms.state.terms
+    category, channel = body.category, body.channel
+    results: list[SubjectCheck] = []
+    eligible = unknown = 0
+    tenant_position = newest = terms.last_position
+    with _no_cyclic_gc():
+        for s in subjects:
+            stored = found.get((s.source, s.customer_ref))
+            if stored is None:
+                unknown += 1
+                results.append(SubjectCheck(source=s.source, customer_ref=s.customer_ref, known=False,
+                                            eligible=False, reason="unknown_subject"))
+                continue
+            d = evaluate(decode_state(stored[0]), matrix, category, channel, send_date)
+            eligible += d.eligible
+            position = max(stored[2], tenant_position)
+            newest = max(newest, position)
+            results.append(_answer(s, d, position))
+    return json_response(CampaignCheckResult(category=category, channel=channel, send_date=send_date,
+                                             rules_version=RULES_VERSION, checked=len(subjects), eligible=eligible,
+                                             unknown=unknown, results=results, position=newest))
+
+
+async def _subject_states(call: Call, tenant: str,
+                          by_source: dict[str, list[str]]) -> dict[tuple[str, str], tuple[bytes, int, int]]:
+    """(source, ref) -> (state, version, last_position) of the subjects the model holds."""
     pool = call.request.app[POOL]
-    found: dict[tuple[str, str], bytes] = {}
+    found: dict[tuple[str, str], tuple[bytes, int, int]] = {}
     # One query per data source (usually one): an index scan with ANY. The refs go as one
     # newline-joined text split by PostgreSQL (a customer ref has no newline: CustomerRef's
     # pattern): asyncpg checks each element of a list parameter in Python, which cost about
     # a tenth of a 10,000-subject check.
     for source, refs in by_source.items():
-        for r in await pool.fetch("SELECT customer_ref, state FROM projector.subjects WHERE tenant_id = $1"
-                                  " AND source = $2 AND customer_ref = ANY(string_to_array($3, E'\\n'))",
+        for r in await pool.fetch("SELECT customer_ref, state, version, last_position FROM projector.subjects"
+                                  " WHERE tenant_id = $1 AND source = $2"
+                                  " AND customer_ref = ANY(string_to_array($3, E'\\n'))",
                                   tenant, source, "\n".join(refs)):
-            found[(source, r[0])] = r[1]
-    matrix = terms.state.terms
-    category, channel = body.category, body.channel
-    results: list[SubjectCheck] = []
-    eligible = unknown = 0
-    with _no_cyclic_gc():
-        for s in subjects:
-            raw = found.get((s.source, s.customer_ref))
-            if raw is None:
-                unknown += 1
-                results.append(SubjectCheck(source=s.source, customer_ref=s.customer_ref, known=False,
-                                            eligible=False, reason="unknown_subject"))
-                continue
-            d = evaluate(decode_state(raw), matrix, category, channel, send_date)
-            eligible += d.eligible
-            results.append(_answer(s, d))
-    return json_response(CampaignCheckResult(category=category, channel=channel, send_date=send_date,
-                                             rules_version=RULES_VERSION, checked=len(subjects), eligible=eligible, unknown=unknown,
-                                             results=results))
+            found[(source, r[0])] = (r[1], r[2], r[3])
+    return found
 
 
-def _answer(s: CheckSubject, d: Decision) -> SubjectCheck:
+def _answer(s: CheckSubject, d: Decision, position: int) -> SubjectCheck:
     evidence = list(d.evidence)
     return SubjectCheck(
         source=s.source, customer_ref=s.customer_ref, known=True, eligible=d.eligible, basis=d.basis,
         reason=d.reason, until=d.until, requires_disclosure=d.requires_disclosure, evidence=evidence,
         law=d.law, requires_postfilter_check=d.requires_postfilter_check,
-        requires_objection_offer=d.requires_objection_offer, cell=as_cell(d),
+        requires_objection_offer=d.requires_objection_offer, cell=as_cell(d), position=position,
     )
 
 
@@ -314,7 +423,7 @@ async def _campaign_check_as_known(call: Call, tenant: str, body: CampaignCheck,
             continue
         d = evaluate(state, tenant_state.terms, body.category, body.channel, send_date)
         eligible += d.eligible
-        results.append(_answer(s, d))
+        results.append(_answer(s, d, max(state.last_position, tenant_state.last_position)))
     return json_response(CampaignCheckResult(category=body.category, channel=body.channel, send_date=send_date,
                                              rules_version=RULES_VERSION, checked=len(body.subjects), eligible=eligible,
                                              unknown=unknown, results=results, known_at=known_at))

@@ -48,6 +48,10 @@ class ProjectorConfig(msgspec.Struct, frozen=True, kw_only=True):
     session_timeout_ms: int = 10_000
     heartbeat_interval_ms: int = 3_000
     kafka_security: KafkaSecurity = PLAINTEXT  # TLS and SASL (services/kafka_security.py)
+    # How often the leader checks that the eligibility topic still holds what was published
+    # (a write acknowledged at an offset given before is noticed at once, without waiting).
+    topic_check_interval: float = 5.0
+    republish_rate: float | None = 50_000.0  # subjects/s a republish may publish (None: no limit)
 
 
 class ProjectorService:
@@ -62,6 +66,11 @@ class ProjectorService:
         self.consumer: LedgerConsumer | None = None
         self.leader = False
         self._tasks: list[asyncio.Task[None]] = []
+        self._republish: asyncio.Task[int] | None = None
+        self._acked_loaded = False
+        self._persisted_ends: dict[int, int] = {}
+        self._last_topic_check = -float("inf")
+        self._topic_suspect = True  # check at the first round (on start)
 
     async def start(self) -> None:
         c = self.config
@@ -84,6 +93,10 @@ class ProjectorService:
         log.info("projector_started", group=c.group_id, bootstrap=c.bootstrap)
 
     async def stop(self) -> None:
+        if self._republish is not None:
+            self._republish.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._republish
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -122,6 +135,10 @@ class ProjectorService:
                         self.leader = bool(await conn.fetchval("SELECT pg_try_advisory_lock($1)", _MAINTENANCE_LOCK))
                         if self.leader:
                             log.info("projector_maintenance_leader")
+                    if self.leader and self.publisher is not None:
+                        await self._watch_topic()
+                    elif self.publisher is not None:  # the leader may have started a new epoch
+                        await projection.load_epoch(c.eligibility_topic)
                     if self.leader:
                         await projection.reevaluate_pending()
                         if not rules_done:
@@ -149,6 +166,74 @@ class ProjectorService:
         finally:
             if conn is not None and not conn.is_closed():
                 await conn.close()  # also releases the leader lock
+
+    async def _watch_topic(self) -> None:
+        """The leader's look at the eligibility topic: a loss found (on start, every
+        ``topic_check_interval``, at once after an acknowledgement went backwards or a
+        failed check) starts a new epoch and a republish of every subject, which runs as a
+        task of its own so term edits, the day's lapses and live changes go on meanwhile."""
+        c = self.config
+        publisher, projection = self.publisher, self.projection
+        assert publisher is not None and projection is not None
+        topic = c.eligibility_topic
+        stored = await projection.pool.fetchrow(
+            "SELECT epoch, acked_ends FROM projector.eligibility_topic WHERE topic = $1", topic)
+        if stored is not None and (not self._acked_loaded or stored[0] > projection.epoch):
+            # On start, or another process (`projector republish`) started a new epoch and
+            # recorded the offsets of the topic as it found it: those count from now on.
+            ends = {p: end for p, end in enumerate(stored[1] or [])}
+            publisher.acked_ends = ends if self._acked_loaded else {
+                p: max(publisher.acked_ends.get(p, 0), ends.get(p, 0)) for p in {*ends, *publisher.acked_ends}}
+            self._persisted_ends = dict(publisher.acked_ends)
+        if not self._acked_loaded or stored is not None:
+            await projection.load_epoch(topic)
+        self._acked_loaded = True
+        due = time.monotonic() - self._last_topic_check >= c.topic_check_interval
+        if due or self._topic_suspect or publisher.lost.is_set():
+            try:
+                reason = await asyncio.wait_for(self._topic_loss(), timeout=publisher.request_timeout_ms / 1000)
+            except (KafkaError, OSError, asyncio.TimeoutError) as exc:  # the broker is away: look again next round
+                self._topic_suspect = True
+                log.info("projector_topic_check_failed", error=f"{type(exc).__name__}: {exc}")
+                return
+            self._last_topic_check = time.monotonic()
+            self._topic_suspect = False
+            if reason is not None:
+                self.metrics.topic_losses.inc()
+                ends = await publisher.reset_after_loss()
+                await projection.request_republish(topic, reason, acked_ends=ends)
+                self._persisted_ends = dict(ends)
+            elif publisher.acked_ends != self._persisted_ends:
+                ends = dict(publisher.acked_ends)
+                await projection.pool.execute(
+                    "INSERT INTO projector.eligibility_topic (topic, acked_ends) VALUES ($1, $2)"
+                    " ON CONFLICT (topic) DO UPDATE SET acked_ends = excluded.acked_ends",
+                    topic, [ends.get(p, 0) for p in range(max(ends) + 1)])
+                self._persisted_ends = ends
+        task = self._republish
+        if task is not None and task.done():
+            self._republish = None
+            if not task.cancelled() and task.exception() is not None:
+                exc = task.exception()
+                self._topic_suspect = True  # perhaps the broker went away again
+                log.warning("projector_republish_interrupted", error=f"{type(exc).__name__}: {exc}")
+        if self._republish is None and await projection.pool.fetchval(
+                "SELECT republish_epoch IS NOT NULL FROM projector.eligibility_topic WHERE topic = $1", topic):
+            self._republish = asyncio.create_task(projection.republish_pending(topic, rate=c.republish_rate),
+                                                  name="projector-republish")
+
+    async def _topic_loss(self) -> str | None:
+        publisher = self.publisher
+        assert publisher is not None and self.projection is not None
+        reason = await publisher.check_topic()
+        if reason is None and not any(publisher.acked_ends.values()):
+            # Nothing known to be acknowledged (the first start with this table): an empty
+            # topic while subjects were published lost them.
+            ends = await publisher.end_offsets(await publisher.topic_partitions())
+            if not any(ends.values()) and await self.projection.pool.fetchval(
+                    "SELECT EXISTS (SELECT 1 FROM projector.subjects WHERE published_hash IS NOT NULL)"):
+                reason = "the topic is empty but subjects were published to it"
+        return reason
 
 
 @contextlib.asynccontextmanager

@@ -35,11 +35,13 @@ class ApiError(web.HTTPException):
     """An error answered as JSON ``ErrorBody`` with the given status."""
 
     def __init__(self, status: int, error: str, message: str, *, field: str | None = None,
-                 current_version: int | None = None, headers: dict[str, str] | None = None) -> None:
+                 current_version: int | None = None, headers: dict[str, str] | None = None,
+                 position: int | None = None) -> None:
         self.status_code = status
         super().__init__(
             text=_encoder.encode(
-                ErrorBody(error=error, message=message, field=field, current_version=current_version)
+                ErrorBody(error=error, message=message, field=field, current_version=current_version,
+                          position=position)
             ).decode(),
             content_type="application/json",
             headers=headers,
