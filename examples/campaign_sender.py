@@ -282,6 +282,7 @@ async def _session(db: sqlite3.Connection, bootstrap: str, topic: str, stop: asy
     """One connection; returns (messages applied, stopped for being idle). Raises on broker
     errors (the caller reconnects)."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka.admin import AIOKafkaAdminClient
     from aiokafka.errors import KafkaError, OffsetOutOfRangeError
 
     partitions = await _partitions(bootstrap, topic)
@@ -292,9 +293,14 @@ async def _session(db: sqlite3.Connection, bootstrap: str, topic: str, stop: asy
     # replaced by the beginning (that is how a recreated topic shows).
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="none",
                                 fetch_max_wait_ms=100, request_timeout_ms=5000)
+    # Also asked at every check whether the topic still exists: a deleted topic answers
+    # fetches like one with nothing new, and the copy must not count as complete then.
+    # (A send list filtered between the deletion and this check is bounded by --max-age.)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000)
     await consumer.start()
     total = 0
     try:
+        await admin.start()
         tps = [TopicPartition(topic, p) for p in partitions]
         consumer.assign(tps)
         await _seek_stored(db, consumer, topic, tps)
@@ -321,6 +327,11 @@ async def _session(db: sqlite3.Connection, bootstrap: str, topic: str, stop: asy
                         p, end, at = behind[0]
                         raise TopicRebuilt(f"partition {p} ends at offset {end}, below the copy's {at}"
                                            " (the topic was recreated or lost its data)", state.epoch + 1)
+                    if topic not in await admin.list_topics():
+                        # Deleted: whatever comes back is a new topic (a republish under a
+                        # higher epoch). The copy is not trusted until it is rebuilt from it.
+                        reset_copy(db, topic, state, "the topic was deleted", state.epoch + 1)
+                        raise KafkaError(f"the topic {topic} is gone")
                     now_ms = time.time() * 1000
                     if any(a is None or now_ms - a > 3000 for a in answered):
                         if time.monotonic() - started > 3:  # no answer from the broker for a while: reconnect
@@ -349,6 +360,7 @@ async def _session(db: sqlite3.Connection, bootstrap: str, topic: str, stop: asy
                 await consumer.seek_to_beginning(*tps)
         return total, False
     finally:
+        await admin.close()
         await _stop(consumer)
 
 
