@@ -35,9 +35,11 @@ from consent.vocabulary import PreferenceValue, parse_subject_stream, subject_st
 from schemas.events import (
     InvoiceCorrected,
     InvoiceRecorded,
+    MailSent,
     MarketingActivityRecorded,
     ObjectionRecorded,
     ObjectionWithdrawn,
+    OptInConfirmed,
     PreferencesChanged,
     ProspectRegistered,
     RecordedEvent,
@@ -57,6 +59,7 @@ __all__ = [
     "fold_subject",
     "invoice_in_effect",
     "objection_in_effect",
+    "pending_opt_ins",
     "preference_in_effect",
 ]
 
@@ -79,6 +82,11 @@ class PreferenceFact(msgspec.Struct, frozen=True, gc=False):
     recorded_at: dt.datetime
     effective_on: dt.date
     policy_version: str | None = None
+    # Double opt-in: an e-mail opt-in given through the portal or the API is pending (it
+    # allows nothing) until confirmed; the confirmation is pushed as a new fact from its day,
+    # with ``confirmed_by`` the OptInConfirmed event.
+    pending: bool = False
+    confirmed_by: str | None = None
 
 
 class ObjectionFact(msgspec.Struct, frozen=True, gc=False):
@@ -149,6 +157,12 @@ _Fact = TypeVar("_Fact", PreferenceFact, ObjectionFact)
 def _push(history: tuple[_Fact, ...], fact: _Fact) -> tuple[_Fact, ...]:
     """Append a change; earlier changes of the same (or a later) day are superseded."""
     n = len(history)
+    if getattr(fact, "pending", False):
+        # A pending opt-in decides nothing on its own: what it would replace must stay, so
+        # keep the earlier changes of its day (only later days are superseded).
+        while n and history[n - 1].effective_on > fact.effective_on:
+            n -= 1
+        return history[:n] + (fact,)
     while n and history[n - 1].effective_on >= fact.effective_on:
         n -= 1
     return history[:n] + (fact,)
@@ -194,11 +208,27 @@ def apply_subject(state: SubjectState | None, recorded: RecordedEvent) -> Subjec
     if isinstance(event, PreferencesChanged):
         day = ledger_day(at)
         preferences = dict(state.preferences)
+        confirm = event.confirmation_required
         for change in event.changes:
             key = cell_key(change.category, change.channel)
-            fact = PreferenceFact(change.value, event_id, at, day, event.policy_version)
+            pending = confirm and change.value == "opt_in" and change.channel == "email"
+            fact = PreferenceFact(change.value, event_id, at, day, event.policy_version, pending)
             preferences[key] = _push(preferences.get(key, ()), fact)
         return replace(state, preferences=preferences, **book)
+    if isinstance(event, OptInConfirmed):
+        # Confirms the cells whose latest change is still that pending opt-in: a later change
+        # of the cell (the customer opted out meanwhile) is never overridden by an old mail.
+        day = ledger_day(at)
+        preferences = dict(state.preferences)
+        for key, history in state.preferences.items():
+            last = history[-1] if history else None
+            if last is not None and last.pending and last.event_id == event.preference_event_id:
+                fact = PreferenceFact("opt_in", last.event_id, at, day, event.policy_version or last.policy_version,
+                                      False, event_id)
+                preferences[key] = _push(history, fact)
+        return replace(state, preferences=preferences, **book)
+    if isinstance(event, MailSent):
+        return replace(state, **book)
     if isinstance(event, (ObjectionRecorded, ObjectionWithdrawn)):
         objection = ObjectionFact(isinstance(event, ObjectionRecorded), event_id, at, ledger_day(at))
         return replace(state, objections=_push(state.objections, objection), **book)
@@ -282,6 +312,11 @@ def preference_in_effect(state: SubjectState, category: str, channel: str, on: d
             if fact.effective_on <= on:
                 return fact
     return None
+
+
+def pending_opt_ins(state: SubjectState) -> dict[str, PreferenceFact]:
+    """Cells whose latest change is an e-mail opt-in still waiting for its confirmation."""
+    return {key: history[-1] for key, history in state.preferences.items() if history and history[-1].pending}
 
 
 def current_preferences(state: SubjectState) -> dict[str, PreferenceValue]:

@@ -211,7 +211,7 @@ async def test_an_invalid_choice_is_refused(world: World) -> None:
     assert r.status == 400
 
 
-async def test_a_prospect_sees_the_prospect_category_and_can_opt_in(world: World) -> None:
+async def test_a_prospect_sees_the_prospect_category_and_can_opt_in_pending_confirmation(world: World) -> None:
     html, csrf, version = await _form(world, "garage-a/dealer/P1")
     assert "Kennismakingsberichten per e-mail" in html
     assert "Nee: alleen als u hiervoor toestemming geeft." in html
@@ -219,7 +219,10 @@ async def test_a_prospect_sees_the_prospect_category_and_can_opt_in(world: World
                                 data={"csrf_token": csrf, "policy_version": version, "pref.prospect.email": "opt_in"})
     assert r.status == 303
     html = await (await world.client.get(r.headers["Location"])).text()
-    assert "Ja: u heeft hiervoor toestemming gegeven" in html
+    # double opt-in: an e-mail opt-in from the portal counts once confirmed from a mail
+    assert "Nee, nog niet: wij hebben u een e-mail gestuurd om uw aanmelding te bevestigen." in html
+    events = await world.ledger.store.read_stream(subject_stream("garage-a", "dealer", "P1"))
+    assert events[-1].event.confirmation_required  # type: ignore[union-attr]
 
 
 async def test_requests_beyond_the_rate_limit_per_address_get_429(settings, aiohttp_client) -> None:  # type: ignore[no-untyped-def]

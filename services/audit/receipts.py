@@ -18,7 +18,14 @@ import msgspec
 
 from consent.tenant import TenantState
 from consent.vocabulary import parse_subject_stream
-from schemas.events import Actor, ObjectionRecorded, ObjectionWithdrawn, PreferencesChanged, RecordedEvent
+from schemas.events import (
+    Actor,
+    ObjectionRecorded,
+    ObjectionWithdrawn,
+    OptInConfirmed,
+    PreferencesChanged,
+    RecordedEvent,
+)
 from services.audit.errors import AuditError
 from services.audit.loading import TenantRecord, load_subject_events, load_tenant
 from services.ledger.store import EventStore
@@ -56,6 +63,19 @@ class ReceiptPurpose(msgspec.Struct, frozen=True, kw_only=True):
     basis: str
 
 
+class DoubleOptIn(msgspec.Struct, frozen=True, kw_only=True):
+    """An e-mail opt-in given through the portal or the API counts only once confirmed from
+    a mail: ``pending`` until then; the confirmation's evidence (when, which mail, which
+    policy version the confirmation page showed)."""
+
+    status: Literal["pending", "confirmed"]
+    preference_event_id: str
+    confirmation_event_id: str | None = None
+    confirmed_at: dt.datetime | None = None
+    mail_id: str | None = None
+    policy_version_confirmed: str | None = None
+
+
 class ConsentReceipt(msgspec.Struct, frozen=True, kw_only=True):
     version: str
     jurisdiction: str
@@ -73,6 +93,7 @@ class ConsentReceipt(msgspec.Struct, frozen=True, kw_only=True):
     event_type: str
     ledger_position: int
     how_to_withdraw: str
+    double_opt_in: DoubleOptIn | None = None
 
 
 def receipt_id_for(event_id: str) -> str:
@@ -81,10 +102,26 @@ def receipt_id_for(event_id: str) -> str:
 
 
 def is_receipt_event(recorded: RecordedEvent) -> bool:
-    return isinstance(recorded.event, (PreferencesChanged, ObjectionRecorded, ObjectionWithdrawn))
+    return isinstance(recorded.event, (PreferencesChanged, ObjectionRecorded, ObjectionWithdrawn, OptInConfirmed))
 
 
-def build_receipt(recorded: RecordedEvent, controller: TenantState, *, portal_url: str | None = None) -> ConsentReceipt:
+def double_opt_in_of(recorded: RecordedEvent, subject_events: list[RecordedEvent]
+                     ) -> tuple[RecordedEvent | None, RecordedEvent | None]:
+    """(the PreferencesChanged, its OptInConfirmed) for a receipt event that is part of a
+    double opt-in, from the subject's events; (None, None) otherwise."""
+    event = recorded.event
+    if isinstance(event, OptInConfirmed):
+        confirms = next((e for e in subject_events if e.event_id == event.preference_event_id), None)
+        return confirms, recorded
+    if isinstance(event, PreferencesChanged) and event.confirmation_required:
+        confirmation = next((e for e in subject_events if isinstance(e.event, OptInConfirmed)
+                             and e.event.preference_event_id == recorded.event_id), None)
+        return recorded, confirmation
+    return None, None
+
+
+def build_receipt(recorded: RecordedEvent, controller: TenantState, *, portal_url: str | None = None,
+                  subject_events: list[RecordedEvent] | None = None) -> ConsentReceipt:
     """The receipt of one preference or objection change.
 
     ``controller``: the tenant (dealer) as it stood when the change was recorded
@@ -94,11 +131,35 @@ def build_receipt(recorded: RecordedEvent, controller: TenantState, *, portal_ur
     """
     event = recorded.event
     parsed = parse_subject_stream(recorded.stream_id)
-    if parsed is None or not isinstance(event, (PreferencesChanged, ObjectionRecorded, ObjectionWithdrawn)):
+    if parsed is None or not isinstance(event, (PreferencesChanged, ObjectionRecorded, ObjectionWithdrawn,
+                                                OptInConfirmed)):
         raise ValueError(f"{recorded.event_type} of {recorded.stream_id} is not a consent change")
     tenant_id, source, ref = parsed
+    preference, confirmation = double_opt_in_of(recorded, subject_events or [])
+    double: DoubleOptIn | None = None
+    if preference is not None or isinstance(event, OptInConfirmed):
+        confirmed = confirmation.event if confirmation is not None else None
+        assert confirmed is None or isinstance(confirmed, OptInConfirmed)
+        double = DoubleOptIn(
+            status="confirmed" if confirmed is not None else "pending",
+            preference_event_id=preference.event_id if preference is not None else event.preference_event_id,  # type: ignore[union-attr]
+            confirmation_event_id=confirmation.event_id if confirmation is not None else None,
+            confirmed_at=confirmation.recorded_at if confirmation is not None else None,
+            mail_id=confirmed.mail_id if confirmed is not None else None,
+            policy_version_confirmed=confirmed.policy_version if confirmed is not None else None)
     purposes: list[ReceiptPurpose]
-    if isinstance(event, PreferencesChanged):
+    if isinstance(event, OptInConfirmed):
+        changes = preference.event.changes if preference is not None and isinstance(
+            preference.event, PreferencesChanged) else []
+        purposes = [
+            ReceiptPurpose(
+                category=c.category, channel=c.channel,
+                purpose=f"{PURPOSES[c.category]} by {CHANNELS[c.channel]}",
+                preference="opt_in", consent_type="explicit (double opt-in confirmed)", basis=_BASIS["opt_in"],
+            )
+            for c in changes if c.channel == "email" and c.value == "opt_in"
+        ]
+    elif isinstance(event, PreferencesChanged):
         purposes = [
             ReceiptPurpose(
                 category=c.category, channel=c.channel,
@@ -123,19 +184,20 @@ def build_receipt(recorded: RecordedEvent, controller: TenantState, *, portal_ur
     return ConsentReceipt(
         version=RECEIPT_VERSION, jurisdiction="NL", language="nl",
         receipt_id=receipt_id_for(recorded.event_id), consent_timestamp=recorded.recorded_at,
-        collection_method=event.method, changed_by=event.changed_by,
+        collection_method=event.method,
+        changed_by=event.confirmed_by if isinstance(event, OptInConfirmed) else event.changed_by,
         pii_principal_id=f"{tenant_id}/{source}/{ref}",
         pii_controller=ReceiptController(controller_id=controller.tenant_id, name=controller.name),
         purposes=purposes, policy_version=event.policy_version,
         policy_version_in_force=controller.policy_version,
         event_id=recorded.event_id, event_type=recorded.event_type, ledger_position=recorded.position,
-        how_to_withdraw=withdraw,
+        how_to_withdraw=withdraw, double_opt_in=double,
     )
 
 
 def receipts_from(subject_events: list[RecordedEvent], tenant: TenantRecord,
                   *, portal_url: str | None = None) -> list[ConsentReceipt]:
-    return [build_receipt(e, tenant.state_at(e.recorded_at), portal_url=portal_url)
+    return [build_receipt(e, tenant.state_at(e.recorded_at), portal_url=portal_url, subject_events=subject_events)
             for e in subject_events if is_receipt_event(e)]
 
 

@@ -44,6 +44,7 @@ from services.portal.app import (
     CSRF,
     LEDGER,
     LINKS,
+    MAIL,
     MESSAGES,
     SETTINGS,
     TEMPLATES,
@@ -53,6 +54,7 @@ from services.portal.app import (
     render,
     url_for,
 )
+from services.mail.service import NoAddress
 from services.portal.links import portal_url
 from services.portal.messages import Messages
 from services.portal.security import MAX_BODY_CHARS, Csrf, sanitise_html
@@ -62,7 +64,7 @@ log = structlog.get_logger(__name__)
 
 SESSION_COOKIE: Final = "__Host-portal_session"
 PRELOGIN_COOKIE: Final = "__Host-portal_login"
-FLASH: Final = frozenset({"saved_staff", "nothing_changed", "link_revoked", "conflict"})
+FLASH: Final = frozenset({"saved_staff", "nothing_changed", "link_revoked", "conflict", "link_mailed"})
 ON_BEHALF_METHODS: Final = ("phone", "email", "in_person")
 MAX_REASON_CHARS: Final = 500  # the form field's maxlength too
 
@@ -111,6 +113,7 @@ def add_routes(app: web.Application) -> None:
     r.add_post(b + "/klanten/{source}/{ref}/bezwaar", customer_objection)
     r.add_post(b + "/klanten/{source}/{ref}/link", customer_link)
     r.add_post(b + "/klanten/{source}/{ref}/link/intrekken", customer_link_revoke)
+    r.add_post(b + "/klanten/{source}/{ref}/link/email", customer_link_email)
     r.add_get(b + "/gebruikers", users_page)
     r.add_post(b + "/gebruikers", user_create)
     r.add_post(b + "/gebruikers/{user_id}/reset", user_reset)
@@ -586,6 +589,19 @@ async def customer_objection(request: web.Request, staff: Staff, form: dict[str,
         except WrongExpectedVersion:
             return await _customer(request, staff, status=409, error=t("conflict"))
     return _redirect(request, f"/beheer/{staff.tenant.tenant_id}/klanten/{source}/{ref}", msg="saved_staff")
+
+
+@staff_page()
+async def customer_link_email(request: web.Request, staff: Staff, form: dict[str, str]) -> web.StreamResponse:
+    """"Stuur link per e-mail": a new link (the old one stops working) in a mail to the
+    address the dealer holds, queued for the mail worker."""
+    source, ref, _, _ = await _subject(request, staff)
+    try:
+        await request.app[MAIL].send_portal_link(staff.tenant.tenant_id, source, ref, requested_by=staff.user.actor_id)
+    except NoAddress:
+        return await _customer(request, staff, status=422, error=request[MESSAGES]("link_no_address"))
+    log.info("portal_link_mailed", source=source)
+    return _redirect(request, f"/beheer/{staff.tenant.tenant_id}/klanten/{source}/{ref}", msg="link_mailed")
 
 
 @staff_page()

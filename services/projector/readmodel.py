@@ -21,7 +21,7 @@ from consent.subject import SubjectState
 from consent.tenant import TenantState
 from consent.terms import ALL_CELLS, TermMatrix, cell_key
 from consent.vocabulary import CATEGORIES, CHANNELS
-from schemas.eligibility import SCHEMA_VERSION
+from schemas.eligibility import SCHEMA_VERSION, Disclosure, UnsubscribeLinks
 
 __all__ = [
     "TOMBSTONE_HASH",
@@ -122,9 +122,12 @@ class _MatrixOut(msgspec.Struct, frozen=True, kw_only=True):
     subject_version: int
     terms_version: int
     cells: dict[str, dict[str, Decision]]
+    unsubscribe: UnsubscribeLinks | None = None
+    disclosure: Disclosure | None = None
 
 
-def matrix_json(state: SubjectState, evaluation: Evaluation, *, terms_version: int, tenant_position: int) -> bytes:
+def matrix_json(state: SubjectState, evaluation: Evaluation, *, terms_version: int, tenant_position: int,
+                unsubscribe: UnsubscribeLinks | None = None, disclosure: Disclosure | None = None) -> bytes:
     """The topic value (and HTTP answer) for an evaluation of a subject that is not erased."""
     decisions = evaluation.decisions
     if decisions is None:
@@ -141,6 +144,9 @@ def matrix_json(state: SubjectState, evaluation: Evaluation, *, terms_version: i
         subject_version=state.version,
         terms_version=terms_version,
         cells={c: {h: decisions[k] for h, k in channels} for c, channels in _LAYOUT},
+        unsubscribe=unsubscribe,
+        disclosure=disclosure if disclosure is not None and any(d.requires_disclosure for d in decisions.values())
+        else None,
     ))
 
 

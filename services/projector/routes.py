@@ -25,8 +25,10 @@ from consent.eligibility import evaluate
 from consent.tenant import TenantState
 from consent.warnings import compliance_warnings
 from schemas.eligibility import CampaignCheck, CampaignCheckResult, EligibilityMatrix, SubjectCheck, TermWarnings
-from services.ledger.api.app import POOL, Call
+from services.ledger.api.app import POOL, SETTINGS, Call
 from services.ledger.api.jsonapi import ApiError, ApiRoutes, json_response
+from services.ledger.subject_keys import parse_master_key
+from services.mail.tokens import AnswerLinks, disclosure_of
 from services.projector.clock import SystemClock
 from services.projector.readmodel import decode_state, decode_tenant, erased_matrix_json, evaluate_subject, matrix_json
 
@@ -69,11 +71,14 @@ class TenantTermsCache:
 
 
 TERMS_CACHE = web.AppKey("eligibility_terms_cache", TenantTermsCache)
+ANSWER_LINKS = web.AppKey("eligibility_answer_links", AnswerLinks)
 
 
 async def eligibility_context(app: web.Application) -> AsyncIterator[None]:
     """``cleanup_ctx`` of the API app (after the database context)."""
     app[TERMS_CACHE] = TenantTermsCache(app[POOL])
+    settings = app[SETTINGS]
+    app[ANSWER_LINKS] = AnswerLinks(parse_master_key(settings.master_key or ""), settings.portal_base_url)
     yield
 
 
@@ -107,6 +112,11 @@ def _in_range(day: dt.date, field: str) -> dt.date:
     return day
 
 
+def _links(call: Call) -> AnswerLinks:
+    """Unsubscribe links (the API always has the master key)."""
+    return call.request.app[ANSWER_LINKS]
+
+
 async def _tenant_terms(call: Call, tenant: str) -> TenantTerms:
     terms = await call.request.app[TERMS_CACHE].get(tenant)
     if terms is not None:
@@ -135,8 +145,11 @@ async def subject_eligibility(call: Call) -> web.Response:
     if state.erased is not None:
         body = erased_matrix_json(state, on, terms_version=terms.terms_version, tenant_position=terms.last_position)
     else:
-        body = matrix_json(state, evaluate_subject(state, terms.state.terms, on), terms_version=terms.terms_version,
-                           tenant_position=terms.last_position)
+        evaluation = evaluate_subject(state, terms.state.terms, on)
+        assert evaluation.decisions is not None
+        body = matrix_json(state, evaluation, terms_version=terms.terms_version, tenant_position=terms.last_position,
+                           unsubscribe=_links(call).matrix(tenant, source, ref, evaluation.decisions),
+                           disclosure=disclosure_of(terms.state))
     return web.Response(body=body, content_type="application/json")
 
 
@@ -166,6 +179,8 @@ async def campaign_check(call: Call) -> web.Response:
             found[(source, r[0])] = r[1]
     matrix = terms.state.terms
     category, channel = body.category, body.channel
+    links = _links(call) if channel == "email" else None
+    disclosure = disclosure_of(terms.state)
     results: list[SubjectCheck] = []
     eligible = unknown = 0
     with _no_cyclic_gc():
@@ -182,6 +197,9 @@ async def campaign_check(call: Call) -> web.Response:
                 source=s.source, customer_ref=s.customer_ref, known=True, eligible=d.eligible, basis=d.basis,
                 reason=d.reason, until=d.until, requires_disclosure=d.requires_disclosure,
                 evidence=list(d.evidence),
+                unsubscribe=links.cell(tenant, s.source, s.customer_ref, category)
+                if links is not None and d.eligible else None,
+                disclosure=disclosure if d.requires_disclosure else None,
             ))
     return json_response(CampaignCheckResult(category=category, channel=channel, send_date=send_date,
                                              checked=len(subjects), eligible=eligible, unknown=unknown,
