@@ -15,7 +15,7 @@ from aiohttp.test_utils import TestClient
 from conftest import Dealer
 from services.ledger.api.app import LEDGER, POOL
 from services.ledger.subject_keys import parse_master_key
-from services.mail.compose import MailRefused, OutgoingMail, to_message
+from services.mail.compose import MailRefused, OutgoingMail, to_bytes, to_message
 from services.mail.localsmtp import LocalSmtp
 from services.mail.outbox import retry_delay
 from services.mail.service import MailService
@@ -173,7 +173,20 @@ async def test_header_injection_in_names_and_addresses_is_refused() -> None:
                        (msgspec.structs.replace(good, to="jan@example.nl\r\nBcc: x@evil.nl"), "to"),
                        (msgspec.structs.replace(good, to="jan@example.nl, x@evil.nl"), "to"),
                        (msgspec.structs.replace(good, subject="Hoi\nBcc: x@evil.nl"), "subject")):
-        with pytest.raises(MailRefused) as caught:
-            to_message(bad, "privacy@garage-a.nl", "<1@garage-a.nl>")
-        assert caught.value.field == field
-    assert "Bcc" not in str(to_message(good, "privacy@garage-a.nl", "<1@garage-a.nl>"))
+        for build in (to_message, to_bytes):  # the object and the bytes the worker sends
+            with pytest.raises(MailRefused) as caught:
+                build(bad, "privacy@garage-a.nl", "<1@garage-a.nl>")
+            assert caught.value.field == field
+    assert b"Bcc" not in to_bytes(good, "privacy@garage-a.nl", "<1@garage-a.nl>")
+
+
+async def test_the_bytes_sent_are_a_well_formed_mail_with_encoded_non_ascii_headers() -> None:
+    from email import message_from_bytes, policy
+
+    mail = OutgoingMail(to="jan@example.nl", from_name="Garage Müller & Zn.", subject="Uw link – één klik",
+                        text="Hé, zie https://x/p/abc\n", html="<p>Hé</p>", headers={"X-Test": "1"})
+    parsed = message_from_bytes(to_bytes(mail, "privacy@garage-a.nl", "<1@garage-a.nl>"), policy=policy.default)
+    assert parsed["From"].addresses[0].display_name == "Garage Müller & Zn."
+    assert parsed["Subject"] == "Uw link – één klik" and parsed["X-Test"] == "1"
+    assert parsed.get_body(("plain",)).get_content() == "Hé, zie https://x/p/abc\n"
+    assert parsed.get_body(("html",)).get_content() == "<p>Hé</p>"

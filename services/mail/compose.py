@@ -10,8 +10,11 @@ check names the field.
 
 from __future__ import annotations
 
+import base64
 import email.utils
 import functools
+import uuid
+from email.header import Header
 from email.headerregistry import Address
 from email.message import EmailMessage
 from typing import Any, Final
@@ -90,6 +93,38 @@ def compose(kind: str, tenant: TenantState, to: str, lang: str = "nl", **context
     html = env.get_template(f"{kind}.{lang}.html").render(**values)
     return OutgoingMail(to=to, from_name=dealer, subject=SUBJECTS[(kind, lang)].format(dealer=dealer), text=text,
                         html=html)
+
+
+def to_bytes(mail: OutgoingMail, from_address: str, message_id: str) -> bytes:
+    """The RFC 5322 message as sent: multipart/alternative (text, then HTML), UTF-8 bodies in
+    base64, non-ASCII headers RFC 2047-encoded, CRLF line ends. Written out directly rather
+    than through :class:`email.message.EmailMessage`, whose header objects cost about 1 ms
+    per mail (most of a bulk mailing's CPU); :func:`to_message` gives the same message as an
+    object (the tests parse what the SMTP server received either way)."""
+    check_address("from", from_address)
+    check_address("to", mail.to)
+    name = check_header("from_name", mail.from_name)
+    subject = check_header("subject", mail.subject)
+    boundary = "=_" + uuid.uuid4().hex
+    lines = [
+        "From: " + email.utils.formataddr((name, from_address), charset="utf-8"),
+        "To: " + mail.to,
+        "Subject: " + (subject if subject.isascii() and len(subject) < 900 else Header(subject, "utf-8").encode()),
+        "Date: " + email.utils.formatdate(localtime=False),
+        "Message-ID: " + check_header("message_id", message_id),
+        "MIME-Version: 1.0",
+    ]
+    for header, value in mail.headers.items():
+        check_header("header", header)
+        lines.append(f"{header}: {check_header(header, value)}")
+    lines.append(f'Content-Type: multipart/alternative; boundary="{boundary}"')
+    out = "\r\n".join(lines) + "\r\n\r\n"
+    for subtype, body in (("plain", mail.text), ("html", mail.html)):
+        encoded = base64.encodebytes(body.encode("utf-8")).decode("ascii").replace("\n", "\r\n")
+        out += (f"--{boundary}\r\nContent-Type: text/{subtype}; charset=\"utf-8\"\r\n"
+                f"Content-Transfer-Encoding: base64\r\n\r\n{encoded}")
+    out += f"--{boundary}--\r\n"
+    return out.encode("ascii")
 
 
 def to_message(mail: OutgoingMail, from_address: str, message_id: str) -> EmailMessage:

@@ -36,7 +36,7 @@ from schemas.events import Actor, MailSent, Sealed
 from services.ledger.commands import CommandRejected, Context, Ledger
 from services.ledger.store import StreamWrite, translate_errors
 from services.ledger.subject_keys import SubjectKeys
-from services.mail.compose import MailRefused, OutgoingMail, to_message
+from services.mail.compose import MailRefused, OutgoingMail, to_bytes
 from services.mail.smtp import SmtpSender, permanent
 
 log = structlog.get_logger(__name__)
@@ -160,12 +160,12 @@ class Outbox:
                     domain = sender.from_address.partition("@")[2]
                     message_id = f"<{r['mail_id']}@{domain}>"
                     try:
-                        message = to_message(mail, sender.from_address, message_id)
+                        message = to_bytes(mail, sender.from_address, message_id)
                     except MailRefused as exc:
                         failed.append((r, f"refused: {exc}"))
                         continue
                     try:
-                        await client.send_message(message)
+                        await client.sendmail(sender.from_address, [mail.to], message)
                     except Exception as exc:  # noqa: BLE001 - classified below, never lost
                         (failed if permanent(exc) else retry).append((r, f"{type(exc).__name__}: {exc}"[:500]))
                         if not client.is_connected:

@@ -118,7 +118,7 @@ class MailService:
             by_stream.setdefault(recorded.stream_id, []).append(recorded)
         sealers = await self.keys.existing_sealers(list(by_stream))
         skipped: list[MailSkipped] = []
-        mails: list[tuple[str, str, OutgoingMail]] = []
+        wanted: list[tuple[str, str, str]] = []  # source, ref, address
         for stream, (source, ref) in streams.items():
             version, erased = heads.get(stream, (0, False))
             if erased or not version:
@@ -133,9 +133,12 @@ class MailService:
             except MailRefused:
                 skipped.append(MailSkipped(source, ref, "invalid_email_address"))
                 continue
-            token = await self.links.issue(tenant_id, source, ref, rotate=True, issued_by=requested_by)
-            mails.append((source, ref, self._link_mail(tenant, address, portal_url(self.settings.portal_base_url,
-                                                                                   token))))
+            wanted.append((source, ref, address))
+        # one transaction for all the links (a subject's old link is revoked in it)
+        tokens = await self.links.rotate_many(tenant_id, [(s, r) for s, r, _ in wanted], issued_by=requested_by) \
+            if wanted else []
+        mails = [(source, ref, self._link_mail(tenant, address, portal_url(self.settings.portal_base_url, token)))
+                 for (source, ref, address), token in zip(wanted, tokens, strict=True)]
         queued = await self.outbox.enqueue_many(tenant_id, "portal_link", mails, created_by=requested_by) if mails \
             else []
         log.info("portal_links_queued", tenant=tenant_id, queued=len(queued), skipped=len(skipped))
