@@ -225,3 +225,51 @@ async def test_link_requests_are_limited_per_address_and_bad_addresses_are_refus
     r = await world.client.post("/link/garage-a", data={"email": "els@example.nl"})
     assert r.status == 403  # no CSRF token
     assert (await world.client.get("/link/no-such-dealer")).status == 404
+
+
+async def test_an_admin_sets_the_dealer_contact_details_and_bad_values_are_named(world: World) -> None:
+    from tests.portal_support import login
+
+    cookie = await login(world.client, "garage-a", world.users["garage-a:admin"])
+    html = await (await world.client.get("/beheer/garage-a", headers=cookie)).text()
+    form = {"csrf_token": csrf_of(html), "street": "Stationsweg 1", "postcode": "3811 AB", "city": "Amersfoort",
+            "phone": "033 123 45 67", "email": "info@garage-a.nl", "website": ""}
+    r = await world.client.post("/beheer/garage-a/contact", data=form | {"email": "info@garage-a.nl\r\nBcc: x@y.nl"},
+                                headers=cookie, allow_redirects=False)
+    assert r.status == 422 and 'id="contact-email-error"' in await r.text()
+    r = await world.client.post("/beheer/garage-a/contact", data=form | {"city": ""}, headers=cookie,
+                                allow_redirects=False)
+    assert r.status == 422 and 'id="contact-city-error"' in await r.text()
+    r = await world.client.post("/beheer/garage-a/contact", data=form, headers=cookie, allow_redirects=False)
+    assert r.status == 303
+    _, tenant = await world.ledger.require_tenant("garage-a", fresh=True)
+    assert tenant.contact is not None and tenant.contact.city == "Amersfoort" and tenant.contact.website is None
+    staff = await login(world.client, "garage-a", world.users["garage-a:staff"])
+    r = await world.client.post("/beheer/garage-a/contact", data=form | {"csrf_token": csrf_of(
+        await (await world.client.get("/beheer/garage-a", headers=staff)).text())}, headers=staff)
+    assert r.status == 403  # staff read, admins change
+
+
+async def test_the_prospect_disclosure_text_is_edited_like_a_chapter_and_versioned(world: World) -> None:
+    from tests.portal_support import login
+
+    _, before = await world.ledger.require_tenant("garage-a", fresh=True)
+    assert before.disclosure.startswith("U ontvangt deze brief van {dealer}")
+    cookie = await login(world.client, "garage-a", world.users["garage-a:admin"])
+    html = await (await world.client.get("/beheer/garage-a/beleid/kennismaking", headers=cookie)).text()
+    assert before.disclosure_version in html
+    version = re.search(r'name="version" value="(\d+)"', html)
+    assert version
+    data = {"csrf_token": csrf_of(html), "version": version.group(1),
+            "body": "Wij schrijven u omdat u onze stand bezocht. Bezwaar? Bel {dealer}."}
+    r = await world.client.post("/beheer/garage-a/beleid/kennismaking", data=data, headers=cookie,
+                                allow_redirects=False)
+    assert r.status == 303
+    _, after = await world.ledger.require_tenant("garage-a", fresh=True)
+    assert after.disclosure == data["body"] and after.disclosure_version != before.disclosure_version
+    r = await world.client.post("/beheer/garage-a/beleid/kennismaking", data=data | {"body": "Andere tekst."},
+                                headers=cookie)
+    assert r.status == 409  # the tenant moved on since that form was shown
+    r = await world.client.post("/beheer/garage-a/beleid/kennismaking", headers=cookie,
+                                data=data | {"body": " ", "version": str(after.version)})
+    assert r.status == 422
