@@ -24,6 +24,7 @@ import structlog
 from aiohttp import web
 from argon2 import PasswordHasher
 
+from consent.policy import active_chapters
 from services.ledger.commands import CommandRejected, Ledger
 from services.ledger.errors import StoreUnavailable, WrongExpectedVersion
 from services.ledger.migrate import migrate
@@ -41,7 +42,7 @@ from services.portal.security import (
     same_origin,
     security_headers_middleware,
 )
-from services.portal.view import TenantFreshness, settings_table
+from services.portal.view import TenantFreshness, settings_grid, settings_table
 from services.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -79,6 +80,8 @@ def template_environment() -> jinja2.Environment:
         auto_reload=False,
     )
     env.globals["settings_table"] = settings_table
+    env.globals["settings_grid"] = settings_grid
+    env.globals["active_chapters"] = active_chapters
     return env
 
 

@@ -316,6 +316,27 @@ TEXT: Final[dict[Lang, dict[str, str]]] = {
         "disclosure_version": "Versie",
         "disclosure_save": "Tekst opslaan",
         "disclosure_link": "Tekst eerste brief aan nieuwe contacten",
+        "portal_heading": "Uw privacy-instellingen",
+        "portal_lead": "Hier kiest u zelf welke berichten {dealer} u mag sturen, en hoe.",
+        "summary_title": "In het kort",
+        "summary_use": "Wij gebruiken uw naam en contactgegevens om u te berichten over onderhoud, aanbiedingen en nieuws.",
+        "summary_choice": "U kiest hieronder zelf wat u ontvangt. Afmelden kan altijd, ook met de link onder elke e-mail.",
+        "summary_policy": "Alles over hoe wij met uw gegevens omgaan leest u verderop in ons privacybeleid:",
+        "grid_help": "Kies per soort bericht en per kanaal Ja of Nee. Bij Automatisch ontvangt u berichten alleen zolang de termijn na uw laatste aankoop of bezoek loopt.",
+        "grid_help_prospect": "Kies per soort bericht en per kanaal Ja of Nee. Bij Automatisch sturen wij u alleen kort na uw aanvraag een kennismakingsbrief per post.",
+        "col_category": "Soort bericht",
+        "pchoice_default": "Automatisch",
+        "pchoice_opt_in": "Ja",
+        "pchoice_opt_out": "Nee",
+        "state_yes": "Nu: ja",
+        "state_yes_until": "Nu: ja, tot {until}",
+        "state_no": "Nu: nee",
+        "state_pending": "Bevestig via de e-mail",
+        "source_note": "Deze instellingen gelden voor uw gegevens uit: {source}.",
+        "contact_heading": "Contact",
+        "call": "Bel",
+        "mail_us": "Mail",
+        "lost_link": "Link kwijt? Vraag een nieuwe aan",
     },
     "en": {
         "skip": "Skip to content",
@@ -563,35 +584,40 @@ TEXT: Final[dict[Lang, dict[str, str]]] = {
         "disclosure_version": "Version",
         "disclosure_save": "Save text",
         "disclosure_link": "Text of the first letter to new contacts",
+        "portal_heading": "Your privacy settings",
+        "portal_lead": "Choose which messages {dealer} may send you, and how.",
+        "summary_title": "In short",
+        "summary_use": "We use your name and contact details to tell you about servicing, offers and news.",
+        "summary_choice": "You choose below what you receive. You can unsubscribe at any time, also with the link below every e-mail.",
+        "summary_policy": "How we handle your data is explained in full in our privacy policy further down:",
+        "grid_help": "Choose Yes or No per kind of message and channel. With Automatic you only get messages while the term after your last purchase or visit runs.",
+        "grid_help_prospect": "Choose Yes or No per kind of message and channel. With Automatic we only send you one introductory letter by post shortly after your request.",
+        "col_category": "Kind of message",
+        "pchoice_default": "Automatic",
+        "pchoice_opt_in": "Yes",
+        "pchoice_opt_out": "No",
+        "state_yes": "Now: yes",
+        "state_yes_until": "Now: yes, until {until}",
+        "state_no": "Now: no",
+        "state_pending": "Confirm via the e-mail",
+        "source_note": "These settings apply to your data from: {source}.",
+        "contact_heading": "Contact",
+        "call": "Call",
+        "mail_us": "E-mail",
+        "lost_link": "Lost your link? Request a new one",
     },
 }
 
 _ACCEPT_EN: Final = ("en",)
 
 
-def pick_language(query_lang: str | None, accept_language: str | None) -> tuple[Lang, bool]:
-    """(language, chosen explicitly in the URL). ``?lang=`` wins, then the first supported
-    language in ``Accept-Language`` (by q-value), else Dutch."""
+def pick_language(query_lang: str | None, accept_language: str | None = None) -> tuple[Lang, bool]:
+    """(language, chosen explicitly in the URL). The dealer's language, Dutch, unless the
+    visitor picks another with the language links (``?lang=``). The browser's
+    ``Accept-Language`` does not count: a Dutch customer whose browser happens to be set to
+    English still gets the dealer's Dutch page (and can switch with one click)."""
     if query_lang in LANGS:
         return query_lang, True  # type: ignore[return-value]
-    if accept_language:
-        best: tuple[float, Lang] | None = None
-        for part in accept_language.split(",")[:20]:
-            tag, _, params = part.strip().partition(";")
-            primary = tag.strip().lower().split("-")[0]
-            if primary not in LANGS:
-                continue
-            q = 1.0
-            params = params.strip()
-            if params.startswith("q="):
-                try:
-                    q = float(params[2:])
-                except ValueError:
-                    q = 0.0
-            if q > 0 and (best is None or q > best[0]):
-                best = (q, primary)  # type: ignore[assignment]
-        if best is not None:
-            return best[1], False
     return "nl", False
 
 
