@@ -24,7 +24,6 @@ import structlog
 from aiohttp import web
 from argon2 import PasswordHasher
 
-from consent.policy import active_chapters
 from services.ledger.commands import CommandRejected, Ledger
 from services.ledger.errors import StoreUnavailable, WrongExpectedVersion
 from services.ledger.migrate import migrate
@@ -42,7 +41,7 @@ from services.portal.security import (
     same_origin,
     security_headers_middleware,
 )
-from services.portal.view import TenantFreshness, settings_grid, settings_table
+from services.portal.view import TenantFreshness, policy_toc, settings_grid, settings_table
 from services.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -81,7 +80,7 @@ def template_environment() -> jinja2.Environment:
     )
     env.globals["settings_table"] = settings_table
     env.globals["settings_grid"] = settings_grid
-    env.globals["active_chapters"] = active_chapters
+    env.globals["policy_toc"] = policy_toc
     return env
 
 

@@ -138,20 +138,34 @@ def explain(decision: Decision, subject: SubjectState, category: str, channel: s
 
 def short_state(decision: Decision, t: Messages) -> str:
     """The cell's state now, in a few words (the grid has no room for the reasons)."""
-    if decision.reason == "opt_in_pending":
+    return _state_text(t.lang, decision.eligible, decision.until, decision.reason == "opt_in_pending")
+
+
+@functools.lru_cache(maxsize=4096)
+def _state_text(lang: str, eligible: bool, until: dt.date | None, pending: bool) -> str:
+    t = Messages(lang)  # type: ignore[arg-type]
+    if pending:
         return t("state_pending")
-    if decision.eligible:
-        if decision.until is None:
+    if eligible:
+        if until is None:
             return t("state_yes")
-        until = decision.until
-        short = f"{until.day}-{until.month}-{until.year}" if t.lang == "nl" else f"{until.day}/{until.month}/{until.year}"
+        short = f"{until.day}-{until.month}-{until.year}" if lang == "nl" else f"{until.day}/{until.month}/{until.year}"
         return t("state_yes_until", until=short)
     return t("state_no")
 
 
+@functools.lru_cache(maxsize=256)
+def policy_toc(chapters: Policy) -> Markup:
+    """The active chapters' titles as links to them (the portal's summary), per chapter list."""
+    return Markup("").join(Markup('<li><a href="#chapter-{}">{}</a></li>').format(c.chapter_id, c.title)
+                           for c in active_chapters(chapters))
+
+
 def build_view(tenant: TenantState, events: list[RecordedEvent], source: str, ref: str, t: Messages,
-               on: dt.date | None = None) -> PortalView | None:
-    """The portal page's content, or None if the subject has no events."""
+               on: dt.date | None = None, *, reasons: bool = True) -> PortalView | None:
+    """The page's content, or None if the subject has no events. ``reasons``: put each
+    decision's full reason in words (``why``; the staff pages show it, the customer's grid
+    shows only the short state)."""
     subject = fold_subject(events)
     if subject is None:
         return None
@@ -168,7 +182,8 @@ def build_view(tenant: TenantState, events: list[RecordedEvent], source: str, re
             cells.append(CellView(
                 category=category, channel=channel, field=field_name(category, channel), label=t.cell(category, channel),
                 value=subject.preference(category, channel), eligible=decision.eligible,
-                badge=yes if decision.eligible else no, why=explain(decision, subject, category, channel, on, t),
+                badge=yes if decision.eligible else no,
+                why=explain(decision, subject, category, channel, on, t) if reasons else "",
                 state=t("state_pending") if cell_key(category, channel) in pending else short_state(decision, t),
             ))
         groups.append(CategoryView(category, t.category(category), cells))
@@ -310,7 +325,7 @@ async def load_view(ledger: Ledger, freshness: TenantFreshness, tenant_id: str, 
         return None
     if events is None:
         events = await ledger.store.read_stream(subject_stream(tenant_id, source, ref))
-    view = build_view(tenant, events, source, ref, t)
+    view = build_view(tenant, events, source, ref, t, reasons=False)
     return None if view is None else (view, events)
 
 
