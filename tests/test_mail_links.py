@@ -273,3 +273,26 @@ async def test_the_prospect_disclosure_text_is_edited_like_a_chapter_and_version
     r = await world.client.post("/beheer/garage-a/beleid/kennismaking", headers=cookie,
                                 data=data | {"body": " ", "version": str(after.version)})
     assert r.status == 422
+
+
+async def test_staff_send_the_portal_link_by_email_from_the_customer_page(
+        world: World, settings: Settings, smtp: LocalSmtp) -> None:
+    from tests.portal_support import login
+
+    cookie = await login(world.client, "garage-a", world.users["garage-a:staff"])
+    html = await (await world.client.get("/beheer/garage-a/klanten/dealer/K9", headers=cookie)).text()
+    assert "Stuur link per e-mail" in html
+    r = await world.client.post("/beheer/garage-a/klanten/dealer/K9/link/email", data={"csrf_token": csrf_of(html)},
+                                headers=cookie, allow_redirects=False)
+    assert r.status == 303 and "msg=link_mailed" in r.headers["Location"]
+    page = await world.client.get(r.headers["Location"], headers=cookie)
+    assert "binnen enkele minuten een e-mail" in await page.text()
+    [mail] = await deliver(world, settings, smtp)
+    assert mail["To"] == "els@example.nl"
+    assert (await world.client.get(link_in(mail, "/p/"))).status == 200
+    assert (await world.client.get(world.url(K))).status == 404  # the link sent earlier was replaced
+    # a customer without an address: a clear message, nothing queued
+    r = await world.client.post("/beheer/garage-a/klanten/dealer/K1/link/email", data={"csrf_token": csrf_of(html)},
+                                headers=cookie)
+    assert r.status == 422 and "geen e-mailadres bekend" in await r.text()
+    assert await world.client.app[MAIL].outbox.pending("garage-a") == 0
