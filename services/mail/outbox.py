@@ -130,8 +130,8 @@ class Outbox:
                 " RETURNING o.mail_id, o.tenant_id, o.source, o.customer_ref, o.kind, o.sealed, o.attempts",
                 limit, float(CLAIM_SECONDS))
 
-    async def send_due(self, sender: SmtpSender, *, limit: int = 500) -> SendReport:
-        """Claim up to ``limit`` due mails and send them over one SMTP connection."""
+    async def send_due(self, sender: SmtpSender, *, limit: int = 500, connections: int = 4) -> SendReport:
+        """Claim up to ``limit`` due mails and send them over ``connections`` SMTP connections."""
         report = SendReport()
         claimed = await self._claim(limit)
         report.claimed = len(claimed)
@@ -154,28 +154,10 @@ class Outbox:
         sent: list[tuple[asyncpg.Record, OutgoingMail, str]] = []
         retry: list[tuple[asyncpg.Record, str]] = []
         failed: list[tuple[asyncpg.Record, str]] = []
-        try:
-            async with sender.connection() as client:
-                for r, mail in opened:
-                    domain = sender.from_address.partition("@")[2]
-                    message_id = f"<{r['mail_id']}@{domain}>"
-                    try:
-                        message = to_bytes(mail, sender.from_address, message_id)
-                    except MailRefused as exc:
-                        failed.append((r, f"refused: {exc}"))
-                        continue
-                    try:
-                        await client.sendmail(sender.from_address, [mail.to], message)
-                    except Exception as exc:  # noqa: BLE001 - classified below, never lost
-                        (failed if permanent(exc) else retry).append((r, f"{type(exc).__name__}: {exc}"[:500]))
-                        if not client.is_connected:
-                            raise
-                        continue
-                    sent.append((r, mail, message_id))
-        except Exception as exc:  # noqa: BLE001 - the server is away: everything unsent waits
-            done = {r["mail_id"] for r, _, _ in sent} | {r["mail_id"] for r, _ in failed + retry}
-            retry += [(r, f"{type(exc).__name__}: {exc}"[:500]) for r, _ in opened if r["mail_id"] not in done]
-            log.warning("smtp_unavailable", error=type(exc).__name__, detail=str(exc)[:200], waiting=len(retry))
+        # Several connections at once: the SMTP server's round trips (MAIL, RCPT, DATA) overlap
+        # with the building of the next messages. Each connection's failure only affects its share.
+        shares = [opened[i::connections] for i in range(min(connections, len(opened)))]
+        await asyncio.gather(*(self._send_share(sender, share, sent, retry, failed) for share in shares))
         if sent:
             await self._mark_sent(sent)
             report.sent = len(sent)
@@ -188,6 +170,35 @@ class Outbox:
                 await self._finish([r["mail_id"]], "failed", error)
             report.failed = len(failed)
         return report
+
+    async def _send_share(self, sender: SmtpSender, share: list[tuple[asyncpg.Record, OutgoingMail]],
+                          sent: list[tuple[asyncpg.Record, OutgoingMail, str]], retry: list[tuple[asyncpg.Record, str]],
+                          failed: list[tuple[asyncpg.Record, str]]) -> None:
+        """Send ``share`` over one connection, sorting each mail into sent / retry / failed."""
+        done: set[uuid.UUID] = set()
+        domain = sender.from_address.partition("@")[2]
+        try:
+            async with sender.connection() as client:
+                for r, mail in share:
+                    message_id = f"<{r['mail_id']}@{domain}>"
+                    done.add(r["mail_id"])
+                    try:
+                        message = to_bytes(mail, sender.from_address, message_id)
+                    except MailRefused as exc:
+                        failed.append((r, f"refused: {exc}"))
+                        continue
+                    try:
+                        await client.sendmail(sender.from_address, [mail.to], message)
+                    except Exception as exc:  # noqa: BLE001 - classified here, never lost
+                        (failed if permanent(exc) else retry).append((r, f"{type(exc).__name__}: {exc}"[:500]))
+                        if not client.is_connected:
+                            raise
+                        continue
+                    sent.append((r, mail, message_id))
+        except Exception as exc:  # noqa: BLE001 - the server is away: everything unsent waits
+            waiting = [(r, f"{type(exc).__name__}: {exc}"[:500]) for r, _ in share if r["mail_id"] not in done]
+            retry += waiting
+            log.warning("smtp_unavailable", error=type(exc).__name__, detail=str(exc)[:200], waiting=len(waiting))
 
     async def _finish(self, mail_ids: list[uuid.UUID], status: str, error: str | None) -> None:
         with translate_errors():
