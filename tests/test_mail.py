@@ -190,3 +190,25 @@ async def test_the_bytes_sent_are_a_well_formed_mail_with_encoded_non_ascii_head
     assert parsed["Subject"] == "Uw link – één klik" and parsed["X-Test"] == "1"
     assert parsed.get_body(("plain",)).get_content() == "Hé, zie https://x/p/abc\n"
     assert parsed.get_body(("html",)).get_content() == "<p>Hé</p>"
+
+
+async def test_an_email_opt_in_through_the_api_is_pending_and_a_confirmation_mail_is_queued(
+        api: TestClient, dealer: Dealer, settings: Settings, smtp: LocalSmtp) -> None:
+    await customer(api, dealer, "K1", "jan@example.nl")
+    r = await api.post(f"{SUBJ}/K1/preferences", headers=dealer.auth("admin"), json={
+        "changes": [{"category": "newsletter", "channel": "email", "value": "opt_in"}]})
+    assert r.status == 201, await r.text()
+    r = await api.get(f"{SUBJ}/K1/events", headers=dealer.auth("auditor"))
+    [pref] = [e for e in (await r.json())["events"] if e["event_type"] == "PreferencesChanged"]
+    assert pref["data"]["confirmation_required"] is True
+    service = mail_service(api, settings, smtp)
+    await send_all(service)
+    [message] = smtp.messages()
+    assert message["To"] == "jan@example.nl" and "Bevestig" in message["Subject"]
+    assert "/bevestig/garage-a/" in message.get_body(("plain",)).get_content()
+    # staff recording a phone call (a signed form) needs no confirmation: no mail
+    r = await api.post(f"{SUBJ}/K1/preferences", headers=dealer.auth("staff"), json={
+        "method": "phone", "changes": [{"category": "sales_campaign", "channel": "email", "value": "opt_in"}]})
+    assert r.status == 201
+    await send_all(service)
+    assert len(smtp.messages()) == 1

@@ -296,3 +296,19 @@ async def test_staff_send_the_portal_link_by_email_from_the_customer_page(
                                 headers=cookie)
     assert r.status == 422 and "geen e-mailadres bekend" in await r.text()
     assert await world.client.app[MAIL].outbox.pending("garage-a") == 0
+
+
+async def test_a_mailing_that_cannot_be_queued_leaves_the_old_links_working(
+        world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    service = world.client.app[MAIL]
+    original = service.outbox.enqueue_many
+
+    async def broken(*args, **kwargs):  # type: ignore[no-untyped-def]
+        await original(*args, **kwargs)  # the rows are written in the mailing's transaction...
+        raise RuntimeError("the database went away")  # ...which then fails
+
+    monkeypatch.setattr(service.outbox, "enqueue_many", broken)
+    with pytest.raises(RuntimeError):
+        await service.send_portal_links("garage-a", [("dealer", "K9")], requested_by="tests")
+    assert (await world.client.get(world.url(K))).status == 200  # the old link was not revoked
+    assert await service.outbox.pending("garage-a") == 0  # and no mail with a dead link waits

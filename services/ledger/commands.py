@@ -83,11 +83,11 @@ def _looks_like_address(text: str) -> bool:
 
 
 def needs_double_opt_in(ctx: Context, changes: Sequence[PreferenceSetting]) -> bool:
-    """An e-mail opt-in given through the portal or the API counts only once the customer
-    confirms it from a mail (double opt-in). Staff recording a signed form (phone, in person,
-    e-mail) and the DMS import are not asked for one."""
-    return ctx.method in ("portal", "api") and ctx.actor.kind != "staff" and any(
-        c.channel == "email" and c.value == "opt_in" for c in changes)
+    """An e-mail opt-in given through the portal or the API (method ``portal`` / ``api``: the
+    customer's own click, relayed) counts only once the customer confirms it from a mail
+    (double opt-in). Staff recording a signed form or a call (methods ``in_person``,
+    ``phone``, ``email``) and the DMS import (``import``) are not asked for one."""
+    return ctx.method in ("portal", "api") and any(c.channel == "email" and c.value == "opt_in" for c in changes)
 
 
 class Context:

@@ -88,7 +88,8 @@ class Outbox:
         return queued[0].mail_id
 
     async def enqueue_many(self, tenant_id: str, kind: str, mails: Sequence[tuple[str, str, OutgoingMail]], *,
-                           created_by: str, mail_ids: Sequence[uuid.UUID] | None = None) -> list[QueuedMail]:
+                           created_by: str, mail_ids: Sequence[uuid.UUID] | None = None,
+                           conn: asyncpg.Connection | None = None) -> list[QueuedMail]:
         """Queue many mails in one transaction (a bulk mailing): each sealed with its
         subject's key (one key look-up for all), all inserted with one COPY."""
         streams = [subject_stream(tenant_id, source, ref) for source, ref, _ in mails]
@@ -100,12 +101,13 @@ class Outbox:
             sealed = sealers[stream].seal_json(_sealed_encoder.encode(mail))
             rows.append((mail_id, tenant_id, source, ref, kind, _sealed_encoder.encode(sealed).decode(), created_by))
             queued.append(QueuedMail(str(mail_id), source, ref))
+        columns = ["mail_id", "tenant_id", "source", "customer_ref", "kind", "sealed", "created_by"]
         with translate_errors():
-            async with self.pool.acquire() as conn:
-                await conn.copy_records_to_table(
-                    "outbox", schema_name="mail", records=rows,
-                    columns=["mail_id", "tenant_id", "source", "customer_ref", "kind", "sealed", "created_by"],
-                )
+            if conn is not None:  # in the caller's transaction
+                await conn.copy_records_to_table("outbox", schema_name="mail", records=rows, columns=columns)
+            else:
+                async with self.pool.acquire() as own:
+                    await own.copy_records_to_table("outbox", schema_name="mail", records=rows, columns=columns)
         self.wake.set()
         return queued
 

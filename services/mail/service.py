@@ -134,13 +134,18 @@ class MailService:
                 skipped.append(MailSkipped(source, ref, "invalid_email_address"))
                 continue
             wanted.append((source, ref, address))
-        # one transaction for all the links (a subject's old link is revoked in it)
-        tokens = await self.links.rotate_many(tenant_id, [(s, r) for s, r, _ in wanted], issued_by=requested_by) \
-            if wanted else []
-        mails = [(source, ref, self._link_mail(tenant, address, portal_url(self.settings.portal_base_url, token)))
-                 for (source, ref, address), token in zip(wanted, tokens, strict=True)]
-        queued = await self.outbox.enqueue_many(tenant_id, "portal_link", mails, created_by=requested_by) if mails \
-            else []
+        queued: list[QueuedMail] = []
+        if wanted:
+            # The new links and the mails that carry them in ONE transaction: a customer's old
+            # link is never revoked without the mail with the new one queued.
+            async with self.pool.acquire() as conn, conn.transaction():
+                tokens = await self.links.rotate_many(tenant_id, [(s, r) for s, r, _ in wanted],
+                                                      issued_by=requested_by, conn=conn)
+                mails = [(source, ref, self._link_mail(tenant, address, portal_url(self.settings.portal_base_url,
+                                                                                   token)))
+                         for (source, ref, address), token in zip(wanted, tokens, strict=True)]
+                queued = await self.outbox.enqueue_many(tenant_id, "portal_link", mails, created_by=requested_by,
+                                                        conn=conn)
         log.info("portal_links_queued", tenant=tenant_id, queued=len(queued), skipped=len(skipped))
         return queued, skipped
 
