@@ -13,6 +13,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from conftest import Dealer
+from schemas.api import Contact
 from services.ledger.api.app import LEDGER, POOL
 from services.ledger.subject_keys import parse_master_key
 from services.mail.compose import MailRefused, OutgoingMail, to_bytes, to_message
@@ -212,3 +213,20 @@ async def test_an_email_opt_in_through_the_api_is_pending_and_a_confirmation_mai
     assert r.status == 201
     await send_all(service)
     assert len(smtp.messages()) == 1
+
+
+async def test_a_dealer_name_with_a_line_break_never_reaches_a_mail_header(
+        api: TestClient, dealer: Dealer, settings: Settings, smtp: LocalSmtp) -> None:
+    from schemas.events import Actor
+    from services.ledger.commands import CommandRejected, Context
+
+    ledger = api.app[LEDGER]
+    operator = Context(actor=Actor(kind="operator", id="tests"))
+    await ledger.create_tenant(operator, "garage-x", "Garage X\r\nBcc: victim@example.nl")
+    await ledger.record_invoice(operator, "garage-x", "dealer", "K1", "F1", dt.date.today() - dt.timedelta(days=3),
+                                Contact(email="jan@example.nl"))
+    service = mail_service(api, settings, smtp)
+    with pytest.raises(CommandRejected) as refused:
+        await service.send_portal_link("garage-x", "dealer", "K1", requested_by="tests")
+    assert refused.value.status == 422 and refused.value.field == "name"
+    assert await service.outbox.pending("garage-x") == 0
