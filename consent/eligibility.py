@@ -160,12 +160,21 @@ def _decide(
     if history:
         pref = decisive_preference(history, on)
         if pref is not None:
+            if pref.pending:
+                # double opt-in not confirmed yet: it allows nothing; what was in force
+                # before it decides, and a "no" then says the confirmation is pending
+                earlier = tuple(p for p in history if p.recorded_at < pref.recorded_at)
+                decision = _decide(msgspec.structs.replace(subject, preferences={**subject.preferences, key: earlier}),
+                                   facts, terms, category, channel, on, key)
+                if decision.eligible:
+                    return decision
+                return Decision(eligible=False, basis=None, reason="opt_in_pending",
+                                evidence=(pref.event_id,) + decision.evidence)
             if pref.value == "opt_out":
                 return Decision(eligible=False, basis=None, reason="opted_out", evidence=(pref.event_id,))
             if pref.value == "opt_in":
-                return Decision(
-                    eligible=True, basis="consent", reason="explicit_consent", evidence=(pref.event_id,)
-                )
+                evidence = (pref.event_id,) if pref.confirmed_by is None else (pref.event_id, pref.confirmed_by)
+                return Decision(eligible=True, basis="consent", reason="explicit_consent", evidence=evidence)
             # "default": follow the term matrix
 
     # 4. customer

@@ -15,7 +15,7 @@ from consent.terms import ALL_CELLS, default_term_months
 from consent.vocabulary import DEFAULT_DATA_SOURCES
 from schemas.events import Chapter, TenantCreated, TermCell
 
-__all__ = ["DEFAULT_CHAPTERS", "default_chapters", "default_term_cells", "new_tenant"]
+__all__ = ["DEFAULT_CHAPTERS", "DEFAULT_PROSPECT_DISCLOSURE", "default_chapters", "default_term_cells", "new_tenant"]
 
 
 def _p(text: str) -> str:
@@ -167,6 +167,21 @@ DEFAULT_CHAPTERS: Final[tuple[Chapter, ...]] = (
     ),
 )
 """The seed's ten default chapters, in the seed's order (section 3)."""
+
+
+# GDPR art. 14 and 21(4): what the first letter to a prospect must say. The dealer edits it on
+# the AVG pages; {dealer} is filled in with the dealer's name when it is shown.
+DEFAULT_PROSPECT_DISCLOSURE: Final = (
+    "U ontvangt deze brief van {dealer} omdat wij uw naam en adres hebben verkregen van een"
+    " adresleverancier of omdat u bij ons informatie heeft aangevraagd. Wij gebruiken deze gegevens"
+    " om u aanbiedingen over onze auto's en diensten te sturen, op grond van ons gerechtvaardigd"
+    " belang (artikel 6, lid 1, onder f, AVG). Wij delen uw gegevens niet met anderen, behalve met"
+    " het bedrijf dat deze brief voor ons verstuurt. Wij bewaren uw gegevens niet langer dan nodig."
+    " U kunt altijd en kosteloos bezwaar maken tegen het gebruik van uw gegevens voor direct"
+    " marketing (artikel 21 AVG): dan sturen wij u niets meer. Bel of mail ons daarvoor, of gebruik"
+    " het Privacy Portaal. U heeft ook recht op inzage, correctie en verwijdering van uw gegevens,"
+    " en u kunt een klacht indienen bij de Autoriteit Persoonsgegevens."
+)
 
 
 def default_chapters() -> list[Chapter]:

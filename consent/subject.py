@@ -45,9 +45,11 @@ from consent.vocabulary import PreferenceValue, parse_subject_stream, subject_st
 from schemas.events import (
     InvoiceCorrected,
     InvoiceRecorded,
+    MailSent,
     MarketingActivityRecorded,
     ObjectionRecorded,
     ObjectionWithdrawn,
+    OptInConfirmed,
     PreferencesChanged,
     ProspectRegistered,
     RecordedEvent,
@@ -68,6 +70,7 @@ __all__ = [
     "fold_subject",
     "invoice_in_effect",
     "objection_in_effect",
+    "pending_opt_ins",
     "preference_in_effect",
 ]
 
@@ -93,6 +96,11 @@ class PreferenceFact(msgspec.Struct, frozen=True, gc=False):
     effective_on: dt.date
     policy_version: str | None = None
     given_on: dt.date | None = None
+    # Double opt-in: an e-mail opt-in given through the portal or the API is pending (it
+    # allows nothing) until confirmed; the confirmation is pushed as a new fact from its day,
+    # with ``confirmed_by`` the OptInConfirmed event.
+    pending: bool = False
+    confirmed_by: str | None = None
 
     @property
     def since(self) -> dt.date:
@@ -182,9 +190,13 @@ def _push(history: tuple[_Fact, ...], fact: _Fact) -> tuple[_Fact, ...]:
     (same day given and a later one recorded no later) is dropped: decisions are per day."""
     if fact.given_on is None:
         # Given the day it is recorded: no change in the history is given or recorded
-        # later, so it goes last and supersedes the tail given on that same day.
+        # later, so it goes last and supersedes the tail given on that same day. A pending
+        # opt-in (double opt-in) decides nothing on its own: what it would replace must
+        # stay, so it keeps the earlier changes of its day.
+        pending = getattr(fact, "pending", False)
         n = len(history)
-        while n and _given(history[n - 1]) >= fact.effective_on:
+        while n and (_given(history[n - 1]) > fact.effective_on
+                     or (not pending and _given(history[n - 1]) == fact.effective_on)):
             n -= 1
         return history[:n] + (fact,)
     key = fact.given_on
@@ -255,11 +267,27 @@ def apply_subject(state: SubjectState | None, recorded: RecordedEvent) -> Subjec
         day = ledger_day(at)
         given = _given_on(event.given_on, day)
         preferences = dict(state.preferences)
+        confirm = event.confirmation_required
         for change in event.changes:
             key = cell_key(change.category, change.channel)
-            fact = PreferenceFact(change.value, event_id, at, day, event.policy_version, given)
+            pending = confirm and change.value == "opt_in" and change.channel == "email"
+            fact = PreferenceFact(change.value, event_id, at, day, event.policy_version, given, pending=pending)
             preferences[key] = _push(preferences.get(key, ()), fact)
         return replace(state, preferences=preferences, **book)
+    if isinstance(event, OptInConfirmed):
+        # Confirms the cells whose latest change is still that pending opt-in: a later change
+        # of the cell (the customer opted out meanwhile) is never overridden by an old mail.
+        day = ledger_day(at)
+        preferences = dict(state.preferences)
+        for key, history in state.preferences.items():
+            last = history[-1] if history else None
+            if last is not None and last.pending and last.event_id == event.preference_event_id:
+                fact = PreferenceFact("opt_in", last.event_id, at, day, event.policy_version or last.policy_version,
+                                      confirmed_by=event_id)
+                preferences[key] = _push(history, fact)
+        return replace(state, preferences=preferences, **book)
+    if isinstance(event, MailSent):
+        return replace(state, **book)
     if isinstance(event, (ObjectionRecorded, ObjectionWithdrawn)):
         day = ledger_day(at)
         objection = ObjectionFact(isinstance(event, ObjectionRecorded), event_id, at, day,
@@ -364,6 +392,11 @@ def preference_in_effect(state: SubjectState, category: str, channel: str, on: d
     """The preference change of the cell in force on ``on`` (None: none counts by then)."""
     history = state.preferences.get(cell_key(category, channel))
     return decisive_preference(history, on) if history else None
+
+
+def pending_opt_ins(state: SubjectState) -> dict[str, PreferenceFact]:
+    """Cells whose latest change is an e-mail opt-in still waiting for its confirmation."""
+    return {key: history[-1] for key, history in state.preferences.items() if history and history[-1].pending}
 
 
 def current_preferences(state: SubjectState) -> dict[str, PreferenceValue]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import bisect
 import datetime as dt
+import hashlib
 from collections.abc import Iterable
 from typing import Final
 
@@ -18,12 +19,15 @@ import msgspec
 
 from consent.errors import OutOfOrderEvent
 from consent.policy import Policy, apply_policy, policy_version
+from consent.seed import DEFAULT_PROSPECT_DISCLOSURE
 from consent.terms import TermMatrix, apply_term_edit, terms_from_cells
 from consent.vocabulary import tenant_stream
 from schemas.events import (
     ControllerContact,
     ControllerContactSet,
     DataSourceAdded,
+    DealerContactSet,
+    ProspectDisclosureSet,
     ModuleActivationSet,
     PolicyChapterActiveSet,
     PolicyChapterAdded,
@@ -37,7 +41,28 @@ from schemas.events import (
     TermMatrixEdited,
 )
 
-__all__ = ["OutOfOrderEvent", "TenantHistory", "TenantState", "apply_tenant", "fold_tenant"]
+__all__ = ["DealerContact", "OutOfOrderEvent", "TenantHistory", "TenantState", "apply_tenant",
+           "disclosure_version", "fold_tenant"]
+
+
+class DealerContact(msgspec.Struct, frozen=True, kw_only=True):
+    """The dealer's address, phone and e-mail as customers see them."""
+
+    street: str
+    postcode: str
+    city: str
+    phone: str
+    email: str
+    website: str | None = None
+
+
+def disclosure_version(body: str) -> str:
+    """Version id of a prospect disclosure text: ``"dv-"`` + 16 hex of its sha256 (like the
+    policy's ``"pv-"`` ids: it changes iff the text changes)."""
+    return "dv-" + hashlib.sha256(body.encode()).hexdigest()[:16]
+
+
+DEFAULT_DISCLOSURE_VERSION: Final = disclosure_version(DEFAULT_PROSPECT_DISCLOSURE)
 
 
 class TenantState(msgspec.Struct, frozen=True, kw_only=True):
@@ -55,6 +80,11 @@ class TenantState(msgspec.Struct, frozen=True, kw_only=True):
     retention_customer_years: int = 7
     retention_prospect_months: int = 3
     controller: ControllerContact | None = None
+    contact: DealerContact | None = None
+    # The art. 14 / 21(4) text for first letters to prospects (``{dealer}``: the dealer's
+    # name), Dutch default until the dealer edits it; versioned like the policy.
+    disclosure: str = DEFAULT_PROSPECT_DISCLOSURE
+    disclosure_version: str = DEFAULT_DISCLOSURE_VERSION
     version: int = 0
     last_position: int = 0
     last_event_id: str = ""
@@ -138,6 +168,12 @@ def apply_tenant(state: TenantState | None, recorded: RecordedEvent) -> TenantSt
         )
     if isinstance(event, ControllerContactSet):
         return replace(state, controller=event.details, **bookkeeping)
+    if isinstance(event, DealerContactSet):
+        contact = DealerContact(street=event.street, postcode=event.postcode, city=event.city, phone=event.phone,
+                                email=event.email, website=event.website)
+        return replace(state, contact=contact, **bookkeeping)
+    if isinstance(event, ProspectDisclosureSet):
+        return replace(state, disclosure=event.body, disclosure_version=disclosure_version(event.body), **bookkeeping)
     if isinstance(event, TenantCreated):
         raise ValueError(f"{recorded.stream_id}: TenantCreated at version {recorded.version}")
     raise ValueError(f"{type(event).__name__} is not a tenant event")

@@ -32,6 +32,7 @@ Reason = Literal[
     "not_a_customer",
     "consent_required",
     "prospect_term",
+    "opt_in_pending",  # double opt-in: an e-mail opt-in waiting for its confirmation
 ]
 
 CATEGORIES: Final[tuple[Category, ...]] = get_args(Category)

@@ -146,7 +146,7 @@ SELECT format('REVOKE ALL ON TABLE %s FROM %I', t, :'app_role'),
 -- Secrets, even hashed or wrapped, are not for readers.
 SELECT format('REVOKE ALL ON TABLE %s FROM %I', t, :'readonly_role')
   FROM unnest(ARRAY['ledger.subject_keys', 'ledger.api_keys', 'ledger.idempotency',
-                    'portal.links', 'portal.users', 'portal.sessions']) AS t
+                    'portal.links', 'portal.users', 'portal.sessions', 'mail.outbox', 'mail.addresses']) AS t
  WHERE to_regclass(t) IS NOT NULL \gexec
 
 \echo postgres-roles.sql: roles :owner_role, :app_role, :readonly_role are in place

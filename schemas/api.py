@@ -312,3 +312,55 @@ class PortalLinkInfo(msgspec.Struct, frozen=True, kw_only=True):
 class PortalLinkStatus(msgspec.Struct, frozen=True, kw_only=True):
     live: PortalLinkInfo | None
     history: list[PortalLinkInfo]  # newest first, at most 20
+
+
+# -- e-mail (services/mail/) -------------------------------------------------------------
+
+
+class MailPortalLink(Request, frozen=True):
+    """Mail the subject a new portal link (the live one, if any, is revoked)."""
+
+
+class MailQueued(msgspec.Struct, frozen=True, kw_only=True):
+    mail_id: str
+    status: Literal["queued"] = "queued"
+
+
+class MailSubject(Request, frozen=True):
+    source: Slug
+    customer_ref: CustomerRef
+
+
+class MailPortalLinks(Request, frozen=True):
+    """A mailing: a new portal link for each subject, each in its own mail."""
+
+    subjects: Annotated[list[MailSubject], msgspec.Meta(min_length=1, max_length=10_000)]
+
+
+class QueuedSubjectMail(msgspec.Struct, frozen=True, kw_only=True):
+    source: str
+    customer_ref: str
+    mail_id: str
+
+
+class SkippedSubjectMail(msgspec.Struct, frozen=True, kw_only=True):
+    source: str
+    customer_ref: str
+    error: str  # unknown_subject | subject_erased | no_email_address | invalid_email_address
+
+
+class MailingQueued(msgspec.Struct, frozen=True, kw_only=True):
+    queued: int
+    mails: list[QueuedSubjectMail]
+    skipped: list[SkippedSubjectMail]
+
+
+class MailStatus(msgspec.Struct, frozen=True, kw_only=True):
+    mail_id: str
+    kind: str
+    status: Literal["pending", "sent", "failed", "dropped"]
+    attempts: int
+    next_attempt_at: dt.datetime | None = None
+    sent_at: dt.datetime | None = None
+    message_id: str | None = None
+    last_error: str | None = None

@@ -39,6 +39,7 @@ __all__ = [
     "CampaignCheckResult",
     "Cell",
     "CheckSubject",
+    "Disclosure",
     "EligibilityMatrix",
     "Reason",
     "SubjectCheck",
@@ -46,6 +47,8 @@ __all__ = [
     "EpochMarker",
     "MARKER_KEY_PREFIX",
     "decode_marker",
+    "Unsubscribe",
+    "UnsubscribeLinks",
     "decode_matrix",
     "encode_marker",
     "is_marker_key",
@@ -85,6 +88,35 @@ class Cell(msgspec.Struct, frozen=True, kw_only=True):
     requires_objection_offer: bool = False
 
 
+class Disclosure(msgspec.Struct, frozen=True, kw_only=True):
+    """The text a first letter to a prospect must carry (GDPR art. 14, 21(4)), as the dealer
+    set it on the AVG pages, and its version id (``dv-...``)."""
+
+    text: str
+    version: str
+
+
+class Unsubscribe(msgspec.Struct, frozen=True, kw_only=True):
+    """What a sender puts in an e-mail so the customer can unsubscribe with one click
+    (RFC 8058; required by large mailbox providers for bulk mail, and soft opt-in needs an
+    objection offer in every message). ``url``: the link for the message body (a GET shows a
+    confirmation page); ``list_unsubscribe`` and ``list_unsubscribe_post``: the values of the
+    ``List-Unsubscribe`` and ``List-Unsubscribe-Post`` headers. The URL is signed, opaque,
+    survives portal-link rotation and stops working when the subject is erased."""
+
+    url: str
+    list_unsubscribe: str
+    list_unsubscribe_post: str = "List-Unsubscribe=One-Click"
+
+
+class UnsubscribeLinks(msgspec.Struct, frozen=True, kw_only=True):
+    """``email``: per category whose e-mail cell is eligible, the link that opts out of that
+    category by e-mail; ``all``: the link that objects to all direct marketing."""
+
+    all: Unsubscribe
+    email: dict[Category, Unsubscribe] = {}
+
+
 class EligibilityMatrix(msgspec.Struct, frozen=True, kw_only=True):
     """One subject's full category x channel matrix, as of ``evaluated_on``.
 
@@ -119,6 +151,11 @@ class EligibilityMatrix(msgspec.Struct, frozen=True, kw_only=True):
         " has read an EpochMarker (key `~epoch/{partition}`) of that epoch with `complete: true` on every"
         " partition. 0: never republished (no markers). The HTTP answer carries the topic's current epoch."
     ))] = 0
+    # One-click unsubscribe links for the e-mail cells that are eligible (null when none is,
+    # or when the projector has no master key to sign them).
+    unsubscribe: UnsubscribeLinks | None = None
+    # Some cell requires_disclosure: the dealer's art. 14 / 21(4) text for the first letter.
+    disclosure: Disclosure | None = None
 
     @property
     def key(self) -> str:
@@ -237,6 +274,10 @@ class SubjectCheck(msgspec.Struct, frozen=True, kw_only=True):
         "The ledger position of the newest event (the subject's or its tenant's) this answer reflects"
         " (0: unknown subject)."
     ))] = 0
+    # channel e-mail and eligible: the one-click unsubscribe link and header values
+    unsubscribe: Unsubscribe | None = None
+    # requires_disclosure: the dealer's art. 14 / 21(4) text for the first letter, and its version
+    disclosure: Disclosure | None = None
 
 
 class CampaignCheckResult(msgspec.Struct, frozen=True, kw_only=True):

@@ -63,7 +63,8 @@ class PreferenceSetting(msgspec.Struct, frozen=True, forbid_unknown_fields=True)
 
 
 ActorKind = Literal["subject", "staff", "importer", "system", "operator", "api"]
-Method = Literal["portal", "staff_portal", "phone", "email", "in_person", "import", "api", "retention", "system"]
+Method = Literal["portal", "staff_portal", "phone", "email", "in_person", "import", "api", "retention", "system",
+                 "one_click"]
 
 
 class Actor(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -170,6 +171,27 @@ class ControllerContactSet(Event, frozen=True):
     details: ControllerContact
 
 
+class DealerContactSet(Event, frozen=True):
+    """The dealer's contact details as customers see them (portal header, every e-mail).
+
+    Business data of the dealer, not personal data: stored in clear."""
+
+    street: ShortText
+    postcode: Annotated[str, msgspec.Meta(min_length=1, max_length=20)]
+    city: Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
+    phone: Annotated[str, msgspec.Meta(min_length=3, max_length=40)]
+    email: Annotated[str, msgspec.Meta(min_length=3, max_length=254)]
+    website: Annotated[str, msgspec.Meta(max_length=200)] | None = None
+
+
+class ProspectDisclosureSet(Event, frozen=True):
+    """The text a first letter to a prospect must carry (GDPR art. 14, 21(4)): why the person
+    is contacted, where the data came from, with whom it is shared, and the right to object.
+    Versioned like the policy (``disclosure_version`` of the tenant state)."""
+
+    body: Annotated[str, msgspec.Meta(min_length=1, max_length=20_000)]
+
+
 class RetentionPolicySet(Event, frozen=True):
     customer_years: Annotated[int, msgspec.Meta(ge=1, le=20)] = 7
     prospect_months: Annotated[int, msgspec.Meta(ge=1, le=60)] = 3
@@ -237,6 +259,22 @@ class PreferencesChanged(Event, frozen=True):
     given_on: dt.date | None = None
     evidence_ref: EvidenceRef | None = None
     policy_version_basis: PolicyVersionBasis = "shown"
+    # Double opt-in: the e-mail opt-ins of this change count only from an OptInConfirmed that
+    # names this event (set by the command for opt-ins given through the portal or the API).
+    confirmation_required: bool = False
+
+
+class OptInConfirmed(Event, frozen=True):
+    """The customer confirmed an e-mail opt-in from the mail sent for it (double opt-in).
+
+    ``preference_event_id``: the PreferencesChanged confirmed; ``mail_id``: the mail whose
+    link was used; ``policy_version``: the policy text the confirmation page showed."""
+
+    preference_event_id: str
+    mail_id: str
+    policy_version: str | None = None
+    confirmed_by: Actor = Actor(kind="subject", id="subject")
+    method: Method = "email"
 
 
 class ObjectionRecorded(Event, frozen=True):
@@ -279,6 +317,16 @@ class MarketingActivityRecorded(Event, frozen=True):
         return self.activity_on
 
 
+class MailSent(Event, frozen=True):
+    """A mail went to the subject (services/mail/): which mail, what kind, the SMTP
+    Message-ID. The recipient address and subject line are personal data, hence sealed."""
+
+    mail_id: str
+    kind: Literal["portal_link", "opt_in_confirmation"]
+    recipient: Sealed
+    message_id: str
+
+
 class SubjectErased(Event, frozen=True):
     """The subject's key was shredded (art. 17 request or retention).
 
@@ -303,6 +351,8 @@ TENANT_EVENTS: Final = (
     TermMatrixEdited,
     RetentionPolicySet,
     ControllerContactSet,
+    DealerContactSet,
+    ProspectDisclosureSet,
 )
 SUBJECT_EVENTS: Final = (
     InvoiceRecorded,
@@ -313,6 +363,8 @@ SUBJECT_EVENTS: Final = (
     ObjectionWithdrawn,
     MarketingActivityRecorded,
     SubjectErased,
+    MailSent,
+    OptInConfirmed,
 )
 EVENT_TYPES: Final[dict[str, type[Event]]] = {cls.__name__: cls for cls in TENANT_EVENTS + SUBJECT_EVENTS}
 
@@ -337,6 +389,10 @@ AnyEvent = (
     | ObjectionWithdrawn
     | MarketingActivityRecorded
     | SubjectErased
+    | DealerContactSet
+    | ProspectDisclosureSet
+    | MailSent
+    | OptInConfirmed
 )
 
 _decoder: Final = msgspec.json.Decoder(AnyEvent)

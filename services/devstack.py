@@ -61,6 +61,7 @@ COMPONENTS: list[str] = [
 ]
 
 DATABASE: Final = "consent_ledger"
+DEV_SMTP_PORT: Final = 2525  # the local SMTP server of `make run` (25 needs root)
 DEMO_TENANT: Final = "demo-garage"
 DEMO_KEY_LABEL: Final = "devstack demo"
 READY_LINE: Final = "consent-ledger run: ready (Ctrl-C stops everything)"
@@ -165,6 +166,19 @@ async def local_servers(settings: Settings) -> AsyncIterator[tuple[Settings, lis
                          " the ledger at every start)")
         else:
             lines.append(f"kafka        {settings.kafka_bootstrap}")
+        if not settings.smtp_host:
+            # A real SMTP server that keeps every mail as a file: var/mail/*.eml.
+            from services.mail.localsmtp import LocalSmtp
+
+            port = DEV_SMTP_PORT if settings.smtp_port == 25 else settings.smtp_port
+            _require_free(port, "the local SMTP server", "LEDGER_SMTP_PORT")
+            smtp = LocalSmtp(var_dir / "mail", settings.host, port).start()
+            stack.callback(smtp.stop)
+            settings = msgspec.structs.replace(settings, smtp_host=settings.host, smtp_port=port,
+                                               smtp_security="none", smtp_user=None)
+            lines.append(f"smtp         {settings.host}:{port}  (local; every mail is kept as a file in {var_dir / 'mail'})")
+        else:
+            lines.append(f"smtp         {settings.smtp_host}:{settings.smtp_port} ({settings.smtp_security})")
         yield settings, lines
 
 
@@ -261,6 +275,11 @@ async def demo_tenant(settings: Settings) -> AsyncIterator[list[str]]:
                 contact="Privacy desk", street="Stationsweg 1", postcode="3511 AB", city="Utrecht",
                 email="privacy@autobedrijf-demo.example.nl", phone="+31 30 123 4567",
                 url="https://autobedrijf-demo.example.nl"))
+            from schemas.events import DealerContactSet
+
+            await ledger.set_dealer_contact(ctx("contact"), t, DealerContactSet(
+                street="Stationsweg 12", postcode="3811 AB", city="Amersfoort", phone="033 123 45 67",
+                email="info@demo-garage.example", website="https://demo-garage.example"))
             for s in DEMO_SUBJECTS:
                 contact = Contact(name=s.name, email=s.email)
                 if s.invoice_months_ago is not None:

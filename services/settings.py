@@ -64,6 +64,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # How long an eligibility check with ?min_position= waits for the read model to reach
     # that ledger position before it answers 503 (read your own writes).
     min_position_wait_ms: int = 2000
+    # Outbound e-mail (services/mail/): the SMTP server the outbox worker sends through. No
+    # host: mails are queued in PostgreSQL but not sent (`make run` starts a local server).
+    smtp_host: str | None = None
+    smtp_port: int = 25
+    smtp_security: str = "none"  # none | starttls | tls (implicit TLS, usually port 465)
+    smtp_user: str | None = None
+    smtp_password: str | None = None  # secret: LEDGER_SMTP_PASSWORD_FILE
+    smtp_from: str = "noreply@localhost"
+    smtp_timeout: int = 30
 
 
 CONNECTION_FILE = "local-stack.json"
@@ -195,6 +204,13 @@ def from_env(env: Mapping[str, str] | None = None, *, local_stack: bool | None =
         "http_header_timeout": _int(e, "LEDGER_HTTP_HEADER_TIMEOUT", 15, minimum=1, maximum=3600),
         "http_body_timeout": _int(e, "LEDGER_HTTP_BODY_TIMEOUT", 30, minimum=1, maximum=3600),
         "min_position_wait_ms": _int(e, "LEDGER_MIN_POSITION_WAIT_MS", 2000, minimum=0, maximum=60_000),
+        "smtp_host": e.get("LEDGER_SMTP_HOST") or None,
+        "smtp_port": _int(e, "LEDGER_SMTP_PORT", 25, minimum=1, maximum=65535),
+        "smtp_security": _choice(e, "LEDGER_SMTP_SECURITY", "none", ("none", "starttls", "tls")),
+        "smtp_user": e.get("LEDGER_SMTP_USER") or None,
+        "smtp_password": _secret_file(e, "LEDGER_SMTP_PASSWORD_FILE"),
+        "smtp_from": _mail_address(e, "LEDGER_SMTP_FROM", "noreply@localhost"),
+        "smtp_timeout": _int(e, "LEDGER_SMTP_TIMEOUT", 30, minimum=1, maximum=600),
     }
     for name, value in local.items():
         if not values.get(name):
@@ -230,6 +246,16 @@ def _choice(env: Mapping[str, str], name: str, default: str, allowed: tuple[str,
     value = (env.get(name) or default).lower()
     if value not in allowed:
         raise SettingsError(f"{name} must be one of {', '.join(allowed)}, not {env.get(name)!r}")
+    return value
+
+
+def _mail_address(env: Mapping[str, str], name: str, default: str) -> str:
+    """A bare e-mail address (no display name, no line break: it becomes a mail header)."""
+    value = env.get(name) or default
+    local, at, domain = value.partition("@")
+    if not at or not local or not domain or any(c.isspace() or c in '<>,;"' for c in value) \
+            or not value.isprintable():
+        raise SettingsError(f"{name} must be a bare e-mail address like noreply@dealer.example, not {value!r}")
     return value
 
 

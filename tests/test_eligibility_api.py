@@ -135,7 +135,7 @@ async def test_a_campaign_check_answers_every_subject_in_order_and_unknown_ones_
                               "basis": None, "reason": "unknown_subject", "until": None,
                               "requires_disclosure": False, "evidence": [], "law": None,
                               "requires_postfilter_check": False, "requires_objection_offer": False, "cell": None,
-                              "position": 0}
+                              "position": 0, "unsubscribe": None, "disclosure": None}
     store = EventStore(pool)
     terms = (await folded_tenant(store, "garage-a")).terms
     for ref in ("C1", "C2", "P1"):
@@ -285,3 +285,61 @@ async def test_the_openapi_document_declares_the_eligibility_routes(api: TestCli
     get = doc["paths"]["/v1/tenants/{tenant}/subjects/{source}/{ref}/eligibility"]["get"]
     assert get["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/EligibilityMatrix")
     assert "TermWarnings" in doc["components"]["schemas"]
+
+
+async def test_every_eligible_email_answer_carries_a_one_click_unsubscribe_link_that_works(
+    api: TestClient, customers: Dealer, pool: asyncpg.Pool
+) -> None:
+    check = {"category": "sales_campaign", "channel": "email", "send_date": TODAY.isoformat(),
+             "subjects": [{"source": "dealer", "customer_ref": ref} for ref in ("C1", "C2")]}
+    r = await api.post(f"{T}/eligibility:check", json=check, headers=customers.auth("sender"))
+    by_ref = {a["customer_ref"]: a for a in (await r.json())["results"]}
+    assert by_ref["C1"]["eligible"] and not by_ref["C2"]["eligible"]
+    unsub = by_ref["C1"]["unsubscribe"]
+    assert unsub["url"].startswith("http://127.0.0.1:8081/u/garage-a/")
+    assert unsub["list_unsubscribe"] == f"<{unsub['url']}>"
+    assert unsub["list_unsubscribe_post"] == "List-Unsubscribe=One-Click"
+    assert "C1" not in unsub["url"]  # opaque: names no customer
+    assert by_ref["C2"]["unsubscribe"] is None
+    # the same link in the subject's matrix, per category whose e-mail cell is eligible
+    r = await api.get(f"{T}/subjects/dealer/C1/eligibility", headers=customers.auth("sender"))
+    matrix = decode_matrix(await r.read())
+    assert matrix.unsubscribe is not None
+    assert matrix.unsubscribe.email["sales_campaign"].url == unsub["url"]
+    assert "newsletter" not in matrix.unsubscribe.email  # opted out: not eligible, no link
+    assert matrix.unsubscribe.all.url != unsub["url"]
+    # the link is live: a one-click POST on the portal opts C1 out of sales mail
+    from services.portal.app import create_portal_app
+    from tests.portal_support import FAST_HASHER
+
+    from aiohttp.test_utils import TestClient as Client
+    from aiohttp.test_utils import TestServer
+
+    from services.ledger.api.app import SETTINGS
+
+    settings = api.app[SETTINGS]
+    async with Client(TestServer(create_portal_app(settings, password_hasher=FAST_HASHER))) as portal:
+        path = unsub["url"].removeprefix("http://127.0.0.1:8081")
+        r = await portal.post(path, data={"List-Unsubscribe": "One-Click"})
+        assert r.status == 200
+    await project(pool)
+    r = await api.post(f"{T}/eligibility:check", json=check, headers=customers.auth("sender"))
+    answer = (await r.json())["results"][0]
+    assert answer["reason"] == "opted_out" and answer["unsubscribe"] is None
+
+
+async def test_every_answer_that_requires_disclosure_carries_the_dealers_text(
+    api: TestClient, customers: Dealer
+) -> None:
+    check = {"category": "prospect", "channel": "post", "send_date": TODAY.isoformat(),
+             "subjects": [{"source": "dealer", "customer_ref": "P1"}]}
+    r = await api.post(f"{T}/eligibility:check", json=check, headers=customers.auth("sender"))
+    [answer] = (await r.json())["results"]
+    assert answer["requires_disclosure"] and answer["eligible"]
+    assert "Autobedrijf garage-a" in answer["disclosure"]["text"] and "bezwaar" in answer["disclosure"]["text"]
+    assert answer["disclosure"]["version"].startswith("dv-")
+    r = await api.get(f"{T}/subjects/dealer/P1/eligibility", headers=customers.auth("sender"))
+    matrix = decode_matrix(await r.read())
+    assert matrix.disclosure is not None and matrix.disclosure.version == answer["disclosure"]["version"]
+    r = await api.get(f"{T}/subjects/dealer/C1/eligibility", headers=customers.auth("sender"))
+    assert decode_matrix(await r.read()).disclosure is None  # a customer: no cell requires it

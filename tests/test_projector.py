@@ -247,3 +247,28 @@ async def test_two_instances_given_the_same_new_subject_at_once_never_take_it_ba
     key, value = topic[-1]
     assert key == "acme/dealer/C1" and value is not None
     assert decode_matrix(value).subject_version == 5  # the last matrix on the topic is the newest
+
+
+async def test_the_topic_message_carries_unsubscribe_links_for_the_eligible_email_cells(
+    store: EventStore, pool: asyncpg.Pool, clock: FixedClock
+) -> None:
+    from schemas.eligibility import decode_matrix
+    from services.mail.tokens import AnswerLinks, MailTokens
+
+    await create_tenant(store, "acme")
+    await subject(store, "acme", "C1", invoice(months_ago(2)), prefs(newsletter__email="opt_out"))
+    topic: list[Message] = []
+    links = AnswerLinks(bytes(range(32)), "https://portal.example")
+    await Projection(pool, clock=clock, store=store, publisher=_Recorder(topic), links=links).apply(
+        await store.read_all(0, 100))
+    [(key, value)] = [m for m in topic if m[0] == "acme/dealer/C1"]
+    assert value is not None
+    matrix = decode_matrix(value)
+    assert matrix.unsubscribe is not None
+    assert "newsletter" not in matrix.unsubscribe.email  # opted out: no link
+    sales = matrix.unsubscribe.email["sales_campaign"]
+    assert sales.url.startswith("https://portal.example/u/acme/") and sales.list_unsubscribe == f"<{sales.url}>"
+    token = sales.url.rsplit("/", 1)[1]
+    opened = MailTokens(bytes(range(32))).open_unsubscribe("acme", token)
+    assert opened is not None and (opened.customer_ref, opened.category, opened.channel) == ("C1", "sales_campaign",
+                                                                                             "email")

@@ -31,9 +31,11 @@ from schemas.events import (
     Actor,
     InvoiceCorrected,
     InvoiceRecorded,
+    MailSent,
     MarketingActivityRecorded,
     ObjectionRecorded,
     ObjectionWithdrawn,
+    OptInConfirmed,
     PreferencesChanged,
     ProspectRegistered,
     RecordedEvent,
@@ -147,7 +149,11 @@ def _facts(recorded: RecordedEvent, cell: str | None) -> dict[str, Any]:
         return {"acquired_on": event.acquired_on, "how": event.how}
     if isinstance(event, PreferencesChanged):
         changes = [c for c in event.changes if cell is None or cell_key(c.category, c.channel) == cell]
-        return {"changes": [{"category": c.category, "channel": c.channel, "value": c.value} for c in changes]}
+        facts: dict[str, Any] = {"changes": [{"category": c.category, "channel": c.channel, "value": c.value}
+                                             for c in changes]}
+        if event.confirmation_required:  # double opt-in: e-mail opt-ins count from their confirmation
+            facts["double_opt_in"] = "confirmation_required"
+        return facts
     if isinstance(event, ObjectionRecorded):
         return {"objection": "recorded"}
     if isinstance(event, ObjectionWithdrawn):
@@ -157,6 +163,11 @@ def _facts(recorded: RecordedEvent, cell: str | None) -> dict[str, Any]:
                 "campaign_id": event.campaign_id}
     if isinstance(event, SubjectErased):
         return {"reason": event.reason, "suppressed": event.suppressed}
+    if isinstance(event, OptInConfirmed):
+        return {"confirms": event.preference_event_id, "mail_id": event.mail_id,
+                "policy_version_confirmed": event.policy_version}
+    if isinstance(event, MailSent):
+        return {"mail_id": event.mail_id, "kind": event.kind, "message_id": event.message_id}
     if isinstance(event, (TermMatrixEdited, TenantCreated)):
         cells = event.cells if isinstance(event, TermMatrixEdited) else event.terms
         chosen = [c for c in cells if cell is None or cell_key(c.category, c.channel) == cell]
@@ -179,6 +190,8 @@ def evidence_of(recorded: RecordedEvent, reveal: Reveal | None = None, cell: str
     basis: Literal["shown", "in_force"] | None = None
     given_on: dt.date | None = None
     evidence_ref: str | None = None
+    if isinstance(event, OptInConfirmed):
+        actor, method, policy = event.confirmed_by, event.method, event.policy_version
     if isinstance(event, (PreferencesChanged, ObjectionRecorded, ObjectionWithdrawn)):
         actor, method, policy = event.changed_by, event.method, event.policy_version
         basis = event.policy_version_basis if policy is not None else None

@@ -33,6 +33,7 @@ from services.audit.loading import check_subject_ids
 from services.ledger.commands import Context, Ledger
 from services.ledger.errors import WrongExpectedVersion
 from services.ledger.store import StreamWrite, translate_errors
+from services.mail.addresses import forget_subject as forget_mail_subject
 
 log = structlog.get_logger(__name__)
 
@@ -79,6 +80,8 @@ async def _shred(ledger: Ledger, master_key: bytes, state: SubjectState, erased_
                 "DELETE FROM portal.links WHERE tenant_id = $1 AND source = $2 AND customer_ref = $3",
                 state.tenant_id, state.source, state.customer_ref,
             )
+            # The mail service's rows: address MACs ("lost my link") and mails not sent yet.
+            await forget_mail_subject(conn, state.tenant_id, state.source, state.customer_ref)
             if objected_on is not None:
                 await suppression.suppress(conn, master_key, state.tenant_id, state.source, state.customer_ref,
                                            objected_on, erased_at, reason)

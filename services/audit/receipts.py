@@ -31,7 +31,14 @@ from consent.law import RULES_VERSION, rules_in_force
 from consent.tenant import TenantState
 from consent.terms import ledger_day
 from consent.vocabulary import parse_subject_stream
-from schemas.events import Actor, ObjectionRecorded, ObjectionWithdrawn, PreferencesChanged, RecordedEvent
+from schemas.events import (
+    Actor,
+    ObjectionRecorded,
+    ObjectionWithdrawn,
+    OptInConfirmed,
+    PreferencesChanged,
+    RecordedEvent,
+)
 from services.audit.errors import AuditError
 from services.audit.loading import TenantRecord, load_subject_events, load_tenant
 from services.ledger.store import EventStore
@@ -112,6 +119,19 @@ class ReceiptService(Camel, frozen=True, kw_only=True):
     purposes: list[ReceiptPurpose]
 
 
+class DoubleOptIn(Camel, frozen=True, kw_only=True):
+    """An e-mail opt-in given through the portal or the API counts only once confirmed from
+    a mail: ``pending`` until then; the confirmation's evidence (when, which mail, which
+    policy version the confirmation page showed)."""
+
+    status: Literal["pending", "confirmed"]
+    preference_event_id: str
+    confirmation_event_id: str | None = None
+    confirmed_at: dt.datetime | None = None
+    mail_id: str | None = None
+    policy_version_confirmed: str | None = None
+
+
 class ConsentReceipt(Camel, frozen=True, kw_only=True):
     """A Kantara CR v1.1 receipt, plus the ledger's proof-of-consent fields (see module)."""
 
@@ -142,6 +162,7 @@ class ConsentReceipt(Camel, frozen=True, kw_only=True):
     how_to_withdraw: str
     rules_version: str = ""
     law_in_force: list[str] = []
+    double_opt_in: DoubleOptIn | None = None
 
     @property
     def receipt_id(self) -> str:
@@ -172,11 +193,27 @@ def receipt_id_for(event_id: str) -> str:
 
 
 def is_receipt_event(recorded: RecordedEvent) -> bool:
-    return isinstance(recorded.event, (PreferencesChanged, ObjectionRecorded, ObjectionWithdrawn))
+    return isinstance(recorded.event, (PreferencesChanged, ObjectionRecorded, ObjectionWithdrawn, OptInConfirmed))
+
+
+def double_opt_in_of(recorded: RecordedEvent, subject_events: list[RecordedEvent]
+                     ) -> tuple[RecordedEvent | None, RecordedEvent | None]:
+    """(the PreferencesChanged, its OptInConfirmed) for a receipt event that is part of a
+    double opt-in, from the subject's events; (None, None) otherwise."""
+    event = recorded.event
+    if isinstance(event, OptInConfirmed):
+        confirms = next((e for e in subject_events if e.event_id == event.preference_event_id), None)
+        return confirms, recorded
+    if isinstance(event, PreferencesChanged) and event.confirmation_required:
+        confirmation = next((e for e in subject_events if isinstance(e.event, OptInConfirmed)
+                             and e.event.preference_event_id == recorded.event_id), None)
+        return recorded, confirmation
+    return None, None
 
 
 def build_receipt(recorded: RecordedEvent, controller: TenantState, *, portal_url: str | None = None,
-                  public_base: str = DEFAULT_PUBLIC_BASE) -> ConsentReceipt:
+                  public_base: str = DEFAULT_PUBLIC_BASE,
+                  subject_events: list[RecordedEvent] | None = None) -> ConsentReceipt:
     """The receipt of one preference or objection change.
 
     ``controller``: the tenant (dealer) as it stood when the change was recorded
@@ -187,11 +224,36 @@ def build_receipt(recorded: RecordedEvent, controller: TenantState, *, portal_ur
     """
     event = recorded.event
     parsed = parse_subject_stream(recorded.stream_id)
-    if parsed is None or not isinstance(event, (PreferencesChanged, ObjectionRecorded, ObjectionWithdrawn)):
+    if parsed is None or not isinstance(event, (PreferencesChanged, ObjectionRecorded, ObjectionWithdrawn,
+                                                OptInConfirmed)):
         raise ValueError(f"{recorded.event_type} of {recorded.stream_id} is not a consent change")
     tenant_id, source, ref = parsed
+    preference, confirmation = double_opt_in_of(recorded, subject_events or [])
+    double: DoubleOptIn | None = None
+    if preference is not None or isinstance(event, OptInConfirmed):
+        confirmed = confirmation.event if confirmation is not None else None
+        assert confirmed is None or isinstance(confirmed, OptInConfirmed)
+        double = DoubleOptIn(
+            status="confirmed" if confirmed is not None else "pending",
+            preference_event_id=preference.event_id if preference is not None else event.preference_event_id,  # type: ignore[union-attr]
+            confirmation_event_id=confirmation.event_id if confirmation is not None else None,
+            confirmed_at=confirmation.recorded_at if confirmation is not None else None,
+            mail_id=confirmed.mail_id if confirmed is not None else None,
+            policy_version_confirmed=confirmed.policy_version if confirmed is not None else None)
     purposes: list[ReceiptPurpose]
-    if isinstance(event, PreferencesChanged):
+    if isinstance(event, OptInConfirmed):
+        changes = preference.event.changes if preference is not None and isinstance(
+            preference.event, PreferencesChanged) else []
+        purposes = [
+            ReceiptPurpose(
+                purpose=f"{PURPOSES[c.category]} by {CHANNELS[c.channel]}", consent_type=_CONSENT_TYPE["opt_in"],
+                purpose_category=[c.category], pii_category=PII_CATEGORIES, termination=_TERMINATION["opt_in"],
+                category=c.category, channel=c.channel, preference="opt_in",
+                basis=_BASIS["opt_in"] + " (double opt-in: confirmed from the mail sent for it)",
+            )
+            for c in changes if c.channel == "email" and c.value == "opt_in"
+        ]
+    elif isinstance(event, PreferencesChanged):
         purposes = [
             ReceiptPurpose(
                 purpose=f"{PURPOSES[c.category]} by {CHANNELS[c.channel]}", consent_type=_CONSENT_TYPE[c.value],
@@ -217,21 +279,26 @@ def build_receipt(recorded: RecordedEvent, controller: TenantState, *, portal_ur
     # The version the receipt names: the text shown, else (records made before every
     # record named one) the version in force when it was recorded.
     named = event.policy_version or controller.policy_version
-    basis = event.policy_version_basis if event.policy_version is not None else "in_force"
+    basis: Literal["shown", "in_force"] = "in_force"
+    if event.policy_version is not None:  # a confirmation names the text its page showed
+        basis = "shown" if isinstance(event, OptInConfirmed) else event.policy_version_basis
+    dated = not isinstance(event, OptInConfirmed)  # a confirmation counts from when it is made
     return ConsentReceipt(
         version=RECEIPT_VERSION, jurisdiction="NL", language="nl",
         consent_timestamp=int(recorded.recorded_at.timestamp()), consent_time=recorded.recorded_at,
         collection_method=event.method, consent_receipt_id=receipt_id_for(recorded.event_id),
-        changed_by=event.changed_by, pii_principal_id=f"{tenant_id}/{source}/{ref}",
+        changed_by=event.confirmed_by if isinstance(event, OptInConfirmed) else event.changed_by,
+        pii_principal_id=f"{tenant_id}/{source}/{ref}",
         pii_controllers=[_controller(controller)],
         policy_url=policy_url(public_base, tenant_id, named),
         services=[ReceiptService(service=f"Direct marketing by {controller.name}", purposes=purposes)],
         policy_version=named, policy_version_basis=basis,
         policy_version_label="policy shown" if basis == "shown" else "policy in force",
         policy_version_in_force=controller.policy_version,
-        given_on=event.given_on, evidence_ref=event.evidence_ref,
+        given_on=event.given_on if dated else None,  # type: ignore[union-attr]
+        evidence_ref=event.evidence_ref if dated else None,  # type: ignore[union-attr]
         event_id=recorded.event_id, event_type=recorded.event_type, ledger_position=recorded.position,
-        how_to_withdraw=withdraw,
+        how_to_withdraw=withdraw, double_opt_in=double,
         rules_version=RULES_VERSION,
         law_in_force=[r.id for r in rules_in_force(ledger_day(recorded.recorded_at))],
     )
@@ -239,7 +306,8 @@ def build_receipt(recorded: RecordedEvent, controller: TenantState, *, portal_ur
 
 def receipts_from(subject_events: list[RecordedEvent], tenant: TenantRecord, *, portal_url: str | None = None,
                   public_base: str = DEFAULT_PUBLIC_BASE) -> list[ConsentReceipt]:
-    return [build_receipt(e, tenant.state_at(e.recorded_at), portal_url=portal_url, public_base=public_base)
+    return [build_receipt(e, tenant.state_at(e.recorded_at), portal_url=portal_url, public_base=public_base,
+                          subject_events=subject_events)
             for e in subject_events if is_receipt_event(e)]
 
 

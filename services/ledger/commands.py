@@ -26,6 +26,7 @@ from schemas.events import (
     ControllerContact,
     ControllerContactSet,
     DataSourceAdded,
+    DealerContactSet,
     Event,
     InvoiceRecorded,
     MarketingActivityRecorded,
@@ -35,6 +36,7 @@ from schemas.events import (
     PolicyVersionBasis,
     ObjectionRecorded,
     ObjectionWithdrawn,
+    OptInConfirmed,
     PolicyChapterActiveSet,
     PolicyChapterAdded,
     PolicyChapterDeleted,
@@ -43,6 +45,7 @@ from schemas.events import (
     PreferencesChanged,
     PreferenceSetting,
     ProcessorAgreementSet,
+    ProspectDisclosureSet,
     ProspectRegistered,
     RetentionPolicySet,
     Sealed,
@@ -74,6 +77,20 @@ def _erased(stream_id: str) -> CommandRejected:
         f"{stream_id} was erased (GDPR art. 17): its personal data is destroyed and nothing more"
         " can be recorded for it", field="ref",
     )
+
+
+def _looks_like_address(text: str) -> bool:
+    local, at, domain = text.partition("@")
+    return bool(at and local and domain and "@" not in domain and not any(c.isspace() for c in text)
+                and "." in domain and not any(c in '<>,;"()[]\\' for c in text))
+
+
+def needs_double_opt_in(ctx: Context, changes: Sequence[PreferenceSetting]) -> bool:
+    """An e-mail opt-in given through the portal or the API (method ``portal`` / ``api``: the
+    customer's own click, relayed) counts only once the customer confirms it from a mail
+    (double opt-in). Staff recording a signed form or a call (methods ``in_person``,
+    ``phone``, ``email``) and the DMS import (``import``) are not asked for one."""
+    return ctx.method in ("portal", "api") and any(c.channel == "email" and c.value == "opt_in" for c in changes)
 
 
 class Context:
@@ -258,6 +275,27 @@ class Ledger:
                                      expected: int | None = None) -> AppendResult:
         version, _ = await self.require_tenant(tenant_id, fresh=True)
         return await self._tenant_command(ctx, tenant_id, [ControllerContactSet(details=details)], expected, version)
+    async def set_dealer_contact(self, ctx: Context, tenant_id: str, contact: DealerContactSet,
+                                 expected: int | None = None) -> AppendResult:
+        """The dealer's address, phone and e-mail (portal header, e-mail footers). These go
+        into mail headers and bodies, so a line break or other control character is refused."""
+        version, _ = await self.require_tenant(tenant_id, fresh=True)
+        for field in ("street", "postcode", "city", "phone", "email", "website"):
+            value = getattr(contact, field)
+            if value is not None and not value.isprintable():
+                raise CommandRejected(422, "validation_error", "no line breaks or control characters", f"$.{field}")
+        if not _looks_like_address(contact.email):
+            raise CommandRejected(422, "validation_error", "not an e-mail address (name@domain)", "$.email")
+        return await self._tenant_command(ctx, tenant_id, [contact], expected, version)
+
+    async def set_prospect_disclosure(self, ctx: Context, tenant_id: str, body: str,
+                                      expected: int | None = None) -> AppendResult:
+        version, state = await self.require_tenant(tenant_id, fresh=True)
+        if not body.strip():
+            raise CommandRejected(422, "validation_error", "the text is empty", "$.body")
+        if body == state.disclosure:
+            raise CommandRejected(409, "no_change", "the text is unchanged", "$.body")
+        return await self._tenant_command(ctx, tenant_id, [ProspectDisclosureSet(body=body)], expected, version)
 
     async def set_retention(self, ctx: Context, tenant_id: str, customer_years: int, prospect_months: int) -> AppendResult:
         version, _ = await self.require_tenant(tenant_id, fresh=True)
@@ -343,9 +381,20 @@ class Ledger:
         event = PreferencesChanged(
             changes=list(changes), changed_by=ctx.actor, method=ctx.method,
             policy_version=policy, policy_version_basis=basis, note=await self.seal_note(tenant_id, stream, note),
-            given_on=given_on, evidence_ref=evidence_ref,
+            given_on=given_on, evidence_ref=evidence_ref, confirmation_required=needs_double_opt_in(ctx, changes),
         )
         return await self._append(ctx, tenant_id, stream, [event], expected=expected)
+
+    async def confirm_opt_in(self, ctx: Context, tenant_id: str, source: str, ref: str, preference_event_id: str,
+                             mail_id: str, *, policy_version_shown: str | None,
+                             expected: int | None = None) -> AppendResult:
+        """Record the customer's confirmation of a pending e-mail opt-in (double opt-in).
+        The caller checked that the opt-in is still pending (consent.subject.pending_opt_ins)."""
+        await self.require_source(tenant_id, source)
+        await self.require_published_policy(tenant_id, policy_version_shown)
+        event = OptInConfirmed(preference_event_id=preference_event_id, mail_id=mail_id,
+                               policy_version=policy_version_shown, confirmed_by=ctx.actor, method=ctx.method)
+        return await self._append(ctx, tenant_id, subject_stream(tenant_id, source, ref), [event], expected=expected)
 
     async def record_objection(self, ctx: Context, tenant_id: str, source: str, ref: str, *, withdraw: bool = False,
                                policy_version_shown: str | None = None, note: str | None = None,

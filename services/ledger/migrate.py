@@ -26,6 +26,7 @@ MIGRATION_PACKAGES: tuple[str, ...] = (
     "services.portal",
     "services.projector",
     "services.importer",
+    "services.mail",
 )
 
 

@@ -127,6 +127,11 @@ READ_STREAM: Final = (
     f"SELECT {EVENT_COLUMNS} FROM ledger.events WHERE log_partition = $1 AND stream_id = $2 AND version >= $3"
     " ORDER BY version LIMIT $4"
 )
+# The events of types $3 of the streams $2 (newline-joined) in partitions $1, by stream.
+READ_STREAMS: Final = (
+    f"SELECT {EVENT_COLUMNS} FROM ledger.events WHERE log_partition = ANY($1::smallint[])"
+    " AND stream_id = ANY(string_to_array($2, E'\\n')) AND event_type = ANY($3::text[]) ORDER BY stream_id, version"
+)
 STREAM_VERSION: Final = (
     "SELECT max(version) FROM ledger.events WHERE log_partition = $1 AND stream_id = $2"
 )

@@ -255,6 +255,15 @@ class SubjectSealer:
         return Sealed(key_id=self.key_id, nonce=nonce_b64 or _b64(nonce, newline=False).decode(),
                       ciphertext=_b64(ciphertext, newline=False).decode())
 
+    def open_json(self, sealed: Sealed) -> bytes | None:
+        """The plaintext of a Sealed field of this subject, or None if another key sealed it."""
+        if sealed.key_id != self.key_id:
+            return None
+        aead = self._aead
+        if aead is None:
+            aead = self._aead = AESGCM(self._key)
+        return aead.decrypt(_b64d(sealed.nonce), _b64d(sealed.ciphertext), self._aad)
+
     def derive(self, purpose: bytes) -> bytes:
         """A sub-key for another use (e.g. keyed fingerprints), gone with the subject key
         (BLAKE2b in keyed mode: a MAC in one call)."""

@@ -11,6 +11,7 @@ live in the app (``cleanup_ctx`` / ``web.AppKey``).
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -29,6 +30,7 @@ from services.ledger.errors import StoreUnavailable, WrongExpectedVersion
 from services.ledger.migrate import migrate
 from services.ledger.store import EventStore
 from services.ledger.subject_keys import SubjectKeys, parse_master_key
+from services.mail.service import MailService
 from services.portal.accounts import Accounts
 from services.portal.links import LinkStore
 from services.portal.messages import Messages, pick_language
@@ -40,7 +42,7 @@ from services.portal.security import (
     same_origin,
     security_headers_middleware,
 )
-from services.portal.view import TenantFreshness, settings_table
+from services.portal.view import TenantFreshness, policy_toc, settings_grid, settings_table
 from services.serving import BodyTimeout, post_within, set_body_timeout
 from services.settings import Settings
 
@@ -57,6 +59,8 @@ LIMITER = web.AppKey("portal_limiter", RateLimiter)
 TEMPLATES = web.AppKey("portal_templates", jinja2.Environment)
 HASHER = web.AppKey("portal_password_hasher", PasswordHasher)
 FRESHNESS = web.AppKey("portal_tenant_freshness", TenantFreshness)
+MAIL = web.AppKey("portal_mail", MailService)
+LINK_REQUESTS = web.AppKey("portal_link_request_limiter", RateLimiter)
 
 PUBLIC_ORIGIN = web.AppKey("portal_public_origin", str)
 TRUSTED_PROXIES = web.AppKey("portal_trusted_proxies", frozenset)
@@ -77,6 +81,8 @@ def template_environment() -> jinja2.Environment:
         auto_reload=False,
     )
     env.globals["settings_table"] = settings_table
+    env.globals["settings_grid"] = settings_grid
+    env.globals["policy_toc"] = policy_toc
     return env
 
 
@@ -260,14 +266,18 @@ def create_portal_app(settings: Settings, *, password_hasher: PasswordHasher | N
     app[TEMPLATES] = template_environment()
     app[LIMITER] = RateLimiter(settings.portal_rate_per_minute, settings.portal_rate_burst)
     app[FRESHNESS] = TenantFreshness()
+    # "I lost my link": per e-mail address at most one mail a minute, 3 at once, whatever
+    # the client address (the page answers the same either way: nothing to enumerate).
+    app[LINK_REQUESTS] = RateLimiter(1, 3)
     app[PUBLIC_ORIGIN] = origin_of(settings.portal_base_url)
     app[TRUSTED_PROXIES] = frozenset(p.strip() for p in settings.portal_trusted_proxies.split(",") if p.strip())
-    from services.portal import routes_customer, routes_staff
+    from services.portal import routes_customer, routes_mail, routes_staff
 
     app.router.add_get("/healthz", healthz)
     app.router.add_static("/static/", path=str(_static_dir()), name="static", append_version=False)
     routes_customer.add_routes(app)
     routes_staff.add_routes(app)
+    routes_mail.add_routes(app)
     app.cleanup_ctx.append(_database)
     return app
 
@@ -307,6 +317,14 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
     app[LINKS] = LinkStore(pool)
     app[ACCOUNTS] = Accounts(pool, app[HASHER])
     app[CSRF] = Csrf(master)
+    app[MAIL] = MailService(pool, app[LEDGER].keys, app[LEDGER], settings, master)
+    # The portal process sends the outbox's mails (queued by it, the API or the import) when
+    # an SMTP server is configured; several processes share the work (SKIP LOCKED).
+    stop = asyncio.Event()
+    worker = asyncio.create_task(app[MAIL].run(stop)) if settings.smtp_host else None
     yield
+    stop.set()
+    if worker is not None:
+        await worker
     await store.stop()
     await pool.close()

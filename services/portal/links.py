@@ -221,6 +221,34 @@ class LinkStore:
                 )
         return token
 
+    async def rotate_many(self, tenant_id: str, subjects: list[tuple[str, str]], *, issued_by: str,
+                          conn: asyncpg.Connection | None = None) -> list[str]:
+        """New raw tokens for many subjects at once (a mailing), each revoking the subject's
+        live link: one transaction, the same per-subject advisory locks as :meth:`issue`
+        (taken in a fixed order, so two bulk issuers cannot deadlock). Tokens in the order
+        of ``subjects``. ``conn``: run inside the caller's transaction instead."""
+        if conn is None:  # a transaction of its own
+            with translate_errors():
+                async with self._pool.acquire() as own, own.transaction():
+                    return await self.rotate_many(tenant_id, subjects, issued_by=issued_by, conn=own)
+        tokens = [new_token() for _ in subjects]
+        parts = [split_token(t) for t in tokens]
+        names = [f"{tenant_id}/{source}/{ref}" for source, ref in subjects]
+        with translate_errors():
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(n, 7))"
+                               " FROM (SELECT DISTINCT n FROM unnest($1::text[]) n ORDER BY n) x", names)
+            await conn.execute(
+                "UPDATE portal.links l SET revoked_at = now(), revoked_by = $4 FROM unnest($2::text[], $3::text[])"
+                " AS u(source, customer_ref) WHERE l.tenant_id = $1 AND l.source = u.source"
+                " AND l.customer_ref = u.customer_ref AND l.revoked_at IS NULL",
+                tenant_id, [x for x, _ in subjects], [r for _, r in subjects], issued_by)
+            await conn.copy_records_to_table(
+                "links", schema_name="portal",
+                records=[(p[0], p[1], tenant_id, source, ref, issued_by)  # type: ignore[index]
+                         for p, (source, ref) in zip(parts, subjects, strict=True)],
+                columns=["selector_hash", "verifier_hash", "tenant_id", "source", "customer_ref", "issued_by"])
+        return tokens
+
     async def revoke(self, tenant_id: str, source: str, customer_ref: str, *, revoked_by: str) -> bool:
         """Revoke the subject's live link; False if it had none."""
         with translate_errors():

@@ -296,6 +296,69 @@ TEXT: Final[dict[Lang, dict[str, str]]] = {
         "how_api": "API",
         "how_retention": "bewaartermijn",
         "how_system": "systeem",
+        "link_email": "Stuur link per e-mail",
+        "link_mailed": "De klant krijgt binnen enkele minuten een e-mail met een nieuwe link; de vorige link werkt niet meer.",
+        "link_no_address": "Van deze klant is geen e-mailadres bekend. Maak een nieuwe link en geef die op een andere manier door.",
+        "ev_MailSent": "E-mail verstuurd",
+        "ev_OptInConfirmed": "Aanmelding voor e-mail bevestigd",
+        "why_opt_in_pending": "Nee, nog niet: wij hebben u een e-mail gestuurd om uw aanmelding te bevestigen.",
+        "request_title": "Nieuwe link aanvragen",
+        "request_intro": "Vul het e-mailadres in dat {dealer} van u heeft. Wij sturen u dan een nieuwe persoonlijke link naar het Privacy Portaal.",
+        "request_email": "Uw e-mailadres",
+        "request_button": "Stuur mij een nieuwe link",
+        "request_done": "Als dit e-mailadres bij {dealer} bekend is, ontvangt u binnen enkele minuten een e-mail met een nieuwe link. Ziet u niets? Kijk ook in uw map met ongewenste e-mail.",
+        "request_invalid": "Vul één geldig e-mailadres in, zoals naam@voorbeeld.nl.",
+        "unsub_title": "Afmelden",
+        "unsub_all": "alle marketingberichten",
+        "unsub_question": "Wilt u zich afmelden voor {what} van {dealer}?",
+        "unsub_button": "Ja, meld mij af",
+        "unsub_done": "U bent afgemeld voor {what}. {dealer} stuurt u deze berichten niet meer.",
+        "unsub_bad_body": "Dit verzoek kan niet worden verwerkt. Gebruik de knop op de afmeldpagina.",
+        "confirm_title": "Aanmelding bevestigen",
+        "confirm_question": "U gaf aan dat u deze berichten van {dealer} per e-mail wilt ontvangen:",
+        "confirm_policy": "Zo gaan wij met uw gegevens om (ons privacybeleid, volledig te lezen in het Privacy Portaal):",
+        "confirm_button": "Ja, dat klopt",
+        "confirm_done": "Dank u wel. Uw aanmelding is bevestigd; {dealer} mag u deze berichten nu per e-mail sturen:",
+        "how_one_click": "afmeldlink in e-mail",
+        "contact_title": "Contactgegevens van uw bedrijf",
+        "contact_help": "Deze gegevens staan bovenaan het Privacy Portaal en onder elke e-mail aan uw klanten.",
+        "contact_none": "Nog niet ingevuld: uw klanten zien dan alleen uw bedrijfsnaam.",
+        "contact_street": "Adres (straat en huisnummer)",
+        "contact_postcode": "Postcode",
+        "contact_city": "Plaats",
+        "contact_phone": "Telefoon",
+        "contact_email": "E-mailadres",
+        "contact_website": "Website (niet verplicht)",
+        "contact_save": "Contactgegevens opslaan",
+        "field_required": "Vul dit veld in.",
+        "field_invalid": "Dit is geen geldige waarde (geen regeleinden of speciale tekens).",
+        "email_invalid": "Vul één geldig e-mailadres in, zoals info@uwbedrijf.nl.",
+        "disclosure_title": "Eerste brief aan nieuwe contacten",
+        "disclosure_help": "Wie nog geen klant is en van wie u gegevens heeft gekregen (bijvoorbeeld gekocht), moet in de eerste brief lezen waarom u contact opneemt, waar u de gegevens vandaan heeft, met wie u ze deelt en dat men bezwaar kan maken (AVG artikel 14 en 21, lid 4). Deze tekst krijgt elk verzendsysteem mee bij zo'n brief. {dealer} wordt vervangen door uw bedrijfsnaam.",
+        "disclosure_version": "Versie",
+        "disclosure_save": "Tekst opslaan",
+        "disclosure_link": "Tekst eerste brief aan nieuwe contacten",
+        "portal_heading": "Uw privacy-instellingen",
+        "portal_lead": "Hier kiest u zelf welke berichten {dealer} u mag sturen, en hoe.",
+        "summary_title": "In het kort",
+        "summary_use": "Wij gebruiken uw naam en contactgegevens om u te berichten over onderhoud, aanbiedingen en nieuws.",
+        "summary_choice": "U kiest hieronder zelf wat u ontvangt. Afmelden kan altijd, ook met de link onder elke e-mail.",
+        "summary_policy": "Alles over hoe wij met uw gegevens omgaan leest u verderop in ons privacybeleid:",
+        "grid_help": "Kies per soort bericht en per kanaal Ja of Nee. Bij Automatisch ontvangt u berichten alleen zolang de termijn na uw laatste aankoop of bezoek loopt.",
+        "grid_help_prospect": "Kies per soort bericht en per kanaal Ja of Nee. Bij Automatisch sturen wij u alleen kort na uw aanvraag een kennismakingsbrief per post.",
+        "col_category": "Soort bericht",
+        "pchoice_default": "Automatisch",
+        "pchoice_opt_in": "Ja",
+        "pchoice_opt_out": "Nee",
+        "state_yes": "Nu: ja",
+        "state_yes_until": "Nu: ja, tot {until}",
+        "state_no": "Nu: nee",
+        "state_pending": "Bevestig via de e-mail",
+        "source_note": "Deze instellingen gelden voor uw gegevens uit: {source}.",
+        "contact_heading": "Contact",
+        "call": "Bel",
+        "mail_us": "Mail",
+        "lost_link": "Link kwijt? Vraag een nieuwe aan",
     },
     "en": {
         "skip": "Skip to content",
@@ -522,35 +585,82 @@ TEXT: Final[dict[Lang, dict[str, str]]] = {
         "how_api": "API",
         "how_retention": "retention period",
         "how_system": "system",
+        "link_email": "Send link by e-mail",
+        "link_mailed": "The customer will get an e-mail with a new link within a few minutes; the previous link no longer works.",
+        "link_no_address": "No e-mail address is known for this customer. Make a new link and pass it on another way.",
+        "ev_MailSent": "E-mail sent",
+        "ev_OptInConfirmed": "E-mail sign-up confirmed",
+        "why_opt_in_pending": "No, not yet: we sent you an e-mail to confirm your sign-up.",
+        "request_title": "Request a new link",
+        "request_intro": "Enter the e-mail address {dealer} has for you. We will send you a new personal link to the privacy portal.",
+        "request_email": "Your e-mail address",
+        "request_button": "Send me a new link",
+        "request_done": "If {dealer} knows this e-mail address, you will get an e-mail with a new link within a few minutes. Nothing arrived? Check your spam folder too.",
+        "request_invalid": "Enter one valid e-mail address, like name@example.com.",
+        "unsub_title": "Unsubscribe",
+        "unsub_all": "all marketing messages",
+        "unsub_question": "Do you want to unsubscribe from {what} from {dealer}?",
+        "unsub_button": "Yes, unsubscribe me",
+        "unsub_done": "You are unsubscribed from {what}. {dealer} will no longer send you these messages.",
+        "unsub_bad_body": "This request cannot be processed. Please use the button on the unsubscribe page.",
+        "confirm_title": "Confirm your sign-up",
+        "confirm_question": "You told us you want to receive these messages from {dealer} by e-mail:",
+        "confirm_policy": "How we handle your data (our privacy policy, in full in the privacy portal):",
+        "confirm_button": "Yes, that is right",
+        "confirm_done": "Thank you. Your sign-up is confirmed; {dealer} may now send you these messages by e-mail:",
+        "how_one_click": "unsubscribe link in an e-mail",
+        "contact_title": "Your company's contact details",
+        "contact_help": "These details are shown at the top of the privacy portal and below every e-mail to your customers.",
+        "contact_none": "Not filled in yet: your customers only see your company name.",
+        "contact_street": "Address (street and number)",
+        "contact_postcode": "Postcode",
+        "contact_city": "City",
+        "contact_phone": "Phone",
+        "contact_email": "E-mail address",
+        "contact_website": "Website (optional)",
+        "contact_save": "Save contact details",
+        "field_required": "Please fill in this field.",
+        "field_invalid": "This is not a valid value (no line breaks or special characters).",
+        "email_invalid": "Enter one valid e-mail address, like info@yourcompany.com.",
+        "disclosure_title": "First letter to new contacts",
+        "disclosure_help": "People who are not customers and whose details you obtained (bought, for example) must read in the first letter why you contact them, where the details came from, with whom you share them and that they may object (GDPR art. 14 and 21(4)). Every sending system gets this text with such a letter. {dealer} is replaced by your company name.",
+        "disclosure_version": "Version",
+        "disclosure_save": "Save text",
+        "disclosure_link": "Text of the first letter to new contacts",
+        "portal_heading": "Your privacy settings",
+        "portal_lead": "Choose which messages {dealer} may send you, and how.",
+        "summary_title": "In short",
+        "summary_use": "We use your name and contact details to tell you about servicing, offers and news.",
+        "summary_choice": "You choose below what you receive. You can unsubscribe at any time, also with the link below every e-mail.",
+        "summary_policy": "How we handle your data is explained in full in our privacy policy further down:",
+        "grid_help": "Choose Yes or No per kind of message and channel. With Automatic you only get messages while the term after your last purchase or visit runs.",
+        "grid_help_prospect": "Choose Yes or No per kind of message and channel. With Automatic we only send you one introductory letter by post shortly after your request.",
+        "col_category": "Kind of message",
+        "pchoice_default": "Automatic",
+        "pchoice_opt_in": "Yes",
+        "pchoice_opt_out": "No",
+        "state_yes": "Now: yes",
+        "state_yes_until": "Now: yes, until {until}",
+        "state_no": "Now: no",
+        "state_pending": "Confirm via the e-mail",
+        "source_note": "These settings apply to your data from: {source}.",
+        "contact_heading": "Contact",
+        "call": "Call",
+        "mail_us": "E-mail",
+        "lost_link": "Lost your link? Request a new one",
     },
 }
 
 _ACCEPT_EN: Final = ("en",)
 
 
-def pick_language(query_lang: str | None, accept_language: str | None) -> tuple[Lang, bool]:
-    """(language, chosen explicitly in the URL). ``?lang=`` wins, then the first supported
-    language in ``Accept-Language`` (by q-value), else Dutch."""
+def pick_language(query_lang: str | None, accept_language: str | None = None) -> tuple[Lang, bool]:
+    """(language, chosen explicitly in the URL). The dealer's language, Dutch, unless the
+    visitor picks another with the language links (``?lang=``). The browser's
+    ``Accept-Language`` does not count: a Dutch customer whose browser happens to be set to
+    English still gets the dealer's Dutch page (and can switch with one click)."""
     if query_lang in LANGS:
         return query_lang, True  # type: ignore[return-value]
-    if accept_language:
-        best: tuple[float, Lang] | None = None
-        for part in accept_language.split(",")[:20]:
-            tag, _, params = part.strip().partition(";")
-            primary = tag.strip().lower().split("-")[0]
-            if primary not in LANGS:
-                continue
-            q = 1.0
-            params = params.strip()
-            if params.startswith("q="):
-                try:
-                    q = float(params[2:])
-                except ValueError:
-                    q = 0.0
-            if q > 0 and (best is None or q > best[0]):
-                best = (q, primary)  # type: ignore[assignment]
-        if best is not None:
-            return best[1], False
     return "nl", False
 
 

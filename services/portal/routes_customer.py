@@ -16,13 +16,15 @@ from consent.tenant import TenantHistory
 from consent.vocabulary import is_slug, subject_stream, tenant_stream
 from schemas.events import Actor
 from services.audit.receipts import build_receipt, is_receipt_event
-from services.ledger.commands import CommandRejected, Context
+from services.ledger.commands import CommandRejected, Context, needs_double_opt_in
 from services.ledger.errors import WrongExpectedVersion
 from services.portal.app import (
     CSRF,
     FRESHNESS,
     LEDGER,
+    LINK_REQUESTS,
     LINKS,
+    MAIL,
     MESSAGES,
     SETTINGS,
     STORE,
@@ -34,6 +36,7 @@ from services.portal.app import (
     render,
     url_for,
 )
+from services.mail.compose import MailRefused, check_address
 from services.portal.links import LinkTarget
 from services.portal.security import Csrf
 from services.portal.view import FormProblem, PortalView, load_view, policy_fragment, preference_changes
@@ -51,6 +54,8 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/p/{token}/objection/withdraw", withdraw_objection)
     app.router.add_get("/p/{token}/receipt/{event_id}", download_receipt)
     app.router.add_get("/policy/{tenant}/{version}", public_policy)
+    app.router.add_get("/link/{tenant}", link_request_page)
+    app.router.add_post("/link/{tenant}", link_request)
 
 
 def link_purpose(target: LinkTarget) -> str:
@@ -174,6 +179,10 @@ async def save_preferences(request: web.Request) -> web.StreamResponse:
         return _page(request, target, view, status=exc.status, error=request[MESSAGES]("not_allowed_now",
                                                                                      message=exc.message))
     log.info("portal_preferences_saved", cells=len(changes))
+    if needs_double_opt_in(_ctx(), changes):
+        categories = [c.category for c in changes if c.channel == "email" and c.value == "opt_in"]
+        await request.app[MAIL].send_opt_in_confirmation(target.tenant_id, target.source, target.customer_ref,
+                                                         result.event_ids[0], categories, lang=request[MESSAGES].lang)
     return _after_save(request, result.event_ids[0])
 
 
@@ -225,7 +234,7 @@ async def download_receipt(request: web.Request) -> web.StreamResponse:
         return error_page(request, 404, "not_found_title", "not_found_body")
     history = TenantHistory(await store.read_stream(tenant_stream(target.tenant_id)))
     receipt = build_receipt(recorded, history.state_at(recorded.recorded_at),
-                            public_base=request.app[SETTINGS].portal_base_url)
+                            public_base=request.app[SETTINGS].portal_base_url, subject_events=subject_events)
     name = f"bevestiging-{recorded.recorded_at:%Y%m%d-%H%M%S}.json"
     return web.Response(body=_receipt_encoder.encode(receipt), content_type="application/json",
                         headers={"Content-Disposition": f'attachment; filename="{name}"'})
@@ -248,3 +257,61 @@ async def public_policy(request: web.Request) -> web.StreamResponse:
         return error_page(request, 404, "not_found_title", "not_found_body")
     return render(request, "public_policy.html", tenant_name=state.name, version_id=version_id,
                   policy_html=policy_fragment(request.app[TEMPLATES], state.chapters))
+# -- "I lost my link" ----------------------------------------------------------------------
+
+
+def _request_purpose(tenant_id: str) -> str:
+    return f"link-request:{tenant_id}"
+
+
+async def _link_request_tenant(request: web.Request) -> tuple[str, str] | web.Response:
+    limited = rate_limited(request)
+    if limited is not None:
+        return limited
+    tenant_id = request.match_info["tenant"]
+    tenant = await request.app[FRESHNESS].tenant(request.app[LEDGER], tenant_id) if is_slug(tenant_id) else None
+    if tenant is None:
+        return neutral(request)
+    return tenant_id, tenant.name
+
+
+def _link_request_form(request: web.Request, tenant_id: str, dealer: str, *, status: int = 200, done: bool = False,
+                       error: str | None = None, email: str = "") -> web.Response:
+    return render(request, "link_request.html", status=status, dealer=dealer, done=done, error=error, email=email,
+                  action=f"/link/{tenant_id}", csrf_token=request.app[CSRF].token(_request_purpose(tenant_id)))
+
+
+async def link_request_page(request: web.Request) -> web.StreamResponse:
+    found = await _link_request_tenant(request)
+    if isinstance(found, web.Response):
+        return found
+    return _link_request_form(request, *found)
+
+
+async def link_request(request: web.Request) -> web.StreamResponse:
+    """Mail a new link to the subjects of this dealer that gave the address. The answer is
+    the same whether or not the address is known (nothing to enumerate), and the same when
+    the per-address limit holds the mail back; the client address is rate-limited as for
+    every /p/ page."""
+    found = await _link_request_tenant(request)
+    if isinstance(found, web.Response):
+        return found
+    tenant_id, dealer = found
+    form = await _checked_form(request, request.app[CSRF], _request_purpose(tenant_id))
+    if isinstance(form, web.Response):
+        return form
+    address = form.get("email", "").strip()
+    try:
+        check_address("email", address)
+        if len(address) > 254:
+            raise MailRefused("email", "too long")
+    except MailRefused:
+        return _link_request_form(request, tenant_id, dealer, status=422, error=request[MESSAGES]("request_invalid"),
+                                  email=address[:254])
+    mail = request.app[MAIL]
+    if request.app[LINK_REQUESTS].allow(mail.addresses.mac(tenant_id, address).hex()):
+        queued = await mail.request_link(tenant_id, address)
+        log.info("link_requested", tenant=tenant_id, queued=queued)  # never the address
+    else:
+        log.warning("link_request_limited", tenant=tenant_id)
+    return _link_request_form(request, tenant_id, dealer, done=True)

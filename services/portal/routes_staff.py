@@ -28,6 +28,7 @@ from consent.warnings import compliance_warnings
 from schemas.events import (
     Actor,
     Chapter,
+    DealerContactSet,
     InvoiceCorrected,
     InvoiceRecorded,
     ObjectionRecorded,
@@ -46,6 +47,7 @@ from services.portal.app import (
     CSRF,
     LEDGER,
     LINKS,
+    MAIL,
     MESSAGES,
     SETTINGS,
     TEMPLATES,
@@ -57,6 +59,8 @@ from services.portal.app import (
     render,
     url_for,
 )
+from services.mail.compose import MailRefused, check_address
+from services.mail.service import NoAddress
 from services.portal.links import portal_url
 from services.portal.messages import Messages
 from services.portal.security import MAX_BODY_CHARS, Csrf, client_address, sanitise_html
@@ -66,7 +70,7 @@ log = structlog.get_logger(__name__)
 
 SESSION_COOKIE: Final = "__Host-portal_session"
 PRELOGIN_COOKIE: Final = "__Host-portal_login"
-FLASH: Final = frozenset({"saved_staff", "nothing_changed", "link_revoked", "conflict"})
+FLASH: Final = frozenset({"saved_staff", "nothing_changed", "link_revoked", "conflict", "link_mailed"})
 ON_BEHALF_METHODS: Final = ("phone", "email", "in_person")
 MAX_REASON_CHARS: Final = 500  # the form field's maxlength too
 
@@ -99,7 +103,10 @@ def add_routes(app: web.Application) -> None:
     r.add_get(b, overview)
     r.add_post(b + "/agreement", set_agreement)
     r.add_post(b + "/module", set_module)
+    r.add_post(b + "/contact", set_contact)
     r.add_get(b + "/beleid", policy_list)
+    r.add_get(b + "/beleid/kennismaking", disclosure_page)
+    r.add_post(b + "/beleid/kennismaking", disclosure_save)
     r.add_get(b + "/beleid/nieuw", chapter_new_page)
     r.add_post(b + "/beleid/nieuw", chapter_create)
     r.add_get(b + "/beleid/{chapter}/bewerken", chapter_edit_page)
@@ -115,6 +122,7 @@ def add_routes(app: web.Application) -> None:
     r.add_post(b + "/klanten/{source}/{ref}/bezwaar", customer_objection)
     r.add_post(b + "/klanten/{source}/{ref}/link", customer_link)
     r.add_post(b + "/klanten/{source}/{ref}/link/intrekken", customer_link_revoke)
+    r.add_post(b + "/klanten/{source}/{ref}/link/email", customer_link_email)
     r.add_get(b + "/gebruikers", users_page)
     r.add_post(b + "/gebruikers", user_create)
     r.add_post(b + "/gebruikers/{user_id}/reset", user_reset)
@@ -254,11 +262,13 @@ async def overview(request: web.Request, staff: Staff, form: dict[str, str]) -> 
     return await _overview(request, staff)
 
 
-async def _overview(request: web.Request, staff: Staff, *, status: int = 200, error: str | None = None
+async def _overview(request: web.Request, staff: Staff, *, status: int = 200, error: str | None = None,
+                    contact_values: dict[str, str] | None = None, contact_errors: dict[str, str] | None = None
                     ) -> web.Response:
     admins = await request.app[ACCOUNTS].admins(staff.tenant.tenant_id)
     return staff_render(request, staff, "overview.html", nav="overview", status=status, admins=admins, error=error,
-                        today=dt.date.today().isoformat())
+                        today=dt.date.today().isoformat(), contact_values=contact_values,
+                        contact_errors=contact_errors or {})
 
 
 @staff_page(admin=True)
@@ -290,7 +300,68 @@ async def set_module(request: web.Request, staff: Staff, form: dict[str, str]) -
     return _redirect(request, f"/beheer/{staff.tenant.tenant_id}", msg="saved_staff")
 
 
+CONTACT_FIELDS: Final = ("street", "postcode", "city", "phone", "email", "website")
+_CONTACT_MAX: Final = {"street": 200, "postcode": 20, "city": 100, "phone": 40, "email": 254, "website": 200}
+
+
+@staff_page(admin=True)
+async def set_contact(request: web.Request, staff: Staff, form: dict[str, str]) -> web.StreamResponse:
+    """The dealer's address, phone and e-mail (portal header, e-mail footers). They end up
+    in mails, so line breaks and control characters are refused, never cleaned."""
+    t = request[MESSAGES]
+    values = {f: form.get(f, "").strip() for f in CONTACT_FIELDS}
+    errors: dict[str, str] = {}
+    for field, value in values.items():
+        if not value and field != "website":
+            errors[field] = t("field_required")
+        elif not value.isprintable() or len(value) > _CONTACT_MAX[field]:
+            errors[field] = t("field_invalid")
+    if "email" not in errors:
+        try:
+            check_address("email", values["email"])
+        except MailRefused:
+            errors["email"] = t("email_invalid")
+    if errors:
+        return await _overview(request, staff, status=422, contact_values=values, contact_errors=errors)
+    event = DealerContactSet(street=values["street"], postcode=values["postcode"], city=values["city"],
+                             phone=values["phone"], email=values["email"], website=values["website"] or None)
+    current = staff.tenant.contact
+    if current is None or msgspec.structs.asdict(current) != {f: getattr(event, f) for f in CONTACT_FIELDS}:
+        try:
+            await request.app[LEDGER].set_dealer_contact(staff.ctx(), staff.tenant.tenant_id, event)
+        except CommandRejected as exc:
+            return await _overview(request, staff, status=exc.status, contact_values=values,
+                                   contact_errors={(exc.field or "$.street").removeprefix("$."): exc.message})
+    return _redirect(request, f"/beheer/{staff.tenant.tenant_id}", msg="saved_staff")
+
+
 # -- AVG Beleid --------------------------------------------------------------------------
+
+
+@staff_page()
+async def disclosure_page(request: web.Request, staff: Staff, form: dict[str, str]) -> web.StreamResponse:
+    return staff_render(request, staff, "disclosure.html", nav="policy", body=staff.tenant.disclosure, errors={})
+
+
+@staff_page(admin=True)
+async def disclosure_save(request: web.Request, staff: Staff, form: dict[str, str]) -> web.StreamResponse:
+    t = request[MESSAGES]
+    body = form.get("body", "").replace("\r\n", "\n").strip()
+    if not body:
+        return staff_render(request, staff, "disclosure.html", nav="policy", status=422, body=body,
+                            errors={"body": t("field_required")})
+    if len(body) > MAX_BODY_CHARS:
+        return staff_render(request, staff, "disclosure.html", nav="policy", status=422, body=body,
+                            errors={"body": t("body_too_long")})
+    if body == staff.tenant.disclosure:
+        return _redirect(request, f"/beheer/{staff.tenant.tenant_id}/beleid/kennismaking", msg="nothing_changed")
+    try:
+        await request.app[LEDGER].set_prospect_disclosure(staff.ctx(), staff.tenant.tenant_id, body,
+                                                          expected=_version(form))
+    except WrongExpectedVersion:
+        return staff_render(request, staff, "disclosure.html", nav="policy", status=409, body=body, errors={},
+                            error=t("conflict"))
+    return _redirect(request, f"/beheer/{staff.tenant.tenant_id}/beleid/kennismaking", msg="saved_staff")
 
 
 @staff_page()
@@ -619,6 +690,19 @@ async def customer_objection(request: web.Request, staff: Staff, form: dict[str,
         except WrongExpectedVersion:
             return await _customer(request, staff, status=409, error=t("conflict"))
     return _redirect(request, f"/beheer/{staff.tenant.tenant_id}/klanten/{source}/{ref}", msg="saved_staff")
+
+
+@staff_page()
+async def customer_link_email(request: web.Request, staff: Staff, form: dict[str, str]) -> web.StreamResponse:
+    """"Stuur link per e-mail": a new link (the old one stops working) in a mail to the
+    address the dealer holds, queued for the mail worker."""
+    source, ref, _, _ = await _subject(request, staff)
+    try:
+        await request.app[MAIL].send_portal_link(staff.tenant.tenant_id, source, ref, requested_by=staff.user.actor_id)
+    except NoAddress:
+        return await _customer(request, staff, status=422, error=request[MESSAGES]("link_no_address"))
+    log.info("portal_link_mailed", source=source)
+    return _redirect(request, f"/beheer/{staff.tenant.tenant_id}/klanten/{source}/{ref}", msg="link_mailed")
 
 
 @staff_page()

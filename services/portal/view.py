@@ -27,9 +27,10 @@ from consent.subject import (
     fold_subject,
     invoice_in_effect,
     objection_in_effect,
+    pending_opt_ins,
     preference_in_effect,
 )
-from consent.tenant import TenantState
+from consent.tenant import DealerContact, TenantState
 from consent.terms import cell_key, ledger_day
 from consent.vocabulary import CATEGORIES, CHANNELS, PREFERENCE_VALUES, subject_stream
 from schemas.events import PreferenceSetting, RecordedEvent
@@ -56,6 +57,7 @@ class CellView(msgspec.Struct, frozen=True):
     eligible: bool
     badge: str  # "Ja" / "Nee"
     why: str
+    state: str = ""  # short, for the portal's grid: "Nu: ja, tot 15 juli 2027"
 
 
 class CategoryView(msgspec.Struct, frozen=True):
@@ -78,6 +80,7 @@ class PortalView(msgspec.Struct, frozen=True, kw_only=True):
     objected_since: dt.date | None
     erased: bool
     subject_version: int
+    contact: DealerContact | None = None
 
 
 def field_name(category: str, channel: str) -> str:
@@ -133,9 +136,36 @@ def explain(decision: Decision, subject: SubjectState, category: str, channel: s
     return t(f"why_{reason}")
 
 
+def short_state(decision: Decision, t: Messages) -> str:
+    """The cell's state now, in a few words (the grid has no room for the reasons)."""
+    return _state_text(t.lang, decision.eligible, decision.until, decision.reason == "opt_in_pending")
+
+
+@functools.lru_cache(maxsize=4096)
+def _state_text(lang: str, eligible: bool, until: dt.date | None, pending: bool) -> str:
+    t = Messages(lang)  # type: ignore[arg-type]
+    if pending:
+        return t("state_pending")
+    if eligible:
+        if until is None:
+            return t("state_yes")
+        short = f"{until.day}-{until.month}-{until.year}" if lang == "nl" else f"{until.day}/{until.month}/{until.year}"
+        return t("state_yes_until", until=short)
+    return t("state_no")
+
+
+@functools.lru_cache(maxsize=256)
+def policy_toc(chapters: Policy) -> Markup:
+    """The active chapters' titles as links to them (the portal's summary), per chapter list."""
+    return Markup("").join(Markup('<li><a href="#chapter-{}">{}</a></li>').format(c.chapter_id, c.title)
+                           for c in active_chapters(chapters))
+
+
 def build_view(tenant: TenantState, events: list[RecordedEvent], source: str, ref: str, t: Messages,
-               on: dt.date | None = None) -> PortalView | None:
-    """The portal page's content, or None if the subject has no events."""
+               on: dt.date | None = None, *, reasons: bool = True) -> PortalView | None:
+    """The page's content, or None if the subject has no events. ``reasons``: put each
+    decision's full reason in words (``why``; the staff pages show it, the customer's grid
+    shows only the short state)."""
     subject = fold_subject(events)
     if subject is None:
         return None
@@ -144,6 +174,7 @@ def build_view(tenant: TenantState, events: list[RecordedEvent], source: str, re
     categories = CUSTOMER_CATEGORIES if subject.is_customer else PROSPECT_CATEGORIES
     groups: list[CategoryView] = []
     yes, no = t("yes"), t("no")
+    pending = pending_opt_ins(subject) if subject.preferences else {}
     for category in categories:
         cells = []
         for channel in CHANNELS:
@@ -151,7 +182,9 @@ def build_view(tenant: TenantState, events: list[RecordedEvent], source: str, re
             cells.append(CellView(
                 category=category, channel=channel, field=field_name(category, channel), label=t.cell(category, channel),
                 value=subject.preference(category, channel), eligible=decision.eligible,
-                badge=yes if decision.eligible else no, why=explain(decision, subject, category, channel, on, t),
+                badge=yes if decision.eligible else no,
+                why=explain(decision, subject, category, channel, on, t) if reasons else "",
+                state=t("state_pending") if cell_key(category, channel) in pending else short_state(decision, t),
             ))
         groups.append(CategoryView(category, t.category(category), cells))
     objection = objection_in_effect(subject, on)
@@ -161,7 +194,7 @@ def build_view(tenant: TenantState, events: list[RecordedEvent], source: str, re
         policy=tenant.chapters, policy_version=tenant.policy_version, categories=groups,
         is_customer=subject.is_customer, objected=objection is not None,
         objected_since=objection.since if objection else None, erased=subject.erased is not None,
-        subject_version=subject.version,
+        subject_version=subject.version, contact=tenant.contact,
     )
 
 
@@ -205,6 +238,57 @@ def _settings_row(label: str, eligible: bool, badge: str, why: str, field: str, 
     return row + "</tr>"
 
 
+@functools.lru_cache(maxsize=4)
+def grid_options(lang: str) -> dict[str, Markup]:
+    """The <option>s of a grid select per current value (rendered once per language)."""
+    t = Messages(lang)  # type: ignore[arg-type]
+    labels = (("default", t("pchoice_default")), ("opt_in", t("pchoice_opt_in")), ("opt_out", t("pchoice_opt_out")))
+    return {
+        current: Markup("").join(
+            Markup('<option value="{}"{}>{}</option>').format(value, Markup(" selected") if value == current else "",
+                                                               label)
+            for value, label in labels)
+        for current in PREFERENCE_VALUES
+    }
+
+
+def settings_grid(view: PortalView, t: Messages, *, editable: bool, idprefix: str = "") -> Markup:
+    """The portal's settings: ONE compact table, a row per kind of message and a column per
+    channel; each cell the customer's choice (Ja / Nee / Automatisch) and, below it, the state
+    now in a few words. On a phone the CSS turns each row into a short block with one line per
+    channel. Each select's label names the cell ("Nieuwsbrief per e-mail: Uw keuze"), visible
+    on a phone, for screen readers only on a wide screen (there the column heading shows it)."""
+    esc = escape
+    options = grid_options(t.lang)
+    col_choice = str(esc(t("col_choice")))
+    head = [f'<th scope="col">{esc(t("col_category"))}</th>']
+    head += [f'<th scope="col">{esc(t.channel(channel))}</th>' for channel in CHANNELS]
+    out = [f'<table class="grid"><thead><tr>{"".join(head)}</tr></thead><tbody>']
+    for group in view.categories:
+        out.append(f'<tr><th scope="row">{esc(group.label)}</th>')
+        for cell in group.cells:
+            out.append(_grid_cell(cell.label, t.channel(cell.channel), cell.eligible, cell.state, cell.field,
+                                  editable, idprefix, col_choice, options[cell.value]))
+        out.append("</tr>")
+    out.append("</tbody></table>")
+    return Markup("".join(out))
+
+
+@functools.lru_cache(maxsize=8192)
+def _grid_cell(label: str, channel: str, eligible: bool, state: str, field: str, editable: bool, idprefix: str,
+               col_choice: str, options: str) -> str:
+    esc = escape
+    state_class = "yes" if eligible else "no"
+    if editable:
+        field_id = esc(idprefix + field)
+        control = (f'<label for="{field_id}"><span class="channel-name">{esc(channel)}</span>'
+                   f'<span class="visually-hidden">{esc(label)}: {col_choice}</span></label>'
+                   f'<select id="{field_id}" name="{esc(field)}" aria-describedby="{field_id}-state">{options}</select>')
+        return (f'<td>{control}<span class="state {state_class}" id="{field_id}-state">{esc(state)}</span></td>')
+    return (f'<td><span class="channel-name">{esc(channel)}</span><span class="visually-hidden">{esc(label)}: </span>'
+            f'<span class="state {state_class}">{esc(state)}</span></td>')
+
+
 class TenantFreshness:
     """How often the portal asks the ledger for a tenant's newer events.
 
@@ -241,7 +325,7 @@ async def load_view(ledger: Ledger, freshness: TenantFreshness, tenant_id: str, 
         return None
     if events is None:
         events = await ledger.store.read_stream(subject_stream(tenant_id, source, ref))
-    view = build_view(tenant, events, source, ref, t)
+    view = build_view(tenant, events, source, ref, t, reasons=False)
     return None if view is None else (view, events)
 
 

@@ -75,6 +75,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         group_id=None if args.no_group else args.group, batch_size=args.batch,
         eligibility_partitions=args.partitions, pool_size=max(2, min(settings.pool_size, 10)),
         kafka_security=KafkaSecurity.from_settings(settings),
+        master_key=settings.master_key, portal_base_url=settings.portal_base_url,
     )
     return asyncio.run(_run(config, settings.host, args.metrics_port))
 

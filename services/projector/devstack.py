@@ -21,7 +21,8 @@ async def projector_component(settings: Settings) -> AsyncIterator[list[str]]:
         yield ["projector    not started (no broker: LEDGER_KAFKA_BOOTSTRAP)"]
         return
     config = ProjectorConfig(database_url=settings.database_url, bootstrap=settings.kafka_bootstrap,
-                             kafka_security=KafkaSecurity.from_settings(settings))
+                             kafka_security=KafkaSecurity.from_settings(settings),
+                             master_key=settings.master_key, portal_base_url=settings.portal_base_url)
     async with running_projector(config):
         base = f"http://{settings.host}:{settings.port}/v1/tenants/<tenant>"
         yield [f"projector    ledger events -> read model -> topic {TOPIC}",

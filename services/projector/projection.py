@@ -49,6 +49,7 @@ from consent.vocabulary import parse_subject_stream, tenant_stream
 from schemas.eligibility import topic_key
 from schemas.events import RecordedEvent
 from services.ledger.store import EventStore
+from services.mail.tokens import AnswerLinks, disclosure_of
 from services.projector.clock import Clock
 from services.projector.metrics import ProjectorMetrics
 from services.projector.publisher import Message, Publisher
@@ -115,8 +116,10 @@ class Projection:
         store: EventStore | None = None,
         metrics: ProjectorMetrics | None = None,
         batch_size: int = 2000,
+        links: AnswerLinks | None = None,
     ) -> None:
         self.pool = pool
+        self.links = links  # unsubscribe links in the messages (None: no master key here)
         self.clock = clock
         self.publisher = publisher
         self.store = store or EventStore(pool)  # reads only (gap filling)
@@ -294,8 +297,13 @@ class Projection:
         key = topic_key(state.tenant_id, state.source, state.customer_ref)
         if evaluation.decisions is None:
             return row, (key, None)  # erased: tombstone
-        value = matrix_json(state, evaluation, terms_version=terms_version, tenant_position=tenant_position,
-                            evaluated_at=self.clock.now(), epoch=self.epoch)
+        links = self.links
+        value = matrix_json(
+            state, evaluation, terms_version=terms_version, tenant_position=tenant_position,
+            evaluated_at=self.clock.now(), epoch=self.epoch,
+            unsubscribe=links.matrix(state.tenant_id, state.source, state.customer_ref, evaluation.decisions)
+            if links is not None else None,
+            disclosure=disclosure_of(tenant.state) if tenant is not None else None)
         return row, (key, value)
 
     async def _publish_and_write(

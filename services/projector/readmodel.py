@@ -22,7 +22,7 @@ from consent.subject import SubjectState
 from consent.tenant import TenantState
 from consent.terms import ALL_CELLS, TermMatrix, cell_key
 from consent.vocabulary import CATEGORIES, CHANNELS
-from schemas.eligibility import SCHEMA_VERSION
+from schemas.eligibility import SCHEMA_VERSION, Disclosure, UnsubscribeLinks
 
 __all__ = [
     "TOMBSTONE_HASH",
@@ -130,10 +130,13 @@ class _MatrixOut(msgspec.Struct, frozen=True, kw_only=True):
     cells: dict[str, dict[str, Decision]]
     evaluated_at: dt.datetime | None = None
     epoch: int = 0
+    unsubscribe: UnsubscribeLinks | None = None
+    disclosure: Disclosure | None = None
 
 
 def matrix_json(state: SubjectState, evaluation: Evaluation, *, terms_version: int, tenant_position: int,
-                evaluated_at: dt.datetime | None = None, epoch: int = 0) -> bytes:
+                evaluated_at: dt.datetime | None = None, epoch: int = 0,
+                unsubscribe: UnsubscribeLinks | None = None, disclosure: Disclosure | None = None) -> bytes:
     """The topic value (and HTTP answer) for an evaluation of a subject that is not erased."""
     decisions = evaluation.decisions
     if decisions is None:
@@ -153,6 +156,9 @@ def matrix_json(state: SubjectState, evaluation: Evaluation, *, terms_version: i
         cells={c: {h: decisions[k] for h, k in channels} for c, channels in _LAYOUT},
         evaluated_at=evaluated_at,
         epoch=epoch,
+        unsubscribe=unsubscribe,
+        disclosure=disclosure if disclosure is not None and any(d.requires_disclosure for d in decisions.values())
+        else None,
     ))
 
 

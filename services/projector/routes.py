@@ -34,9 +34,11 @@ from schemas.eligibility import (
     CampaignCheck,
     CampaignCheckResult,
     CheckSubject,
+    Disclosure,
     EligibilityMatrix,
     SubjectCheck,
     TermWarnings,
+    Unsubscribe,
 )
 from schemas.events import TenantCreated, TermMatrixEdited
 from services.audit.errors import AuditError
@@ -45,6 +47,8 @@ from services.audit.routes import STREAM_CACHE
 from services.audit.times import parse_known_at
 from services.ledger.api.app import POOL, SETTINGS, STORE, Call
 from services.ledger.api.jsonapi import NOT_A_DATE, ApiError, ApiRoutes, json_response
+from services.ledger.subject_keys import parse_master_key
+from services.mail.tokens import AnswerLinks, disclosure_of
 from services.projector.clock import SystemClock
 from services.projector.readmodel import decode_state, decode_tenant, erased_matrix_json, evaluate_subject, matrix_json
 
@@ -94,11 +98,14 @@ class TenantTermsCache:
 
 
 TERMS_CACHE = web.AppKey("eligibility_terms_cache", TenantTermsCache)
+ANSWER_LINKS = web.AppKey("eligibility_answer_links", AnswerLinks)
 
 
 async def eligibility_context(app: web.Application) -> AsyncIterator[None]:
     """``cleanup_ctx`` of the API app (after the database context)."""
     app[TERMS_CACHE] = TenantTermsCache(app[POOL])
+    settings = app[SETTINGS]
+    app[ANSWER_LINKS] = AnswerLinks(parse_master_key(settings.master_key or ""), settings.portal_base_url)
     yield
 
 
@@ -130,6 +137,11 @@ def _in_range(day: dt.date, field: str) -> dt.date:
     if not _MIN_YEAR <= day.year <= _MAX_YEAR:
         raise ApiError(422, "validation_error", f"the year must be between {_MIN_YEAR} and {_MAX_YEAR}", field=field)
     return day
+
+
+def _links(call: Call) -> AnswerLinks:
+    """Unsubscribe links (the API always has the master key)."""
+    return call.request.app[ANSWER_LINKS]
 
 
 async def _tenant_terms(call: Call, tenant: str) -> TenantTerms:
@@ -247,8 +259,12 @@ async def subject_eligibility(call: Call) -> web.Response:
         body = erased_matrix_json(state, on, terms_version=terms.terms_version, tenant_position=terms.last_position,
                                   evaluated_at=now, epoch=epoch)
     else:
-        body = matrix_json(state, evaluate_subject(state, terms.state.terms, on), terms_version=terms.terms_version,
-                           tenant_position=terms.last_position, evaluated_at=now, epoch=epoch)
+        evaluation = evaluate_subject(state, terms.state.terms, on)
+        assert evaluation.decisions is not None
+        body = matrix_json(state, evaluation, terms_version=terms.terms_version, tenant_position=terms.last_position,
+                           evaluated_at=now, epoch=epoch,
+                           unsubscribe=_links(call).matrix(tenant, source, ref, evaluation.decisions),
+                           disclosure=disclosure_of(terms.state))
     return web.Response(body=body, content_type="application/json")
 
 
@@ -352,6 +368,8 @@ async def campaign_check(call: Call) -> web.Response:
             found = await _subject_states(call, tenant, by_source)
     matrix = terms.state.terms
     category, channel = body.category, body.channel
+    links = _links(call) if channel == "email" else None
+    disclosure = disclosure_of(terms.state)
     results: list[SubjectCheck] = []
     eligible = unknown = 0
     tenant_position = newest = terms.last_position
@@ -367,7 +385,10 @@ async def campaign_check(call: Call) -> web.Response:
             eligible += d.eligible
             position = max(stored[2], tenant_position)
             newest = max(newest, position)
-            results.append(_answer(s, d, position))
+            results.append(_answer(
+                s, d, position, disclosure=disclosure,
+                unsubscribe=links.cell(tenant, s.source, s.customer_ref, category)
+                if links is not None and d.eligible else None))
     return json_response(CampaignCheckResult(category=category, channel=channel, send_date=send_date,
                                              rules_version=RULES_VERSION, checked=len(subjects), eligible=eligible,
                                              unknown=unknown, results=results, position=newest))
@@ -391,13 +412,15 @@ async def _subject_states(call: Call, tenant: str,
     return found
 
 
-def _answer(s: CheckSubject, d: Decision, position: int) -> SubjectCheck:
+def _answer(s: CheckSubject, d: Decision, position: int, *, unsubscribe: Unsubscribe | None = None,
+            disclosure: Disclosure | None = None) -> SubjectCheck:
     evidence = list(d.evidence)
     return SubjectCheck(
         source=s.source, customer_ref=s.customer_ref, known=True, eligible=d.eligible, basis=d.basis,
         reason=d.reason, until=d.until, requires_disclosure=d.requires_disclosure, evidence=evidence,
         law=d.law, requires_postfilter_check=d.requires_postfilter_check,
         requires_objection_offer=d.requires_objection_offer, cell=as_cell(d), position=position,
+        unsubscribe=unsubscribe if d.eligible else None, disclosure=disclosure if d.requires_disclosure else None,
     )
 
 

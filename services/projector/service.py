@@ -21,6 +21,8 @@ from aiokafka.errors import KafkaError
 
 from schemas.eligibility import TOPIC as ELIGIBILITY_TOPIC
 from services.kafka_security import PLAINTEXT, KafkaSecurity
+from services.ledger.subject_keys import parse_master_key
+from services.mail.tokens import AnswerLinks
 from services.projector.clock import Clock, SystemClock
 from services.projector.consumer import DEFAULT_GROUP, LEDGER_TOPIC, LedgerConsumer
 from services.projector.metrics import ProjectorMetrics
@@ -52,6 +54,9 @@ class ProjectorConfig(msgspec.Struct, frozen=True, kw_only=True):
     # (a write acknowledged at an offset given before is noticed at once, without waiting).
     topic_check_interval: float = 5.0
     republish_rate: float | None = 50_000.0  # subjects/s a republish may publish (None: no limit)
+    # Signs the one-click unsubscribe links in the messages (LEDGER_MASTER_KEY); None: no links.
+    master_key: str | None = None
+    portal_base_url: str = "http://127.0.0.1:8081"
 
 
 class ProjectorService:
@@ -80,8 +85,9 @@ class ProjectorService:
                                             partitions=c.eligibility_partitions, compression=c.compression,
                                             security=c.kafka_security)
             await self.publisher.start()
+        links = AnswerLinks(parse_master_key(c.master_key), c.portal_base_url) if c.master_key else None
         self.projection = Projection(self.pool, clock=self.clock, publisher=self.publisher, metrics=self.metrics,
-                                     batch_size=c.batch_size)
+                                     batch_size=c.batch_size, links=links)
         if c.bootstrap:
             self.consumer = LedgerConsumer(
                 self.projection, c.bootstrap, topic=c.ledger_topic, group_id=c.group_id, max_records=c.batch_size,

@@ -286,4 +286,30 @@ FIELD_DOCS: Final[dict[str, str]] = {
     "summary_en": "the rule in plain English",
     "max_months": "for a code of conduct: the longest term it allows, in months (a warning above it)",
     "confirmed": "false while a date or fact of the rule is not yet confirmed by its official publication",
+    # -- e-mail, unsubscribe, double opt-in (services/mail/, docs/mail.md) -------------
+    "doubleOptIn": "for an e-mail opt-in given in the portal or through the API: whether it is confirmed, and the"
+                   " confirmation's evidence",
+    "preferenceEventId": "the PreferencesChanged event that gave the opt-in",
+    "confirmationEventId": "the OptInConfirmed event; null while pending",
+    "confirmedAt": "when the customer confirmed from the mail (UTC); null while pending",
+    "mailId": "the confirmation mail whose link was used",
+    "policyVersionConfirmed": "the policy version the confirmation page showed",
+    "unsubscribe": "one-click unsubscribe (RFC 8058) for an eligible e-mail answer: the URL for the message body"
+                   " and the List-Unsubscribe / List-Unsubscribe-Post header values",
+    "disclosure": "on a requires_disclosure answer: the dealer's GDPR art. 14 / 21(4) text for the first letter,"
+                  " and its version",
+    "list_unsubscribe": "the value of the List-Unsubscribe header: <https URL>",
+    "list_unsubscribe_post": "the value of the List-Unsubscribe-Post header (RFC 8058): List-Unsubscribe=One-Click",
+    "text": "the text, as the dealer set it",
+    "all": "the link that objects to all direct marketing (GDPR art. 21)",
+    "mail_id": "the id of the queued mail (UUID): GET .../mails/{mail_id} tells what became of it",
+    "attempts": "how many times sending was tried",
+    "next_attempt_at": "when the next try is due (pending mails only)",
+    "sent_at": "when the SMTP server accepted it",
+    "message_id": "the Message-ID header of the mail as sent",
+    "last_error": "the last SMTP error (no personal data)",
+    "queued": "how many mails were queued",
+    "mails": "per subject mailed: its source, customer ref and mail id",
+    "skipped": "subjects not mailed, each with why: unknown_subject, subject_erased, no_email_address,"
+               " invalid_email_address",
 }

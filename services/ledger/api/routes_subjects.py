@@ -21,7 +21,7 @@ from schemas.events import (
 )
 from services.ledger.api.app import STORE, Call
 from services.ledger.api.jsonapi import ApiError, ApiRoutes, json_response
-from services.ledger.commands import CommandRejected, check_fact_date, check_given_on
+from services.ledger.commands import CommandRejected, check_fact_date, check_given_on, needs_double_opt_in
 from services.ledger.store import StreamWrite
 
 routes = ApiRoutes(tag="subjects")
@@ -73,9 +73,17 @@ async def change_preferences(call: Call) -> web.Response:
     (docs/rules.md, Dated preferences). Every change gets a consent receipt."""
     b: s.ChangePreferences = call.body
     tenant, source, ref = _subject(call)
-    return json_response(await call.ledger.change_preferences(
-        call.ctx(), tenant, source, ref, b.changes, policy_version_shown=b.policy_version, note=b.note,
-        expected=b.expected_version, given_on=b.given_on, evidence_ref=b.evidence_ref), status=201)
+    ctx = call.ctx()
+    result = await call.ledger.change_preferences(
+        ctx, tenant, source, ref, b.changes, policy_version_shown=b.policy_version, note=b.note,
+        expected=b.expected_version, given_on=b.given_on, evidence_ref=b.evidence_ref)
+    if needs_double_opt_in(ctx, b.changes) and not result.replayed:
+        # Double opt-in: the e-mail opt-in counts once the customer confirms it from this mail.
+        from services.portal.routes_api import mail_service
+
+        categories = [c.category for c in b.changes if c.channel == "email" and c.value == "opt_in"]
+        await mail_service(call).send_opt_in_confirmation(tenant, source, ref, result.event_ids[0], categories)
+    return json_response(result, status=201)
 
 
 @routes.post(SUBJECT + "/objection", summary="Record an objection to all direct marketing (GDPR art. 21)",
