@@ -193,9 +193,10 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
-async def test_after_kill_9_of_the_stack_its_broker_dies_and_the_next_start_succeeds(tmp_path: Path) -> None:
+async def test_after_kill_9_of_the_stack_its_broker_dies_and_the_next_start_succeeds(scratch: Path) -> None:
     """`kill -9` gives `consent-ledger run` no time to stop its children: the broker used to
     survive, holding its port, and the next `make run` refused to start."""
+    tmp_path = scratch
     var = tmp_path / "var"
     ports = {name: free_port() for name in ("LEDGER_HTTP_PORT", "LEDGER_PORTAL_PORT", "LEDGER_PG_PORT",
                                              "LEDGER_BROKER_PORT")}

@@ -85,12 +85,15 @@ def _looks_like_address(text: str) -> bool:
                 and "." in domain and not any(c in '<>,;"()[]\\' for c in text))
 
 
-def needs_double_opt_in(ctx: Context, changes: Sequence[PreferenceSetting]) -> bool:
+def needs_double_opt_in(ctx: Context, changes: Sequence[PreferenceSetting], evidence_ref: str | None = None) -> bool:
     """An e-mail opt-in given through the portal or the API (method ``portal`` / ``api``: the
     customer's own click, relayed) counts only once the customer confirms it from a mail
     (double opt-in). Staff recording a signed form or a call (methods ``in_person``,
-    ``phone``, ``email``) and the DMS import (``import``) are not asked for one."""
-    return ctx.method in ("portal", "api") and any(c.channel == "email" and c.value == "opt_in" for c in changes)
+    ``phone``, ``email``), a record that names its evidence (``evidence_ref``: the signed
+    form or the DMS delivery it was given on) and the DMS import (``import``) are not asked
+    for one."""
+    return (ctx.method in ("portal", "api") and evidence_ref is None
+            and any(c.channel == "email" and c.value == "opt_in" for c in changes))
 
 
 class Context:
@@ -381,7 +384,7 @@ class Ledger:
         event = PreferencesChanged(
             changes=list(changes), changed_by=ctx.actor, method=ctx.method,
             policy_version=policy, policy_version_basis=basis, note=await self.seal_note(tenant_id, stream, note),
-            given_on=given_on, evidence_ref=evidence_ref, confirmation_required=needs_double_opt_in(ctx, changes),
+            given_on=given_on, evidence_ref=evidence_ref, confirmation_required=needs_double_opt_in(ctx, changes, evidence_ref),
         )
         return await self._append(ctx, tenant_id, stream, [event], expected=expected)
 

@@ -77,7 +77,7 @@ async def change_preferences(call: Call) -> web.Response:
     result = await call.ledger.change_preferences(
         ctx, tenant, source, ref, b.changes, policy_version_shown=b.policy_version, note=b.note,
         expected=b.expected_version, given_on=b.given_on, evidence_ref=b.evidence_ref)
-    if needs_double_opt_in(ctx, b.changes) and not result.replayed:
+    if needs_double_opt_in(ctx, b.changes, b.evidence_ref) and not result.replayed:
         # Double opt-in: the e-mail opt-in counts once the customer confirms it from this mail.
         from services.portal.routes_api import mail_service
 
