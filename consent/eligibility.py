@@ -62,8 +62,8 @@ from consent.subject import (
     objection_in_effect,
 )
 from consent.terms import ALL_CELLS, TermMatrix, add_months, cell_key
-from consent.vocabulary import DIGITAL_CHANNELS, Basis, Reason
 from schemas.eligibility import Cell
+from schemas.vocabulary import DIGITAL_CHANNELS, Basis, Reason
 
 __all__ = ["Basis", "Decision", "Reason", "eligibility_matrix", "evaluate", "next_change"]
 

@@ -41,7 +41,6 @@ import msgspec
 
 from consent.errors import OutOfOrderEvent
 from consent.terms import cell_key, ledger_day
-from consent.vocabulary import PreferenceValue, parse_subject_stream, subject_stream
 from schemas.events import (
     InvoiceCorrected,
     InvoiceRecorded,
@@ -53,6 +52,7 @@ from schemas.events import (
     RecordedEvent,
     SubjectErased,
 )
+from schemas.vocabulary import PreferenceValue, parse_subject_stream, subject_stream
 
 __all__ = [
     "AcquisitionFact",

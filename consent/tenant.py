@@ -19,7 +19,6 @@ import msgspec
 from consent.errors import OutOfOrderEvent
 from consent.policy import Policy, apply_policy, policy_version
 from consent.terms import TermMatrix, apply_term_edit, terms_from_cells
-from consent.vocabulary import tenant_stream
 from schemas.events import (
     ControllerContact,
     ControllerContactSet,
@@ -36,6 +35,7 @@ from schemas.events import (
     TenantCreated,
     TermMatrixEdited,
 )
+from schemas.vocabulary import tenant_stream
 
 __all__ = ["OutOfOrderEvent", "TenantHistory", "TenantState", "apply_tenant", "fold_tenant"]
 

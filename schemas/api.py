@@ -11,8 +11,8 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from consent.vocabulary import CUSTOMER_REF_PATTERN, END_OF_TEXT, SLUG_PATTERN, Category, Channel
 from schemas.events import ControllerContact, EvidenceRef, Identifier, Method, PreferenceSetting, ShortText, TermCell
+from schemas.vocabulary import CUSTOMER_REF_PATTERN, END_OF_TEXT, SLUG_PATTERN, Category, Channel
 
 Slug = Annotated[str, msgspec.Meta(pattern=SLUG_PATTERN, description="lower-case letters, digits, _ and -")]
 CustomerRef = Annotated[str, msgspec.Meta(pattern=CUSTOMER_REF_PATTERN)]

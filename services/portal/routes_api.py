@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from consent.vocabulary import subject_stream
 from schemas import api as s
+from schemas.vocabulary import subject_stream
 from services.ledger.api.app import POOL, SETTINGS, Call
 from services.ledger.api.jsonapi import ApiError, ApiRoutes, json_response
 from services.portal.links import LinkInfo, LinkStore, PortalLinkExists, portal_url
