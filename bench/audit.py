@@ -41,7 +41,6 @@ if __package__ in (None, ""):
 
 from bench.common import create_database, latency_summary, local_postgres, machine, run_loop, server_settings, write_result  # noqa: E402
 from consent.seed import new_tenant  # noqa: E402
-from consent.vocabulary import subject_stream, tenant_stream  # noqa: E402
 from schemas.events import (  # noqa: E402
     Actor,
     InvoiceRecorded,
@@ -52,6 +51,7 @@ from schemas.events import (  # noqa: E402
     PreferenceSetting,
     ProspectRegistered,
 )
+from schemas.vocabulary import subject_stream, tenant_stream  # noqa: E402
 from services.audit.asof import explain_as_of  # noqa: E402
 from services.audit.cache import StreamCache  # noqa: E402
 from services.audit.erasure import erase_subject  # noqa: E402

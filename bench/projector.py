@@ -64,7 +64,6 @@ from bench.common import (  # noqa: E402
 )
 from consent.seed import new_tenant  # noqa: E402
 from consent.terms import add_months, ledger_day  # noqa: E402
-from consent.vocabulary import subject_stream, tenant_stream  # noqa: E402
 from schemas.eligibility import TOPIC as ELIGIBILITY_TOPIC  # noqa: E402
 from schemas.events import (  # noqa: E402
     Actor,
@@ -76,6 +75,7 @@ from schemas.events import (  # noqa: E402
     PreferenceSetting,
     ProspectRegistered,
 )
+from schemas.vocabulary import subject_stream, tenant_stream  # noqa: E402
 from services.devservers import LocalBroker, free_port, remove_tree  # noqa: E402
 from services.ledger.api_keys import issue_key  # noqa: E402
 from services.ledger.migrate import migrate  # noqa: E402

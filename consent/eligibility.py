@@ -62,8 +62,8 @@ from consent.subject import (
     objection_in_effect,
 )
 from consent.terms import ALL_CELLS, TermMatrix, add_months, cell_key
-from consent.vocabulary import DIGITAL_CHANNELS, Basis, Reason
 from schemas.eligibility import Cell
+from schemas.vocabulary import DIGITAL_CHANNELS, Basis, Reason
 
 __all__ = ["Basis", "Decision", "Reason", "eligibility_matrix", "evaluate", "next_change"]
 
@@ -173,8 +173,9 @@ def _decide(
             if pref.value == "opt_out":
                 return Decision(eligible=False, basis=None, reason="opted_out", evidence=(pref.event_id,))
             if pref.value == "opt_in":
-                evidence = (pref.event_id,) if pref.confirmed_by is None else (pref.event_id, pref.confirmed_by)
-                return Decision(eligible=True, basis="consent", reason="explicit_consent", evidence=evidence)
+                consented: tuple[str, ...] = (pref.event_id,) if pref.confirmed_by is None else (
+                    pref.event_id, pref.confirmed_by)
+                return Decision(eligible=True, basis="consent", reason="explicit_consent", evidence=consented)
             # "default": follow the term matrix
 
     # 4. customer

@@ -2,9 +2,10 @@
 "The law by date"; docs/law.md).
 
 The dealer's term matrix is the dealer's choice; the law in force on the send date D limits
-it. Each :class:`LegalRule` says which channels and audience (customer / non-customer) it
-covers, the first (and, where it ended, the last) send date it applies to, its effects, and
-whether it is a statute or a code of conduct, with its source as text.
+it. Each :class:`~schemas.law.LegalRule` (the type, in schemas/law.py) says which channels
+and audience (customer / non-customer) it covers, the first (and, where it ended, the last)
+send date it applies to, its effects, and whether it is a statute or a code of conduct, with
+its source as text.
 
 Effects:
 
@@ -36,23 +37,20 @@ import bisect
 import datetime as dt
 import hashlib
 from collections.abc import Mapping
-from typing import Final, Literal
+from typing import Final
 
 import msgspec
 
-from consent.vocabulary import CHANNELS, Channel
+from schemas.law import AUDIENCES, Audience, LegalRule
+from schemas.vocabulary import CHANNELS
 
 __all__ = [
-    "AUDIENCES",
     "LAW_CACHE",
     "OLDEST_DATED_RULE",
     "RULES",
     "RULES_VERSION",
     "SWITCH_DATES",
-    "Audience",
-    "Effect",
     "LawInForce",
-    "LegalRule",
     "law_by_channel",
     "law_on",
     "rule",
@@ -62,37 +60,7 @@ __all__ = [
     "switch_dates_after",
 ]
 
-Audience = Literal["customer", "non_customer"]
-Effect = Literal["consent_required", "objection_offer", "postfilter_check", "term_warning"]
-Kind = Literal["statute", "code"]
-AUDIENCES: Final[tuple[Audience, ...]] = ("customer", "non_customer")
 _ONE_DAY: Final = dt.timedelta(days=1)
-
-
-class LegalRule(msgspec.Struct, frozen=True, kw_only=True):
-    """One dated legal rule.
-
-    ``first_send``: the first send date it applies to (None: long-standing, in force before
-    every date this table dates). ``last_send``: the last send date it applies to (None:
-    still in force). ``confirmed``: False where a fact behind a date is not confirmed by a
-    stored source (docs/law.md says which): the date is data that can move.
-    """
-
-    id: str
-    channels: tuple[Channel, ...]
-    audiences: tuple[Audience, ...]
-    first_send: dt.date | None
-    last_send: dt.date | None = None
-    effects: tuple[Effect, ...]
-    kind: Kind
-    source: str
-    summary_nl: str
-    summary_en: str
-    max_months: int | None = None
-    confirmed: bool = True
-
-    def applies_on(self, on: dt.date) -> bool:
-        return (self.first_send is None or self.first_send <= on) and (self.last_send is None or on <= self.last_send)
 
 
 RULES: Final[tuple[LegalRule, ...]] = (

@@ -12,8 +12,8 @@ from __future__ import annotations
 from typing import Final
 
 from consent.terms import ALL_CELLS, default_term_months
-from consent.vocabulary import DEFAULT_DATA_SOURCES
 from schemas.events import Chapter, TenantCreated, TermCell
+from schemas.vocabulary import DEFAULT_DATA_SOURCES
 
 __all__ = ["DEFAULT_CHAPTERS", "DEFAULT_PROSPECT_DISCLOSURE", "default_chapters", "default_term_cells", "new_tenant"]
 

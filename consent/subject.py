@@ -41,7 +41,6 @@ import msgspec
 
 from consent.errors import OutOfOrderEvent
 from consent.terms import cell_key, ledger_day
-from consent.vocabulary import PreferenceValue, parse_subject_stream, subject_stream
 from schemas.events import (
     InvoiceCorrected,
     InvoiceRecorded,
@@ -55,6 +54,7 @@ from schemas.events import (
     RecordedEvent,
     SubjectErased,
 )
+from schemas.vocabulary import PreferenceValue, parse_subject_stream, subject_stream
 
 __all__ = [
     "AcquisitionFact",
@@ -280,9 +280,9 @@ def apply_subject(state: SubjectState | None, recorded: RecordedEvent) -> Subjec
         day = ledger_day(at)
         preferences = dict(state.preferences)
         for key, history in state.preferences.items():
-            last = history[-1] if history else None
-            if last is not None and last.pending and last.event_id == event.preference_event_id:
-                fact = PreferenceFact("opt_in", last.event_id, at, day, event.policy_version or last.policy_version,
+            latest = history[-1] if history else None
+            if latest is not None and latest.pending and latest.event_id == event.preference_event_id:
+                fact = PreferenceFact("opt_in", latest.event_id, at, day, event.policy_version or latest.policy_version,
                                       confirmed_by=event_id)
                 preferences[key] = _push(history, fact)
         return replace(state, preferences=preferences, **book)

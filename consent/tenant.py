@@ -21,7 +21,6 @@ from consent.errors import OutOfOrderEvent
 from consent.policy import Policy, apply_policy, policy_version
 from consent.seed import DEFAULT_PROSPECT_DISCLOSURE
 from consent.terms import TermMatrix, apply_term_edit, terms_from_cells
-from consent.vocabulary import tenant_stream
 from schemas.events import (
     ControllerContact,
     ControllerContactSet,
@@ -40,6 +39,7 @@ from schemas.events import (
     TenantCreated,
     TermMatrixEdited,
 )
+from schemas.vocabulary import tenant_stream
 
 __all__ = ["DealerContact", "OutOfOrderEvent", "TenantHistory", "TenantState", "apply_tenant",
            "disclosure_version", "fold_tenant"]

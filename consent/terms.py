@@ -19,8 +19,8 @@ from typing import Final
 
 import msgspec
 
-from consent.vocabulary import CATEGORIES, CHANNELS, DIGITAL_CHANNELS, Category, Channel
 from schemas.events import TermCell, TermMatrixEdited
+from schemas.vocabulary import CATEGORIES, CHANNELS, DIGITAL_CHANNELS, Category, Channel
 
 __all__ = [
     "ALL_CELLS",

@@ -20,23 +20,20 @@ Everything about the law comes from the dated rule table (consent/law.py) for th
   was abolished on 2021-07-01, while that statute applies) by phone, so those terms are
   never used.
 
-Note: the class is named ``ComplianceWarning`` (``Warning`` is an alias) so that it does not
-hide Python's built-in ``Warning`` where it is imported; it is a data record, not a Python
-warning.
+The warning's type, ``ComplianceWarning``, is a message type (schemas/warnings.py).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from typing import Final, Literal
-
-import msgspec
+from typing import Final
 
 from consent.law import law_on, rule, rules_in_force, rules_starting_after
 from consent.terms import TermMatrix
-from consent.vocabulary import CATEGORIES, Category, Channel
+from schemas.vocabulary import CATEGORIES, Category, Channel
+from schemas.warnings import ComplianceWarning
 
-__all__ = ["ComplianceWarning", "Warning", "compliance_warnings", "date_en", "date_nl"]
+__all__ = ["compliance_warnings", "date_en", "date_nl"]
 
 _MONTHS_NL: Final = ("januari", "februari", "maart", "april", "mei", "juni", "juli", "augustus", "september",
                      "oktober", "november", "december")
@@ -77,18 +74,6 @@ _CHANNEL_NL: Final[dict[str, str]] = {
 _CHANNEL_EN: Final[dict[str, str]] = {"email": "e-mail", "sms": "SMS", "app": "app", "post": "post", "phone": "phone"}
 _DIGITAL: Final[tuple[Channel, ...]] = ("email", "sms", "app")
 _SOFT_OPT_IN_CATEGORIES: Final[tuple[Category, ...]] = ("newsletter", "sales_campaign", "aftersales_campaign")
-
-
-class ComplianceWarning(msgspec.Struct, frozen=True, kw_only=True):
-    code: str
-    category: Category | None
-    channel: Channel | None
-    severity: Literal["warning", "info"]
-    message_nl: str
-    message_en: str
-
-
-Warning = ComplianceWarning  # noqa: A001 - the name the brief uses; see the module docstring
 
 
 def _cells(terms: TermMatrix, category: str, channels: tuple[str, ...], lang: dict[str, str]) -> str:

@@ -7,12 +7,12 @@ every request body forbids unknown fields, so a typo is a 422, not a silent no-o
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
-from consent.vocabulary import CUSTOMER_REF_PATTERN, END_OF_TEXT, SLUG_PATTERN, Category, Channel
 from schemas.events import ControllerContact, EvidenceRef, Identifier, Method, PreferenceSetting, ShortText, TermCell
+from schemas.vocabulary import CUSTOMER_REF_PATTERN, END_OF_TEXT, SLUG_PATTERN, Category, Channel
 
 Slug = Annotated[str, msgspec.Meta(pattern=SLUG_PATTERN, description="lower-case letters, digits, _ and -")]
 CustomerRef = Annotated[str, msgspec.Meta(pattern=CUSTOMER_REF_PATTERN)]
@@ -234,8 +234,8 @@ class StreamEvent(msgspec.Struct, frozen=True, kw_only=True):
     schema_version: int
     recorded_at: dt.datetime
     occurred_on: dt.date | None
-    data: dict
-    metadata: dict
+    data: dict[str, Any]
+    metadata: dict[str, Any]
     hash: str
     partition: int = 0  # the tenant's log partition: (partition, position) names the event
 

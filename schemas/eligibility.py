@@ -20,8 +20,8 @@ from typing import Annotated, Final, Literal
 
 import msgspec
 
-from consent.law import LegalRule
-from consent.vocabulary import (
+from schemas.law import LegalRule
+from schemas.vocabulary import (
     CUSTOMER_REF_PATTERN,
     SLUG_PATTERN,
     Basis,
@@ -29,7 +29,7 @@ from consent.vocabulary import (
     Channel,
     Reason,
 )
-from consent.warnings import ComplianceWarning
+from schemas.warnings import ComplianceWarning
 
 __all__ = [
     "SCHEMA_VERSION",

@@ -20,9 +20,9 @@ from typing import Annotated, ClassVar, Final, Literal
 
 import msgspec
 
-from consent.vocabulary import END_OF_TEXT, Category, Channel, PreferenceValue
+from schemas.vocabulary import END_OF_TEXT, MAX_TERM_MONTHS, Category, Channel, PreferenceValue
 
-Months = Annotated[int, msgspec.Meta(ge=0, le=120)]
+Months = Annotated[int, msgspec.Meta(ge=0, le=MAX_TERM_MONTHS)]
 ShortText = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 Identifier = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*" + END_OF_TEXT)]
 EvidenceRef = Annotated[str, msgspec.Meta(
@@ -366,7 +366,6 @@ SUBJECT_EVENTS: Final = (
     MailSent,
     OptInConfirmed,
 )
-EVENT_TYPES: Final[dict[str, type[Event]]] = {cls.__name__: cls for cls in TENANT_EVENTS + SUBJECT_EVENTS}
 
 AnyEvent = (
     TenantCreated

@@ -35,7 +35,6 @@ from consent.seed import new_tenant
 from consent.subject import SubjectState, fold_subject
 from consent.tenant import TenantHistory, TenantState, fold_tenant
 from consent.terms import TermMatrix, split_cell_key
-from consent.vocabulary import PreferenceValue, subject_stream, tenant_stream
 from schemas.events import (
     Actor,
     ActorKind,
@@ -65,6 +64,7 @@ from schemas.events import (
     TermCell,
     TermMatrixEdited,
 )
+from schemas.vocabulary import PreferenceValue, subject_stream, tenant_stream
 
 __all__ = [
     "SubjectHistoryBuilder",

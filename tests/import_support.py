@@ -7,8 +7,8 @@ from pathlib import Path
 import asyncpg
 import msgspec
 
-from consent.vocabulary import subject_stream
 from schemas.events import Actor, Sealed, decode_event
+from schemas.vocabulary import subject_stream
 from services.importer.mapping import DEFAULT_MAPPING, Mapping
 from services.importer.pipeline import Importer, Summary
 from services.importer.plans import Rejection

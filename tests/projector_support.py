@@ -13,7 +13,6 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from consent.seed import new_tenant
 from consent.subject import SubjectState, fold_subject
 from consent.tenant import TenantState, fold_tenant
-from consent.vocabulary import subject_stream, tenant_stream
 from schemas.events import (
     Actor,
     Event,
@@ -27,6 +26,7 @@ from schemas.events import (
     TermCell,
     TermMatrixEdited,
 )
+from schemas.vocabulary import subject_stream, tenant_stream
 from services.ledger.store import AppendRequest, AppendResult, EventStore, StreamWrite
 from services.projector.readmodel import SUBJECT_COLUMNS, SubjectRow, decode_state, row_from_record
 

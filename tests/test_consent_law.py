@@ -15,15 +15,15 @@ from consent.law import (
     RULES,
     RULES_VERSION,
     SWITCH_DATES,
-    LegalRule,
     law_on,
     rules_in_force,
     rules_starting_after,
     rules_version_of,
 )
 from consent.terms import ALL_CELLS, terms_from_cells
-from consent.vocabulary import CHANNELS
 from schemas.events import TermCell
+from schemas.law import LegalRule
+from schemas.vocabulary import CHANNELS
 from tests.consent_builders import SubjectHistoryBuilder
 
 # 120 months in every cell: no term lapses between 2019 and 2029, so only the law moves answers

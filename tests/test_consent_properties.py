@@ -12,8 +12,8 @@ from consent.eligibility import eligibility_matrix, evaluate, next_change
 from consent.law import rules_in_force
 from consent.subject import SubjectState, apply_subject, fold_subject
 from consent.terms import ALL_CELLS, TermMatrix, cell_key, terms_from_cells
-from consent.vocabulary import PREFERENCE_VALUES
 from schemas.events import TermCell
+from schemas.vocabulary import PREFERENCE_VALUES
 from tests.consent_builders import SubjectHistoryBuilder
 
 START = dt.datetime(2020, 1, 1, 8, tzinfo=dt.timezone.utc)

@@ -17,7 +17,6 @@ from consent.policy import (
 )
 from consent.seed import DEFAULT_CHAPTERS, default_chapters, default_term_cells, new_tenant
 from consent.terms import DEFAULT_TERMS
-from consent.vocabulary import DEFAULT_DATA_SOURCES
 from schemas.events import (
     Chapter,
     PolicyChapterActiveSet,
@@ -28,6 +27,7 @@ from schemas.events import (
     decode_event,
     encode_event,
 )
+from schemas.vocabulary import DEFAULT_DATA_SOURCES
 
 SEED_TITLES = [
     "Wie is verantwoordelijk voor gegevensverwerkingshandelingen?",

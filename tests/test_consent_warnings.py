@@ -7,8 +7,9 @@ import datetime as dt
 import msgspec
 
 from consent.terms import DEFAULT_TERMS, TermMatrix, apply_term_edit
-from consent.warnings import ComplianceWarning, Warning, compliance_warnings
+from consent.warnings import compliance_warnings
 from schemas.events import TermCell, TermMatrixEdited
+from schemas.warnings import ComplianceWarning, Warning
 
 
 def with_cells(base: TermMatrix, **cells: int) -> TermMatrix:

@@ -13,7 +13,7 @@ import pytest
 
 from consent.eligibility import evaluate
 from consent.subject import fold_subject
-from consent.vocabulary import subject_stream
+from schemas.vocabulary import subject_stream
 from schemas.api import Contact
 from services.mail.localsmtp import LocalSmtp
 from services.mail.smtp import SmtpSender

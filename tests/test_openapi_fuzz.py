@@ -51,7 +51,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from consent.text import control_character_problem
-from consent.vocabulary import CATEGORIES, CHANNELS
+from schemas.vocabulary import CATEGORIES, CHANNELS
 from services.devservers import free_port, wait_for_port
 from services.ledger.api_keys import issue_key
 from tests.conftest import MASTER_KEY

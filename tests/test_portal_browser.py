@@ -18,7 +18,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from playwright.async_api import Browser, Page, async_playwright, expect
 
-from consent.vocabulary import subject_stream
+from schemas.vocabulary import subject_stream
 from services.ledger.api_keys import issue_key
 from services.projector.clock import SystemClock
 from services.projector.projection import Projection, apply_until_caught_up

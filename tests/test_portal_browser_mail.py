@@ -15,7 +15,7 @@ import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
 
 from consent.subject import fold_subject
-from consent.vocabulary import subject_stream
+from schemas.vocabulary import subject_stream
 from schemas.api import Contact
 from schemas.events import DealerContactSet
 from services.mail.localsmtp import LocalSmtp

@@ -11,7 +11,7 @@ import pytest
 
 from consent.eligibility import evaluate
 from consent.subject import fold_subject
-from consent.vocabulary import subject_stream
+from schemas.vocabulary import subject_stream
 from services.portal.app import LINKS
 from services.portal.links import split_token
 from services.portal.security import CSP

@@ -11,8 +11,8 @@ import re
 
 import pytest
 
-from consent.vocabulary import subject_stream, tenant_stream
 from schemas.events import RecordedEvent
+from schemas.vocabulary import subject_stream, tenant_stream
 from services.portal.accounts import MAX_FAILED_LOGINS
 from services.portal.routes_staff import SESSION_COOKIE
 from tests.portal_support import PASSWORD, World, csrf_of, login, make_world

@@ -16,13 +16,13 @@ from hypothesis import strategies as st
 
 from consent.eligibility import next_change
 from consent.terms import ledger_day
-from consent.vocabulary import CATEGORIES, CHANNELS, subject_stream
 from schemas.events import (
     Event,
     InvoiceCorrected,
     MarketingActivityRecorded,
     ObjectionWithdrawn,
 )
+from schemas.vocabulary import CATEGORIES, CHANNELS, subject_stream
 from services.ledger.store import EventStore
 from services.projector.clock import FixedClock
 from services.projector.projection import Projection

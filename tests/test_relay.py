@@ -18,8 +18,8 @@ import asyncpg
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from consent.vocabulary import subject_stream
 from schemas.events import Actor, InvoiceRecorded, Metadata, RecordedEvent, decode_recorded
+from schemas.vocabulary import subject_stream
 from services.devservers import LocalBroker, free_port
 from services.ledger.api_keys import issue_key
 from services.ledger.relay import TOPIC, RelayConfig, running_relay

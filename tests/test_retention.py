@@ -13,7 +13,8 @@ import sys
 import pytest
 from aiohttp.test_utils import TestClient
 
-from services.audit.retention import retention_due, run_retention
+from consent.retention import retention_due
+from services.audit.retention import run_retention
 from services.audit.times import end_of_dutch_day
 from services.ledger.api.app import LEDGER
 from services.ledger.subject_keys import parse_master_key

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import msgspec
 
 from consent.eligibility import Decision, as_cell, eligibility_matrix
-from consent.law import OLDEST_DATED_RULE, RULES_VERSION, LegalRule, rules_in_force
+from consent.law import OLDEST_DATED_RULE, RULES_VERSION, rules_in_force
 from consent.subject import SubjectState, fold_subject, invoice_in_effect, objection_in_effect
 from consent.terms import ALL_CELLS, cell_key
 from schemas.eligibility import Cell
@@ -43,6 +43,7 @@ from schemas.events import (
     TenantCreated,
     TermMatrixEdited,
 )
+from schemas.law import LegalRule
 from services.audit.errors import AuditError
 from services.audit.loading import Reveal, TenantRecord
 

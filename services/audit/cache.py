@@ -15,8 +15,8 @@ from collections import OrderedDict
 from typing import Final
 
 from consent.subject import SubjectState, apply_subject
-from consent.vocabulary import subject_stream, tenant_stream
 from schemas.events import RecordedEvent
+from schemas.vocabulary import subject_stream, tenant_stream
 from services.audit.errors import AuditError
 from services.audit.loading import TenantRecord, check_subject_ids
 from services.ledger.store import EventStore

@@ -25,8 +25,8 @@ import msgspec
 import structlog
 
 from consent.subject import SubjectState, fold_subject
-from consent.vocabulary import subject_stream
 from schemas.events import Actor, SubjectErased
+from schemas.vocabulary import subject_stream
 from services.audit import suppression
 from services.audit.errors import AuditError
 from services.audit.loading import check_subject_ids

@@ -13,8 +13,8 @@ from typing import Any, Final
 import msgspec
 
 from consent.tenant import TenantHistory, TenantState
-from consent.vocabulary import is_customer_ref, is_slug, subject_stream, tenant_stream
 from schemas.events import RecordedEvent, Sealed
+from schemas.vocabulary import is_customer_ref, is_slug, subject_stream, tenant_stream
 from services.audit.errors import AuditError
 from services.ledger.store import EventStore
 from services.ledger.subject_keys import SubjectKeys

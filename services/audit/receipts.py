@@ -30,7 +30,6 @@ import msgspec
 from consent.law import RULES_VERSION, rules_in_force
 from consent.tenant import TenantState
 from consent.terms import ledger_day
-from consent.vocabulary import parse_subject_stream
 from schemas.events import (
     Actor,
     ObjectionRecorded,
@@ -39,6 +38,7 @@ from schemas.events import (
     PreferencesChanged,
     RecordedEvent,
 )
+from schemas.vocabulary import parse_subject_stream
 from services.audit.errors import AuditError
 from services.audit.loading import TenantRecord, load_subject_events, load_tenant
 from services.ledger.store import EventStore

@@ -1,33 +1,24 @@
-"""Retention: erase customers N years after their last invoice and prospects M months
-after their acquisition or last marketing activity (seed, "Hoe lang bewaren we uw
-gegevens?"; defaults 7 years and 3 months, per tenant via ``RetentionPolicySet``).
+"""Retention, the daily job: erase every subject whose retention ended (seed, "Hoe lang
+bewaren we uw gegevens?"; defaults 7 years and 3 months, per tenant via
+``RetentionPolicySet``).
 
-:func:`retention_due` is the pure rule; :func:`run_retention` is the daily job (the
-clock is a parameter, so tests and ``--today`` can move it). Days are Dutch calendar
-days, like every other date in the ledger.
-
-The rule, for a subject that is not erased yet:
-
-* customer (any invoice): due on ``add_months(last invoice date, 12 * customer_years)``;
-* otherwise (prospect): due on ``add_months(base, prospect_months)`` where base is the
-  latest of its acquisition dates and its last marketing activity; a subject with neither
-  (e.g. only a preference saved in the portal) counts from the day of its last event.
-
-It is erased on or after its due day ("at most N years": the data is kept while
-``today < due``, the same half-open reading as the opt-in terms).
+The rule (when a subject is due) is pure and lives with the other rules in
+``consent/retention.py`` (:func:`consent.retention.retention_due`); :func:`run_retention` is
+the I/O around it: scan each tenant's subjects, erase the due ones, repair what a crash left.
+The clock is a parameter, so tests and ``--today`` can move it. Days are Dutch calendar days,
+like every other date in the ledger; a subject is erased on or after its due day.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
-from typing import Literal
 
 import msgspec
 import structlog
 
-from consent.subject import SubjectState
-from consent.terms import add_months, ledger_day
+from consent.retention import RetentionDue, retention_due
+from consent.terms import ledger_day
 from services.audit.erasure import erase_subject, retention_context
 from services.audit.errors import AuditError
 from services.audit.loading import load_tenant
@@ -36,16 +27,6 @@ from services.ledger.commands import Ledger
 from services.ledger.store import translate_errors
 
 log = structlog.get_logger(__name__)
-
-
-class RetentionDue(msgspec.Struct, frozen=True, kw_only=True):
-    subject: str
-    source: str
-    customer_ref: str
-    kind: Literal["customer", "prospect"]
-    basis: Literal["last_invoice", "acquisition", "marketing_activity", "last_event"]
-    basis_date: dt.date
-    due_on: dt.date
 
 
 class RetentionReport(msgspec.Struct, frozen=True, kw_only=True):
@@ -59,38 +40,6 @@ class RetentionReport(msgspec.Struct, frozen=True, kw_only=True):
     erased: int
     keys_repaired: int
     portal_links_repaired: int = 0
-
-
-def _months_after(day: dt.date, months: int) -> dt.date:
-    """``add_months``, but a due day past the calendar's end (an invoice dated in year 9999,
-    written before the API and the import refused future dates) is ``date.max``: never due,
-    instead of an error that would stop the whole tenant's daily run."""
-    try:
-        return add_months(day, months)
-    except ValueError:
-        return dt.date.max
-
-
-def retention_due(state: SubjectState, customer_years: int, prospect_months: int) -> RetentionDue | None:
-    """When the subject's data must be gone (None if it is already erased)."""
-    if state.erased is not None:
-        return None
-    common = {"subject": state.key, "source": state.source, "customer_ref": state.customer_ref}
-    if state.invoices and state.last_invoice_on is not None:
-        return RetentionDue(**common, kind="customer", basis="last_invoice", basis_date=state.last_invoice_on,
-                            due_on=_months_after(state.last_invoice_on, 12 * customer_years))
-    candidates: list[tuple[dt.date, Literal["acquisition", "marketing_activity", "last_event"]]] = [
-        (a.acquired_on, "acquisition") for a in state.acquisitions
-    ]
-    if state.last_activity_on is not None:
-        candidates.append((state.last_activity_on, "marketing_activity"))
-    if not candidates and state.last_recorded_at is not None:
-        candidates.append((ledger_day(state.last_recorded_at), "last_event"))
-    if not candidates:
-        return None
-    basis_date, basis = max(candidates, key=lambda c: c[0])
-    return RetentionDue(**common, kind="prospect", basis=basis, basis_date=basis_date,
-                        due_on=_months_after(basis_date, prospect_months))
 
 
 async def run_retention(ledger: Ledger, master_key: bytes, *, now: dt.datetime, dry_run: bool,

@@ -21,7 +21,7 @@ import msgspec
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from consent.vocabulary import parse_subject_stream, subject_key
+from schemas.vocabulary import parse_subject_stream, subject_key
 from services.ledger.store import translate_errors
 
 _INFO: Final = b"consent-ledger/suppression/v1/"

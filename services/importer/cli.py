@@ -23,8 +23,8 @@ from pathlib import Path
 import asyncpg
 import msgspec
 
-from consent.vocabulary import is_slug
 from schemas.events import Actor
+from schemas.vocabulary import is_slug
 from services.importer.mapping import DEFAULT_MAPPING, KINDS, Mapping, MappingError, load_mapping
 from services.importer.pipeline import DEFAULT_BATCH, MAX_BATCH, Importer, ImportRefused, Summary
 from services.importer.plans import Rejection

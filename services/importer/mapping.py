@@ -19,7 +19,7 @@ from typing import Annotated, Final, Literal
 
 import msgspec
 
-from consent.vocabulary import CATEGORIES, CHANNELS
+from schemas.vocabulary import CATEGORIES, CHANNELS
 
 Kind = Literal["invoices", "prospects", "preferences"]
 KINDS: Final[tuple[Kind, ...]] = ("invoices", "prospects", "preferences")

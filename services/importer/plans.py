@@ -42,7 +42,6 @@ import msgspec
 import structlog
 
 from consent.terms import cell_key
-from consent.vocabulary import subject_stream
 from schemas.events import (
     Actor,
     Event,
@@ -52,6 +51,7 @@ from schemas.events import (
     PreferencesChanged,
     ProspectRegistered,
 )
+from schemas.vocabulary import subject_stream
 from services.importer.rows import InvoiceRow, PreferenceRow, ProspectRow, Row
 from services.ledger.commands import Ledger
 from services.ledger.errors import LedgerError

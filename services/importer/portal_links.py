@@ -29,7 +29,7 @@ from typing import Final
 import msgspec
 import structlog
 
-from consent.vocabulary import is_customer_ref, subject_stream
+from schemas.vocabulary import is_customer_ref, subject_stream
 from services.importer.mapping import normalise_header
 from services.importer.reader import FileProblem, detect_encoding
 from services.ledger.commands import CommandRejected, Ledger

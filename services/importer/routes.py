@@ -23,8 +23,8 @@ from typing import Final
 import msgspec
 from aiohttp import web
 
-from consent.vocabulary import is_slug
 from schemas.api import ErrorBody
+from schemas.vocabulary import is_slug
 from services.importer.mapping import DEFAULT_MAPPING, KINDS, Mapping, MappingError, load_mapping
 from services.importer.pipeline import Importer, ImportRefused, Summary
 from services.importer.plans import Rejection

@@ -21,8 +21,8 @@ import msgspec
 import msgspec.inspect
 
 from consent.terms import fact_date_problem
-from consent.vocabulary import CUSTOMER_REF_PATTERN
 from schemas.api import Contact
+from schemas.vocabulary import CUSTOMER_REF_PATTERN
 from services.importer.mapping import CONTACT_FIELDS, Kind, Mapping, normalise_word
 from services.importer.reader import RowProblem, Values, fields_of
 

@@ -18,7 +18,6 @@ from consent.policy import next_chapter_id, policy_version
 from consent.seed import DEFAULT_CHAPTERS, default_term_cells
 from consent.tenant import TenantHistory, TenantState, apply_tenant
 from consent.terms import AMSTERDAM, fact_date_problem, ledger_day
-from consent.vocabulary import DEFAULT_DATA_SOURCES, subject_stream, tenant_stream
 from schemas.api import Contact
 from schemas.events import (
     Actor,
@@ -53,6 +52,7 @@ from schemas.events import (
     TermCell,
     TermMatrixEdited,
 )
+from schemas.vocabulary import DEFAULT_DATA_SOURCES, subject_stream, tenant_stream
 from services.ledger.errors import LedgerError, StreamClosed
 from services.ledger.store import AppendRequest, AppendResult, EventStore, StreamWrite, translate_errors
 from services.ledger.subject_keys import SubjectKeys

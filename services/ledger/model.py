@@ -4,14 +4,13 @@ shared by the store's readers."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import datetime as dt
 import hashlib
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from typing import Any, Final
+from typing import Final
 
 import asyncpg
 import msgspec
@@ -155,14 +154,3 @@ def request_fingerprint(*parts: bytes | str) -> bytes:
         h.update(len(b).to_bytes(8, "big"))
         h.update(b)
     return h.digest()
-
-
-async def with_retry(fn: Callable[[], Awaitable[Any]], attempts: int = 3, delay: float = 0.2) -> Any:
-    """Retry only StoreUnavailable (connection errors)."""
-    for attempt in range(attempts):
-        try:
-            return await fn()
-        except StoreUnavailable:
-            if attempt == attempts - 1:
-                raise
-            await asyncio.sleep(delay * (2**attempt))

@@ -42,7 +42,6 @@ from services.ledger.model import (
     request_fingerprint,
     row_to_recorded,
     translate_errors,
-    with_retry,
 )
 from services.ledger.partitions import partition_of, stream_tenant
 from services.ledger.writer import GroupCommitWriter
@@ -296,5 +295,5 @@ class EventStore:
 __all__ = [
     "ANY_VERSION", "CLOSING_EVENTS", "NO_STREAM", "AppendObserver", "AppendRequest", "AppendResult", "EventStore",
     "StreamResult", "StreamWrite", "TransactionHook", "check_request", "new_event_ids", "partition_count",
-    "SCAN_COLUMNS", "partition_heads", "read_partitions", "scan_log", "request_fingerprint", "row_to_recorded", "tenant_ids", "tenant_subject_events", "translate_errors", "with_retry",
+    "SCAN_COLUMNS", "partition_heads", "read_partitions", "scan_log", "request_fingerprint", "row_to_recorded", "tenant_ids", "tenant_subject_events", "translate_errors",
 ]

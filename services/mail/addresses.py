@@ -20,7 +20,7 @@ import msgspec
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from consent.vocabulary import parse_subject_stream
+from schemas.vocabulary import parse_subject_stream
 from schemas.events import InvoiceCorrected, InvoiceRecorded, ProspectRegistered, SubjectErased
 from services.ledger.store import EventStore, translate_errors
 from services.ledger.subject_keys import SubjectKeys

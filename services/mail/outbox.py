@@ -31,7 +31,7 @@ import asyncpg
 import msgspec
 import structlog
 
-from consent.vocabulary import subject_stream
+from schemas.vocabulary import subject_stream
 from schemas.events import Actor, MailSent, Sealed
 from services.ledger.commands import CommandRejected, Context, Ledger
 from services.ledger.store import StreamWrite, translate_errors

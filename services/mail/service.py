@@ -23,7 +23,7 @@ import msgspec
 import structlog
 
 from consent.tenant import TenantState
-from consent.vocabulary import subject_stream
+from schemas.vocabulary import subject_stream
 from schemas.events import InvoiceCorrected, InvoiceRecorded, ProspectRegistered, RecordedEvent
 from services.ledger.commands import CommandRejected, Ledger
 from services.ledger.subject_keys import SubjectKeys, SubjectSealer

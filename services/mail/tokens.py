@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from consent.eligibility import Decision
 from consent.tenant import TenantState
 from consent.terms import cell_key
-from consent.vocabulary import CATEGORIES
+from schemas.vocabulary import CATEGORIES
 from schemas.eligibility import Disclosure, Unsubscribe, UnsubscribeLinks
 
 Kind = Literal["unsubscribe", "confirm"]

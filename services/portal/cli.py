@@ -17,7 +17,7 @@ import sys
 
 import asyncpg
 
-from consent.vocabulary import is_customer_ref, is_slug
+from schemas.vocabulary import is_customer_ref, is_slug
 from services.settings import from_env
 
 

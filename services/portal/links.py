@@ -26,11 +26,11 @@ from typing import Final
 import asyncpg
 import msgspec
 
-from consent.vocabulary import is_customer_ref, is_slug, subject_stream
 from schemas.events import RecordedEvent
 
 # The store's own column list and row decoder, so the portal's one-round-trip read decodes
 # events exactly as EventStore.read_stream does.
+from schemas.vocabulary import is_customer_ref, is_slug, subject_stream
 from services.ledger.store import EventStore, row_to_recorded, translate_errors
 
 SELECTOR_BYTES: Final = 8
@@ -138,7 +138,7 @@ class LinkStore:
         :func:`hmac.compare_digest` (against the dummy digest when no row matches), as in
         :meth:`lookup`. The subject's events come from the same statement: a lateral read of
         ``ledger.events`` by stream id, ordered by version, skipped for a revoked link. The
-        stream id is built in SQL the way :func:`consent.vocabulary.subject_stream` builds it;
+        stream id is built in SQL the way :func:`schemas.vocabulary.subject_stream` builds it;
         if that ever disagreed, the events would be read again through the store (checked
         below), so the page can never show another stream or an empty one by mistake.
         """

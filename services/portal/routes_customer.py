@@ -13,8 +13,8 @@ import structlog
 from aiohttp import web
 
 from consent.tenant import TenantHistory
-from consent.vocabulary import is_slug, subject_stream, tenant_stream
 from schemas.events import Actor
+from schemas.vocabulary import is_slug, subject_stream, tenant_stream
 from services.audit.receipts import build_receipt, is_receipt_event
 from services.ledger.commands import CommandRejected, Context, needs_double_opt_in
 from services.ledger.errors import WrongExpectedVersion

@@ -28,7 +28,7 @@ from aiohttp import web
 from consent.policy import active_chapters
 from consent.subject import fold_subject, pending_opt_ins
 from consent.terms import cell_key
-from consent.vocabulary import CATEGORIES, CHANNELS, is_slug, subject_stream
+from schemas.vocabulary import CATEGORIES, CHANNELS, is_slug, subject_stream
 from schemas.events import Actor, PreferenceSetting
 from services.ledger.commands import CommandRejected, Context
 from services.ledger.errors import WrongExpectedVersion

@@ -20,10 +20,9 @@ import msgspec
 import structlog
 from aiohttp import web
 
-from consent.law import RULES_VERSION, LegalRule, rules_in_force, rules_starting_after
+from consent.law import RULES_VERSION, rules_in_force, rules_starting_after
 from consent.tenant import TenantState
 from consent.terms import ledger_day
-from consent.vocabulary import CATEGORIES, CHANNELS, is_customer_ref, is_slug, subject_stream
 from consent.warnings import compliance_warnings
 from schemas.events import (
     Actor,
@@ -39,6 +38,8 @@ from schemas.events import (
     Sealed,
     TermCell,
 )
+from schemas.law import LegalRule
+from schemas.vocabulary import CATEGORIES, CHANNELS, MAX_TERM_MONTHS, is_customer_ref, is_slug, subject_stream
 from services.ledger.commands import CommandRejected, Context
 from services.ledger.errors import WrongExpectedVersion
 from services.portal.accounts import AccountError, User, new_password
@@ -526,7 +527,7 @@ async def terms_save(request: web.Request, staff: Staff, form: dict[str, str]) -
             name = _term_field(category, channel)
             raw = form.get(name, "").strip()
             values[name] = raw
-            if not (raw.isdigit() and 0 <= int(raw) <= 120):
+            if not (raw.isdigit() and 0 <= int(raw) <= MAX_TERM_MONTHS):
                 errors[name] = t("months_invalid")
                 continue
             months = int(raw)

@@ -32,8 +32,8 @@ from consent.subject import (
 )
 from consent.tenant import DealerContact, TenantState
 from consent.terms import cell_key, ledger_day
-from consent.vocabulary import CATEGORIES, CHANNELS, PREFERENCE_VALUES, subject_stream
 from schemas.events import PreferenceSetting, RecordedEvent
+from schemas.vocabulary import CATEGORIES, CHANNELS, PREFERENCE_VALUES, subject_stream
 from services.ledger.commands import Ledger
 from services.portal.messages import Messages
 from services.portal.security import sanitise_html

@@ -148,7 +148,7 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
 
 
 def cmd_republish(args: argparse.Namespace) -> int:
-    from consent.vocabulary import SLUG_PATTERN
+    from schemas.vocabulary import SLUG_PATTERN
     from schemas.eligibility import TOPIC
 
     settings = _settings(kafka=True)

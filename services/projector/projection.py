@@ -45,9 +45,9 @@ from consent.law import RULES_VERSION
 from consent.subject import SubjectState, apply_subject
 from consent.tenant import TenantState, apply_tenant
 from consent.terms import TermMatrix
-from consent.vocabulary import parse_subject_stream, tenant_stream
 from schemas.eligibility import topic_key
 from schemas.events import RecordedEvent
+from schemas.vocabulary import parse_subject_stream, tenant_stream
 from services.ledger.store import EventStore
 from services.mail.tokens import AnswerLinks, disclosure_of
 from services.projector.clock import Clock

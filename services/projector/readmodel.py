@@ -21,8 +21,8 @@ from consent.law import RULES_VERSION
 from consent.subject import SubjectState
 from consent.tenant import TenantState
 from consent.terms import ALL_CELLS, TermMatrix, cell_key
-from consent.vocabulary import CATEGORIES, CHANNELS
 from schemas.eligibility import SCHEMA_VERSION, Disclosure, UnsubscribeLinks
+from schemas.vocabulary import CATEGORIES, CHANNELS
 
 __all__ = [
     "TOMBSTONE_HASH",

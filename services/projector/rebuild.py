@@ -42,8 +42,8 @@ import structlog
 from consent.subject import SubjectState, apply_subject
 from consent.tenant import TenantState, apply_tenant
 from consent.terms import TermMatrix
-from consent.vocabulary import parse_subject_stream
 from schemas.events import Metadata, RecordedEvent, decode_event
+from schemas.vocabulary import parse_subject_stream
 from services.ledger.store import partition_count, partition_heads, read_partitions, scan_log
 from services.projector.clock import Clock
 from services.projector.readmodel import (

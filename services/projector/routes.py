@@ -28,7 +28,6 @@ from consent.law import RULES_VERSION, rules_in_force, rules_starting_after
 from consent.subject import SubjectState
 from consent.tenant import TenantState
 from consent.terms import ledger_day
-from consent.vocabulary import subject_stream, tenant_stream
 from consent.warnings import compliance_warnings
 from schemas.eligibility import (
     CampaignCheck,
@@ -41,6 +40,7 @@ from schemas.eligibility import (
     Unsubscribe,
 )
 from schemas.events import TenantCreated, TermMatrixEdited
+from schemas.vocabulary import subject_stream, tenant_stream
 from services.audit.errors import AuditError
 from services.audit.loading import TenantRecord
 from services.audit.routes import STREAM_CACHE

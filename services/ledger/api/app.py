@@ -20,7 +20,7 @@ import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from consent.vocabulary import is_customer_ref, is_slug, subject_stream
+from schemas.vocabulary import is_customer_ref, is_slug, subject_stream
 from services.ledger.api.jsonapi import MAX_BODY, ApiError, ApiRoutes, Operation, json_response, openapi_document, read_body
 from services.ledger.api.routing import add_routes
 from services.ledger.api_keys import KeyRing, Principal

@@ -18,8 +18,8 @@ import msgspec.inspect
 from aiohttp import web
 
 from consent.text import first_control_character, json_path
-from consent.vocabulary import CUSTOMER_REF_PATTERN, SLUG_PATTERN
 from schemas.api import ErrorBody
+from schemas.vocabulary import CUSTOMER_REF_PATTERN, SLUG_PATTERN
 from services.ledger.api.openapi_docs import describe, describe_fields, error_responses, example_for
 from services.serving import read_body_within
 

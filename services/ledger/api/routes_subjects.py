@@ -9,7 +9,6 @@ from collections import defaultdict
 import msgspec
 from aiohttp import web
 
-from consent.vocabulary import subject_stream, tenant_stream
 from schemas import api as s
 from schemas.events import (
     Event,
@@ -19,6 +18,7 @@ from schemas.events import (
     ProspectRegistered,
     RecordedEvent,
 )
+from schemas.vocabulary import subject_stream, tenant_stream
 from services.ledger.api.app import STORE, Call
 from services.ledger.api.jsonapi import ApiError, ApiRoutes, json_response
 from services.ledger.commands import CommandRejected, check_fact_date, check_given_on, needs_double_opt_in

@@ -1,4 +1,9 @@
-"""The fixed words of the domain: marketing categories, channels, preference values.
+"""The fixed words of the domain: marketing categories, channels, preference values, the
+eligibility bases and reasons, the identifier patterns and the stream ids built from them.
+
+The bottom of the layering (services -> consent -> schemas): the message types in ``schemas/``
+and the pure rules in ``consent/`` both use these words, so they live here and import nothing
+of either (pyproject.toml, ``[tool.importlinter]``).
 
 The ids are part of the public contract (PRODUCT.md, "Domain"); never rename one.
 """
@@ -46,6 +51,8 @@ DEFAULT_DATA_SOURCES: Final[dict[str, str]] = {
     "unknown": "Onbekende bron",
 }
 
+# The longest opt-in term a dealer may set in a cell (PRODUCT.md, "Eligibility"): the
+# events' ``Months`` bound and the portal's form check.
 MAX_TERM_MONTHS: Final = 120
 
 # Identifiers that end up in stream ids and Kafka keys ("{tenant}/{source}/{ref}"):
