@@ -1,0 +1,103 @@
+"""The words of the dealer's reach, lapse, search and change-log pages (Dutch default,
+English), kept apart from the portal's main catalogue so both can grow independently."""
+
+from __future__ import annotations
+
+from typing import Final
+
+from services.portal.messages import Messages
+
+WORDS: Final[dict[str, dict[str, str]]] = {
+    "nl": {
+        "nav_reach": "Bereik",
+        "reach_title": "Bereik per categorie en kanaal",
+        "reach_intro": "Hoeveel klanten en prospects u mag benaderen, vandaag, over 30 en over 90 dagen. Afgeleid "
+                       "van de vastgelegde voorkeuren, facturen, termijnen en de wet op die datum.",
+        "reach_source": "Gegevensbron",
+        "reach_all_sources": "Alle bronnen",
+        "reach_show": "Tonen",
+        "reach_subjects": "Personen (niet verwijderd)",
+        "reach_today": "Vandaag",
+        "reach_in_30": "Over 30 dagen",
+        "reach_in_90": "Over 90 dagen",
+        "reach_chart": "Grafiek: bereikbare personen per categorie en kanaal",
+        "reach_table": "Tabel: bereikbare personen",
+        "reach_not_ready": "De cijfers zijn nog niet beschikbaar: de verwerking van deze dealer loopt nog. "
+                           "Probeer het zo opnieuw.",
+        "reach_lapses_link": "Wie vervalt binnenkort?",
+        "lapse_title": "Vervallende toestemming",
+        "lapse_intro": "Personen die u vandaag mag benaderen en binnen de gekozen termijn niet meer. Vraag hen "
+                       "om toestemming voordat het zover is.",
+        "lapse_days": "Binnen (dagen)",
+        "lapse_category": "Categorie",
+        "lapse_channel": "Kanaal",
+        "lapse_any": "Alle",
+        "lapse_none": "Niemand verliest binnen deze termijn een grondslag.",
+        "lapse_on": "Vervalt op",
+        "lapse_basis": "Grondslag nu",
+        "lapse_csv": "Download als CSV (met contactgegevens; wordt vastgelegd)",
+        "lapse_csv_admin_only": "Alleen beheerders kunnen de lijst met contactgegevens downloaden.",
+        "lapse_count": "{n} vervallende combinaties",
+        "lapse_more": "De eerste {n} worden getoond; de CSV bevat alles.",
+        "bad_days": "Kies een aantal dagen van 1 tot en met 366.",
+        "bad_choice": "Ongeldige keuze.",
+        "basis_consent": "toestemming",
+        "basis_soft_opt_in": "klantrelatie (soft opt-in)",
+        "basis_legitimate_interest": "gerechtvaardigd belang",
+        "col_customer": "Klant",
+        "col_cell": "Categorie en kanaal",
+    },
+    "en": {
+        "nav_reach": "Reach",
+        "reach_title": "Reach per category and channel",
+        "reach_intro": "How many customers and prospects you may contact today, in 30 and in 90 days. Derived from "
+                       "the recorded preferences, invoices, terms and the law on that date.",
+        "reach_source": "Data source",
+        "reach_all_sources": "All sources",
+        "reach_show": "Show",
+        "reach_subjects": "People (not erased)",
+        "reach_today": "Today",
+        "reach_in_30": "In 30 days",
+        "reach_in_90": "In 90 days",
+        "reach_chart": "Chart: people you may contact per category and channel",
+        "reach_table": "Table: people you may contact",
+        "reach_not_ready": "The figures are not available yet: this dealer is still being processed. Try again "
+                           "shortly.",
+        "reach_lapses_link": "Who drops out soon?",
+        "lapse_title": "Lapsing permissions",
+        "lapse_intro": "People you may contact today and no longer within the chosen period. Ask them for consent "
+                       "before that day.",
+        "lapse_days": "Within (days)",
+        "lapse_category": "Category",
+        "lapse_channel": "Channel",
+        "lapse_any": "All",
+        "lapse_none": "Nobody loses a basis within this period.",
+        "lapse_on": "Lapses on",
+        "lapse_basis": "Basis now",
+        "lapse_csv": "Download as CSV (with contact details; the download is recorded)",
+        "lapse_csv_admin_only": "Only admins can download the list with contact details.",
+        "lapse_count": "{n} lapsing combinations",
+        "lapse_more": "The first {n} are shown; the CSV has all of them.",
+        "bad_days": "Choose a number of days from 1 to 366.",
+        "bad_choice": "Invalid choice.",
+        "basis_consent": "consent",
+        "basis_soft_opt_in": "customer relationship (soft opt-in)",
+        "basis_legitimate_interest": "legitimate interest",
+        "col_customer": "Customer",
+        "col_cell": "Category and channel",
+    },
+}
+
+
+class DealerWords:
+    """``d("reach_title")`` in templates; falls back to the portal's catalogue."""
+
+    def __init__(self, t: Messages) -> None:
+        self._t = t
+        self._words = WORDS[t.lang]
+
+    def __call__(self, key: str, **values: object) -> str:
+        text = self._words.get(key)
+        if text is None:
+            return self._t(key, **values)
+        return text.format(**values) if values else text

@@ -1,0 +1,184 @@
+"""The dealer's own questions on AVG Beheer: reach (dashboard), who lapses soon (with a
+recorded CSV export), find a customer, change log.
+
+Figures come from the projector's read model through :mod:`services.projector.reach`
+(the same evaluation as the API's ``/reach``), never from replaying events. Pages are
+server-rendered HTML; the chart is inline SVG built here, so it works without JavaScript
+(and under the portal's CSP, which allows no script and no inline style: the SVG uses
+presentation attributes only).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Final
+
+import msgspec
+from aiohttp import web
+
+from consent.vocabulary import CATEGORIES, CHANNELS
+from services.portal.app import MESSAGES, POOL
+from services.portal.dealer_words import DealerWords
+from services.portal.routes_staff import Staff, staff_page, staff_render
+from services.projector.clock import SystemClock
+from services.projector.reach import HORIZONS, MAX_LAPSE_DAYS, Lapse, ReachCache, TenantNotProjected
+
+REACH: Final = web.AppKey("portal_reach", dict)
+"""Holds the app's ReachCache under "cache", made on first use (the pool exists only once the
+app has started, and an app's state may not change after that)."""
+
+BAR_COLOURS: Final = ("#1f5f8b", "#4f8fbf", "#a3c4dc")  # today, +30, +90: dark to light, AA against white text
+LAPSE_PAGE_ROWS: Final = 500
+
+
+def add_routes(app: web.Application) -> None:
+    app[REACH] = {}
+    r = app.router
+    b = "/beheer/{tenant}"
+    r.add_get(b + "/bereik", reach_page)
+    r.add_get(b + "/bereik/verloop", lapse_page)
+
+
+def reach_cache(request: web.Request) -> ReachCache:
+    holder = request.app[REACH]
+    cache = holder.get("cache")
+    if cache is None:
+        cache = holder["cache"] = ReachCache(request.app[POOL])
+    return cache
+
+
+def today() -> dt.date:
+    return SystemClock().today()
+
+
+def render_dealer(request: web.Request, staff: Staff, template: str, *, nav: str = "reach", status: int = 200,
+                  **context: Any) -> web.Response:
+    return staff_render(request, staff, template, nav=nav, status=status, d=DealerWords(request[MESSAGES]),
+                        **context)
+
+
+class Bar(msgspec.Struct, frozen=True):
+    x: int
+    y: int
+    width: int
+    height: int
+    colour: str
+    label: str
+
+
+class Chart(msgspec.Struct, frozen=True):
+    width: int
+    height: int
+    label_width: int
+    bars: list[Bar]
+    labels: list[tuple[int, str, bool]]  # (y, text, is a category heading)
+    ticks: list[tuple[int, str]]  # (x, text)
+    legend: list[tuple[int, str, str]]  # (x, colour, text)
+
+
+def reach_chart(cells: dict[str, dict[str, list[int]]], words: DealerWords, t: Any) -> Chart:
+    """Horizontal bars: per category a heading, per channel three bars (today, +30, +90)."""
+    label_width, plot_width, bar_h, gap = 190, 420, 7, 8
+    top = 34
+    peak = max([1] + [n for ch in cells.values() for counts in ch.values() for n in counts])
+    step = _nice_step(peak)
+    scale_max = step * -(-peak // step)
+    bars: list[Bar] = []
+    labels: list[tuple[int, str, bool]] = []
+    y = top
+    names = (words("reach_today"), words("reach_in_30"), words("reach_in_90"))
+    for category in CATEGORIES:
+        labels.append((y + 11, t.category_admin(category), True))
+        y += 16
+        for channel in CHANNELS:
+            counts = cells[category][channel]
+            labels.append((y + (bar_h * 3) // 2 + 4, t.channel(channel), False))
+            for j, n in enumerate(counts):
+                width = round(plot_width * n / scale_max)
+                bars.append(Bar(label_width, y + j * bar_h, max(width, 0), bar_h - 1, BAR_COLOURS[j],
+                                f"{t.category_admin(category)}, {t.channel(channel)}, {names[j]}: {n}"))
+            y += 3 * bar_h + gap
+        y += 6
+    ticks = [(label_width + round(plot_width * v / scale_max), f"{v:,}".replace(",", "."))
+             for v in range(0, scale_max + 1, step)]
+    legend = [(label_width + i * 140, BAR_COLOURS[i], names[i]) for i in range(len(HORIZONS))]
+    return Chart(width=label_width + plot_width + 40, height=y + 20, label_width=label_width, bars=bars,
+                 labels=labels, ticks=ticks, legend=legend)
+
+
+def _nice_step(peak: int) -> int:
+    """A round tick step giving at most about 5 ticks."""
+    raw = max(1, peak // 5)
+    magnitude = 10 ** (len(str(raw)) - 1)
+    for m in (1, 2, 5, 10):
+        if raw <= m * magnitude:
+            return m * magnitude
+    return 10 * magnitude
+
+
+@staff_page()
+async def reach_page(request: web.Request, staff: Staff, form: dict[str, str]) -> web.StreamResponse:
+    from services.projector.routes_reach import report_of
+
+    t = request[MESSAGES]
+    words = DealerWords(t)
+    source = request.query.get("source", "")
+    if source and source not in staff.tenant.data_sources:
+        source = ""
+    try:
+        report = report_of(await reach_cache(request).counts(staff.tenant.tenant_id, today()))
+    except TenantNotProjected:
+        return render_dealer(request, staff, "reach.html", status=503, error=words("reach_not_ready"), report=None,
+                             source=source, chart=None, cells=None, subjects=0)
+    if source:
+        found = [s for s in report.sources if s.source == source]
+        cells = found[0].cells if found else {c: {h: [0, 0, 0] for h in CHANNELS} for c in CATEGORIES}
+        subjects = found[0].subjects if found else 0
+    else:
+        cells, subjects = report.total, report.subjects
+    return render_dealer(request, staff, "reach.html", report=report, source=source, cells=cells,
+                         subjects=subjects, chart=reach_chart(cells, words, t), categories=CATEGORIES,
+                         channels=CHANNELS)
+
+
+class LapseQuery(msgspec.Struct, frozen=True):
+    days: int
+    category: str | None
+    channel: str | None
+
+
+def lapse_query(request: web.Request, words: DealerWords) -> LapseQuery | str:
+    q = request.query
+    raw = q.get("days", "90").strip()
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 6 and 1 <= int(raw) <= MAX_LAPSE_DAYS):
+        return words("bad_days")
+    category = q.get("category") or None
+    channel = q.get("channel") or None
+    if (category is not None and category not in CATEGORIES) or (channel is not None and channel not in CHANNELS):
+        return words("bad_choice")
+    return LapseQuery(int(raw), category, channel)
+
+
+async def find_lapses(request: web.Request, staff: Staff, query: LapseQuery, on: dt.date) -> list[Lapse]:
+    return await reach_cache(request).lapses(staff.tenant.tenant_id, on, query.days, category=query.category,
+                                             channel=query.channel)
+
+
+@staff_page()
+async def lapse_page(request: web.Request, staff: Staff, form: dict[str, str]) -> web.StreamResponse:
+    words = DealerWords(request[MESSAGES])
+    query = lapse_query(request, words)
+    context: dict[str, Any] = {"categories": CATEGORIES, "channels": CHANNELS, "max_days": MAX_LAPSE_DAYS,
+                               "values": {k: request.query.get(k, "") for k in ("days", "category", "channel")},
+                               "page_rows": LAPSE_PAGE_ROWS}
+    if not context["values"]["days"]:
+        context["values"]["days"] = "90"
+    if isinstance(query, str):
+        return render_dealer(request, staff, "lapses.html", status=422, error=query, lapses=None, **context)
+    on = today()
+    try:
+        lapses = await find_lapses(request, staff, query, on)
+    except TenantNotProjected:
+        return render_dealer(request, staff, "lapses.html", status=503, error=words("reach_not_ready"),
+                             lapses=None, **context)
+    return render_dealer(request, staff, "lapses.html", lapses=lapses, on=on, query=query, **context)
