@@ -24,7 +24,8 @@ from consent.vocabulary import CATEGORIES, CHANNELS
 Kind = Literal["invoices", "prospects", "preferences"]
 KINDS: Final[tuple[Kind, ...]] = ("invoices", "prospects", "preferences")
 
-CONTACT_FIELDS: Final = ("name", "email", "phone", "street", "postcode", "city", "country", "licence_plate")
+CONTACT_FIELDS: Final = ("name", "email", "phone", "street", "postcode", "city", "country", "licence_plate",
+                                "vehicle_make", "vehicle_model")
 REQUIRED: Final[dict[str, tuple[str, ...]]] = {
     "invoices": ("customer_ref", "invoice_id", "invoice_date"),
     "prospects": ("customer_ref", "acquired_on", "how"),

@@ -52,10 +52,11 @@ _CONTACT_RULES: Final = _contact_rules()
 _CONTACT_PROBLEMS: Final[dict[str, str]] = {
     "email": "not an e-mail address (name@domain, at most 254 characters)",
     "phone": "not a phone number (3-40 digits, spaces, +, (, ) and -)",
+    "licence_plate": "not a licence plate (2-12 letters and digits, single '-' or spaces between them)",
 }
 _CONTACT_MAX: Final[dict[str, int]] = {
     "name": 200, "email": 254, "phone": 40, "street": 200, "postcode": 20, "city": 100, "country": 100,
-    "licence_plate": 20,
+    "licence_plate": 20, "vehicle_make": 60, "vehicle_model": 60,
 }
 
 

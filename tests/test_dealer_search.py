@@ -1,0 +1,137 @@
+"""Finding a customer through the blind index: by each field, never across tenants,
+nothing after erasure, no plaintext in the database; plate and vehicle fields accepted by
+the API and the DMS import."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import asyncpg
+from aiohttp.test_utils import TestClient
+
+from tests.conftest import Dealer
+
+DAY = (dt.date.today() - dt.timedelta(days=40)).isoformat()
+JAN = {"name": "Jan van der Berg", "email": "Jan.Berg@Example.nl", "phone": "+31 6 1234 5678",
+       "street": "Hoofdstraat 12a", "postcode": "1234 ab", "city": "Utrecht", "licence_plate": "ab-123-c",
+       "vehicle_make": "Volkswagen", "vehicle_model": "Golf"}
+PIET = {"name": "Piet Jansen", "email": "piet@example.nl", "phone": "030-1234567", "street": "Kerkweg 3",
+        "postcode": "3511AA", "licence_plate": "12-XYZ-3"}
+
+
+async def _invoice(api: TestClient, dealer: Dealer, ref: str, contact: dict[str, str], invoice: str = "F1") -> None:
+    r = await api.post(f"/v1/tenants/{dealer.tenant_id}/subjects/dealer/{ref}/invoices", headers=dealer.auth("importer"),
+                       json={"invoice_id": invoice, "invoice_date": DAY, "contact": contact})
+    assert r.status == 201, await r.text()
+
+
+async def _search(api: TestClient, dealer: Dealer, **query: str) -> list[str]:
+    r = await api.get(f"/v1/tenants/{dealer.tenant_id}/subjects:search", params=query, headers=dealer.auth("staff"))
+    assert r.status == 200, await r.text()
+    return [s["customer_ref"] for s in (await r.json())["subjects"]]
+
+
+async def test_a_customer_is_found_by_each_field_in_the_forms_people_type_them(
+    api: TestClient, dealer: Dealer
+) -> None:
+    await _invoice(api, dealer, "K1", JAN)
+    await _invoice(api, dealer, "K2", PIET)
+    for query in ({"q": "jan.berg@example.NL"}, {"email": "JAN.BERG@example.nl"}, {"q": "06-12345678"},
+                  {"phone": "0031612345678"}, {"q": "1234AB 12a"}, {"postcode": "1234 AB", "house_number": "12"},
+                  {"q": "AB123C"}, {"plate": "AB 123 C"}, {"q": "Jan van der Berg"}, {"name": "berg"},
+                  {"q": "van der berg"}, {"q": "Jän Berg"}):
+        assert await _search(api, dealer, **query) == ["K1"], query
+    assert await _search(api, dealer, q="jansen") == ["K2"]
+    assert await _search(api, dealer, q="12-xyz-3") == ["K2"]
+    assert await _search(api, dealer, q="Jan Jansen") == []  # words of a name must all match one person
+    r = await api.get(f"/v1/tenants/{dealer.tenant_id}/subjects:search", params={"plate": "AB-123-C"},
+                      headers=dealer.auth("staff"))
+    contact = (await r.json())["subjects"][0]["contact"]
+    assert contact["vehicle_make"] == "Volkswagen" and contact["vehicle_model"] == "Golf"
+    assert contact["name"] == "Jan van der Berg"
+
+
+async def test_the_newest_contact_data_is_what_is_found(api: TestClient, dealer: Dealer) -> None:
+    await _invoice(api, dealer, "K1", JAN)
+    assert await _search(api, dealer, plate="AB-123-C") == ["K1"]
+    await _invoice(api, dealer, "K1", {**JAN, "licence_plate": "ZZ-99-ZZ"}, invoice="F2")
+    assert await _search(api, dealer, plate="ZZ-99-ZZ") == ["K1"]
+    assert await _search(api, dealer, plate="AB-123-C") == []
+
+
+async def test_search_never_crosses_tenants(api: TestClient, dealer: Dealer, other_dealer: Dealer) -> None:
+    await _invoice(api, dealer, "K1", JAN)
+    await _invoice(api, other_dealer, "B1", JAN)
+    assert await _search(api, dealer, q="AB-123-C") == ["K1"]
+    assert await _search(api, other_dealer, q="AB-123-C") == ["B1"]
+    r = await api.get(f"/v1/tenants/{dealer.tenant_id}/subjects:search", params={"q": "berg"},
+                      headers=other_dealer.auth("admin"))
+    assert r.status == 403
+
+
+async def test_after_erasure_the_customer_is_found_by_nothing(
+    api: TestClient, dealer: Dealer, pool: asyncpg.Pool
+) -> None:
+    await _invoice(api, dealer, "K1", JAN)
+    await _invoice(api, dealer, "K2", PIET)
+    assert await _search(api, dealer, q="berg") == ["K1"]
+    r = await api.post(f"/v1/tenants/{dealer.tenant_id}/subjects/dealer/K1/erasure", json={"confirm_ref": "K1"},
+                       headers=dealer.auth("admin"))
+    assert r.status == 201, await r.text()
+    for query in ({"q": "berg"}, {"email": JAN["email"]}, {"plate": "AB-123-C"}, {"q": "0612345678"},
+                  {"postcode": "1234AB", "house_number": "12a"}):
+        assert await _search(api, dealer, **query) == [], query
+    stream = f"subject/{dealer.tenant_id}/dealer/K1"
+    assert await pool.fetchval("SELECT count(*) FROM ledger.subject_search WHERE stream_id = $1", stream) == 0
+    assert await pool.fetchval("SELECT count(*) FROM ledger.subject_directory WHERE stream_id = $1", stream) == 0
+    assert await _search(api, dealer, q="jansen") == ["K2"]
+
+
+async def test_the_database_holds_none_of_the_searched_values_in_clear(
+    api: TestClient, dealer: Dealer, pool: asyncpg.Pool
+) -> None:
+    await _invoice(api, dealer, "K1", JAN)
+    assert await _search(api, dealer, q="AB-123-C") == ["K1"]
+    # (long enough that base64 ciphertext cannot hold one by chance)
+    needles = {"jan.berg@example.nl", "vanderberg", "1234ab", "ab123c", "ab-123-c", "0612345678", "612345678",
+               "volkswagen", "hoofdstraat"}
+    tables = await pool.fetch("SELECT table_schema, table_name FROM information_schema.tables"
+                              " WHERE table_schema IN ('ledger', 'projector', 'portal', 'importer', 'audit')"
+                              " AND table_type = 'BASE TABLE'")
+    assert any(t["table_name"] == "subject_search" for t in tables)
+    for t in tables:
+        for row in await pool.fetch(f'SELECT t::text AS x FROM {t["table_schema"]}."{t["table_name"]}" t'):
+            text = row["x"].casefold()
+            for needle in needles:
+                assert needle not in text.replace(" ", "").replace("\\", ""), (t["table_name"], needle)
+
+
+async def test_a_malformed_plate_or_search_gets_a_422_naming_the_field(api: TestClient, dealer: Dealer) -> None:
+    r = await api.post(f"/v1/tenants/{dealer.tenant_id}/subjects/dealer/K1/invoices", headers=dealer.auth("importer"),
+                       json={"invoice_id": "F1", "invoice_date": DAY, "contact": {"licence_plate": "AB--12<script>"}})
+    assert r.status == 422 and (await r.json())["field"] == "$.contact.licence_plate"
+    for query, field in (({"plate": "??"}, "plate"), ({}, "q"), ({"q": "a", "name": "b"}, "q"),
+                         ({"postcode": "12345", "house_number": "1"}, "postcode"),
+                         ({"postcode": "1234AB", "house_number": "x"}, "house_number"), ({"q": "x" * 201}, "q"),
+                         ({"email": "nope"}, "email"), ({"phone": "12ab"}, "phone")):
+        r = await api.get(f"/v1/tenants/{dealer.tenant_id}/subjects:search", params=query, headers=dealer.auth("staff"))
+        assert r.status == 422, query
+        assert (await r.json())["field"] == field, query
+
+
+async def test_the_dms_import_takes_kenteken_merk_and_model_and_they_are_searchable(
+    api: TestClient, dealer: Dealer
+) -> None:
+    body = ("customer_ref;invoice_id;invoice_date;name;licence_plate;vehicle_make;vehicle_model\n"
+            f"K7;F7;{DAY};Anna de Vries;GH-456-J;Toyota;Yaris\n"
+            f"K8;F8;{DAY};Bob Bakker;AB--!;Opel;Corsa\n")
+    r = await api.post(f"/v1/tenants/{dealer.tenant_id}/sources/dealer/imports", data=body.encode(),
+                       headers={**dealer.auth("importer"), "Content-Type": "text/csv"})
+    assert r.status == 200, await r.text()
+    answer = await r.json()
+    assert [x["field"] for x in answer["rejections"]] == ["licence_plate"]
+    r = await api.get(f"/v1/tenants/{dealer.tenant_id}/subjects:search", params={"plate": "gh456j"},
+                      headers=dealer.auth("staff"))
+    found = (await r.json())["subjects"]
+    assert [s["customer_ref"] for s in found] == ["K7"]
+    assert found[0]["contact"]["vehicle_make"] == "Toyota" and found[0]["contact"]["vehicle_model"] == "Yaris"
