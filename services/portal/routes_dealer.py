@@ -37,6 +37,8 @@ def add_routes(app: web.Application) -> None:
     b = "/beheer/{tenant}"
     r.add_get(b + "/bereik", reach_page)
     r.add_get(b + "/bereik/verloop", lapse_page)
+    app[DIRECTORY] = {}
+    r.add_get(b + "/zoeken", search_page)
 
 
 def reach_cache(request: web.Request) -> ReachCache:
@@ -182,3 +184,46 @@ async def lapse_page(request: web.Request, staff: Staff, form: dict[str, str]) -
         return render_dealer(request, staff, "lapses.html", status=503, error=words("reach_not_ready"),
                              lapses=None, **context)
     return render_dealer(request, staff, "lapses.html", lapses=lapses, on=on, query=query, **context)
+
+
+# -- find a customer -------------------------------------------------------------------------
+
+DIRECTORY: Final = web.AppKey("portal_directory", dict)
+
+
+def directory(request: web.Request) -> Any:
+    from services.ledger.api.routes_search import make_directory
+    from services.portal.app import LEDGER, SETTINGS
+
+    holder = request.app[DIRECTORY]
+    found = holder.get("directory")
+    if found is None:
+        found = holder["directory"] = make_directory(request.app[POOL], request.app[LEDGER], request.app[SETTINGS])
+    return found
+
+
+@staff_page()
+async def search_page(request: web.Request, staff: Staff, form: dict[str, str]) -> web.StreamResponse:
+    from services.ledger.api.routes_search import SearchProblem, search_text
+
+    q = request.query.get("q", "")
+    results = None
+    error = None
+    status = 200
+    if q.strip():
+        try:
+            text = search_text({"q": q})
+        except SearchProblem as exc:
+            error, status = exc.message, 422
+        else:
+            results = await directory(request).search(staff.tenant.tenant_id, text)
+    return render_dealer(request, staff, "search.html", nav="customers", status=status, error=error, q=q,
+                         results=results)
+
+
+async def customer_contact(request: web.Request, staff: Staff, source: str, ref: str) -> Any:
+    """The customer's newest contact data for the customer page (one subject decrypted)."""
+    d = directory(request)
+    await d.sync(staff.tenant.tenant_id)
+    found = await d.contacts(staff.tenant.tenant_id, [f"subject/{staff.tenant.tenant_id}/{source}/{ref}"])
+    return found[0].contact if found else None

@@ -457,8 +457,10 @@ async def customer_search(request: web.Request, staff: Staff, form: dict[str, st
             if events:
                 return _redirect(request, f"/beheer/{staff.tenant.tenant_id}/klanten/{source}/{ref}")
         error = request[MESSAGES]("customer_not_found")
+    from services.portal.routes_dealer import DealerWords  # the search form's words (issue 15)
+
     return staff_render(request, staff, "customers.html", nav="customers", status=404 if error else 200,
-                        error=error, source=source or "dealer", ref=ref)
+                        error=error, source=source or "dealer", ref=ref, d=DealerWords(request[MESSAGES]))
 
 
 async def _subject(request: web.Request, staff: Staff) -> tuple[str, str, PortalView, list[RecordedEvent]]:
@@ -512,11 +514,14 @@ async def _customer(request: web.Request, staff: Staff, *, status: int = 200, er
                     issued_url: str | None = None, form: dict[str, str] | None = None) -> web.Response:
     source, ref, view, events = await _subject(request, staff)
     links = request.app[LINKS]
+    from services.portal.routes_dealer import DealerWords, customer_contact  # name and vehicle (issue 15)
+
     return staff_render(
         request, staff, "customer.html", nav="customers", status=status, view=view, source=source, ref=ref,
         live_link=await links.live(staff.tenant.tenant_id, source, ref), issued_url=issued_url,
         history=await _history(request, staff, events), error=error, form=form or {},
         methods=ON_BEHALF_METHODS, subject_base=f"/beheer/{staff.tenant.tenant_id}/klanten/{source}/{ref}",
+        contact=await customer_contact(request, staff, source, ref), d=DealerWords(request[MESSAGES]),
     )
 
 
