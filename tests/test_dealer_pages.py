@@ -75,15 +75,15 @@ async def test_staff_find_a_customer_by_plate_and_see_name_and_vehicle_on_the_cu
                       vehicle_model="Yaris", street="Kerkstraat 5", postcode="1234 AB")
     await world.ledger.record_invoice(OPERATOR, "garage-a", "dealer", "K5", "F5", _today(), contact)
     cookie = await login(world.client, "garage-a", world.users["garage-a:staff"])
-    r = await world.client.get("/beheer/garage-a/zoeken", params={"q": "gh456j"}, headers=cookie)
+    r = await world.client.get("/beheer/garage-a/klanten/zoeken", params={"q": "gh456j"}, headers=cookie)
     assert r.status == 200, await r.text()
     html = await r.text()
     assert "/klanten/dealer/K5" in html and "Anna de Vries" in html and "Toyota Yaris" in html
-    r = await world.client.get("/beheer/garage-a/zoeken", params={"q": "1234AB 5"}, headers=cookie)
+    r = await world.client.get("/beheer/garage-a/klanten/zoeken", params={"q": "1234AB 5"}, headers=cookie)
     assert "/klanten/dealer/K5" in await r.text()
     page = await (await world.client.get("/beheer/garage-a/klanten/dealer/K5", headers=cookie)).text()
     assert "Anna de Vries" in page and "GH-456-J" in page and "Toyota" in page
     other = await login(world.client, "garage-b", world.users["garage-b:staff"])
-    r = await world.client.get("/beheer/garage-b/zoeken", params={"q": "gh456j"}, headers=other)
+    r = await world.client.get("/beheer/garage-b/klanten/zoeken", params={"q": "gh456j"}, headers=other)
     assert r.status == 200 and "K5" not in await r.text() and "Anna" not in await r.text()
-    assert (await world.client.get("/beheer/garage-a/zoeken", params={"q": "x"}, headers=other)).status == 403
+    assert (await world.client.get("/beheer/garage-a/klanten/zoeken", params={"q": "x"}, headers=other)).status == 403

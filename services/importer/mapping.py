@@ -34,7 +34,10 @@ REQUIRED: Final[dict[str, tuple[str, ...]]] = {
 OPTIONAL: Final[dict[str, tuple[str, ...]]] = {
     "invoices": CONTACT_FIELDS,
     "prospects": CONTACT_FIELDS,
-    "preferences": (),
+    # "change": the write-back export's column (services/importer/writeback.py); a row whose
+    # change is not "preference" (an objection, an erasure) is for the DMS, and is skipped
+    # when the export is imported again
+    "preferences": ("change",),
 }
 
 # What a preference value may map to; "ignore" skips the row (counted, not rejected).

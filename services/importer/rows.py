@@ -228,6 +228,13 @@ class RowParser:
 
     def _preferences(self, line: int, values: Values) -> PreferenceRow:
         ref = self._ref(values[0])
+        change = values[4].strip() if values[4] is not None else ""
+        if change and change != "preference":  # a write-back row without a cell: nothing to import
+            if change not in ("objection", "objection_withdrawn", "erasure"):
+                raise RowProblem(self._columns["change"],
+                                 f"{change[:40]!r} is not a change (preference, objection, objection_withdrawn,"
+                                 " erasure)")
+            return PreferenceRow(line, ref, "", "", "ignore")
         category = self._word("category", values[1], self._categories)
         channel = self._word("channel", values[2], self._channels)
         raw = values[3].strip() if values[3] is not None else ""

@@ -38,7 +38,7 @@ def add_routes(app: web.Application) -> None:
     r.add_get(b + "/bereik", reach_page)
     r.add_get(b + "/bereik/verloop", lapse_page)
     app[DIRECTORY] = {}
-    r.add_get(b + "/zoeken", search_page)
+    r.add_get(b + "/klanten/zoeken", search_page)
 
 
 def reach_cache(request: web.Request) -> ReachCache:

@@ -211,6 +211,7 @@ def _as_response(exc: ApiError) -> web.Response:
 def default_route_sets() -> list[ApiRoutes]:
     from services.audit import routes as routes_audit
     from services.importer import routes as routes_import
+    from services.importer import routes_changes
     from services.ledger.api import routes_ops, routes_search, routes_subjects, routes_tenants
     from services.portal import routes_api as routes_portal_links
     from services.projector import routes as routes_eligibility
@@ -218,7 +219,7 @@ def default_route_sets() -> list[ApiRoutes]:
 
     return [routes_ops.routes, routes_tenants.routes, routes_subjects.routes, routes_audit.routes,
             routes_import.routes, routes_eligibility.routes, routes_portal_links.routes, routes_reach.routes,
-            routes_search.routes]
+            routes_search.routes, routes_changes.routes]
 
 
 def create_app(settings: Settings, route_sets: Sequence[ApiRoutes] | None = None) -> web.Application:
