@@ -240,6 +240,27 @@ class SubjectErased(Event, frozen=True):
     suppressed: bool = False
 
 
+# ---------------------------------------------------------------------------------------
+# Exports stream: "exports/{tenant}" (who took personal data out of the system, and what)
+# ---------------------------------------------------------------------------------------
+
+
+class DataExported(Event, frozen=True):
+    """A privileged export of personal data (a lapse list or mailing list with contact
+    details) was made. Who and when are the envelope's actor and recorded_at; this says
+    what: the kind, the selection (category, channel, days or send date, data source) and
+    how many subjects it held. Never the data itself."""
+
+    export: Literal["lapse_list", "mailing_list"]
+    rows: Annotated[int, msgspec.Meta(ge=0)]
+    category: Category | None = None
+    channel: Channel | None = None
+    days: Annotated[int, msgspec.Meta(ge=1, le=366)] | None = None
+    send_date: dt.date | None = None
+    source: str | None = None
+    file_format: Literal["csv", "json"] = "csv"
+
+
 TENANT_EVENTS: Final = (
     TenantCreated,
     DataSourceAdded,
@@ -263,7 +284,8 @@ SUBJECT_EVENTS: Final = (
     MarketingActivityRecorded,
     SubjectErased,
 )
-EVENT_TYPES: Final[dict[str, type[Event]]] = {cls.__name__: cls for cls in TENANT_EVENTS + SUBJECT_EVENTS}
+EXPORT_EVENTS: Final = (DataExported,)
+EVENT_TYPES: Final[dict[str, type[Event]]] = {cls.__name__: cls for cls in TENANT_EVENTS + SUBJECT_EVENTS + EXPORT_EVENTS}
 
 AnyEvent = (
     TenantCreated
@@ -285,6 +307,7 @@ AnyEvent = (
     | ObjectionWithdrawn
     | MarketingActivityRecorded
     | SubjectErased
+    | DataExported
 )
 
 _decoder: Final = msgspec.json.Decoder(AnyEvent)

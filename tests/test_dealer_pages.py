@@ -87,3 +87,72 @@ async def test_staff_find_a_customer_by_plate_and_see_name_and_vehicle_on_the_cu
     r = await world.client.get("/beheer/garage-b/klanten/zoeken", params={"q": "gh456j"}, headers=other)
     assert r.status == 200 and "K5" not in await r.text() and "Anna" not in await r.text()
     assert (await world.client.get("/beheer/garage-a/klanten/zoeken", params={"q": "x"}, headers=other)).status == 403
+
+
+async def test_the_lapse_csv_holds_contact_details_is_for_admins_and_is_recorded_in_the_change_log(
+    aiohttp_client, settings, pool: asyncpg.Pool
+) -> None:
+    import csv
+    import datetime as dt
+    import io
+
+    from schemas.api import Contact
+    from tests.portal_support import OPERATOR, csrf_of
+
+    world = await _world(aiohttp_client, settings)
+    contact = Contact(name="Piet Prospect", street="Laan 1", postcode="1234 AB", city="Zwolle")
+    await world.ledger.register_prospect(OPERATOR, "garage-a", "dealer", "P2", _today() - dt.timedelta(days=20),
+                                         "beurs", contact)
+    await project(pool)
+    staff = await login(world.client, "garage-a", world.users["garage-a:staff"])
+    page = await world.client.get("/beheer/garage-a/bereik/verloop?days=90", headers=staff)
+    r = await world.client.post("/beheer/garage-a/bereik/verloop.csv", headers=staff,
+                                data={"csrf_token": csrf_of(await page.text()), "days": "90"})
+    assert r.status == 403  # staff may see the list, not download contact details
+    admin = await login(world.client, "garage-a", world.users["garage-a:admin"])
+    page = await world.client.get("/beheer/garage-a/bereik/verloop?days=90&category=prospect", headers=admin)
+    r = await world.client.post("/beheer/garage-a/bereik/verloop.csv", headers=admin,
+                                data={"csrf_token": csrf_of(await page.text()), "days": "90", "category": "prospect"})
+    assert r.status == 200, await r.text()
+    assert r.headers["Content-Disposition"].startswith("attachment")
+    rows = list(csv.DictReader(io.StringIO(await r.text()), delimiter=";"))
+    by_ref = {x["customer_ref"]: x for x in rows}
+    assert set(by_ref) == {"P1", "P2"} and by_ref["P2"]["name"] == "Piet Prospect"
+    assert by_ref["P2"]["category"] == "prospect" and by_ref["P2"]["channel"] == "post"
+    assert by_ref["P2"]["postcode"] == "1234 AB" and by_ref["P2"]["lapses_on"]
+    bad = await world.client.post("/beheer/garage-a/bereik/verloop.csv", headers=admin,
+                                  data={"csrf_token": csrf_of(await page.text()), "days": "999"})
+    assert bad.status == 422
+    log = await world.client.get("/beheer/garage-a/wijzigingen", headers=staff)
+    assert log.status == 200
+    html = await log.text()
+    assert 'data-kind="export"' in html and "admin@garage-a.example.nl" in html and "2 regels" in html
+    assert html.count('data-kind="export"') == 1  # the refused download was not recorded
+
+
+async def test_the_change_log_shows_policy_term_and_agreement_changes_with_who_and_a_readable_diff(
+    aiohttp_client, settings
+) -> None:
+    import datetime as dt
+
+    from schemas.events import Actor, TermCell
+    from services.ledger.commands import Context
+
+    world = await _world(aiohttp_client, settings)
+    ctx = Context(actor=Actor(kind="staff", id="user:x"), method="staff_portal")
+    _, state = await world.ledger.require_tenant("garage-a", fresh=True)
+    chapter = state.chapters[0]
+    await world.ledger.edit_chapter(ctx, "garage-a", chapter.chapter_id, chapter.title + " (nieuw)",
+                                    "<p>Een geheel nieuwe eerste alinea.</p>", chapter.active)
+    await world.ledger.edit_terms(ctx, "garage-a", [TermCell(category="newsletter", channel="email", months=12)])
+    await world.ledger.set_processor_agreement(ctx, "garage-a", True, dt.date(2026, 3, 1))
+    cookie = await login(world.client, "garage-a", world.users["garage-a:staff"])
+    html = await (await world.client.get("/beheer/garage-a/wijzigingen", headers=cookie)).text()
+    assert f"Titel: {chapter.title} → {chapter.title} (nieuw)" in html
+    assert "<ins>Een geheel nieuwe eerste alinea.</ins>" in html and "<del>" in html
+    assert "Nieuwsbrief, E-mail: 18 → 12 maanden" in html
+    assert "Nee → Ja (1 maart 2026)" in html
+    assert html.index("Verwerkersovereenkomst") < html.index("Opt-in termijnen gewijzigd")  # newest first
+    assert "Dealer aangemaakt" in html
+    other = await login(world.client, "garage-b", world.users["garage-b:staff"])
+    assert (await world.client.get("/beheer/garage-a/wijzigingen", headers=other)).status == 403

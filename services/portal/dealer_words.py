@@ -46,6 +46,40 @@ WORDS: Final[dict[str, dict[str, str]]] = {
         "basis_legitimate_interest": "gerechtvaardigd belang",
         "col_customer": "Klant",
         "col_cell": "Categorie en kanaal",
+        "nav_changes": "Wijzigingen",
+        "cl_title_page": "Wijzigingslog",
+        "cl_intro": "Elke wijziging van beleid, opt-in termijnen, verwerkersovereenkomst, module, gegevensbronnen "
+                    "en bewaartermijn, en elke export met persoonsgegevens: wie, wanneer, hoe en wat er veranderde. "
+                    "Rechtstreeks uit het grootboek.",
+        "cl_when": "Wanneer",
+        "cl_who": "Wie",
+        "cl_how": "Hoe",
+        "cl_what": "Wat",
+        "cl_created": "Dealer aangemaakt: {name}",
+        "cl_created_details": "{chapters} hoofdstukken, gegevensbronnen: {sources}",
+        "cl_agreement": "Verwerkersovereenkomst getekend",
+        "cl_module": "Module mijngegevensbescherming actief",
+        "cl_chapter_added": "Hoofdstuk toegevoegd: {title}",
+        "cl_chapter_edited": "Hoofdstuk bewerkt: {title}",
+        "cl_chapter_active": "Hoofdstuk actief gezet: {title}",
+        "cl_chapter_moved": "Hoofdstuk verplaatst: {title}",
+        "cl_chapter_deleted": "Hoofdstuk verwijderd: {title}",
+        "cl_title": "Titel: {old} → {new}",
+        "cl_active": "Actief: {value}",
+        "cl_position": "Positie {old} → {new}",
+        "cl_no_change": "Geen inhoudelijke wijziging",
+        "cl_terms": "Opt-in termijnen gewijzigd",
+        "cl_term_cell": "{cell}: {old} → {new} maanden",
+        "cl_source_added": "Gegevensbron toegevoegd: {label} ({id})",
+        "cl_retention": "Bewaartermijn gewijzigd",
+        "cl_retention_details": "Klanten {old_y} → {new_y} jaar, prospects {old_m} → {new_m} maanden",
+        "cl_export_lapse_list": "Export: vervallende toestemming (met contactgegevens)",
+        "cl_export_mailing_list": "Export: mailinglijst (met contactgegevens)",
+        "cl_export_days": "binnen {days} dagen",
+        "cl_export_send_date": "verzenddatum {date}",
+        "cl_export_rows": "{rows} regels",
+        "cl_diff": "Verschil in de tekst",
+        "cl_none": "Nog geen wijzigingen.",
         "search_title": "Klant zoeken",
         "search_label": "Naam, e-mail, telefoon, postcode + huisnummer of kenteken",
         "search_button": "Zoeken",
@@ -99,6 +133,40 @@ WORDS: Final[dict[str, dict[str, str]]] = {
         "basis_legitimate_interest": "legitimate interest",
         "col_customer": "Customer",
         "col_cell": "Category and channel",
+        "nav_changes": "Changes",
+        "cl_title_page": "Change log",
+        "cl_intro": "Every change of the policy, opt-in terms, processor agreement, module, data sources and "
+                    "retention, and every export with personal data: who, when, how and what changed. Straight "
+                    "from the ledger.",
+        "cl_when": "When",
+        "cl_who": "Who",
+        "cl_how": "How",
+        "cl_what": "What",
+        "cl_created": "Dealer created: {name}",
+        "cl_created_details": "{chapters} chapters, data sources: {sources}",
+        "cl_agreement": "Processor agreement signed",
+        "cl_module": "Module mijngegevensbescherming active",
+        "cl_chapter_added": "Chapter added: {title}",
+        "cl_chapter_edited": "Chapter edited: {title}",
+        "cl_chapter_active": "Chapter (de)activated: {title}",
+        "cl_chapter_moved": "Chapter moved: {title}",
+        "cl_chapter_deleted": "Chapter deleted: {title}",
+        "cl_title": "Title: {old} → {new}",
+        "cl_active": "Active: {value}",
+        "cl_position": "Position {old} → {new}",
+        "cl_no_change": "No change in content",
+        "cl_terms": "Opt-in terms changed",
+        "cl_term_cell": "{cell}: {old} → {new} months",
+        "cl_source_added": "Data source added: {label} ({id})",
+        "cl_retention": "Retention changed",
+        "cl_retention_details": "Customers {old_y} → {new_y} years, prospects {old_m} → {new_m} months",
+        "cl_export_lapse_list": "Export: lapsing permissions (with contact details)",
+        "cl_export_mailing_list": "Export: mailing list (with contact details)",
+        "cl_export_days": "within {days} days",
+        "cl_export_send_date": "send date {date}",
+        "cl_export_rows": "{rows} rows",
+        "cl_diff": "Difference in the text",
+        "cl_none": "No changes yet.",
         "search_title": "Find a customer",
         "search_label": "Name, e-mail, phone, postcode + house number or licence plate",
         "search_button": "Search",
@@ -123,6 +191,12 @@ class DealerWords:
     def __init__(self, t: Messages) -> None:
         self._t = t
         self._words = WORDS[t.lang]
+
+    def date(self, day: object) -> str:
+        return self._t.date(day)  # type: ignore[arg-type]
+
+    def cell(self, category: str, channel: str) -> str:
+        return f"{self._t.category_admin(category)}, {self._t.channel(channel)}"
 
     def __call__(self, key: str, **values: object) -> str:
         text = self._words.get(key)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 from typing import Any, Final
+from zoneinfo import ZoneInfo
 
 import msgspec
 from aiohttp import web
@@ -29,6 +30,7 @@ app has started, and an app's state may not change after that)."""
 
 BAR_COLOURS: Final = ("#1f5f8b", "#4f8fbf", "#a3c4dc")  # today, +30, +90: dark to light, AA against white text
 LAPSE_PAGE_ROWS: Final = 500
+_AMSTERDAM: Final = ZoneInfo("Europe/Amsterdam")
 
 
 def add_routes(app: web.Application) -> None:
@@ -39,6 +41,8 @@ def add_routes(app: web.Application) -> None:
     r.add_get(b + "/bereik/verloop", lapse_page)
     app[DIRECTORY] = {}
     r.add_get(b + "/klanten/zoeken", search_page)
+    r.add_post(b + "/bereik/verloop.csv", lapse_csv)
+    r.add_get(b + "/wijzigingen", change_log_page)
 
 
 def reach_cache(request: web.Request) -> ReachCache:
@@ -150,15 +154,7 @@ class LapseQuery(msgspec.Struct, frozen=True):
 
 
 def lapse_query(request: web.Request, words: DealerWords) -> LapseQuery | str:
-    q = request.query
-    raw = q.get("days", "90").strip()
-    if not (raw.isascii() and raw.isdigit() and len(raw) <= 6 and 1 <= int(raw) <= MAX_LAPSE_DAYS):
-        return words("bad_days")
-    category = q.get("category") or None
-    channel = q.get("channel") or None
-    if (category is not None and category not in CATEGORIES) or (channel is not None and channel not in CHANNELS):
-        return words("bad_choice")
-    return LapseQuery(int(raw), category, channel)
+    return lapse_query_from(dict(request.query), words)
 
 
 async def find_lapses(request: web.Request, staff: Staff, query: LapseQuery, on: dt.date) -> list[Lapse]:
@@ -227,3 +223,93 @@ async def customer_contact(request: web.Request, staff: Staff, source: str, ref:
     await d.sync(staff.tenant.tenant_id)
     found = await d.contacts(staff.tenant.tenant_id, [f"subject/{staff.tenant.tenant_id}/{source}/{ref}"])
     return found[0].contact if found else None
+
+
+# -- recorded exports with contact details ---------------------------------------------------
+
+LAPSE_COLUMNS: Final = ("customer_ref", "source", "category", "channel", "lapses_on", "basis", "name", "email",
+                        "phone", "street", "postcode", "city", "country")
+
+
+async def record_export(request: web.Request, staff: Staff, event: Any) -> None:
+    """Append the DataExported event (who: the user; when: now) before the file is sent."""
+    from services.ledger.store import StreamWrite
+    from services.portal.app import LEDGER
+    from services.portal.changelog import exports_stream
+
+    await request.app[LEDGER].append_many(staff.ctx(), staff.tenant.tenant_id,
+                                          [StreamWrite(exports_stream(staff.tenant.tenant_id), [event])])
+
+
+def csv_download(text: str, filename: str) -> web.Response:
+    return web.Response(text=text, content_type="text/csv", charset="utf-8",
+                        headers={"Content-Disposition": f'attachment; filename="{filename}"'})
+
+
+def _cells(contact: Any, fields: tuple[str, ...]) -> list[str]:
+    return [(getattr(contact, f, None) or "") if contact is not None else "" for f in fields]
+
+
+@staff_page(admin=True)
+async def lapse_csv(request: web.Request, staff: Staff, form: dict[str, str]) -> web.StreamResponse:
+    import csv
+    import io
+
+    from schemas.events import DataExported
+
+    words = DealerWords(request[MESSAGES])
+    query = lapse_query_from(form, words)
+    if isinstance(query, str):
+        return render_dealer(request, staff, "lapses.html", status=422, error=query, lapses=None,
+                             categories=CATEGORIES, channels=CHANNELS, max_days=MAX_LAPSE_DAYS,
+                             values={k: form.get(k, "") for k in ("days", "category", "channel")},
+                             page_rows=LAPSE_PAGE_ROWS)
+    on = today()
+    lapses = await find_lapses(request, staff, query, on)
+    contacts = await directory(request).contacts_of_tenant(staff.tenant.tenant_id,
+                                                           {(x.source, x.customer_ref) for x in lapses})
+    out = io.StringIO()
+    writer = csv.writer(out, delimiter=";", lineterminator="\n")
+    writer.writerow(LAPSE_COLUMNS)
+    for x in lapses:
+        contact = contacts.get((x.source, x.customer_ref))
+        writer.writerow([x.customer_ref, x.source, x.category, x.channel, x.lapses_on.isoformat(), x.basis or "",
+                         *_cells(contact, LAPSE_COLUMNS[6:])])
+    await record_export(request, staff, DataExported(export="lapse_list", rows=len(lapses), category=query.category,
+                                                     channel=query.channel, days=query.days))
+    return csv_download(out.getvalue(), f"vervallend-{staff.tenant.tenant_id}-{on.isoformat()}.csv")
+
+
+def lapse_query_from(values: dict[str, str], words: DealerWords) -> LapseQuery | str:
+    raw = values.get("days", "90").strip()
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 6 and 1 <= int(raw) <= MAX_LAPSE_DAYS):
+        return words("bad_days")
+    category = values.get("category") or None
+    channel = values.get("channel") or None
+    if (category is not None and category not in CATEGORIES) or (channel is not None and channel not in CHANNELS):
+        return words("bad_choice")
+    return LapseQuery(int(raw), category, channel)
+
+
+# -- change log ------------------------------------------------------------------------------
+
+
+@staff_page()
+async def change_log_page(request: web.Request, staff: Staff, form: dict[str, str]) -> web.StreamResponse:
+    from services.portal.app import ACCOUNTS, LEDGER
+    from services.portal.changelog import change_log
+
+    t = request[MESSAGES]
+    words = DealerWords(t)
+    entries = await change_log(request.app[LEDGER].store, staff.tenant.tenant_id, words)
+    emails = {u.actor_id: u.email for u in await request.app[ACCOUNTS].list_users(staff.tenant.tenant_id)}
+    rows = []
+    for e in entries:
+        who = t(f"who_{e.actor_kind}")
+        if e.actor_kind == "staff":
+            who += " " + emails.get(e.actor_id, e.actor_id)
+        elif e.actor_kind in ("api", "operator", "importer"):
+            who += f" ({e.actor_id})"
+        rows.append({"entry": e, "who": who, "how": t(f"how_{e.method}"),
+                     "when": f"{e.recorded_at.astimezone(_AMSTERDAM):%Y-%m-%d %H:%M}"})
+    return render_dealer(request, staff, "changes.html", nav="changes", rows=rows)
