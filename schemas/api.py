@@ -19,7 +19,7 @@ Slug = Annotated[str, msgspec.Meta(pattern=SLUG_PATTERN, description="lower-case
 CustomerRef = Annotated[str, msgspec.Meta(pattern=CUSTOMER_REF_PATTERN)]
 Body = Annotated[str, msgspec.Meta(max_length=100_000)]
 Note = Annotated[str, msgspec.Meta(min_length=1, max_length=1000)]
-Role = Literal["admin", "staff", "auditor", "sender", "importer"]
+Role = Literal["admin", "staff", "auditor", "sender", "importer", "marketing"]
 ExpectedVersion = Annotated[int, msgspec.Meta(ge=0, description="optimistic concurrency: the stream version you last saw (0 = new stream)")]
 
 

@@ -6,8 +6,11 @@ API types only (not topic messages): the OpenAPI document is generated from them
 from __future__ import annotations
 
 import datetime as dt
+from typing import Annotated
 
 import msgspec
+
+from consent.vocabulary import SLUG_PATTERN, Category, Channel
 
 
 class ReachSource(msgspec.Struct, frozen=True, kw_only=True):
@@ -52,3 +55,12 @@ class LapseList(msgspec.Struct, frozen=True, kw_only=True):
     days: int
     count: int
     lapses: list[LapseEntry]
+
+
+class MailingExport(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """A campaign's mailing list: who may get (category, channel) on send_date."""
+
+    category: Category
+    channel: Channel
+    send_date: dt.date
+    source: Annotated[str, msgspec.Meta(pattern=SLUG_PATTERN)] | None = None

@@ -27,8 +27,8 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 
 from services.ledger.store import translate_errors
 
-Role = Literal["admin", "staff"]
-ROLES: Final[tuple[Role, ...]] = ("admin", "staff")
+Role = Literal["admin", "staff", "marketing"]  # marketing: staff pages plus the mailing export (issue 15)
+ROLES: Final[tuple[Role, ...]] = ("admin", "staff", "marketing")
 MAX_FAILED_LOGINS: Final = 5
 LOCKOUT: Final = dt.timedelta(minutes=15)
 SESSION_IDLE: Final = dt.timedelta(hours=1)

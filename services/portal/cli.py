@@ -33,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = psub.add_parser("create-user", help="create a user account for a tenant (password from prompt or stdin)")
     p.add_argument("--tenant", required=True)
     p.add_argument("--email", required=True)
-    p.add_argument("--role", choices=("admin", "staff"), default="admin")
+    p.add_argument("--role", choices=("admin", "staff", "marketing"), default="admin")
     p.set_defaults(func=cmd_create_user)
     p = psub.add_parser("issue-link", help="issue a subject's personal portal link and print its URL")
     p.add_argument("--tenant", required=True)

@@ -47,6 +47,15 @@ WORDS: Final[dict[str, dict[str, str]]] = {
         "col_customer": "Klant",
         "col_cell": "Categorie en kanaal",
         "nav_changes": "Wijzigingen",
+        "mailing_title": "Mailinglijst voor een campagne",
+        "mailing_intro": "Iedereen die u voor deze categorie en dit kanaal op de verzenddatum mag benaderen, met de "
+                         "contactgegevens die het kanaal nodig heeft en wat bij elk bericht moet (bijvoorbeeld de "
+                         "uitleg in de eerste brief aan een prospect). Elke download wordt vastgelegd.",
+        "mailing_send_date": "Verzenddatum",
+        "mailing_download": "Download mailinglijst (CSV)",
+        "mailing_role_only": "Alleen gebruikers met de rol marketing kunnen mailinglijsten downloaden.",
+        "bad_send_date": "Kies een verzenddatum van vandaag tot een jaar vooruit.",
+        "reach_mailing_link": "Mailinglijst maken",
         "cl_title_page": "Wijzigingslog",
         "cl_intro": "Elke wijziging van beleid, opt-in termijnen, verwerkersovereenkomst, module, gegevensbronnen "
                     "en bewaartermijn, en elke export met persoonsgegevens: wie, wanneer, hoe en wat er veranderde. "
@@ -134,6 +143,15 @@ WORDS: Final[dict[str, dict[str, str]]] = {
         "col_customer": "Customer",
         "col_cell": "Category and channel",
         "nav_changes": "Changes",
+        "mailing_title": "Mailing list for a campaign",
+        "mailing_intro": "Everyone you may contact for this category and channel on the send date, with the contact "
+                         "details the channel needs and what each message must do (for example the explanation in "
+                         "the first letter to a prospect). Every download is recorded.",
+        "mailing_send_date": "Send date",
+        "mailing_download": "Download mailing list (CSV)",
+        "mailing_role_only": "Only users with the marketing role can download mailing lists.",
+        "bad_send_date": "Choose a send date from today up to a year ahead.",
+        "reach_mailing_link": "Make a mailing list",
         "cl_title_page": "Change log",
         "cl_intro": "Every change of the policy, opt-in terms, processor agreement, module, data sources and "
                     "retention, and every export with personal data: who, when, how and what changed. Straight "

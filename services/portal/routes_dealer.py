@@ -43,6 +43,8 @@ def add_routes(app: web.Application) -> None:
     r.add_get(b + "/klanten/zoeken", search_page)
     r.add_post(b + "/bereik/verloop.csv", lapse_csv)
     r.add_get(b + "/wijzigingen", change_log_page)
+    r.add_get(b + "/mailing", mailing_page)
+    r.add_post(b + "/mailing.csv", mailing_csv)
 
 
 def reach_cache(request: web.Request) -> ReachCache:
@@ -313,3 +315,63 @@ async def change_log_page(request: web.Request, staff: Staff, form: dict[str, st
         rows.append({"entry": e, "who": who, "how": t(f"how_{e.method}"),
                      "when": f"{e.recorded_at.astimezone(_AMSTERDAM):%Y-%m-%d %H:%M}"})
     return render_dealer(request, staff, "changes.html", nav="changes", rows=rows)
+
+
+# -- mailing export (role "marketing") ---------------------------------------------------------
+
+
+def _mailing_values(values: Any) -> dict[str, str]:
+    return {k: (values.get(k) or "").strip() for k in ("category", "channel", "send_date", "source")}
+
+
+def _mailing_problem(values: dict[str, str], staff: Staff, words: DealerWords) -> tuple[str, str] | None:
+    if values["category"] not in CATEGORIES:
+        return "category", words("bad_choice")
+    if values["channel"] not in CHANNELS:
+        return "channel", words("bad_choice")
+    try:
+        day = dt.date.fromisoformat(values["send_date"])
+    except ValueError:
+        return "send_date", words("bad_send_date")
+    if not today() <= day <= today() + dt.timedelta(days=MAX_LAPSE_DAYS):
+        return "send_date", words("bad_send_date")
+    if values["source"] and values["source"] not in staff.tenant.data_sources:
+        return "source", words("bad_choice")
+    return None
+
+
+def _mailing_context(values: dict[str, str]) -> dict[str, Any]:
+    return {"categories": CATEGORIES, "channels": CHANNELS, "values": values,
+            "min_date": today().isoformat(), "max_date": (today() + dt.timedelta(days=MAX_LAPSE_DAYS)).isoformat()}
+
+
+@staff_page()
+async def mailing_page(request: web.Request, staff: Staff, form: dict[str, str]) -> web.StreamResponse:
+    values = _mailing_values(request.query)
+    values["send_date"] = values["send_date"] or today().isoformat()
+    return render_dealer(request, staff, "mailing.html", nav="reach", **_mailing_context(values))
+
+
+@staff_page()
+async def mailing_csv(request: web.Request, staff: Staff, form: dict[str, str]) -> web.StreamResponse:
+    from schemas.events import DataExported
+    from services.portal.app import error_page
+    from services.portal.mailing import mailing_list
+
+    if staff.user.role != "marketing":  # a role of its own: not even admins export mailing lists
+        return error_page(request, 403, "forbidden_title", "forbidden_body")
+    words = DealerWords(request[MESSAGES])
+    values = _mailing_values(form)
+    problem = _mailing_problem(values, staff, words)
+    if problem is not None:
+        return render_dealer(request, staff, "mailing.html", nav="reach", status=422, error=problem[1],
+                             invalid=problem[0], **_mailing_context(values))
+    send_date = dt.date.fromisoformat(values["send_date"])
+    found = await mailing_list(reach_cache(request), directory(request), staff.tenant.tenant_id, values["category"],
+                               values["channel"], send_date, source=values["source"] or None)
+    text = found.csv()
+    await record_export(request, staff, DataExported(
+        export="mailing_list", rows=len(found.rows), category=values["category"],  # type: ignore[arg-type]
+        channel=values["channel"], send_date=send_date, source=values["source"] or None))  # type: ignore[arg-type]
+    return csv_download(text, f"mailing-{staff.tenant.tenant_id}-{values['category']}-{values['channel']}-"
+                              f"{send_date.isoformat()}.csv")

@@ -30,7 +30,7 @@ import asyncpg
 import msgspec
 import structlog
 
-from consent.eligibility import Decision, eligibility_matrix, next_change
+from consent.eligibility import Decision, eligibility_matrix, evaluate, next_change
 from consent.subject import SubjectState
 from consent.tenant import TenantState
 from consent.terms import ALL_CELLS, TermMatrix, cell_key
@@ -211,6 +211,29 @@ class ReachCache:
             if eligibility_matrix(state, terms, send_date)[cell_key(category, channel)].eligible:
                 out.append((source, ref))
         out.sort()
+        return out
+
+    async def campaign(self, tenant_id: str, category: str, channel: str, send_date: dt.date,
+                       *, source: str | None = None) -> list[tuple[str, str, Decision]]:
+        """(source, ref, decision) of every subject eligible for (category, channel) on
+        ``send_date``: each stored state evaluated with exactly the bulk check's call
+        (:func:`consent.eligibility.evaluate`). Sorted by source and ref."""
+        _, _, tenant = await self._tenant_state(tenant_id)
+        terms = tenant.terms
+        out: list[tuple[str, str, Decision]] = []
+        sql = ("SELECT source, customer_ref, state FROM projector.subjects WHERE tenant_id = $1 AND NOT erased"
+               + (" AND source = $2" if source is not None else "") + " ORDER BY source, customer_ref")
+        args: list[object] = [tenant_id] + ([source] if source is not None else [])
+        async with self._pool.acquire() as conn, conn.transaction():
+            cursor = conn.cursor(sql, *args, prefetch=5_000)
+            n = 0
+            async for src, ref, raw in cursor:
+                d = evaluate(decode_state(raw), terms, category, channel, send_date)
+                if d.eligible:
+                    out.append((src, ref, d))
+                n += 1
+                if n % _YIELD_EVERY == 0:
+                    await asyncio.sleep(0)
         return out
 
     async def lapses(self, tenant_id: str, on: dt.date, days: int, *, category: str | None = None,

@@ -214,12 +214,13 @@ def default_route_sets() -> list[ApiRoutes]:
     from services.importer import routes_changes
     from services.ledger.api import routes_ops, routes_search, routes_subjects, routes_tenants
     from services.portal import routes_api as routes_portal_links
+    from services.portal import routes_mailing_api
     from services.projector import routes as routes_eligibility
     from services.projector import routes_reach
 
     return [routes_ops.routes, routes_tenants.routes, routes_subjects.routes, routes_audit.routes,
             routes_import.routes, routes_eligibility.routes, routes_portal_links.routes, routes_reach.routes,
-            routes_search.routes, routes_changes.routes]
+            routes_search.routes, routes_changes.routes, routes_mailing_api.routes]
 
 
 def create_app(settings: Settings, route_sets: Sequence[ApiRoutes] | None = None) -> web.Application:
