@@ -261,6 +261,16 @@ class DataExported(Event, frozen=True):
     file_format: Literal["csv", "json"] = "csv"
 
 
+class StaffAccountChanged(Event, frozen=True):
+    """An AVG Beheer account was created, had its password reset, or was disabled or
+    enabled (stream ``users/{tenant}``). The actor is the admin who did it; the account is
+    named by its id only (its e-mail address is personal data and stays in portal.users)."""
+
+    user_id: Identifier
+    change: Literal["created", "password_reset", "disabled", "enabled"]
+    role: Literal["admin", "staff", "marketing"] | None = None
+
+
 TENANT_EVENTS: Final = (
     TenantCreated,
     DataSourceAdded,
@@ -284,7 +294,7 @@ SUBJECT_EVENTS: Final = (
     MarketingActivityRecorded,
     SubjectErased,
 )
-EXPORT_EVENTS: Final = (DataExported,)
+EXPORT_EVENTS: Final = (DataExported, StaffAccountChanged)
 EVENT_TYPES: Final[dict[str, type[Event]]] = {cls.__name__: cls for cls in TENANT_EVENTS + SUBJECT_EVENTS + EXPORT_EVENTS}
 
 AnyEvent = (
@@ -308,6 +318,7 @@ AnyEvent = (
     | MarketingActivityRecorded
     | SubjectErased
     | DataExported
+    | StaffAccountChanged
 )
 
 _decoder: Final = msgspec.json.Decoder(AnyEvent)

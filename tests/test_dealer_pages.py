@@ -156,3 +156,24 @@ async def test_the_change_log_shows_policy_term_and_agreement_changes_with_who_a
     assert "Dealer aangemaakt" in html
     other = await login(world.client, "garage-b", world.users["garage-b:staff"])
     assert (await world.client.get("/beheer/garage-a/wijzigingen", headers=other)).status == 403
+
+
+async def test_account_changes_made_on_the_users_page_are_in_the_change_log(aiohttp_client, settings) -> None:
+    from tests.portal_support import csrf_of
+
+    world = await _world(aiohttp_client, settings)
+    admin = await login(world.client, "garage-a", world.users["garage-a:admin"])
+    page = await world.client.get("/beheer/garage-a/gebruikers", headers=admin)
+    r = await world.client.post("/beheer/garage-a/gebruikers", headers=admin, data={
+        "csrf_token": csrf_of(await page.text()), "email": "nieuw@garage-a.example.nl", "role": "marketing"})
+    assert r.status == 200, await r.text()
+    user = next(u for u in await world.accounts.list_users("garage-a") if u.email == "nieuw@garage-a.example.nl")
+    r = await world.client.post(f"/beheer/garage-a/gebruikers/{user.user_id}/status", headers=admin,
+                                data={"csrf_token": csrf_of(await page.text()), "disabled": "1"},
+                                allow_redirects=False)
+    assert r.status == 303
+    html = await (await world.client.get("/beheer/garage-a/wijzigingen", headers=admin)).text()
+    assert "Account aangemaakt: nieuw@garage-a.example.nl" in html and "Rol: marketing (mailingexport)" in html
+    assert "Account uitgeschakeld: nieuw@garage-a.example.nl" in html
+    assert html.index("Account uitgeschakeld") < html.index("Account aangemaakt")
+    assert html.count('data-kind="account"') == 2 and "admin@garage-a.example.nl" in html

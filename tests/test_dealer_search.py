@@ -135,3 +135,49 @@ async def test_the_dms_import_takes_kenteken_merk_and_model_and_they_are_searcha
     found = (await r.json())["subjects"]
     assert [s["customer_ref"] for s in found] == ["K7"]
     assert found[0]["contact"]["vehicle_make"] == "Toyota" and found[0]["contact"]["vehicle_model"] == "Yaris"
+
+
+async def test_an_erasure_between_reading_the_key_and_writing_the_index_leaves_nothing_behind(
+    api: TestClient, dealer: Dealer, pool: asyncpg.Pool, settings
+) -> None:
+    """The key is shredded after the sync read it and before it writes: the write fails on
+    the foreign key, the batch is read again, and the erased subject is not indexed."""
+    from services.ledger.directory import Directory
+    from services.ledger.subject_keys import SubjectKeys, master_keys
+
+    await _invoice(api, dealer, "K1", JAN)
+    await _invoice(api, dealer, "K2", PIET)
+    keys = SubjectKeys.from_settings(pool, settings)
+    directory = Directory(pool, keys, master_keys(settings)[0])
+    shredded: list[str] = []
+    k1 = f"subject/{dealer.tenant_id}/dealer/K1"
+
+    class ShredBeforeInsert:
+        """The sync's connection; K1's key is deleted (another connection, committed) just
+        before the sync's first insert into the directory."""
+
+        def __init__(self, conn) -> None:  # type: ignore[no-untyped-def]
+            self._conn = conn
+
+        def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+            return getattr(self._conn, name)
+
+        async def execute(self, sql: str, *args):  # type: ignore[no-untyped-def]
+            if sql.startswith("INSERT INTO ledger.subject_directory") and not shredded:
+                shredded.append(k1)
+                await pool.execute("DELETE FROM ledger.subject_keys WHERE stream_id = $1", k1)
+            return await self._conn.execute(sql, *args)
+
+    original_write = directory._write
+    attempts: list[int] = []
+
+    async def write(conn, tenant_id, latest):  # type: ignore[no-untyped-def]
+        attempts.append(len(latest))
+        return await original_write(ShredBeforeInsert(conn), tenant_id, latest)
+
+    directory._write = write  # type: ignore[method-assign]
+    assert await directory.sync(dealer.tenant_id) == 2
+    assert shredded and attempts == [2, 2]  # the first write failed on the foreign key, the batch ran again
+    rows = await pool.fetch("SELECT stream_id FROM ledger.subject_directory ORDER BY 1")
+    assert [r[0] for r in rows] == [f"subject/{dealer.tenant_id}/dealer/K2"]
+    assert await pool.fetchval("SELECT count(*) FROM ledger.subject_search WHERE stream_id LIKE '%/K1'") == 0

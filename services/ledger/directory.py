@@ -35,6 +35,7 @@ import structlog
 from consent.vocabulary import parse_subject_stream
 from schemas.api import Contact
 from schemas.events import Sealed
+from services.ledger.errors import IntegrityError
 from services.ledger.store import translate_errors
 from services.ledger.subject_keys import SubjectKeys
 
@@ -190,6 +191,16 @@ class Directory:
         return done
 
     async def _sync_batch(self, tenant_id: str) -> int:
+        for attempt in range(5):
+            try:
+                return await self._sync_batch_once(tenant_id)
+            except IntegrityError:  # the foreign key on ledger.subject_keys (translate_errors)
+                if attempt == 4:
+                    raise
+                log.info("directory_subject_erased_meanwhile", tenant=tenant_id)  # read the batch again
+        raise AssertionError("unreachable")
+
+    async def _sync_batch_once(self, tenant_id: str) -> int:
         with translate_errors():
             async with self._pool.acquire() as conn, conn.transaction():
                 await conn.execute("INSERT INTO ledger.directory_cursor (tenant_id, position) VALUES ($1, 0)"
@@ -215,11 +226,12 @@ class Directory:
 
     async def _write(self, conn: asyncpg.Connection, tenant_id: str, latest: dict[str, tuple[int, Sealed]]) -> None:
         streams = sorted(latest)
-        # Lock the subjects' keys: an erasure running now waits for this transaction, and its
-        # cascade then removes what is written here. A stream without a key was erased.
+        # A stream without a key was erased. An erasure that deletes a key after this read
+        # makes the insert below fail on the foreign key (the batch is then read again), or,
+        # if it comes after the insert, its cascade removes what is written here.
         keyed = {r[0]: (r[1], bytes(r[2])) for r in await conn.fetch(
-            "SELECT stream_id, key_id, wrapped_key FROM ledger.subject_keys WHERE stream_id = ANY($1::text[])"
-            " ORDER BY stream_id FOR KEY SHARE", streams)}
+            "SELECT stream_id, key_id, wrapped_key FROM ledger.subject_keys WHERE stream_id = ANY($1::text[])",
+            streams)}
         directory: list[tuple[str, str, str, str, str, str, str, int]] = []
         search: list[tuple[str, bytes]] = []
         for stream_id in streams:

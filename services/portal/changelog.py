@@ -33,6 +33,7 @@ from schemas.events import (
     ProcessorAgreementSet,
     RecordedEvent,
     RetentionPolicySet,
+    StaffAccountChanged,
     TenantCreated,
     TermMatrixEdited,
 )
@@ -44,6 +45,17 @@ MAX_DIFF_LINES: Final = 60
 
 def exports_stream(tenant_id: str) -> str:
     return f"exports/{tenant_id}"
+
+
+def users_stream(tenant_id: str) -> str:
+    return f"users/{tenant_id}"
+
+
+async def record_account_change(ledger: Any, ctx: Any, tenant_id: str, user_id: str, change: str, role: str) -> None:
+    from services.ledger.store import StreamWrite
+
+    event = StaffAccountChanged(user_id=user_id, change=change, role=role)  # type: ignore[arg-type]
+    await ledger.append_many(ctx, tenant_id, [StreamWrite(users_stream(tenant_id), [event])])
 
 
 class Entry(msgspec.Struct, kw_only=True):
@@ -181,5 +193,13 @@ async def change_log(store: EventStore, tenant_id: str, w: Any) -> list[Entry]:
         state = after
     for recorded in await store.read_stream(exports_stream(tenant_id)):
         entries.append(describe_export(recorded, w))
+    for recorded in await store.read_stream(users_stream(tenant_id)):
+        e = recorded.event
+        assert isinstance(e, StaffAccountChanged)
+        entries.append(Entry(position=recorded.position, recorded_at=recorded.recorded_at, kind="account",
+                             what=w(f"cl_account_{e.change}", user=w.user(e.user_id)),
+                             details=[w("cl_account_role", role=w(f"role_{e.role}"))] if e.role else [], diff=[],
+                             actor_kind=recorded.metadata.actor.kind, actor_id=recorded.metadata.actor.id,
+                             method=recorded.metadata.method))
     entries.sort(key=lambda x: x.position, reverse=True)
     return entries

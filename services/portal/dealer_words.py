@@ -89,6 +89,11 @@ WORDS: Final[dict[str, dict[str, str]]] = {
         "cl_export_rows": "{rows} regels",
         "cl_diff": "Verschil in de tekst",
         "cl_none": "Nog geen wijzigingen.",
+        "cl_account_created": "Account aangemaakt: {user}",
+        "cl_account_password_reset": "Wachtwoord opnieuw ingesteld: {user}",
+        "cl_account_disabled": "Account uitgeschakeld: {user}",
+        "cl_account_enabled": "Account ingeschakeld: {user}",
+        "cl_account_role": "Rol: {role}",
         "search_title": "Klant zoeken",
         "search_label": "Naam, e-mail, telefoon, postcode + huisnummer of kenteken",
         "search_button": "Zoeken",
@@ -185,6 +190,11 @@ WORDS: Final[dict[str, dict[str, str]]] = {
         "cl_export_rows": "{rows} rows",
         "cl_diff": "Difference in the text",
         "cl_none": "No changes yet.",
+        "cl_account_created": "Account created: {user}",
+        "cl_account_password_reset": "Password reset: {user}",
+        "cl_account_disabled": "Account disabled: {user}",
+        "cl_account_enabled": "Account enabled: {user}",
+        "cl_account_role": "Role: {role}",
         "search_title": "Find a customer",
         "search_label": "Name, e-mail, phone, postcode + house number or licence plate",
         "search_button": "Search",
@@ -209,6 +219,11 @@ class DealerWords:
     def __init__(self, t: Messages) -> None:
         self._t = t
         self._words = WORDS[t.lang]
+
+    users: dict[str, str] = {}  # user:<id> -> e-mail, set by the change log page
+
+    def user(self, user_id: str) -> str:
+        return self.users.get(f"user:{user_id}", user_id)
 
     def date(self, day: object) -> str:
         return self._t.date(day)  # type: ignore[arg-type]

@@ -303,8 +303,9 @@ async def change_log_page(request: web.Request, staff: Staff, form: dict[str, st
 
     t = request[MESSAGES]
     words = DealerWords(t)
-    entries = await change_log(request.app[LEDGER].store, staff.tenant.tenant_id, words)
     emails = {u.actor_id: u.email for u in await request.app[ACCOUNTS].list_users(staff.tenant.tenant_id)}
+    words.users = emails
+    entries = await change_log(request.app[LEDGER].store, staff.tenant.tenant_id, words)
     rows = []
     for e in entries:
         who = t(f"who_{e.actor_kind}")

@@ -638,6 +638,7 @@ async def user_create(request: web.Request, staff: Staff, form: dict[str, str]) 
         return await _users(request, staff, status=422, error=t(exc.message_key),
                             values={"email": form.get("email", ""), "role": form.get("role", "")})
     log.info("user_created", new_user=user.user_id, role=user.role)
+    await _account_changed(request, staff, user.user_id, "created", user.role)
     return await _users(request, staff, shown_password=(user.email, password))
 
 
@@ -654,6 +655,7 @@ async def user_reset(request: web.Request, staff: Staff, form: dict[str, str]) -
     password = new_password()
     await request.app[ACCOUNTS].reset_password(staff.tenant.tenant_id, user.user_id, password)
     log.info("user_password_reset", target=user.user_id)
+    await _account_changed(request, staff, user.user_id, "password_reset", user.role)
     return await _users(request, staff, shown_password=(user.email, password))
 
 
@@ -665,5 +667,14 @@ async def user_status(request: web.Request, staff: Staff, form: dict[str, str]) 
     except AccountError as exc:
         return await _users(request, staff, status=409, error=request[MESSAGES](exc.message_key))
     log.info("user_status_set", target=user.user_id, disabled=form.get("disabled") == "1")
+    await _account_changed(request, staff, user.user_id, "disabled" if form.get("disabled") == "1" else "enabled",
+                           user.role)
     return _redirect(request, f"/beheer/{staff.tenant.tenant_id}/gebruikers", msg="saved_staff")
 
+
+
+async def _account_changed(request: web.Request, staff: Staff, user_id: str, change: str, role: str) -> None:
+    """The account change in the ledger, for the change log (issue 15)."""
+    from services.portal.changelog import record_account_change
+
+    await record_account_change(request.app[LEDGER], staff.ctx(), staff.tenant.tenant_id, user_id, change, role)
