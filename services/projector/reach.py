@@ -13,8 +13,11 @@ view. So each process keeps, per tenant, what one evaluation gave per subject (a
 of the eligible cells on today, +30 and +90 days, and the subject's next change date) and
 counts of subjects per (source, mask). A view first asks PostgreSQL for a fingerprint of the
 tenant's rows (count and sum of ``last_position``: every new event of a subject raises its
-row's position, so any change moves the sum); when it moved, it reads the (source, ref,
-position) of every row and re-evaluates only the rows whose position changed. A new
+row's position, so any change moves the sum); when it moved, it re-evaluates the rows whose
+position is above the highest it has seen (an index range scan), and only if the
+fingerprint still differs from its own (a row applied late by the projector, below that
+position) reads the (source, ref, position) of every row and re-evaluates those that
+changed. A new
 Dutch calendar day, another term matrix version or another asked date start over.
 """
 
@@ -131,6 +134,8 @@ class _TenantCache:
         self.terms_version = terms_version
         self.tenant_version = tenant_version
         self.fingerprint: tuple[int, int] | None = None
+        self.max_position = 0  # the highest row position seen
+        self.position_sum = 0  # of the entries' positions (equals the table's when nothing was missed)
         self.entries: dict[tuple[str, str], _Entry] = {}
         self.by_mask: Counter[tuple[str, int]] = Counter()
         self.live: Counter[str] = Counter()  # subjects not erased, per source
@@ -297,9 +302,38 @@ class ReachCache:
                 tenant_id)
             fingerprint = (int(fp[0]), int(fp[1]))
             if fingerprint != cache.fingerprint:
-                await self._refresh(cache, tenant_id, tenant.terms)
+                if cache.fingerprint is not None:
+                    await self._refresh_newer(cache, tenant_id, tenant.terms)
+                if (len(cache.entries), cache.position_sum) != fingerprint:
+                    await self._refresh(cache, tenant_id, tenant.terms)  # first view, or a row applied late
                 cache.fingerprint = fingerprint
         return cache, tenant
+
+    async def _refresh_newer(self, cache: _TenantCache, tenant_id: str, terms: TermMatrix) -> None:
+        """Re-evaluate the rows whose position is above any seen: after a few new events,
+        a handful of rows through the (tenant_id, last_position) index. A row the projector
+        applied late (its position below one seen already) is not among them; the caller
+        then sees the fingerprints differ and compares every row."""
+        records = await self._pool.fetch(
+            "SELECT source, customer_ref, last_position, state FROM projector.subjects WHERE tenant_id = $1"
+            " AND last_position > $2", tenant_id, cache.max_position)
+        days = [cache.on + dt.timedelta(days=d) for d in HORIZONS]
+        for source, ref, position, raw in records:
+            self._put(cache, (source, ref), position, decode_state(raw), terms, days)
+
+    def _put(self, cache: _TenantCache, key: tuple[str, str], position: int, state: SubjectState,
+             terms: TermMatrix, days: Sequence[dt.date]) -> None:
+        self._drop(cache, key)
+        source = key[0]
+        if state.erased is not None:  # kept only to know its position: counted nowhere
+            cache.entries[key] = _Entry(position, source, 0, None, True)
+        else:
+            mask, change = _evaluate(state, terms, cache.on, days)
+            cache.entries[key] = _Entry(position, source, mask, change, False)
+            cache.by_mask[(source, mask)] += 1
+            cache.live[source] += 1
+        cache.position_sum += position
+        cache.max_position = max(cache.max_position, position)
 
     async def _refresh(self, cache: _TenantCache, tenant_id: str, terms: TermMatrix) -> None:
         rows = await self._pool.fetch(
@@ -327,16 +361,7 @@ class ReachCache:
                     " AND source = $2 AND customer_ref = ANY(string_to_array($3, E'\\n'))",
                     tenant_id, source, "\n".join(refs))
                 for ref, position, raw in records:
-                    state = decode_state(raw)
-                    key = (source, ref)
-                    self._drop(cache, key)
-                    if state.erased is not None:  # kept only to know its position: counted nowhere
-                        cache.entries[key] = _Entry(position, source, 0, None, True)
-                    else:
-                        mask, change = _evaluate(state, terms, cache.on, days)
-                        cache.entries[key] = _Entry(position, source, mask, change, False)
-                        cache.by_mask[(source, mask)] += 1
-                        cache.live[source] += 1
+                    self._put(cache, (source, ref), position, decode_state(raw), terms, days)
                     done += 1
             await asyncio.sleep(0)  # let other requests run while a large tenant is evaluated
         if done:
@@ -347,6 +372,7 @@ class ReachCache:
         old = cache.entries.pop(key, None)
         if old is None:
             return
+        cache.position_sum -= old.position
         if old.erased:
             return
         cache.by_mask[(old.source, old.mask)] -= 1
