@@ -4,6 +4,7 @@ the API and the DMS import."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 
 import asyncpg
@@ -181,3 +182,30 @@ async def test_an_erasure_between_reading_the_key_and_writing_the_index_leaves_n
     rows = await pool.fetch("SELECT stream_id FROM ledger.subject_directory ORDER BY 1")
     assert [r[0] for r in rows] == [f"subject/{dealer.tenant_id}/dealer/K2"]
     assert await pool.fetchval("SELECT count(*) FROM ledger.subject_search WHERE stream_id LIKE '%/K1'") == 0
+
+
+async def test_the_directory_command_reindexes_a_tenant_and_refuses_a_bad_id(
+    api: TestClient, dealer: Dealer, pool: asyncpg.Pool, db_url: str, tmp_path, settings
+) -> None:
+    import os
+    import sys
+    from pathlib import Path
+
+    async def cli(db_url: str, *args: str, cwd: Path) -> tuple[int, str, str]:
+        env = {**os.environ, "LEDGER_DATABASE_URL": db_url, "LEDGER_MASTER_KEY": settings.master_key,
+               "LEDGER_LOG_LEVEL": "warning", "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "services.cli", *args, cwd=cwd, env=env,
+                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+        return proc.returncode or 0, out.decode(), err.decode()
+
+    await _invoice(api, dealer, "K1", JAN)
+    code, out, err = await cli(db_url, "directory", "sync", cwd=tmp_path)
+    assert code == 0 and "garage-a: 1 contact events indexed" in out, err
+    await pool.execute("DELETE FROM ledger.subject_search")  # e.g. digests of the previous master key
+    assert await _search(api, dealer, plate="AB-123-C") == []
+    code, out, err = await cli(db_url, "directory", "reindex", "--tenant", "garage-a", cwd=tmp_path)
+    assert code == 0 and "garage-a: 1 contact events indexed" in out, err
+    assert await _search(api, dealer, plate="AB-123-C") == ["K1"]
+    code, _, err = await cli(db_url, "directory", "reindex", "--tenant", "Bad/", cwd=tmp_path)
+    assert code == 2 and "not a tenant id" in err
