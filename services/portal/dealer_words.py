@@ -96,7 +96,7 @@ WORDS: Final[dict[str, dict[str, str]]] = {
         "cl_account_role": "Rol: {role}",
         "search_title": "Klant zoeken",
         "search_label": "Naam, e-mail, telefoon, postcode + huisnummer of kenteken",
-        "search_button": "Zoeken",
+        "search_button": "Zoek op gegevens",
         "search_none": "Niemand gevonden.",
         "search_help": "Gezocht wordt op de hele waarde (een woord van de naam is genoeg). De zoekindex bevat geen "
                        "leesbare gegevens.",
@@ -197,7 +197,7 @@ WORDS: Final[dict[str, dict[str, str]]] = {
         "cl_account_role": "Role: {role}",
         "search_title": "Find a customer",
         "search_label": "Name, e-mail, phone, postcode + house number or licence plate",
-        "search_button": "Search",
+        "search_button": "Search by details",
         "search_none": "Nobody found.",
         "search_help": "The whole value is matched (one word of a name is enough). The search index holds no "
                        "readable data.",
