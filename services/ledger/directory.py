@@ -179,18 +179,26 @@ class Directory:
 
     async def sync(self, tenant_id: str) -> int:
         """Index the tenant's contact events recorded since the last sync; returns how many.
-        Concurrent syncs of a tenant take turns (the cursor row is locked)."""
+        Concurrent syncs of a tenant take turns (the cursor row is locked). When the tenant
+        has no event past the cursor (the common case for a search) this is one index probe
+        and no transaction."""
+        with translate_errors():
+            behind = await self._pool.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM ledger.events WHERE tenant_id = $1 AND position > coalesce("
+                "(SELECT position FROM ledger.directory_cursor WHERE tenant_id = $1), 0))", tenant_id)
+        if not behind:
+            return 0
         done = 0
         while True:
-            n = await self._sync_batch(tenant_id)
-            done += n
-            if n < _BATCH:
+            read, indexed = await self._sync_batch(tenant_id)
+            done += indexed
+            if read < _BATCH:
                 break
         if done:
             log.info("directory_synced", tenant=tenant_id, events=done)
         return done
 
-    async def _sync_batch(self, tenant_id: str) -> int:
+    async def _sync_batch(self, tenant_id: str) -> tuple[int, int]:
         for attempt in range(5):
             try:
                 return await self._sync_batch_once(tenant_id)
@@ -200,7 +208,10 @@ class Directory:
                 log.info("directory_subject_erased_meanwhile", tenant=tenant_id)  # read the batch again
         raise AssertionError("unreachable")
 
-    async def _sync_batch_once(self, tenant_id: str) -> int:
+    async def _sync_batch_once(self, tenant_id: str) -> tuple[int, int]:
+        """(events read, contact events among them). Every event of the tenant is read, so
+        the cursor moves past the ones without contact data too and the check in
+        :meth:`sync` stays one probe."""
         with translate_errors():
             async with self._pool.acquire() as conn, conn.transaction():
                 await conn.execute("INSERT INTO ledger.directory_cursor (tenant_id, position) VALUES ($1, 0)"
@@ -208,21 +219,23 @@ class Directory:
                 after = await conn.fetchval(
                     "SELECT position FROM ledger.directory_cursor WHERE tenant_id = $1 FOR UPDATE", tenant_id)
                 rows = await conn.fetch(
-                    "SELECT position, stream_id, data->'personal' FROM ledger.events WHERE tenant_id = $1"
-                    " AND position > $2 AND event_type = ANY($3::text[]) ORDER BY position LIMIT $4",
+                    "SELECT position, stream_id, CASE WHEN event_type = ANY($3::text[]) THEN data->'personal' END"
+                    " FROM ledger.events WHERE tenant_id = $1 AND position > $2 ORDER BY position LIMIT $4",
                     tenant_id, after, _CONTACT_EVENTS, _BATCH)
                 if not rows:
-                    return 0
+                    return 0, 0
                 latest: dict[str, tuple[int, Sealed]] = {}
+                indexed = 0
                 for position, stream_id, personal in rows:
                     if personal is None or personal == "null":
                         continue
+                    indexed += 1
                     latest[stream_id] = (position, _sealed_decoder.decode(personal))
                 if latest:
                     await self._write(conn, tenant_id, latest)
                 await conn.execute("UPDATE ledger.directory_cursor SET position = $2 WHERE tenant_id = $1",
                                    tenant_id, rows[-1][0])
-                return len(rows)
+                return len(rows), indexed
 
     async def _write(self, conn: asyncpg.Connection, tenant_id: str, latest: dict[str, tuple[int, Sealed]]) -> None:
         streams = sorted(latest)

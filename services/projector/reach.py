@@ -158,9 +158,10 @@ class ReachCache:
         self._tenants: dict[str, _TenantCache] = {}
         self._terms: dict[str, tuple[int, TenantState]] = {}
 
-    async def _tenant_state(self, tenant_id: str) -> tuple[int, int, TenantState]:
-        row = await self._pool.fetchrow(
-            "SELECT version, terms_version FROM projector.tenants WHERE tenant_id = $1", tenant_id)
+    async def _tenant_state(self, tenant_id: str, row: asyncpg.Record | None = None) -> tuple[int, int, TenantState]:
+        if row is None:
+            row = await self._pool.fetchrow(
+                "SELECT version, terms_version FROM projector.tenants WHERE tenant_id = $1", tenant_id)
         if row is None:
             raise TenantNotProjected(tenant_id)
         cached = self._terms.get(tenant_id)
@@ -291,16 +292,20 @@ class ReachCache:
         return out
 
     async def _fresh(self, tenant_id: str, on: dt.date) -> tuple[_TenantCache, TenantState]:
-        tenant_version, terms_version, tenant = await self._tenant_state(tenant_id)
+        # One round trip: the tenant's version and the fingerprint of its subject rows (an
+        # index-only scan of (tenant_id, last_position) once autovacuum has visited the table).
+        row = await self._pool.fetchrow(
+            "SELECT t.version, t.terms_version, f.n, f.s FROM projector.tenants t, LATERAL (SELECT count(*) AS n,"
+            " coalesce(sum(last_position), 0) AS s FROM projector.subjects WHERE tenant_id = t.tenant_id) f"
+            " WHERE t.tenant_id = $1", tenant_id)
+        tenant_version, terms_version, tenant = await self._tenant_state(tenant_id, row)
+        assert row is not None
         cache = self._tenants.get(tenant_id)
         if cache is None or cache.on != on or cache.terms_version != terms_version:
             cache = _TenantCache(on, terms_version, tenant_version)
             self._tenants[tenant_id] = cache
         async with cache.lock:
-            fp = await self._pool.fetchrow(
-                "SELECT count(*), coalesce(sum(last_position), 0) FROM projector.subjects WHERE tenant_id = $1",
-                tenant_id)
-            fingerprint = (int(fp[0]), int(fp[1]))
+            fingerprint = (int(row[2]), int(row[3]))
             if fingerprint != cache.fingerprint:
                 if cache.fingerprint is not None:
                     await self._refresh_newer(cache, tenant_id, tenant.terms)
