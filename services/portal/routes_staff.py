@@ -521,7 +521,7 @@ async def _customer(request: web.Request, staff: Staff, *, status: int = 200, er
         live_link=await links.live(staff.tenant.tenant_id, source, ref), issued_url=issued_url,
         history=await _history(request, staff, events), error=error, form=form or {},
         methods=ON_BEHALF_METHODS, subject_base=f"/beheer/{staff.tenant.tenant_id}/klanten/{source}/{ref}",
-        contact=await customer_contact(request, staff, source, ref), d=DealerWords(request[MESSAGES]),
+        contact=await customer_contact(request, staff, events), d=DealerWords(request[MESSAGES]),
     )
 
 

@@ -49,7 +49,6 @@ __all__ = [
     "ReachCache",
     "ReachCounts",
     "TenantNotProjected",
-    "eligible_on",
 ]
 
 HORIZONS: Final = (0, 30, 90)
@@ -190,34 +189,6 @@ class ReachCache:
                     bits ^= low
         return ReachCounts(tenant_id=tenant_id, on=on, dates=dates, terms_version=cache.terms_version,
                            subjects={s: cache.live.get(s, 0) for s in counts}, counts=counts)
-
-    async def eligible(self, tenant_id: str, on: dt.date, category: str, channel: str, send_date: dt.date,
-                       ) -> list[tuple[str, str]]:
-        """(source, ref) of every subject eligible for the cell on ``send_date`` (>= ``on``),
-        sorted. From the evaluated masks where the matrix is known not to change before
-        ``send_date``; the other subjects' states are read and evaluated on that day."""
-        if send_date < on:
-            raise ValueError("send_date is before the evaluation day")
-        cache, tenant = await self._fresh(tenant_id, on)
-        bit = _BIT[cell_key(category, channel)]
-        horizon = {on + dt.timedelta(days=d): j for j, d in enumerate(HORIZONS)}.get(send_date)
-        out: list[tuple[str, str]] = []
-        recheck: list[tuple[str, str]] = []
-        for (source, ref), e in cache.entries.items():
-            if horizon is not None:
-                if e.mask >> (horizon * _N + bit) & 1:
-                    out.append((source, ref))
-            elif e.next_change is None or send_date < e.next_change:
-                if e.mask >> bit & 1:
-                    out.append((source, ref))
-            else:
-                recheck.append((source, ref))
-        terms = tenant.terms
-        for source, ref, state in await self._states(tenant_id, recheck):
-            if eligibility_matrix(state, terms, send_date)[cell_key(category, channel)].eligible:
-                out.append((source, ref))
-        out.sort()
-        return out
 
     async def campaign(self, tenant_id: str, category: str, channel: str, send_date: dt.date,
                        *, source: str | None = None) -> list[tuple[str, str, Decision]]:
@@ -383,7 +354,3 @@ class ReachCache:
         cache.by_mask[(old.source, old.mask)] -= 1
         cache.live[old.source] -= 1
 
-
-def eligible_on(state: SubjectState, terms: TermMatrix, day: dt.date, category: str, channel: str) -> Decision:
-    """One cell on one day (what the bulk check answers for the subject)."""
-    return eligibility_matrix(state, terms, day)[cell_key(category, channel)]
