@@ -173,6 +173,7 @@ async def measure(url: str, n: int, master: str, views: int, searches: int) -> d
         out["search_index_build_s"] = round(time.perf_counter() - started, 2)
         rnd = random.Random(3)
         lat = []
+        by_kind: dict[str, list[float]] = {}
         misses = 0
         for k in range(searches):
             i = rnd.randrange(n)
@@ -182,8 +183,10 @@ async def measure(url: str, n: int, master: str, views: int, searches: int) -> d
             t0 = time.perf_counter()
             found = await directory.search(TENANT, query)
             lat.append(time.perf_counter() - t0)
+            by_kind.setdefault(("email", "plate", "phone", "address", "name")[k % 5], []).append(lat[-1])
             misses += f"K{i:07d}" not in {f.customer_ref for f in found}
         out["search"] = latency_summary(lat)
+        out["search_by_kind_p99_ms"] = {kind: latency_summary(v)["p99_ms"] for kind, v in by_kind.items()}
         out["search_misses"] = misses
 
         started = time.perf_counter()

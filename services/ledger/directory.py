@@ -183,9 +183,13 @@ class Directory:
         has no event past the cursor (the common case for a search) this is one index probe
         and no transaction."""
         with translate_errors():
+            # The tenant's newest position (a backward scan of the (tenant_id, position) index)
+            # against the cursor. (An EXISTS over "position > cursor" may be planned as a
+            # sequential scan that stops at the first match: every older event read first.)
             behind = await self._pool.fetchval(
-                "SELECT EXISTS (SELECT 1 FROM ledger.events WHERE tenant_id = $1 AND position > coalesce("
-                "(SELECT position FROM ledger.directory_cursor WHERE tenant_id = $1), 0))", tenant_id)
+                "SELECT coalesce((SELECT position FROM ledger.events WHERE tenant_id = $1 ORDER BY position DESC"
+                " LIMIT 1), 0) > coalesce((SELECT position FROM ledger.directory_cursor WHERE tenant_id = $1), 0)",
+                tenant_id)
         if not behind:
             return 0
         done = 0
@@ -295,27 +299,20 @@ class Directory:
         with their contact data; only the matches are decrypted."""
         await self.sync(tenant_id)
         query = search_terms(text)
-        wanted: dict[bytes, tuple[str, str]] = {self.digest(tenant_id, k, v): (k, v) for k, v in query.exact}
-        word_digests = {self.digest(tenant_id, "word", w): w for w in query.words}
-        all_digests = list(wanted) + list(word_digests)
-        if not all_digests:
+        exact = [self.digest(tenant_id, k, v) for k, v in query.exact]
+        words = [self.digest(tenant_id, "word", w) for w in query.words]
+        if not exact and not words:
             return []
+        # One statement: the exact matches, and the subjects that have every word of a name
+        # (intersected in PostgreSQL: a common surname matches thousands of rows, of which
+        # only the first ``limit`` subjects come back).
         with translate_errors():
             rows = await self._pool.fetch(
-                "SELECT digest, stream_id FROM ledger.subject_search WHERE tenant_id = $1 AND digest = ANY($2::bytea[])",
-                tenant_id, all_digests)
-        exact: set[str] = set()
-        by_word: dict[str, set[str]] = {}
-        for digest, stream_id in rows:
-            digest = bytes(digest)
-            if digest in wanted:
-                exact.add(stream_id)
-            if digest in word_digests:
-                by_word.setdefault(word_digests[digest], set()).add(stream_id)
-        matched = set(exact)
-        if query.words and len(by_word) == len(query.words):
-            matched |= set.intersection(*by_word.values())
-        return (await self.contacts(tenant_id, sorted(matched)[:limit]))
+                "(SELECT stream_id FROM ledger.subject_search WHERE tenant_id = $1 AND digest = ANY($2::bytea[]))"
+                " UNION (SELECT stream_id FROM ledger.subject_search WHERE tenant_id = $1 AND digest = ANY($3::bytea[])"
+                " GROUP BY stream_id HAVING count(*) = $4) ORDER BY 1 LIMIT $5",
+                tenant_id, exact, words, len(words), limit)
+        return await self.contacts(tenant_id, [r[0] for r in rows])
 
     async def contacts(self, tenant_id: str, stream_ids: Sequence[str]) -> list[Found]:
         """The contact data of these subjects (of this tenant), in the given order."""
