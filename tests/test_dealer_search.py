@@ -209,3 +209,15 @@ async def test_the_directory_command_reindexes_a_tenant_and_refuses_a_bad_id(
     assert await _search(api, dealer, plate="AB-123-C") == ["K1"]
     code, _, err = await cli(db_url, "directory", "reindex", "--tenant", "Bad/", cwd=tmp_path)
     assert code == 2 and "not a tenant id" in err
+
+
+async def test_a_common_surname_gives_the_first_fifty_and_more_words_narrow_it_to_the_person(
+    api: TestClient, dealer: Dealer
+) -> None:
+    for i in range(55):
+        await _invoice(api, dealer, f"J{i:02d}", {"name": f"{'Piet' if i == 42 else 'Klaas'} Jansen"}, invoice=f"F{i}")
+    found = await _search(api, dealer, q="Jansen")
+    assert len(found) == 50 and found == sorted(found)
+    assert await _search(api, dealer, q="jansen piet") == ["J42"]
+    assert await _search(api, dealer, name="Piet Jansen") == ["J42"]
+    assert await _search(api, dealer, q="Piet Klaas Jansen") == []

@@ -46,6 +46,7 @@ __all__ = ["Directory", "Found", "normalise_phone", "normalise_plate", "search_t
 _CONTACT_EVENTS: Final = ["InvoiceRecorded", "InvoiceCorrected", "ProspectRegistered"]
 _BATCH: Final = 2_000
 _DIGEST_BYTES: Final = 16
+_MAX_WORDS: Final = 6  # words of a name query that must all match (the longest are kept)
 _contact_decoder: Final = msgspec.json.Decoder(Contact)
 _sealed_decoder: Final = msgspec.json.Decoder(Sealed)
 _NON_ALNUM: Final = re.compile(r"[^0-9a-z]+")
@@ -300,18 +301,24 @@ class Directory:
         await self.sync(tenant_id)
         query = search_terms(text)
         exact = [self.digest(tenant_id, k, v) for k, v in query.exact]
-        words = [self.digest(tenant_id, "word", w) for w in query.words]
+        # longest first: the first word drives the join (long words are rarer)
+        words = [self.digest(tenant_id, "word", w) for w in sorted(query.words, key=len, reverse=True)]
         if not exact and not words:
             return []
-        # One statement: the exact matches, and the subjects that have every word of a name
-        # (intersected in PostgreSQL: a common surname matches thousands of rows, of which
-        # only the first ``limit`` subjects come back).
+        # The exact matches, and the subjects that have every word of a name: a join of the
+        # words' index ranges in stream order, so a common surname (thousands of rows) stops
+        # after the first ``limit`` subjects instead of being read whole.
+        words = words[:_MAX_WORDS]
+        joins = "".join(
+            f" JOIN ledger.subject_search w{i} ON w{i}.tenant_id = $1 AND w{i}.digest = ${i + 4}"
+            f" AND w{i}.stream_id = w0.stream_id" for i in range(1, len(words)))
+        sql = ("(SELECT stream_id FROM ledger.subject_search WHERE tenant_id = $1 AND digest = ANY($2::bytea[])"
+               " ORDER BY stream_id LIMIT $3)")
+        if words:
+            sql += (f" UNION (SELECT w0.stream_id FROM ledger.subject_search w0{joins} WHERE w0.tenant_id = $1"
+                    " AND w0.digest = $4 ORDER BY w0.stream_id LIMIT $3) ORDER BY 1 LIMIT $3")
         with translate_errors():
-            rows = await self._pool.fetch(
-                "(SELECT stream_id FROM ledger.subject_search WHERE tenant_id = $1 AND digest = ANY($2::bytea[]))"
-                " UNION (SELECT stream_id FROM ledger.subject_search WHERE tenant_id = $1 AND digest = ANY($3::bytea[])"
-                " GROUP BY stream_id HAVING count(*) = $4) ORDER BY 1 LIMIT $5",
-                tenant_id, exact, words, len(words), limit)
+            rows = await self._pool.fetch(sql, tenant_id, exact, limit, *words)
         return await self.contacts(tenant_id, [r[0] for r in rows])
 
     async def contacts(self, tenant_id: str, stream_ids: Sequence[str]) -> list[Found]:
