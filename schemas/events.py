@@ -290,6 +290,37 @@ class SubjectErased(Event, frozen=True):
     suppressed: bool = False
 
 
+# ---------------------------------------------------------------------------------------
+# Exports stream: "exports/{tenant}" (who took personal data out of the system, and what)
+# ---------------------------------------------------------------------------------------
+
+
+class DataExported(Event, frozen=True):
+    """A privileged export of personal data (a lapse list or mailing list with contact
+    details) was made. Who and when are the envelope's actor and recorded_at; this says
+    what: the kind, the selection (category, channel, days or send date, data source) and
+    how many subjects it held. Never the data itself."""
+
+    export: Literal["lapse_list", "mailing_list"]
+    rows: Annotated[int, msgspec.Meta(ge=0)]
+    category: Category | None = None
+    channel: Channel | None = None
+    days: Annotated[int, msgspec.Meta(ge=1, le=366)] | None = None
+    send_date: dt.date | None = None
+    source: str | None = None
+    file_format: Literal["csv", "json"] = "csv"
+
+
+class StaffAccountChanged(Event, frozen=True):
+    """An AVG Beheer account was created, had its password reset, or was disabled or
+    enabled (stream ``users/{tenant}``). The actor is the admin who did it; the account is
+    named by its id only (its e-mail address is personal data and stays in portal.users)."""
+
+    user_id: Identifier
+    change: Literal["created", "password_reset", "disabled", "enabled"]
+    role: Literal["admin", "staff", "marketing"] | None = None
+
+
 TENANT_EVENTS: Final = (
     TenantCreated,
     DataSourceAdded,
@@ -314,7 +345,8 @@ SUBJECT_EVENTS: Final = (
     MarketingActivityRecorded,
     SubjectErased,
 )
-EVENT_TYPES: Final[dict[str, type[Event]]] = {cls.__name__: cls for cls in TENANT_EVENTS + SUBJECT_EVENTS}
+EXPORT_EVENTS: Final = (DataExported, StaffAccountChanged)
+EVENT_TYPES: Final[dict[str, type[Event]]] = {cls.__name__: cls for cls in TENANT_EVENTS + SUBJECT_EVENTS + EXPORT_EVENTS}
 
 AnyEvent = (
     TenantCreated
@@ -337,6 +369,8 @@ AnyEvent = (
     | ObjectionWithdrawn
     | MarketingActivityRecorded
     | SubjectErased
+    | DataExported
+    | StaffAccountChanged
 )
 
 _decoder: Final = msgspec.json.Decoder(AnyEvent)
