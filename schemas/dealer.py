@@ -44,6 +44,10 @@ class LapseEntry(msgspec.Struct, frozen=True, kw_only=True):
     lapses_on: dt.date
     basis: str | None
     reason_after: str
+    # the requires_* flags of today's decision: what a message sent before lapses_on must do
+    requires_disclosure: bool = False
+    requires_postfilter_check: bool = False
+    requires_objection_offer: bool = False
 
 
 class LapseList(msgspec.Struct, frozen=True, kw_only=True):

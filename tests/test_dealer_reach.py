@@ -193,3 +193,30 @@ async def test_a_row_the_projector_applies_late_still_reaches_the_dashboard(
     after_a = (await cache.counts("garage-a", TODAY)).total(0, "aftersales_service:post")
     fresh = (await ReachCache(pool).counts("garage-a", TODAY)).total(0, "aftersales_service:post")
     assert before > after_b > after_a == fresh
+
+
+async def test_each_lapse_carries_the_requires_flags_the_bulk_check_gives_today(
+    api: TestClient, dealer: Dealer, pool: asyncpg.Pool
+) -> None:
+    """A re-permission mailing from the lapse list must do what each message must do while
+    the subject is still eligible (first-letter disclosure, Postfilter check, objection
+    offer): the list carries today's decision's requires_* flags, equal to the bulk check's."""
+    refs = await _population(pool, 120)
+    r = await api.get(f"{T}/reach/lapses?days=366", headers=dealer.auth("staff"))
+    assert r.status == 200, await r.text()
+    lapses = (await r.json())["lapses"]
+    assert lapses
+    flags = ("requires_disclosure", "requires_postfilter_check", "requires_objection_offer")
+    by_cell: dict[tuple[str, str], list[dict]] = {}
+    for x in lapses:
+        by_cell.setdefault((x["category"], x["channel"]), []).append(x)
+    for (category, channel), entries in by_cell.items():
+        body = {"category": category, "channel": channel, "send_date": TODAY.isoformat(),
+                "subjects": [{"source": x["source"], "customer_ref": x["customer_ref"]} for x in entries]}
+        r = await api.post(f"{T}/eligibility:check", json=body, headers=dealer.auth("sender"))
+        checked = {(s["source"], s["customer_ref"]): s for s in (await r.json())["results"]}
+        for x in entries:
+            answer = checked[(x["source"], x["customer_ref"])]
+            assert answer["eligible"] and all(x[f] == answer[f] for f in flags), (x, answer)
+    assert any(x[f] for x in lapses for f in flags)  # the flags are not all false by construction
+    assert refs

@@ -235,8 +235,10 @@ async def customer_contact(request: web.Request, staff: Staff, events: list[Any]
 
 # -- recorded exports with contact details ---------------------------------------------------
 
-LAPSE_COLUMNS: Final = ("customer_ref", "source", "category", "channel", "lapses_on", "basis", "name", "email",
-                        "phone", "street", "postcode", "city", "country")
+LAPSE_REQUIRES: Final = ("requires_disclosure", "requires_postfilter_check", "requires_objection_offer")
+LAPSE_CONTACT: Final = ("name", "email", "phone", "street", "postcode", "city", "country")
+LAPSE_COLUMNS: Final = ("customer_ref", "source", "category", "channel", "lapses_on", "basis", *LAPSE_REQUIRES,
+                        *LAPSE_CONTACT)
 
 
 async def record_export(request: web.Request, staff: Staff, event: Any) -> None:
@@ -282,7 +284,8 @@ async def lapse_csv(request: web.Request, staff: Staff, form: dict[str, str]) ->
     for x in lapses:
         contact = contacts.get((x.source, x.customer_ref))
         writer.writerow([x.customer_ref, x.source, x.category, x.channel, x.lapses_on.isoformat(), x.basis or "",
-                         *_cells(contact, LAPSE_COLUMNS[6:])])
+                         *("true" if getattr(x, f) else "false" for f in LAPSE_REQUIRES),
+                         *_cells(contact, LAPSE_CONTACT)])
     await record_export(request, staff, DataExported(export="lapse_list", rows=len(lapses), category=query.category,
                                                      channel=query.channel, days=query.days))
     return csv_download(out.getvalue(), f"vervallend-{staff.tenant.tenant_id}-{on.isoformat()}.csv")

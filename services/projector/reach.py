@@ -125,6 +125,11 @@ class Lapse(msgspec.Struct, frozen=True, kw_only=True):
     lapses_on: dt.date
     basis: str | None
     reason_after: str
+    # What each message sent while it is still eligible must do: the ``requires_*`` flags
+    # of the decision on ``on`` (consent/eligibility.py Decision).
+    requires_disclosure: bool = False
+    requires_postfilter_check: bool = False
+    requires_objection_offer: bool = False
 
 
 class _TenantCache:
@@ -244,7 +249,10 @@ class ReachCache:
                     if not current[k].eligible:
                         c, h = k.split(":")
                         out.append(Lapse(source=source, customer_ref=ref, category=c, channel=h, lapses_on=day,
-                                         basis=now[k].basis, reason_after=current[k].reason))
+                                         basis=now[k].basis, reason_after=current[k].reason,
+                                         requires_disclosure=now[k].requires_disclosure,
+                                         requires_postfilter_check=now[k].requires_postfilter_check,
+                                         requires_objection_offer=now[k].requires_objection_offer))
                         open_cells.discard(k)
         out.sort(key=lambda x: (x.lapses_on, x.source, x.customer_ref, CATEGORIES.index(x.category),  # type: ignore[arg-type]
                                 CHANNELS.index(x.channel)))  # type: ignore[arg-type]

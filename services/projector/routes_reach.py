@@ -103,8 +103,9 @@ def parse_choice(raw: str | None, allowed: tuple[str, ...], field: str) -> str |
                    ("on", "string", False, "YYYY-MM-DD; default today")))
 async def lapses(call: Call) -> web.Response:
     """Who may get a message in a cell today and no longer within ``days`` days (a term
-    ends, a dated legal rule starts), per cell with the day it lapses and the basis it loses: the
-    list for a re-permission campaign. Without contact data; the AVG Beheer page downloads it with contact data
+    ends, a dated legal rule starts), per cell with the day it lapses, the basis it loses
+    and the ``requires_*`` flags of today's decision: the list for a re-permission
+    campaign. Without contact data; the AVG Beheer page downloads it with contact data
     (admins, recorded)."""
     tenant = call.param("tenant")
     q = call.request.query
@@ -117,6 +118,9 @@ async def lapses(call: Call) -> web.Response:
     except TenantNotProjected:
         raise await _not_projected(call, tenant) from None
     entries = [LapseEntry(source=x.source, customer_ref=x.customer_ref, category=x.category, channel=x.channel,
-                          lapses_on=x.lapses_on, basis=x.basis, reason_after=x.reason_after) for x in found]
+                          lapses_on=x.lapses_on, basis=x.basis, reason_after=x.reason_after,
+                          requires_disclosure=x.requires_disclosure,
+                          requires_postfilter_check=x.requires_postfilter_check,
+                          requires_objection_offer=x.requires_objection_offer) for x in found]
     return json_response(LapseList(tenant_id=tenant, on=on, until=on + dt.timedelta(days=days), days=days,
                                    count=len(entries), lapses=entries))
