@@ -146,3 +146,58 @@ async def test_bad_cursors_limits_and_formats_get_a_422_naming_the_field(
     code, _, err = await cli(db_url, "export-changes", "--tenant", "nobody", "--out", str(tmp_path / "x.csv"),
                              cwd=tmp_path)
     assert code == 2 and "does not exist" in err
+
+
+async def test_the_cursor_is_a_position_in_the_tenants_own_log_partition_and_dated_changes_keep_their_day(
+    aiohttp_client, settings: Settings, operator_key: str, pool: asyncpg.Pool, tmp_path: Path
+) -> None:
+    """The ledger is split into log partitions and a tenant's positions only order its own
+    partition: another tenant's busy partition neither shows up in nor moves this tenant's
+    cursor, and a cursor beyond this tenant's partition head is refused even if another
+    partition has reached it. A dated opt-out carries its given_on to the DMS, and the CSV
+    imports back as a no-op."""
+    import datetime as dt
+
+    import msgspec
+
+    from services.ledger.api.app import create_app
+    from services.ledger.partitions import partition_of
+    from tests.conftest import make_dealer
+
+    (tmp_path / "maps").mkdir()
+    (tmp_path / "maps" / "dms.toml").write_text(MAPPING)
+    api = await aiohttp_client(create_app(msgspec.structs.replace(settings, import_mappings_dir=str(tmp_path / "maps"))))
+    dealer = await make_dealer(api, operator_key, "garage-a")
+    other = await make_dealer(api, operator_key, "garage-b")
+    store = EventStore(pool)
+    assert await store.partition_of("garage-a") != await store.partition_of("garage-b") == partition_of(
+        "garage-b", await store.partitions())
+    for d, refs in ((dealer, ("K1",)), (other, tuple(f"B{i}" for i in range(8)))):
+        for ref in refs:
+            r = await api.post(f"/v1/tenants/{d.tenant_id}/subjects/dealer/{ref}/invoices", headers=d.auth("importer"),
+                               json={"invoice_id": f"F-{ref}", "invoice_date": "2026-01-05"})
+            assert r.status == 201, await r.text()
+            r = await api.post(f"/v1/tenants/{d.tenant_id}/subjects/dealer/{ref}/preferences", headers=d.auth("staff"),
+                               json={"changes": [{"category": "newsletter", "channel": "email", "value": "opt_out"}]})
+            assert r.status in (200, 201), await r.text()
+    given = dt.date.today() - dt.timedelta(days=3)
+    r = await api.post(f"{T}/subjects/dealer/K1/preferences", headers=dealer.auth("staff"),
+                       json={"changes": [{"category": "sales_campaign", "channel": "post", "value": "opt_out"}],
+                             "given_on": given.isoformat(), "evidence_ref": "form-3"})
+    assert r.status in (200, 201), await r.text()
+
+    page = await (await api.get(f"{T}/changes", headers=dealer.auth("admin"))).json()
+    assert {c["customer_ref"] for c in page["changes"]} == {"K1"}  # never garage-b's
+    assert page["next_cursor"] == await store.tenant_head("garage-a") < await store.tenant_head("garage-b")
+    assert [c["given_on"] for c in page["changes"]] == [None, given.isoformat()]
+    r = await api.get(f"{T}/changes", params={"after": str(await store.tenant_head("garage-b"))},
+                      headers=dealer.auth("admin"))
+    assert r.status == 422 and (await r.json())["error"] == "unknown_cursor"
+
+    r = await api.get(f"{T}/changes", params={"format": "csv", "mapping": "dms"}, headers=dealer.auth("importer"))
+    text = await r.text()
+    rows = list(csv.DictReader(io.StringIO(text), delimiter=";"))
+    assert [x["given_on"] for x in rows] == ["", given.isoformat()]
+    events_before = await pool.fetchval("SELECT count(*) FROM ledger.events")
+    again = await _import(api, dealer, text)
+    assert again["ok"] and await pool.fetchval("SELECT count(*) FROM ledger.events") == events_before, again

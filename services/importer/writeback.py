@@ -4,7 +4,8 @@ exchange runs both ways.
 
 A preference row has the columns the import reads (``customer_ref``, ``category``,
 ``channel``, ``value``, named and worded as the dealer's mapping says), so the DMS can
-take it in with the same mapping it exports with; importing the file into the ledger again
+take it in with the same mapping it exports with (``given_on``, in ISO form, is the day
+the customer gave a dated setting; empty when it counts from when it was recorded); importing the file into the ledger again
 changes nothing (each value equals the current preference). Objection and erasure rows
 leave the cell columns empty and say what happened in the ``change`` column, which the
 import skips. After them: ``source``, ``recorded_at``, ``method``, ``actor``,
@@ -38,7 +39,8 @@ def _column(mapping: Mapping, field: str) -> str:
 
 
 def csv_header(mapping: Mapping) -> list[str]:
-    return [_column(mapping, f) for f in ("customer_ref", "category", "channel", "value", "change")] + list(
+    return [_column(mapping, f) for f in ("customer_ref", "category", "channel", "value", "given_on",
+                                                   "change")] + list(
         EXTRA_COLUMNS[1:])
 
 
@@ -57,6 +59,7 @@ def changes_csv(page: ChangesPage, mapping: Mapping, *, header: bool = True) -> 
                     values.get(c.value, c.value)]
         else:
             cell = ["", "", ""]
-        writer.writerow([c.customer_ref, *cell, c.change, c.source, c.recorded_at.isoformat(), c.method,
+        given = c.given_on.isoformat() if c.given_on else ""
+        writer.writerow([c.customer_ref, *cell, given, c.change, c.source, c.recorded_at.isoformat(), c.method,
                          c.actor_kind, c.position])
     return out.getvalue()

@@ -44,6 +44,7 @@ class Change(msgspec.Struct, frozen=True, kw_only=True):
     category: str | None = None
     channel: str | None = None
     value: str | None = None
+    given_on: dt.date | None = None  # the day the customer gave it, if recorded as earlier (issue 16)
     method: str
     actor_kind: str
 
@@ -100,7 +101,8 @@ async def changes_since(pool: asyncpg.Pool, tenant_id: str, after: int, limit: i
             continue
         base = {"position": recorded.position, "event_id": recorded.event_id, "recorded_at": recorded.recorded_at,
                 "source": parsed[1], "customer_ref": parsed[2], "method": recorded.metadata.method,
-                "actor_kind": recorded.metadata.actor.kind}
+                "actor_kind": recorded.metadata.actor.kind,
+                "given_on": getattr(recorded.event, "given_on", None)}
         event = recorded.event
         if isinstance(event, PreferencesChanged):
             out.extend(Change(change="preference", category=c.category, channel=c.channel, value=c.value, **base)
