@@ -312,12 +312,12 @@ class DataExported(Event, frozen=True):
 
 
 class StaffAccountChanged(Event, frozen=True):
-    """An AVG Beheer account was created, had its password reset, or was disabled or
-    enabled (stream ``users/{tenant}``). The actor is the admin who did it; the account is
+    """An AVG Beheer account was created, had its password reset, was disabled or enabled,
+    or had its login back-off lifted (unlocked) (stream ``users/{tenant}``). The actor is the admin who did it; the account is
     named by its id only (its e-mail address is personal data and stays in portal.users)."""
 
     user_id: Identifier
-    change: Literal["created", "password_reset", "disabled", "enabled"]
+    change: Literal["created", "password_reset", "disabled", "enabled", "unlocked"]
     role: Literal["admin", "staff", "marketing"] | None = None
 
 

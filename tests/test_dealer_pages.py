@@ -172,8 +172,12 @@ async def test_account_changes_made_on_the_users_page_are_in_the_change_log(aioh
                                 data={"csrf_token": csrf_of(await page.text()), "disabled": "1"},
                                 allow_redirects=False)
     assert r.status == 303
+    r = await world.client.post(f"/beheer/garage-a/gebruikers/{user.user_id}/unlock", headers=admin,
+                                data={"csrf_token": csrf_of(await page.text())}, allow_redirects=False)
+    assert r.status == 303
     html = await (await world.client.get("/beheer/garage-a/wijzigingen", headers=admin)).text()
     assert "Account aangemaakt: nieuw@garage-a.example.nl" in html and "Rol: marketing (mailingexport)" in html
     assert "Account uitgeschakeld: nieuw@garage-a.example.nl" in html
-    assert html.index("Account uitgeschakeld") < html.index("Account aangemaakt")
-    assert html.count('data-kind="account"') == 2 and "admin@garage-a.example.nl" in html
+    assert "Inlogwachttijd opgeheven: nieuw@garage-a.example.nl" in html
+    assert html.index("Inlogwachttijd opgeheven") < html.index("Account uitgeschakeld") < html.index("Account aangemaakt")
+    assert html.count('data-kind="account"') == 3 and "admin@garage-a.example.nl" in html

@@ -714,6 +714,7 @@ async def user_unlock(request: web.Request, staff: Staff, form: dict[str, str]) 
     user = await _target_user(request, staff)
     cleared = await request.app[ACCOUNTS].unlock(staff.tenant.tenant_id, user.user_id)
     log.info("user_unlocked", target=user.user_id, addresses=cleared)
+    await _account_changed(request, staff, user.user_id, "unlocked", user.role)
     return _redirect(request, f"/beheer/{staff.tenant.tenant_id}/gebruikers", msg="saved_staff")
 
 
