@@ -134,6 +134,12 @@ SELECT format('REVOKE ALL ON TABLE %s FROM %I', t, :'app_role'),
     -- Per-subject data keys: made on first use, deleted to erase (crypto-shredding); a wrapped
     -- key is never rewritten by the application.
     ('ledger.subject_keys',      'SELECT, INSERT, DELETE'),
+    -- Contact directory and blind search index (services/ledger/directory.py): rows replaced
+    -- as newer contact data arrives, removed with the subject key (ON DELETE CASCADE) or by a
+    -- reindex; the cursor moves on.
+    ('ledger.subject_directory', 'SELECT, INSERT, UPDATE, DELETE'),
+    ('ledger.subject_search',    'SELECT, INSERT, DELETE'),
+    ('ledger.directory_cursor',  'SELECT, INSERT, UPDATE'),
     -- API keys: issued and revoked (revoked_at), never deleted (the audit trail names key ids).
     ('ledger.api_keys',          'SELECT, INSERT, UPDATE'),
     -- Positions of the relay and other followers.
@@ -146,6 +152,7 @@ SELECT format('REVOKE ALL ON TABLE %s FROM %I', t, :'app_role'),
 -- Secrets, even hashed or wrapped, are not for readers.
 SELECT format('REVOKE ALL ON TABLE %s FROM %I', t, :'readonly_role')
   FROM unnest(ARRAY['ledger.subject_keys', 'ledger.api_keys', 'ledger.idempotency',
+                    'ledger.subject_directory', 'ledger.subject_search',
                     'portal.links', 'portal.users', 'portal.sessions', 'mail.outbox', 'mail.addresses']) AS t
  WHERE to_regclass(t) IS NOT NULL \gexec
 

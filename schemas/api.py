@@ -14,11 +14,12 @@ import msgspec
 from schemas.events import ControllerContact, EvidenceRef, Identifier, Method, PreferenceSetting, ShortText, TermCell
 from schemas.vocabulary import CUSTOMER_REF_PATTERN, END_OF_TEXT, SLUG_PATTERN, Category, Channel
 
+PLATE_PATTERN = r"^[A-Za-z0-9](?:[- ]?[A-Za-z0-9]){1,11}" + END_OF_TEXT
 Slug = Annotated[str, msgspec.Meta(pattern=SLUG_PATTERN, description="lower-case letters, digits, _ and -")]
 CustomerRef = Annotated[str, msgspec.Meta(pattern=CUSTOMER_REF_PATTERN)]
 Body = Annotated[str, msgspec.Meta(max_length=100_000)]
 Note = Annotated[str, msgspec.Meta(min_length=1, max_length=1000)]
-Role = Literal["admin", "staff", "auditor", "sender", "importer"]
+Role = Literal["admin", "staff", "auditor", "sender", "importer", "marketing"]
 ExpectedVersion = Annotated[int, msgspec.Meta(ge=0, description="optimistic concurrency: the stream version you last saw (0 = new stream)")]
 
 
@@ -36,7 +37,10 @@ class Contact(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=T
     postcode: Annotated[str, msgspec.Meta(max_length=20)] | None = None
     city: Annotated[str, msgspec.Meta(max_length=100)] | None = None
     country: Annotated[str, msgspec.Meta(max_length=100)] | None = None
-    licence_plate: Annotated[str, msgspec.Meta(max_length=20)] | None = None
+    # kenteken: 2-12 letters and digits, single '-' or ' ' between them ("AB-123-C", "12 ABC 3")
+    licence_plate: Annotated[str, msgspec.Meta(max_length=20, pattern=PLATE_PATTERN)] | None = None
+    vehicle_make: Annotated[str, msgspec.Meta(max_length=60)] | None = None  # merk
+    vehicle_model: Annotated[str, msgspec.Meta(max_length=60)] | None = None  # model
 
 
 # -- tenants ---------------------------------------------------------------------------

@@ -338,34 +338,37 @@ class SubjectErased(Event, frozen=True):
     suppressed: bool = False
 
 
-TENANT_EVENTS: Final = (
-    TenantCreated,
-    DataSourceAdded,
-    ProcessorAgreementSet,
-    ModuleActivationSet,
-    PolicyChapterAdded,
-    PolicyChapterEdited,
-    PolicyChapterActiveSet,
-    PolicyChapterMoved,
-    PolicyChapterDeleted,
-    TermMatrixEdited,
-    RetentionPolicySet,
-    ControllerContactSet,
-    DealerContactSet,
-    ProspectDisclosureSet,
-)
-SUBJECT_EVENTS: Final = (
-    InvoiceRecorded,
-    InvoiceCorrected,
-    ProspectRegistered,
-    PreferencesChanged,
-    ObjectionRecorded,
-    ObjectionWithdrawn,
-    MarketingActivityRecorded,
-    SubjectErased,
-    MailSent,
-    OptInConfirmed,
-)
+# ---------------------------------------------------------------------------------------
+# Exports stream: "exports/{tenant}" (who took personal data out of the system, and what)
+# ---------------------------------------------------------------------------------------
+
+
+class DataExported(Event, frozen=True):
+    """A privileged export of personal data (a lapse list or mailing list with contact
+    details) was made. Who and when are the envelope's actor and recorded_at; this says
+    what: the kind, the selection (category, channel, days or send date, data source) and
+    how many subjects it held. Never the data itself."""
+
+    export: Literal["lapse_list", "mailing_list"]
+    rows: Annotated[int, msgspec.Meta(ge=0)]
+    category: Category | None = None
+    channel: Channel | None = None
+    days: Annotated[int, msgspec.Meta(ge=1, le=366)] | None = None
+    send_date: dt.date | None = None
+    source: str | None = None
+    file_format: Literal["csv", "json"] = "csv"
+
+
+class StaffAccountChanged(Event, frozen=True):
+    """An AVG Beheer account was created, had its password reset, was disabled or enabled,
+    or had its login back-off lifted (unlocked) (stream ``users/{tenant}``). The actor is the admin who did it; the account is
+    named by its id only (its e-mail address is personal data and stays in portal.users)."""
+
+    user_id: Identifier
+    change: Literal["created", "password_reset", "disabled", "enabled", "unlocked"]
+    role: Literal["admin", "staff", "marketing"] | None = None
+
+
 
 AnyEvent = (
     TenantCreated
@@ -392,6 +395,8 @@ AnyEvent = (
     | ProspectDisclosureSet
     | MailSent
     | OptInConfirmed
+    | DataExported
+    | StaffAccountChanged
 )
 
 _decoder: Final = msgspec.json.Decoder(AnyEvent)

@@ -25,6 +25,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "services.audit.cli",
     "services.portal.cli",
     "services.importer.cli",
+    "services.ledger.directory_cli",
     "services.projector.cli",
     "schemas.export",
 )

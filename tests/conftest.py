@@ -138,7 +138,7 @@ async def make_dealer(api: TestClient, operator_key: str, tenant_id: str) -> Dea
     assert r.status == 201, await r.text()
     admin = (await r.json())["admin_key"]["key"]
     keys = {"admin": admin}
-    for role in ("staff", "auditor", "sender", "importer"):
+    for role in ("staff", "auditor", "sender", "importer", "marketing"):
         r = await api.post(f"/v1/tenants/{tenant_id}/api-keys", json={"role": role},
                            headers={"Authorization": f"Bearer {admin}"})
         assert r.status == 201, await r.text()

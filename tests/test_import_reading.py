@@ -132,6 +132,9 @@ async def test_the_example_mapping_imports_the_example_files(pool: asyncpg.Pool,
     (None, None, "06 12 34 56 78 ext. 9", None, None, None, None, None),
     (None, None, "1" * 41, None, None, None, None, None),
     (None, None, None, None, "p" * 21, None, None, "l" * 21),
+    ("Anna", None, None, None, None, None, None, "GH-456-J", "Toyota", "Yaris"),
+    (None, None, None, None, None, None, None, "AB--12"),
+    (None, None, None, None, None, None, None, None, "m" * 61),
 ])
 def test_contact_fields_are_checked_and_encoded_exactly_as_the_ledger_s_contact_type_says(
     contact: tuple[str | None, ...]
@@ -145,6 +148,7 @@ def test_contact_fields_are_checked_and_encoded_exactly_as_the_ledger_s_contact_
     from services.importer.rows import RowParser
 
     parser = RowParser("invoices", DEFAULT_MAPPING, today_=dt.date(2025, 1, 1))
+    contact = contact + (None,) * (len(CONTACT_FIELDS) - len(contact))  # cases written before merk/model
     values = ("K1", "F1", "01-01-2024", *contact)
     found = {f: v.strip() for f, v in zip(CONTACT_FIELDS, contact) if v is not None and v.strip()}
     try:

@@ -123,7 +123,7 @@ async def live_ledger(db_url: str) -> AsyncIterator[LiveLedger]:
                                  headers={"Authorization": f"Bearer {operator}"}) as r:
                 assert r.status == 201, await r.text()
                 keys["admin"] = (await r.json())["admin_key"]["key"]
-            for role in ("staff", "auditor", "sender", "importer"):
+            for role in ("staff", "auditor", "sender", "importer", "marketing"):
                 async with http.post("/v1/tenants/garage-a/api-keys", json={"role": role},
                                      headers={"Authorization": f"Bearer {keys['admin']}"}) as r:
                     assert r.status == 201, await r.text()

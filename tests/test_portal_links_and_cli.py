@@ -179,6 +179,8 @@ async def test_the_cli_creates_the_first_admin_with_a_password_from_stdin(pool, 
     assert "een lang geheim wachtwoord" not in done.stdout + done.stderr
     outcome, user = await Accounts(pool).login("garage-a", "eigenaar@garage-a.nl", "een lang geheim wachtwoord")
     assert outcome == "ok" and user is not None and user.role == "admin"
+    recorded = await pool.fetch("SELECT event_type, metadata FROM ledger.events WHERE stream_id = 'users/garage-a'")
+    assert [r["event_type"] for r in recorded] == ["StaffAccountChanged"]  # in the change log (issue 15)
 
     too_short = _cli(["portal", "create-user", "--tenant", "garage-a", "--email", "b@garage-a.nl"], db_url, "kort\n")
     assert too_short.returncode != 0 and "at least 12 characters" in too_short.stderr

@@ -201,6 +201,8 @@ async def test_the_cli_unlocks_an_account(world: World, db_url: str, settings) -
     assert done.returncode == 0, done.stderr
     assert "1 address(es) cleared" in done.stdout
     assert (await world.accounts.login("garage-a", admin_email, PASSWORD, client="198.51.100.30"))[0] == "ok"
+    recorded = await world.ledger.store.read_stream("users/garage-a")  # in the change log (docs/dealer.md)
+    assert [(e.event.change, e.metadata.actor.id) for e in recorded][-1:] == [("unlocked", "cli")]  # type: ignore[attr-defined]
     unknown = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "services.cli", "portal", "unlock",
                                                        "--tenant", "garage-a", "--email", UNKNOWN],
                                       capture_output=True, text=True, cwd=REPO, env=env)

@@ -461,7 +461,7 @@ async def test_every_post_route_refuses_a_request_without_its_csrf_token(world: 
         r = await world.client.post(path, data=data, headers=cookie, allow_redirects=False)
         assert r.status == 403, (path, r.status)
         posted.append(path)
-    assert len(posted) == 25 and "/logout" in posted and "/login" in posted  # + the users page's unlock
+    assert len(posted) == 27 and "/logout" in posted and "/login" in posted  # unlock; e-mail (issue 14); lapse CSV, mailing (issue 15)
     assert await world.ledger.store.stream_version(tenant_stream("garage-a")) == tenant_before
     assert await world.ledger.store.stream_version(subject_stream("garage-a", "dealer", "K1")) == subject_before
     assert (await world.client.get("/beheer/garage-a", headers=cookie)).status == 200  # logout did not happen

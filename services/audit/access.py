@@ -24,7 +24,8 @@ from services.audit.asof import AsOfView, explain_as_of
 from services.audit.loading import REDACTED, Reveal, TenantRecord
 from services.audit.receipts import DEFAULT_PUBLIC_BASE, ConsentReceipt, receipts_from
 
-CONTACT_FIELDS: Final = ("name", "email", "phone", "street", "postcode", "city", "country", "licence_plate")
+CONTACT_FIELDS: Final = ("name", "email", "phone", "street", "postcode", "city", "country", "licence_plate",
+                                 "vehicle_make", "vehicle_model")
 
 
 class ExportedEvent(msgspec.Struct, frozen=True, kw_only=True):

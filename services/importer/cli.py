@@ -55,6 +55,21 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="progress bar (default: on a terminal, for files over a few thousand rows)")
     p.set_defaults(func=cmd_import)
 
+    p = sub.add_parser("export-changes", help="write-back: preference changes, objections and erasures since a cursor",
+                       description="Write every preference change, objection and erasure recorded since the cursor"
+                                   " as CSV in the import mapping's columns (or JSON), for the DMS. With"
+                                   " --cursor-file the cursor is read from it and, once the output file is complete,"
+                                   " the new cursor is written to it: run it every night and nothing is missed or"
+                                   " given twice; a run that stops is simply run again.")
+    p.add_argument("--tenant", required=True)
+    p.add_argument("--source", help="only this data source (an import file is per source)")
+    p.add_argument("--after", type=int, help="the cursor to start after (default: the cursor file's, else 0)")
+    p.add_argument("--cursor-file", type=Path, help="where the cursor is kept between runs")
+    p.add_argument("--mapping", type=Path, help="TOML mapping: the DMS's column names and words (CSV)")
+    p.add_argument("--format", choices=("csv", "json"), default="csv")
+    p.add_argument("--out", type=Path, required=True, help="the file to write (replaced only when complete)")
+    p.set_defaults(func=cmd_export_changes)
+
     p = sub.add_parser("portal-links", help="portal links for mailings")
     psub = p.add_subparsers(dest="portal_links_command", required=True)
     e = psub.add_parser("export", help="issue personal portal links for a list of customers and write them as CSV",
@@ -236,6 +251,87 @@ class _progress:
     def __exit__(self, *exc: object) -> None:
         if self.bar is not None:
             self.bar.stop()
+
+
+# -- write-back ---------------------------------------------------------------------------
+
+
+def cmd_export_changes(args: argparse.Namespace) -> int:
+    import os
+
+    from services.importer.writeback import changes_csv
+    from services.ledger.changes import ChangesPage, UnknownCursor, changes_since
+    from services.ledger.store import EventStore
+
+    def refuse(message: str) -> int:
+        print(f"consent-ledger export-changes: {message}", file=sys.stderr)
+        return EXIT_REFUSED
+
+    if not is_slug(args.tenant):
+        return refuse(f"--tenant {args.tenant!r}: lower-case letters, digits, _ and - (max 40)")
+    if args.source is not None and not is_slug(args.source):
+        return refuse(f"--source {args.source!r}: lower-case letters, digits, _ and - (max 40)")
+    after = args.after
+    if after is None and args.cursor_file is not None and args.cursor_file.exists():
+        text = args.cursor_file.read_text().strip()
+        if not (text.isascii() and text.isdigit()):
+            return refuse(f"--cursor-file {args.cursor_file}: {text[:40]!r} is not a cursor")
+        after = int(text)
+    after = after or 0
+    if after < 0:
+        return refuse("--after: a cursor is 0 or more")
+    try:
+        mapping = load_mapping(args.mapping) if args.mapping else DEFAULT_MAPPING
+    except MappingError as exc:
+        return refuse(f"--mapping: {exc}")
+    settings = from_env()
+    if not settings.database_url:
+        return refuse("LEDGER_DATABASE_URL is not set")
+
+    async def run() -> tuple[int, int, int]:
+        pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=2)
+        assert pool is not None
+        try:
+            if await EventStore(pool).stream_version(f"tenant/{args.tenant}") == 0:
+                raise ImportRefused(f"--tenant {args.tenant!r} does not exist", field="tenant", status=2)
+            tmp = args.out.with_name(args.out.name + ".partial")
+            cursor, rows, first = after, 0, True
+            with open(tmp, "w", encoding="utf-8", newline="") as out:
+                pages: list[ChangesPage] = []
+                while True:
+                    page = await changes_since(pool, args.tenant, cursor, 5000, source=args.source)
+                    rows += len(page.changes)
+                    if args.format == "csv":
+                        out.write(changes_csv(page, mapping, header=first))
+                    else:
+                        pages.append(page)
+                    first = False
+                    cursor = page.next_cursor
+                    if not page.has_more:
+                        break
+                if args.format == "json":
+                    out.write(msgspec.json.encode(ChangesPage(
+                        tenant_id=args.tenant, after=after, next_cursor=cursor, has_more=False,
+                        changes=[c for p in pages for c in p.changes])).decode() + "\n")
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, args.out)  # the file is there whole, or not at all
+            if args.cursor_file is not None:  # only after the file is complete: a crash repeats, never skips
+                ctmp = args.cursor_file.with_name(args.cursor_file.name + ".partial")
+                ctmp.write_text(f"{cursor}\n")
+                os.replace(ctmp, args.cursor_file)
+            return after, cursor, rows
+        finally:
+            await pool.close()
+
+    try:
+        start, cursor, rows = asyncio.run(run())
+    except UnknownCursor:
+        return refuse(f"cursor {after} was not given by this ledger (it is past its end)")
+    except ImportRefused as exc:
+        return refuse(str(exc))
+    print(f"{args.out}: {rows} changes after cursor {start}; next cursor {cursor}")
+    return EXIT_OK
 
 
 # -- portal links ------------------------------------------------------------------------

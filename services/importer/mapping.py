@@ -24,7 +24,8 @@ from schemas.vocabulary import CATEGORIES, CHANNELS
 Kind = Literal["invoices", "prospects", "preferences"]
 KINDS: Final[tuple[Kind, ...]] = ("invoices", "prospects", "preferences")
 
-CONTACT_FIELDS: Final = ("name", "email", "phone", "street", "postcode", "city", "country", "licence_plate")
+CONTACT_FIELDS: Final = ("name", "email", "phone", "street", "postcode", "city", "country", "licence_plate",
+                                "vehicle_make", "vehicle_model")
 REQUIRED: Final[dict[str, tuple[str, ...]]] = {
     "invoices": ("customer_ref", "invoice_id", "invoice_date"),
     "prospects": ("customer_ref", "acquired_on", "how"),
@@ -35,7 +36,10 @@ OPTIONAL: Final[dict[str, tuple[str, ...]]] = {
     "prospects": CONTACT_FIELDS,
     # The day the customer gave the setting (a signed form), if earlier than the import:
     # an opt-out then counts from that day (docs/rules.md, "Dated preferences").
-    "preferences": ("given_on",),
+    # "change": the write-back export's column (services/importer/writeback.py); a row whose
+    # change is not "preference" (an objection, an erasure) is for the DMS, and is skipped
+    # when the export is imported again
+    "preferences": ("given_on", "change"),
 }
 
 # What a preference value may map to; "ignore" skips the row (counted, not rejected).

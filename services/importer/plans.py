@@ -606,6 +606,9 @@ class PreferencePlanner(Planner):
         for row in rows:
             assert isinstance(row, PreferenceRow)
             stream = stream_of(row.customer_ref)
+            if row.value == "ignore" and not row.category:  # a write-back row (objection, erasure): the DMS's
+                counts.ignored += 1
+                continue
             if stream in erased:
                 rejections.append(self.erased(row.line))
                 continue

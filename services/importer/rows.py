@@ -52,10 +52,11 @@ _CONTACT_RULES: Final = _contact_rules()
 _CONTACT_PROBLEMS: Final[dict[str, str]] = {
     "email": "not an e-mail address (name@domain, at most 254 characters)",
     "phone": "not a phone number (3-40 digits, spaces, +, (, ) and -)",
+    "licence_plate": "not a licence plate (2-12 letters and digits, single '-' or spaces between them)",
 }
 _CONTACT_MAX: Final[dict[str, int]] = {
     "name": 200, "email": 254, "phone": 40, "street": 200, "postcode": 20, "city": 100, "country": 100,
-    "licence_plate": 20,
+    "licence_plate": 20, "vehicle_make": 60, "vehicle_model": 60,
 }
 
 
@@ -228,6 +229,15 @@ class RowParser:
 
     def _preferences(self, line: int, values: Values) -> PreferenceRow:
         ref = self._ref(values[0])
+        # values: customer_ref, category, channel, value, then OPTIONAL["preferences"]:
+        # given_on (4), change (5)
+        change = values[5].strip() if len(values) > 5 and values[5] is not None else ""
+        if change and change != "preference":  # a write-back row without a cell: nothing to import
+            if change not in ("objection", "objection_withdrawn", "erasure"):
+                raise RowProblem(self._columns["change"],
+                                 f"{change[:40]!r} is not a change (preference, objection, objection_withdrawn,"
+                                 " erasure)")
+            return PreferenceRow(line, ref, "", "", "ignore")
         category = self._word("category", values[1], self._categories)
         channel = self._word("channel", values[2], self._channels)
         raw = values[3].strip() if values[3] is not None else ""

@@ -21,9 +21,10 @@ from schemas.events import Actor
 from services.ledger.store import translate_errors
 
 PREFIX: Final = "clk_"
-ROLES: Final = ("operator", "admin", "staff", "auditor", "sender", "importer")
+ROLES: Final = ("operator", "admin", "staff", "auditor", "sender", "importer", "marketing")
 _ACTOR_KIND: Final = {
     "operator": "operator", "admin": "staff", "staff": "staff", "auditor": "api", "sender": "api", "importer": "importer",
+    "marketing": "api",
 }
 
 

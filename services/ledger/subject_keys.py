@@ -182,6 +182,10 @@ class SubjectKeys:
             return SubjectOpener(stream_id, None, None)
         return SubjectOpener(stream_id, row["key_id"], self._unwrap(bytes(row["wrapped_key"]), stream_id))
 
+    def opener_for(self, stream_id: str, key_id: str, wrapped_key: bytes) -> SubjectOpener:
+        """An opener from a key row the caller read itself (many subjects in one query)."""
+        return SubjectOpener(stream_id, key_id, self._unwrap(wrapped_key, stream_id))
+
     async def shred(self, conn: asyncpg.Connection, stream_id: str) -> bool:
         """Delete the subject's key (inside the caller's transaction)."""
         with translate_errors():

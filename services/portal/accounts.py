@@ -35,8 +35,8 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 from consent.text import control_character_problem
 from services.ledger.store import translate_errors
 
-Role = Literal["admin", "staff"]
-ROLES: Final[tuple[Role, ...]] = ("admin", "staff")
+Role = Literal["admin", "staff", "marketing"]  # marketing: staff pages plus the mailing export (issue 15)
+ROLES: Final[tuple[Role, ...]] = ("admin", "staff", "marketing")
 MAX_FAILED_LOGINS: Final = 5
 BACKOFF_FIRST: Final = dt.timedelta(seconds=15)
 BACKOFF_MAX: Final = dt.timedelta(minutes=15)

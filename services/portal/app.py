@@ -271,13 +271,14 @@ def create_portal_app(settings: Settings, *, password_hasher: PasswordHasher | N
     app[LINK_REQUESTS] = RateLimiter(1, 3)
     app[PUBLIC_ORIGIN] = origin_of(settings.portal_base_url)
     app[TRUSTED_PROXIES] = frozenset(p.strip() for p in settings.portal_trusted_proxies.split(",") if p.strip())
-    from services.portal import routes_customer, routes_mail, routes_staff
+    from services.portal import routes_customer, routes_dealer, routes_mail, routes_staff
 
     app.router.add_get("/healthz", healthz)
     app.router.add_static("/static/", path=str(_static_dir()), name="static", append_version=False)
     routes_customer.add_routes(app)
     routes_staff.add_routes(app)
     routes_mail.add_routes(app)
+    routes_dealer.add_routes(app)  # reach, lapse list, search, change log
     app.cleanup_ctx.append(_database)
     return app
 

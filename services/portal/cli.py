@@ -33,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = psub.add_parser("create-user", help="create a user account for a tenant (password from prompt or stdin)")
     p.add_argument("--tenant", required=True)
     p.add_argument("--email", required=True)
-    p.add_argument("--role", choices=("admin", "staff"), default="admin")
+    p.add_argument("--role", choices=("admin", "staff", "marketing"), default="admin")
     p.set_defaults(func=cmd_create_user)
     p = psub.add_parser("unlock", help="lift the login back-off of a user account, for every address")
     p.add_argument("--tenant", required=True)
@@ -110,9 +110,27 @@ async def create_user(url: str, tenant: str, email: str, role: str, password: st
         if await EventStore(pool).stream_version(f"tenant/{tenant}") == 0:
             raise SystemExit(f"consent-ledger: tenant {tenant!r} does not exist")
         user = await Accounts(pool).create(tenant, email, role, password, created_by="cli")
+        await _record_account_change(pool, tenant, user.user_id, "created", role)
         return user.user_id
     finally:
         await pool.close()
+
+
+async def _record_account_change(pool: asyncpg.Pool, tenant: str, user_id: str, change: str, role: str) -> None:
+    """The account change in the tenant's change log (StaffAccountChanged on users/{tenant})."""
+    from schemas.events import Actor, Metadata, StaffAccountChanged
+    from services.ledger.store import AppendRequest, EventStore, StreamWrite
+    from services.portal.changelog import users_stream
+
+    store = EventStore(pool)
+    await store.start()
+    try:
+        await store.append(AppendRequest(
+            tenant_id=tenant, metadata=Metadata(actor=Actor(kind="operator", id="cli"), method="system"),
+            writes=[StreamWrite(users_stream(tenant), [StaffAccountChanged(
+                user_id=user_id, change=change, role=role)])]))  # type: ignore[arg-type]
+    finally:
+        await store.stop()
 
 
 def cmd_create_user(args: argparse.Namespace) -> int:
@@ -146,7 +164,11 @@ def cmd_unlock(args: argparse.Namespace) -> int:
             accounts = Accounts(pool)
             user = next((u for u in await accounts.list_users(args.tenant)
                          if u.email.lower() == args.email.strip().lower()), None)
-            return None if user is None else await accounts.unlock(args.tenant, user.user_id)
+            if user is None:
+                return None
+            cleared = await accounts.unlock(args.tenant, user.user_id)
+            await _record_account_change(pool, args.tenant, user.user_id, "unlocked", user.role)
+            return cleared
         finally:
             await pool.close()
 

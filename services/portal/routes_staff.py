@@ -560,8 +560,10 @@ async def customer_search(request: web.Request, staff: Staff, form: dict[str, st
             if events:
                 return _redirect(request, f"/beheer/{staff.tenant.tenant_id}/klanten/{source}/{ref}")
         error = request[MESSAGES]("customer_not_found")
+    from services.portal.routes_dealer import DealerWords  # the search form's words (issue 15)
+
     return staff_render(request, staff, "customers.html", nav="customers", status=404 if error else 200,
-                        error=error, source=source or "dealer", ref=ref)
+                        error=error, source=source or "dealer", ref=ref, d=DealerWords(request[MESSAGES]))
 
 
 async def _subject(request: web.Request, staff: Staff) -> tuple[str, str, PortalView, list[RecordedEvent]]:
@@ -615,11 +617,14 @@ async def _customer(request: web.Request, staff: Staff, *, status: int = 200, er
                     issued_url: str | None = None, form: dict[str, str] | None = None) -> web.Response:
     source, ref, view, events = await _subject(request, staff)
     links = request.app[LINKS]
+    from services.portal.routes_dealer import DealerWords, customer_contact  # name and vehicle (issue 15)
+
     return staff_render(
         request, staff, "customer.html", nav="customers", status=status, view=view, source=source, ref=ref,
         live_link=await links.live(staff.tenant.tenant_id, source, ref), issued_url=issued_url,
         history=await _history(request, staff, events), error=error, form=form or {},
         methods=ON_BEHALF_METHODS, subject_base=f"/beheer/{staff.tenant.tenant_id}/klanten/{source}/{ref}",
+        contact=await customer_contact(request, staff, events), d=DealerWords(request[MESSAGES]),
     )
 
 
@@ -751,6 +756,7 @@ async def user_create(request: web.Request, staff: Staff, form: dict[str, str]) 
         return await _users(request, staff, status=422, error=t(exc.message_key),
                             values={"email": form.get("email", ""), "role": form.get("role", "")})
     log.info("user_created", new_user=user.user_id, role=user.role)
+    await _account_changed(request, staff, user.user_id, "created", user.role)
     return await _users(request, staff, shown_password=(user.email, password))
 
 
@@ -767,6 +773,7 @@ async def user_reset(request: web.Request, staff: Staff, form: dict[str, str]) -
     password = new_password()
     await request.app[ACCOUNTS].reset_password(staff.tenant.tenant_id, user.user_id, password)
     log.info("user_password_reset", target=user.user_id)
+    await _account_changed(request, staff, user.user_id, "password_reset", user.role)
     return await _users(request, staff, shown_password=(user.email, password))
 
 
@@ -780,8 +787,9 @@ async def user_status(request: web.Request, staff: Staff, form: dict[str, str]) 
     except AccountError as exc:
         return await _users(request, staff, status=409, error=request[MESSAGES](exc.message_key))
     log.info("user_status_set", target=user.user_id, disabled=form.get("disabled") == "1")
+    await _account_changed(request, staff, user.user_id, "disabled" if form.get("disabled") == "1" else "enabled",
+                           user.role)
     return _redirect(request, f"/beheer/{staff.tenant.tenant_id}/gebruikers", msg="saved_staff")
-
 
 
 @staff_page(admin=True)
@@ -791,4 +799,12 @@ async def user_unlock(request: web.Request, staff: Staff, form: dict[str, str]) 
     user = await _target_user(request, staff)
     cleared = await request.app[ACCOUNTS].unlock(staff.tenant.tenant_id, user.user_id)
     log.info("user_unlocked", target=user.user_id, addresses=cleared)
+    await _account_changed(request, staff, user.user_id, "unlocked", user.role)
     return _redirect(request, f"/beheer/{staff.tenant.tenant_id}/gebruikers", msg="saved_staff")
+
+
+async def _account_changed(request: web.Request, staff: Staff, user_id: str, change: str, role: str) -> None:
+    """The account change in the ledger, for the change log (issue 15)."""
+    from services.portal.changelog import record_account_change
+
+    await record_account_change(request.app[LEDGER], staff.ctx(), staff.tenant.tenant_id, user_id, change, role)

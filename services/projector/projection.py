@@ -162,6 +162,8 @@ class Projection:
                 delivered[e.version] = e
             elif e.stream_id == tenant_stream(e.tenant_id):
                 tenant_events[e.tenant_id].append(e)
+            elif e.stream_id.startswith(("exports/", "users/")):
+                continue  # exports and account changes (services/portal/changelog.py): no consent facts
             else:
                 log.warning("projector_unknown_stream", stream=e.stream_id, position=e.position)
 

@@ -226,12 +226,16 @@ def _as_response(exc: ApiError) -> web.Response:
 def default_route_sets() -> list[ApiRoutes]:
     from services.audit import routes as routes_audit
     from services.importer import routes as routes_import
-    from services.ledger.api import routes_ops, routes_subjects, routes_tenants
+    from services.importer import routes_changes
+    from services.ledger.api import routes_ops, routes_search, routes_subjects, routes_tenants
     from services.portal import routes_api as routes_portal_links
+    from services.portal import routes_mailing_api
     from services.projector import routes as routes_eligibility
+    from services.projector import routes_reach
 
     return [routes_ops.routes, routes_tenants.routes, routes_subjects.routes, routes_audit.routes,
-            routes_import.routes, routes_eligibility.routes, routes_portal_links.routes]
+            routes_import.routes, routes_eligibility.routes, routes_portal_links.routes, routes_reach.routes,
+            routes_search.routes, routes_changes.routes, routes_mailing_api.routes]
 
 
 def create_app(settings: Settings, route_sets: Sequence[ApiRoutes] | None = None) -> web.Application:
@@ -253,6 +257,12 @@ def create_app(settings: Settings, route_sets: Sequence[ApiRoutes] | None = None
     from services.projector.routes import eligibility_context  # the eligibility checks' tenant cache
 
     app.cleanup_ctx.append(eligibility_context)
+    from services.projector.routes_reach import reach_context  # the dashboard's evaluated read model
+
+    app.cleanup_ctx.append(reach_context)
+    from services.ledger.api.routes_search import directory_context  # contact directory and blind index
+
+    app.cleanup_ctx.append(directory_context)
     if settings.kafka_bootstrap:  # the relay to Kafka runs next to the API (services/ledger/relay.py)
         from services.ledger.relay import relay_context
 

@@ -312,4 +312,25 @@ FIELD_DOCS: Final[dict[str, str]] = {
     "mails": "per subject mailed: its source, customer ref and mail id",
     "skipped": "subjects not mailed, each with why: unknown_subject, subject_erased, no_email_address,"
                " invalid_email_address",
+    # -- the dealer's reach, lapse list, search and write-back (docs/dealer.md) ------------
+    "vehicle_make": "the car's make (merk) from the DMS (personal data, stored encrypted)",
+    "vehicle_model": "the car's model from the DMS (personal data, stored encrypted)",
+    "ReachReport.dates": "the dates counted: the first date (on), +30 and +90 days; each count list follows this order",
+    "ReachReport.total": "category -> channel -> eligible subjects on each of dates, all data sources together",
+    "ReachReport.sources": "the same counts per data source",
+    "LapseList.days": "how many days ahead were looked at (1..366)",
+    "LapseList.count": "how many (subject, cell) entries the list holds",
+    "LapseList.lapses": "per subject and cell that lapses: when, and the basis it loses; by lapse date",
+    "lapses_on": "the first day the subject is no longer eligible for this cell",
+    "reason_after": "the eligibility reason on lapses_on (why it is a no from then on)",
+    "SearchResult.count": "how many subjects matched (at most 50)",
+    "SearchResult.subjects": "the matching subjects with their newest contact data (null when none is readable)",
+    "ChangesPage.after": "the cursor asked with: a position in the tenant's log partition (0: from the start)",
+    "ChangesPage.next_cursor": "the cursor to ask with next (also X-Next-Cursor): the position in the tenant's log"
+                               " partition of the last event read; equal to after when nothing was new",
+    "ChangesPage.has_more": "true when more changes wait past next_cursor (ask again at once)",
+    "ChangesPage.changes": "the changes after the cursor in ledger order; a preference event gives one row per cell",
+    "Change.change": "what happened: preference (a cell's new value), objection, objection_withdrawn or erasure",
+    "Change.actor_kind": "who made the change: subject (the customer), staff, importer, api, operator or system",
+    "Change.position": "the event's position in the tenant's log partition",
 }

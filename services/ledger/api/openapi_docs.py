@@ -36,6 +36,7 @@ ROLE_WORDS: Final[dict[str, str]] = {
     "auditor": "auditors: read-only access to history and proof of consent",
     "sender": "campaign senders (machines that send e-mail, SMS, post, calls)",
     "importer": "the dealer's DMS import (machines)",
+    "marketing": "the dealer's marketing staff or mailing house: the mailing export of a campaign",
     "public": "anyone, without an API key",
 }
 
