@@ -37,6 +37,10 @@ class ReachReport(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class LapseEntry(msgspec.Struct, frozen=True, kw_only=True):
+    """A subject that is eligible for (category, channel) on the list's day and no longer
+    on ``lapses_on`` (the first such day), with the basis it loses and the ``requires_*``
+    flags of that day's decision: what a message sent before ``lapses_on`` must do."""
+
     source: str
     customer_ref: str
     category: str

@@ -17,12 +17,13 @@ from zoneinfo import ZoneInfo
 import msgspec
 from aiohttp import web
 
+from schemas.dealer import LapseEntry
 from schemas.vocabulary import CATEGORIES, CHANNELS
 from services.portal.app import MESSAGES, POOL
 from services.portal.dealer_words import DealerWords
 from services.portal.routes_staff import Staff, staff_page, staff_render
 from services.projector.clock import SystemClock
-from services.projector.reach import HORIZONS, MAX_LAPSE_DAYS, Lapse, ReachCache, TenantNotProjected
+from services.projector.reach import HORIZONS, MAX_LAPSE_DAYS, ReachCache, TenantNotProjected
 
 REACH: Final = web.AppKey("portal_reach", dict)
 """Holds the app's ReachCache under "cache", made on first use (the pool exists only once the
@@ -159,7 +160,7 @@ def lapse_query(request: web.Request, words: DealerWords) -> LapseQuery | str:
     return lapse_query_from(dict(request.query), words)
 
 
-async def find_lapses(request: web.Request, staff: Staff, query: LapseQuery, on: dt.date) -> list[Lapse]:
+async def find_lapses(request: web.Request, staff: Staff, query: LapseQuery, on: dt.date) -> list[LapseEntry]:
     return await reach_cache(request).lapses(staff.tenant.tenant_id, on, query.days, category=query.category,
                                              channel=query.channel)
 

@@ -37,6 +37,7 @@ from consent.eligibility import Decision, eligibility_matrix, evaluate, next_cha
 from consent.subject import SubjectState
 from consent.tenant import TenantState
 from consent.terms import ALL_CELLS, TermMatrix, cell_key
+from schemas.dealer import LapseEntry
 from schemas.vocabulary import CATEGORIES, CHANNELS
 from services.projector.readmodel import decode_state, decode_tenant
 
@@ -45,7 +46,6 @@ log = structlog.get_logger(__name__)
 __all__ = [
     "HORIZONS",
     "MAX_LAPSE_DAYS",
-    "Lapse",
     "ReachCache",
     "ReachCounts",
     "TenantNotProjected",
@@ -114,22 +114,6 @@ class ReachCounts(msgspec.Struct, frozen=True, kw_only=True):
         return sum(per_date[date_index][key] for per_date in self.counts.values())
 
 
-class Lapse(msgspec.Struct, frozen=True, kw_only=True):
-    """A subject that is eligible for (category, channel) on ``on`` and no longer on
-    ``lapses_on`` (the first such day), with the basis it loses."""
-
-    source: str
-    customer_ref: str
-    category: str
-    channel: str
-    lapses_on: dt.date
-    basis: str | None
-    reason_after: str
-    # What each message sent while it is still eligible must do: the ``requires_*`` flags
-    # of the decision on ``on`` (consent/eligibility.py Decision).
-    requires_disclosure: bool = False
-    requires_postfilter_check: bool = False
-    requires_objection_offer: bool = False
 
 
 class _TenantCache:
@@ -219,7 +203,7 @@ class ReachCache:
         return out
 
     async def lapses(self, tenant_id: str, on: dt.date, days: int, *, category: str | None = None,
-                     channel: str | None = None) -> list[Lapse]:
+                     channel: str | None = None) -> list[LapseEntry]:
         """Who is eligible on ``on`` and loses that within ``days`` days (``on`` < lapse day
         <= ``on + days``), per cell, optionally for one category and/or channel. Found by
         walking each candidate's change days with the rule, so any reason for a change (a
@@ -234,7 +218,7 @@ class ReachCache:
         candidates = [key for key, e in cache.entries.items()
                       if e.next_change is not None and e.next_change <= end and e.mask & wanted_mask]
         terms = tenant.terms
-        out: list[Lapse] = []
+        out: list[LapseEntry] = []
         for source, ref, state in await self._states(tenant_id, candidates):
             now = eligibility_matrix(state, terms, on)
             open_cells = {k for k in wanted if now[k].eligible}
@@ -248,7 +232,7 @@ class ReachCache:
                 for k in sorted(open_cells):
                     if not current[k].eligible:
                         c, h = k.split(":")
-                        out.append(Lapse(source=source, customer_ref=ref, category=c, channel=h, lapses_on=day,
+                        out.append(LapseEntry(source=source, customer_ref=ref, category=c, channel=h, lapses_on=day,
                                          basis=now[k].basis, reason_after=current[k].reason,
                                          requires_disclosure=now[k].requires_disclosure,
                                          requires_postfilter_check=now[k].requires_postfilter_check,

@@ -13,7 +13,7 @@ from typing import Final
 from aiohttp import web
 
 from schemas.vocabulary import CATEGORIES, CHANNELS
-from schemas.dealer import LapseEntry, LapseList, ReachReport, ReachSource
+from schemas.dealer import LapseList, ReachReport, ReachSource
 from services.ledger.api.app import POOL, Call
 from services.ledger.api.jsonapi import ApiError, ApiRoutes, json_response
 from services.projector.clock import SystemClock
@@ -117,10 +117,6 @@ async def lapses(call: Call) -> web.Response:
         found = await call.request.app[REACH_CACHE].lapses(tenant, on, days, category=category, channel=channel)
     except TenantNotProjected:
         raise await _not_projected(call, tenant) from None
-    entries = [LapseEntry(source=x.source, customer_ref=x.customer_ref, category=x.category, channel=x.channel,
-                          lapses_on=x.lapses_on, basis=x.basis, reason_after=x.reason_after,
-                          requires_disclosure=x.requires_disclosure,
-                          requires_postfilter_check=x.requires_postfilter_check,
-                          requires_objection_offer=x.requires_objection_offer) for x in found]
+    entries = found  # the cache answers in the API's own type
     return json_response(LapseList(tenant_id=tenant, on=on, until=on + dt.timedelta(days=days), days=days,
                                    count=len(entries), lapses=entries))
