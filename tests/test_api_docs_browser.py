@@ -4,27 +4,16 @@ their descriptions, roles and error ids. Requests to any other origin fail the t
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
 import pytest
 from aiohttp.test_utils import TestClient
-from playwright.async_api import Browser, async_playwright, expect
+from playwright.async_api import Browser, expect
+
+from tests.browser_support import browser  # noqa: F401 (the fixture)
 
 pytestmark = pytest.mark.browser  # `make test PYTEST_ARGS='-m "not browser"'` skips this file
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--no-first-run", "--disable-sync"]
 
 
-@pytest.fixture(scope="module")
-async def browser() -> AsyncIterator[Browser]:
-    assert Path(CHROMIUM).exists(), "chromium is missing: `make test` installs it (apt-get install -y chromium)"
-    async with async_playwright() as p:
-        b = await p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        yield b
-        await b.close()
 
 
 async def test_the_reference_page_renders_every_operation_from_local_assets(api: TestClient,

@@ -10,35 +10,24 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import asyncpg
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Browser, Page, expect
 
 from schemas.vocabulary import subject_stream
 from services.ledger.api_keys import issue_key
 from services.projector.clock import SystemClock
 from services.projector.projection import Projection, apply_until_caught_up
+from tests.browser_support import ARTIFACTS, browser  # noqa: F401 (the fixture)
 from tests.portal_support import OPERATOR, PASSWORD, World, make_world
 
 pytestmark = pytest.mark.browser  # `make test PYTEST_ARGS='-m "not browser"'` skips this file
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--no-first-run", "--disable-sync"]
-ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
 
-@pytest.fixture(scope="module")
-async def browser() -> AsyncIterator[Browser]:
-    assert Path(CHROMIUM).exists(), "chromium is missing: `make test` installs it (apt-get install -y chromium)"
-    async with async_playwright() as p:
-        b = await p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        yield b
-        await b.close()
 
 
 @pytest.fixture

@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import msgspec
 import pytest
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Browser, Page, expect
 
 from consent.subject import fold_subject
 from schemas.vocabulary import subject_stream
@@ -24,20 +23,14 @@ from services.mail.tokens import unsubscribe_url
 from services.portal.app import LINKS, MAIL
 from services.settings import Settings
 from tests.portal_support import OPERATOR, World, make_world
-from tests.test_portal_browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, _contrast_ok
+from tests.browser_support import ARTIFACTS, browser  # noqa: F401 (the fixture)
+from tests.test_portal_browser import _contrast_ok
 
 pytestmark = pytest.mark.browser
 
 K = "garage-a/dealer/K9"
 
 
-@pytest.fixture(scope="module")
-async def browser() -> AsyncIterator[Browser]:
-    assert Path(CHROMIUM).exists(), "chromium is missing: `make test` installs it (apt-get install -y chromium)"
-    async with async_playwright() as p:
-        b = await p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        yield b
-        await b.close()
 
 
 @pytest.fixture
