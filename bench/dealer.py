@@ -49,6 +49,7 @@ from services.ledger.directory import Directory  # noqa: E402
 from services.ledger.migrate import migrate  # noqa: E402
 from services.ledger.store import EventStore  # noqa: E402
 from services.ledger.subject_keys import SubjectKeys, new_master_key, parse_master_key  # noqa: E402
+from services.mail.tokens import AnswerLinks  # noqa: E402
 from services.portal.mailing import mailing_list  # noqa: E402
 from services.projector.clock import SystemClock  # noqa: E402
 from services.projector.reach import ReachCache  # noqa: E402
@@ -190,7 +191,8 @@ async def measure(url: str, n: int, master: str, views: int, searches: int) -> d
         out["search_misses"] = misses
 
         started = time.perf_counter()
-        found_list = await mailing_list(reach, directory, TENANT, "aftersales_service", "post", today)
+        links = AnswerLinks(parse_master_key(master), "http://127.0.0.1:8081")
+        found_list = await mailing_list(reach, directory, links, TENANT, "aftersales_service", "post", today)
         text = found_list.csv()
         out["mailing_s"] = round(time.perf_counter() - started, 2)
         out["mailing_rows"] = len(found_list.rows)

@@ -75,6 +75,15 @@ async def test_a_marketing_key_exports_who_may_get_the_campaign_with_address_and
     assert [(x["customer_ref"], x["email"]) for x in rows] == [("K1", "ann@x.nl"), ("K2", "bob@x.nl"),
                                                                ("K3", "cor@x.nl")]
     assert "street" not in rows[0]  # an e-mail campaign gets no postal address
+    # each row has the subject's one-click unsubscribe link for this category: the same one
+    # the eligibility check answers with, and a POST to it records the opt-out
+    check = await api.post(f"{T}/eligibility:check", headers=dealer.auth("sender"), json={
+        "category": "newsletter", "channel": "email", "send_date": send,
+        "subjects": [{"source": "dealer", "customer_ref": "K2"}]})
+    [answer] = (await check.json())["results"]
+    [k2] = [x for x in rows if x["customer_ref"] == "K2"]
+    assert k2["unsubscribe_url"] == answer["unsubscribe"]["url"] and "/u/garage-a/" in k2["unsubscribe_url"]
+    assert len({x["unsubscribe_url"] for x in rows}) == 3  # one per subject
 
     events = await pool.fetch("SELECT data, metadata FROM ledger.events WHERE stream_id = 'exports/garage-a'"
                               " ORDER BY position")

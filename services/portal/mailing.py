@@ -7,8 +7,10 @@ Who is eligible comes from the projector's read model evaluated with the bulk ch
 call (:meth:`ReachCache.campaign`); contact data from the contact directory
 (:mod:`services.ledger.directory`), decrypted per subject. A subject without the contact
 field its channel needs cannot be reached and is left out (counted in ``missing_contact``).
-Not included: one-click unsubscribe URLs (no function for them on this branch; the
-integrator adds an ``unsubscribe_url`` column once one exists).
+An e-mail list has ``unsubscribe_url``: the subject's signed one-click link for this
+category (RFC 8058; the mail's ``List-Unsubscribe`` header is ``<unsubscribe_url>`` and
+``List-Unsubscribe-Post`` is ``List-Unsubscribe=One-Click``), the same link the eligibility
+answers carry (:mod:`services.mail.tokens`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import msgspec
 
 from consent.eligibility import Decision
 from services.ledger.directory import Directory
+from services.mail.tokens import AnswerLinks
 from services.projector.reach import ReachCache
 
 REQUIRES: Final = tuple(f for f in Decision.__struct_fields__ if f.startswith("requires_"))
@@ -53,13 +56,14 @@ class MailingList(msgspec.Struct, frozen=True, kw_only=True):
         return out.getvalue()
 
 
-async def mailing_list(reach: ReachCache, directory: Directory, tenant_id: str, category: str, channel: str,
-                       send_date: dt.date, *, source: str | None = None) -> MailingList:
+async def mailing_list(reach: ReachCache, directory: Directory, links: AnswerLinks, tenant_id: str, category: str,
+                       channel: str, send_date: dt.date, *, source: str | None = None) -> MailingList:
     eligible = await reach.campaign(tenant_id, category, channel, send_date, source=source)
     contacts = await directory.contacts_of_tenant(tenant_id, [(s, r) for s, r, _ in eligible])
     fields = CONTACT_COLUMNS[channel]
     needed = NEEDED[channel]
-    header = ["customer_ref", "source", *fields, "basis", "until", *REQUIRES]
+    email = channel == "email"
+    header = ["customer_ref", "source", *fields, "basis", "until", *REQUIRES, *(["unsubscribe_url"] if email else [])]
     rows: list[list[str]] = []
     missing = 0
     for src, ref, decision in eligible:
@@ -68,6 +72,9 @@ async def mailing_list(reach: ReachCache, directory: Directory, tenant_id: str, 
         if any(not (getattr(contact, f, None) if contact is not None else None) for f in needed):
             missing += 1
             continue
-        rows.append([ref, src, *values, decision.basis or "", decision.until.isoformat() if decision.until else "",
-                     *("true" if getattr(decision, f) else "false" for f in REQUIRES)])
+        row = [ref, src, *values, decision.basis or "", decision.until.isoformat() if decision.until else "",
+               *("true" if getattr(decision, f) else "false" for f in REQUIRES)]
+        if email:
+            row.append(links.cell(tenant_id, src, ref, category).url)
+        rows.append(row)
     return MailingList(eligible=len(eligible), missing_contact=missing, header=header, rows=rows)

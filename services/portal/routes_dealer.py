@@ -19,6 +19,8 @@ from aiohttp import web
 
 from schemas.dealer import LapseEntry
 from schemas.vocabulary import CATEGORIES, CHANNELS
+from services.ledger.subject_keys import parse_master_key
+from services.mail.tokens import AnswerLinks
 from services.portal.app import MESSAGES, POOL
 from services.portal.dealer_words import DealerWords
 from services.portal.routes_staff import Staff, staff_page, staff_render
@@ -201,6 +203,18 @@ def directory(request: web.Request) -> Any:
     return found
 
 
+def answer_links(request: web.Request) -> AnswerLinks:
+    """The signed one-click unsubscribe links (made once per process, like the API's)."""
+    from services.portal.app import SETTINGS
+
+    holder = request.app[DIRECTORY]
+    found = holder.get("links")
+    if found is None:
+        settings = request.app[SETTINGS]
+        found = holder["links"] = AnswerLinks(parse_master_key(settings.master_key or ""), settings.portal_base_url)
+    return found
+
+
 @staff_page()
 async def search_page(request: web.Request, staff: Staff, form: dict[str, str]) -> web.StreamResponse:
     from services.ledger.api.routes_search import SearchProblem, search_text
@@ -378,8 +392,8 @@ async def mailing_csv(request: web.Request, staff: Staff, form: dict[str, str]) 
         return render_dealer(request, staff, "mailing.html", nav="reach", status=422, error=problem[1],
                              invalid=problem[0], **_mailing_context(values))
     send_date = dt.date.fromisoformat(values["send_date"])
-    found = await mailing_list(reach_cache(request), directory(request), staff.tenant.tenant_id, values["category"],
-                               values["channel"], send_date, source=values["source"] or None)
+    found = await mailing_list(reach_cache(request), directory(request), answer_links(request), staff.tenant.tenant_id,
+                               values["category"], values["channel"], send_date, source=values["source"] or None)
     text = found.csv()
     await record_export(request, staff, DataExported(
         export="mailing_list", rows=len(found.rows), category=values["category"],  # type: ignore[arg-type]

@@ -14,7 +14,7 @@ from services.ledger.store import StreamWrite
 from services.portal.changelog import exports_stream
 from services.portal.mailing import mailing_list
 from services.projector.reach import TenantNotProjected
-from services.projector.routes import _in_range
+from services.projector.routes import ANSWER_LINKS, _in_range
 from services.projector.routes_reach import REACH_CACHE
 
 routes = ApiRoutes(tag="reach")
@@ -38,8 +38,9 @@ async def export_mailing(call: Call) -> web.Response:
     if body.source is not None and body.source not in state.data_sources:
         raise ApiError(422, "unknown_source", f"data source {body.source!r} does not exist", field="$.source")
     try:
-        found = await mailing_list(call.request.app[REACH_CACHE], call.request.app[DIRECTORY], tenant, body.category,
-                                   body.channel, send_date, source=body.source)
+        found = await mailing_list(call.request.app[REACH_CACHE], call.request.app[DIRECTORY],
+                                   call.request.app[ANSWER_LINKS], tenant, body.category, body.channel, send_date,
+                                   source=body.source)
     except TenantNotProjected:
         raise ApiError(503, "not_projected_yet", "the eligibility projector has not seen this tenant yet; retry"
                        " shortly", headers={"Retry-After": "1"}) from None
