@@ -100,12 +100,12 @@ def policy_fragment(env: jinja2.Environment, chapters: Policy) -> Markup:
     return Markup(env.get_template("_policy.html").render(chapters=views))
 
 
-@functools.lru_cache(maxsize=4)
-def choice_options(lang: str) -> dict[str, Markup]:
-    """The three <option>s of a preference select, per current value (pre-rendered: the
-    same for all 20 rows of a page)."""
+@functools.lru_cache(maxsize=8)
+def _options(lang: str, words: str) -> dict[str, Markup]:
+    """The three <option>s of a preference select, per current value, labelled with the
+    message ids ``{words}_default`` etc. (pre-rendered: the same for every row of a page)."""
     t = Messages(lang)  # type: ignore[arg-type]
-    labels = (("default", t("choice_default")), ("opt_in", t("choice_opt_in")), ("opt_out", t("choice_opt_out")))
+    labels = tuple((value, t(f"{words}_{value}")) for value in ("default", "opt_in", "opt_out"))
     return {
         current: Markup("").join(
             Markup('<option value="{}"{}>{}</option>').format(value, Markup(" selected") if value == current else "",
@@ -113,6 +113,11 @@ def choice_options(lang: str) -> dict[str, Markup]:
             for value, label in labels)
         for current in PREFERENCE_VALUES
     }
+
+
+def choice_options(lang: str) -> dict[str, Markup]:
+    """The <option>s of a settings table row (staff pages)."""
+    return _options(lang, "choice")
 
 
 def explain(decision: Decision, subject: SubjectState, category: str, channel: str, on: dt.date, t: Messages) -> str:
@@ -238,18 +243,9 @@ def _settings_row(label: str, eligible: bool, badge: str, why: str, field: str, 
     return row + "</tr>"
 
 
-@functools.lru_cache(maxsize=4)
 def grid_options(lang: str) -> dict[str, Markup]:
-    """The <option>s of a grid select per current value (rendered once per language)."""
-    t = Messages(lang)  # type: ignore[arg-type]
-    labels = (("default", t("pchoice_default")), ("opt_in", t("pchoice_opt_in")), ("opt_out", t("pchoice_opt_out")))
-    return {
-        current: Markup("").join(
-            Markup('<option value="{}"{}>{}</option>').format(value, Markup(" selected") if value == current else "",
-                                                               label)
-            for value, label in labels)
-        for current in PREFERENCE_VALUES
-    }
+    """The <option>s of a customer's settings grid (short labels)."""
+    return _options(lang, "pchoice")
 
 
 def settings_grid(view: PortalView, t: Messages, *, editable: bool, idprefix: str = "") -> Markup:
