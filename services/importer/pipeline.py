@@ -365,5 +365,10 @@ class _TenantLock:
         if conn is not None:
             try:
                 await conn.execute("SELECT pg_advisory_unlock(hashtextextended($1, 0))", f"importer/{self._tenant}")
+            except BaseException:
+                # The pool does not reset sessions (services/database.py): a lock we could
+                # not release must not go back with the connection, so the session ends.
+                conn.terminate()
+                raise
             finally:
                 await self._pool.release(conn)

@@ -27,6 +27,7 @@ from argon2 import PasswordHasher
 from consent.text import control_character_problem
 from services.ledger.commands import CommandRejected, Ledger
 from services.ledger.errors import StoreUnavailable, WrongExpectedVersion
+from services.database import create_pool
 from services.ledger.migrate import migrate
 from services.ledger.store import EventStore
 from services.ledger.subject_keys import SubjectKeys, parse_master_key
@@ -293,21 +294,12 @@ async def healthz(request: web.Request) -> web.Response:
     return web.Response(text="ok")
 
 
-async def _keep_session(conn: asyncpg.Connection) -> None:
-    """Pool reset hook: nothing to reset. The portal sets no session state on a connection
-    (no SET, LISTEN or session advisory lock is held past its own finally), and asyncpg
-    still rolls back an open transaction itself; the default reset would cost one more
-    round trip on every release."""
-
-
 async def _database(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     if not settings.master_key:
         raise RuntimeError("LEDGER_MASTER_KEY is not set (32 bytes, base64); `consent-ledger keygen` makes one")
     master = parse_master_key(settings.master_key)
-    pool = await asyncpg.create_pool(settings.database_url, min_size=2, max_size=settings.pool_size,
-                                     reset=_keep_session)
-    assert pool is not None
+    pool = await create_pool(settings.database_url, min_size=2, max_size=settings.pool_size)
     async with pool.acquire() as conn:
         await migrate(conn)
     store = EventStore(pool)

@@ -27,6 +27,7 @@ from services.ledger.api_keys import KeyRing, Principal
 from services.ledger.commands import CommandRejected, Context, Ledger
 from services.ledger.errors import IdempotencyKeyReused, IntegrityError, StoreUnavailable, WrongExpectedVersion
 from services.ledger.metrics import LedgerMetrics
+from services.database import create_pool
 from services.ledger.migrate import migrate
 from services.ledger.store import EventStore, request_fingerprint
 from services.ledger.subject_keys import SubjectKeys
@@ -274,8 +275,7 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     if not settings.master_key:
         raise RuntimeError("LEDGER_MASTER_KEY is not set (32 bytes, base64); `consent-ledger keygen` makes one")
-    pool = await asyncpg.create_pool(settings.database_url, min_size=2, max_size=settings.pool_size)
-    assert pool is not None
+    pool = await create_pool(settings.database_url, min_size=2, max_size=settings.pool_size)
     async with pool.acquire() as conn:
         await migrate(conn)
     metrics = app[METRICS]
