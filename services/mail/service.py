@@ -175,7 +175,9 @@ class MailService:
         _, tenant = await self.ledger.require_tenant(tenant_id)
         stream = subject_stream(tenant_id, source, ref)
         events = await self.ledger.store.read_streams([stream], CONTACT_EVENTS)
-        address = latest_address(events, (await self.keys.existing_sealers([stream])).get(stream))
+        # No contact record, no address: the key lookup (a second query) only when one exists.
+        sealer = (await self.keys.existing_sealers([stream])).get(stream) if events else None
+        address = latest_address(events, sealer)
         if address is None:
             log.warning("opt_in_unconfirmable", tenant=tenant_id, why="no e-mail address")
             return None
