@@ -360,7 +360,8 @@ async def background_load(http: aiohttp.ClientSession, base: str, key: str, rate
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def bulk_checks(http: aiohttp.ClientSession, base: str, key: str, subjects: int, seconds: float) -> dict[str, Any]:
+async def bulk_checks(http: aiohttp.ClientSession, base: str, key: str, subjects: int, seconds: float,
+                      clients: int = 2) -> dict[str, Any]:
     rnd = random.Random(9)
     body = msgspec.json.encode({
         "category": "newsletter", "channel": "email", "send_date": ledger_day(dt.datetime.now(dt.timezone.utc)),
@@ -382,11 +383,36 @@ async def bulk_checks(http: aiohttp.ClientSession, base: str, key: str, subjects
             last["raw"] = raw
 
     t0 = time.perf_counter()
-    await asyncio.gather(client(), client())
+    await asyncio.gather(*(client() for _ in range(clients)))
     wall = time.perf_counter() - t0
     answer = msgspec.json.decode(last["raw"])
     return {"bulk_checks_per_s": round(len(latencies) * CHECK_SIZE / wall, 1), "bulk_requests": len(latencies),
             "bulk_request_ms": latency_summary(latencies), "bulk_unknown_per_request": answer["unknown"]}
+
+
+async def bulk_checks_per_processes(http: aiohttp.ClientSession, ledger: LedgerProcess, url: str, key: str,
+                                    profile: Profile, folder: Path) -> dict[str, Any]:
+    """The bulk check with 1 and with 2 API processes (issue 13, item 6), 4 clients each:
+    the check reads the projector's read model only, so a second process should add
+    whatever a free core gives. The second server runs on the same database, without a
+    relay; the two are measured in turns (1, 2, 1, 2) so that other load on the host hits
+    both alike."""
+    two = LedgerProcess(url, ledger.master_key, log_path=folder / "ledger-w2.log",
+                        extra_env={"LEDGER_LOG_LEVEL": "warning", "LEDGER_HTTP_WORKERS": "2"})
+    two.start()
+    rates: dict[int, list[float]] = {1: [], 2: []}
+    try:
+        for _ in range(2):
+            for n, server in ((1, ledger), (2, two)):
+                got = await bulk_checks(http, server.base_url, key, profile.subjects_a, profile.bulk_seconds / 2,
+                                        clients=4)
+                rates[n].append(got["bulk_checks_per_s"])
+    finally:
+        two.stop()
+    w1, w2 = (round(sum(rates[n]) / len(rates[n]), 1) for n in (1, 2))
+    log(f"bulk checks, 4 clients: 1 process {w1:.0f}/s, 2 processes {w2:.0f}/s")
+    return {"bulk_checks_per_s_w1_4_clients": w1, "bulk_checks_per_s_w2_4_clients": w2,
+            "ratio_bulk_checks_w2_vs_w1": ratio(w2, w1)}
 
 
 async def term_edit(http: aiohttp.ClientSession, base: str, key: str, url: str, watcher: TopicWatcher,
@@ -561,6 +587,8 @@ async def run(profile: Profile, *, quick: bool, workers: int | None) -> dict[str
                     figures["bulk_server_cpu_us_per_check"] = round(
                         (process_cpu_seconds(ledger.pid) - cpu0) / (figures["bulk_requests"] * CHECK_SIZE) * 1e6, 2)
                     log(f"bulk checks {figures['bulk_checks_per_s']:.0f} subject checks/s")
+                    figures.update(await bulk_checks_per_processes(http, ledger, url, keys[f"{TENANT_A}:sender"],
+                                                                   profile, folder))
                     edit = await term_edit(http, base, keys[f"{TENANT_B}:admin"], url, watcher, timeout=300)
                     figures["term_edit_100k_s"] = edit.pop("term_edit_s")
                     figures.update(edit)
