@@ -190,7 +190,7 @@ async def ledger_api(settings: Settings) -> AsyncIterator[list[str]]:
     """The ledger HTTP API; with a broker set, the relay to Kafka runs inside it."""
     from aiohttp import web
 
-    from services.ledger.api.app import create_app
+    from services.api.app import create_app
     from services.ledger.relay import TOPIC
 
     _require_free(settings.port, "the ledger API", "LEDGER_HTTP_PORT")

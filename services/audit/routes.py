@@ -27,7 +27,7 @@ from services.audit.receipts import ConsentReceipt, load_receipt, receipts_from
 from services.audit.retention import RetentionReport, run_retention
 from services.audit.suppression import Suppression
 from services.audit.times import UTC, parse_known_at, parse_on
-from services.ledger.api.app import SETTINGS, STORE, Call
+from services.ledger.api.context import SETTINGS, STORE, Call
 from services.ledger.api.jsonapi import ApiError, ApiRoutes, Handler, json_response
 from services.ledger.subject_keys import master_keys, parse_master_key
 

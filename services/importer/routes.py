@@ -28,7 +28,7 @@ from schemas.vocabulary import is_slug
 from services.importer.mapping import DEFAULT_MAPPING, KINDS, Mapping, MappingError, load_mapping
 from services.importer.pipeline import Importer, ImportRefused, Summary
 from services.importer.plans import Rejection
-from services.ledger.api.app import SETTINGS, Call
+from services.ledger.api.context import SETTINGS, Call
 from services.ledger.api.jsonapi import ApiError, ApiRoutes, json_response
 from services.serving import chunk_within
 

@@ -9,7 +9,7 @@ from schemas.vocabulary import is_slug
 from services.importer.mapping import DEFAULT_MAPPING
 from services.importer.routes import _mapping
 from services.importer.writeback import changes_csv
-from services.ledger.api.app import POOL, Call
+from services.ledger.api.context import POOL, Call
 from services.ledger.api.jsonapi import ApiError, ApiRoutes, json_response
 from services.ledger.changes import MAX_LIMIT, ChangesPage, UnknownCursor, changes_since
 

@@ -315,7 +315,7 @@ async def relay_context(app: object) -> AsyncIterator[None]:
     LEDGER_KAFKA_BOOTSTRAP is set, with its lag on the API's /metrics."""
     from aiohttp import web
 
-    from services.ledger.api.app import METRICS, SETTINGS
+    from services.ledger.api.context import METRICS, SETTINGS
 
     assert isinstance(app, web.Application)
     async with running_relay(RelayConfig.from_settings(app[SETTINGS]), app[METRICS]):

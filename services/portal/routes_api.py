@@ -14,7 +14,7 @@ from aiohttp import web
 
 from schemas import api as s
 from schemas.vocabulary import subject_stream
-from services.ledger.api.app import POOL, SETTINGS, Call
+from services.ledger.api.context import POOL, SETTINGS, Call
 from services.ledger.api.jsonapi import ApiError, ApiRoutes, json_response
 from services.ledger.subject_keys import parse_master_key
 from services.mail.service import MailService

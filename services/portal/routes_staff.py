@@ -43,7 +43,7 @@ from schemas.vocabulary import CATEGORIES, CHANNELS, MAX_TERM_MONTHS, is_custome
 from services.ledger.commands import CommandRejected, Context
 from services.ledger.errors import WrongExpectedVersion
 from services.portal.accounts import AccountError, User, new_password
-from services.portal.app import (
+from services.portal.context import (
     ACCOUNTS,
     CSRF,
     LEDGER,

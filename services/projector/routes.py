@@ -45,7 +45,7 @@ from services.audit.errors import AuditError
 from services.audit.loading import TenantRecord
 from services.audit.routes import STREAM_CACHE
 from services.audit.times import parse_known_at
-from services.ledger.api.app import POOL, SETTINGS, STORE, Call
+from services.ledger.api.context import POOL, SETTINGS, STORE, Call
 from services.ledger.api.jsonapi import NOT_A_DATE, ApiError, ApiRoutes, json_response
 from services.ledger.subject_keys import parse_master_key
 from services.mail.tokens import AnswerLinks, disclosure_of

@@ -12,7 +12,7 @@ import msgspec
 from aiohttp import web
 
 from schemas.api import PLATE_PATTERN, Contact
-from services.ledger.api.app import LEDGER, POOL, SETTINGS, Call
+from services.ledger.api.context import LEDGER, POOL, SETTINGS, Call
 from services.ledger.api.jsonapi import ApiError, ApiRoutes, json_response
 from services.ledger.directory import Directory
 from services.ledger.subject_keys import master_keys
