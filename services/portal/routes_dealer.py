@@ -234,20 +234,6 @@ async def search_page(request: web.Request, staff: Staff, form: dict[str, str]) 
                          results=results)
 
 
-async def customer_contact(request: web.Request, staff: Staff, events: list[Any]) -> Any:
-    """The customer's newest contact data for the customer page, from the subject's own
-    events the page has read already (one subject decrypted; no directory needed)."""
-    from schemas.api import Contact
-    from services.portal.context import LEDGER
-
-    for recorded in reversed(events):
-        sealed = getattr(recorded.event, "personal", None)
-        if sealed is not None:
-            plain = await request.app[LEDGER].keys.open(recorded.stream_id, sealed)
-            return msgspec.json.decode(plain, type=Contact) if plain is not None else None
-    return None
-
-
 # -- recorded exports with contact details ---------------------------------------------------
 
 LAPSE_REQUIRES: Final = ("requires_disclosure", "requires_postfilter_check", "requires_objection_offer")
