@@ -149,18 +149,18 @@ async def _answer_errors_as_json(request: web.Request, handler: Any) -> web.Stre
     logged with its traceback and answered 500 in JSON."""
     try:
         return await handler(request)
+    except BodyTimeout as exc:
+        log.warning("body_timeout", method=request.method)
+        exc.message = f"the request body did not arrive in time ({request.app[BODY_TIMEOUT]:g} s)"
+        response = _as_response(exc)
+        response.force_close()  # what is left of the body would be read as the next request
+        return response
     except LedgerError as exc:
         if exc.log_event is not None:
             log.error(exc.log_event, error=str(exc))
         elif exc.error == LedgerError.error:  # no answer of its own (e.g. StreamClosed reaching here): a bug
             return _internal_error(request)
         return _as_response(exc)
-    except BodyTimeout:
-        log.warning("body_timeout", method=request.method)
-        response = _as_response(ApiError(408, "request_timeout", "the request body did not arrive in time"
-                                         f" ({request.app[BODY_TIMEOUT]:g} s)", field="$"))
-        response.force_close()  # what is left of the body would be read as the next request
-        return response
     except web.HTTPRequestEntityTooLarge:
         return _as_response(ApiError(413, "body_too_large", f"the body may be at most {MAX_BODY} bytes", field="$"))
     except web.HTTPException as exc:

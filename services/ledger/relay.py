@@ -97,6 +97,8 @@ class RelayConfig(msgspec.Struct, frozen=True, kw_only=True):
         return cls(**values)  # type: ignore[arg-type]
 
 
+# The relay's two signals below are caught by the relay loop itself (republish, reconnect);
+# no request or user causes them, so they stay outside the error family (services/errors.py).
 class BrokerLostData(Exception):
     """The broker no longer has what it acknowledged: publish everything again."""
 

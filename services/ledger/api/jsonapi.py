@@ -162,7 +162,8 @@ class _Pairs(list):  # type: ignore[type-arg]
 
 
 class _DuplicateKey(Exception):
-    pass
+    """Internal signalling from the JSON pairs hook; read_body answers the duplicate key
+    itself (422 duplicate_key naming its path), so it is not in the error family."""
 
 
 def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
