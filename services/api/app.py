@@ -2,7 +2,7 @@
 
 This is the composition root of the JSON API: it lists the route sets of every service
 (:func:`default_route_sets`), puts pools, the event store's writer and caches in the app
-(``cleanup_ctx``, typed by the ``web.AppKey``\\ s of :mod:`services.ledger.api.context`; nothing
+(``cleanup_ctx``, typed by the ``web.AppKey`` keys of :mod:`services.ledger.api.context`; nothing
 is global), checks key, role and tenant before a handler runs (:func:`_guard`) and answers
 every error as JSON in one place (:func:`_answer_errors_as_json`). No service imports this
 module; route modules import their state from the context module.

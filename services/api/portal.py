@@ -7,7 +7,7 @@ links, accounts and sessions are rows of the portal's own schema.
 
 Part of the composition root (:mod:`services.api`): it adds the portal's route modules and
 puts pools, the event store's writer, the CSRF key, the rate limiter and the template
-environment in the app (``cleanup_ctx`` / the ``web.AppKey``\\ s of
+environment in the app (``cleanup_ctx`` / the ``web.AppKey`` keys of
 :mod:`services.portal.context`), and turns errors into HTML pages in one place
 (:func:`html_errors`). Only entry points import it (the portal's ``serve`` command and
 local-stack component, tests).
