@@ -129,7 +129,7 @@ def _serve_one(host: str, port: int, reuse_port: bool) -> None:
     """One API process on uvloop; no aiohttp access log (the app logs each request itself)."""
     from aiohttp import web
 
-    from services.ledger.api.app import create_app
+    from services.api.app import create_app
     from services.serving import event_loop, server_gc, server_options
 
     settings = from_env()

@@ -46,6 +46,7 @@ import asyncpg
 import msgspec
 import structlog
 
+from services.errors import LedgerError
 from services.settings import Settings, from_env
 
 log = structlog.get_logger(__name__)
@@ -67,8 +68,8 @@ DEMO_KEY_LABEL: Final = "devstack demo"
 READY_LINE: Final = "consent-ledger run: ready (Ctrl-C stops everything)"
 
 
-class StartupError(Exception):
-    """The stack cannot start; the message says what to do."""
+class StartupError(LedgerError):
+    """The stack cannot start; the message says what to do (``make run`` prints it)."""
 
 
 def load_component(path: str) -> Component:
@@ -190,7 +191,7 @@ async def ledger_api(settings: Settings) -> AsyncIterator[list[str]]:
     """The ledger HTTP API; with a broker set, the relay to Kafka runs inside it."""
     from aiohttp import web
 
-    from services.ledger.api.app import create_app
+    from services.api.app import create_app
     from services.ledger.relay import TOPIC
 
     _require_free(settings.port, "the ledger API", "LEDGER_HTTP_PORT")

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any, Final
 
 from aiohttp import web
 
+from services.errors import LedgerError
+
 if TYPE_CHECKING:
     from services.settings import Settings
 
@@ -90,8 +92,13 @@ def set_body_timeout(app: web.Application, settings: Settings) -> None:
     app[BODY_TIMEOUT] = float(settings.http_body_timeout)
 
 
-class BodyTimeout(Exception):
-    """The client did not send the request body in time; answer 408 and close."""
+class BodyTimeout(LedgerError):
+    """The client did not send the request body in time; answer 408 and close the
+    connection (the API's and the portal's error middlewares do both)."""
+
+    status = 408
+    error = "request_timeout"
+    field = "$"
 
 
 def body_timeout(request: web.BaseRequest) -> float:

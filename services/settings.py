@@ -12,6 +12,8 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import msgspec
 
+from services.errors import LedgerError
+
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
     database_url: str
@@ -222,9 +224,9 @@ def from_env(env: Mapping[str, str] | None = None, *, local_stack: bool | None =
 # -- secrets from files (container secrets, systemd credentials, Kubernetes secret volumes) ------
 
 
-class SettingsError(ValueError):
+class SettingsError(LedgerError, ValueError):
     """A setting that cannot be used (not a number, out of range, a secret file that cannot
-    be read); the message names it."""
+    be read); the message names it. Raised at start-up: the CLI prints it and exits 2."""
 
 
 def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int, maximum: int | None = None) -> int:

@@ -105,7 +105,7 @@ def settings(db_url: str) -> Settings:
 
 @pytest.fixture
 async def api(aiohttp_client, settings: Settings) -> TestClient:
-    from services.ledger.api.app import create_app
+    from services.api.app import create_app
 
     return await aiohttp_client(create_app(settings))
 

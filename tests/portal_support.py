@@ -14,7 +14,8 @@ from argon2 import PasswordHasher
 from schemas.events import Actor
 from services.ledger.commands import Context, Ledger
 from services.portal.accounts import Accounts
-from services.portal.app import ACCOUNTS, LEDGER, LINKS, create_portal_app
+from services.api.portal import create_portal_app
+from services.portal.context import ACCOUNTS, LEDGER, LINKS
 from services.portal.routes_staff import SESSION_COOKIE
 from services.settings import Settings
 

@@ -25,7 +25,7 @@ import msgspec
 import pytest
 from aiohttp.test_utils import TestClient
 
-from services.ledger.api.app import ROUTE_SETS
+from services.ledger.api.context import ROUTE_SETS
 from services.ledger.api.jsonapi import Operation
 from services.ledger.api_keys import ROLES
 from tests.conftest import Dealer, make_dealer
@@ -158,7 +158,7 @@ async def world(api: TestClient, dealer: Dealer, other_dealer: Dealer, operator_
 
 
 def test_the_example_bodies_are_valid_for_every_declared_type() -> None:
-    from services.ledger.api.app import default_route_sets
+    from services.api.app import default_route_sets
 
     bodies = [op.body for rs in default_route_sets() for op in rs.operations if op.body is not None]
     assert bodies

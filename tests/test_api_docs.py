@@ -13,7 +13,8 @@ from typing import Any
 import msgspec
 from aiohttp.test_utils import TestClient
 
-from services.ledger.api.app import Call, default_route_sets
+from services.ledger.api.context import Call
+from services.api.app import default_route_sets
 from services.ledger.api.jsonapi import ApiRoutes, json_response, openapi_document
 from services.ledger.api.openapi_docs import ROLE_WORDS
 from tests.conftest import Dealer

@@ -9,7 +9,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
-from services.ledger.api.app import ROUTE_SETS, create_app
+from services.ledger.api.context import ROUTE_SETS
+from services.api.app import create_app
 from services.ledger.api.routing import add_routes
 from services.settings import Settings
 

@@ -50,3 +50,51 @@ def test_consent_and_schemas_type_check_in_strict_mode() -> None:
     done = run(sys.executable, "-m", "mypy", "--strict", "consent", "schemas")
     output = done.stdout + done.stderr
     assert done.returncode == 0 and "Success: no issues found" in output, f"mypy --strict consent schemas:\n{output}"
+
+
+# -- the composition root (docs/layering.md) -------------------------------------------------
+
+ROOT_MODULES = ("services.api.app", "services.api.portal")
+CONTEXT_MODULES = ("services.ledger.api.context", "services.portal.context")
+
+
+def _graph() -> Any:
+    import grimp
+
+    return grimp.build_graph("services", "consent", "schemas")
+
+
+def _route_modules(graph: Any) -> list[str]:
+    return sorted(m for m in graph.modules if m.startswith("services.") and m.rsplit(".", 1)[-1].startswith("routes"))
+
+
+def test_the_composition_root_contracts_are_declared() -> None:
+    by_id = {c["id"]: c for c in contracts()}
+    assert by_id["api-root"]["forbidden_modules"] == ["services.api"]
+    assert {"services.ledger", "services.portal", "services.audit", "services.importer", "services.projector",
+            "services.mail"} <= set(by_id["api-root"]["source_modules"])
+    assert set(CONTEXT_MODULES) <= set(by_id["context-below-routes"]["source_modules"])
+    assert by_id["http-acyclic"]["type"] == "acyclic_siblings"
+
+
+def test_the_root_assembles_every_route_module_and_no_route_module_reaches_the_root_back() -> None:
+    """Found by name, so a route module added later is covered without a new contract: the
+    root imports it (directly or through the service), and nothing it imports, however
+    indirectly, leads back to the root (that would be an import circle)."""
+    graph = _graph()
+    routes = _route_modules(graph)
+    assert len(routes) >= 14, routes
+    for route in routes:
+        assert any(graph.chain_exists(importer=root, imported=route) for root in ROOT_MODULES), \
+            f"{route} is assembled by no composition root"
+        for root in ROOT_MODULES:
+            chain = graph.find_shortest_chain(importer=route, imported=root)
+            assert chain is None, f"import circle: {' -> '.join(chain)}"
+
+
+def test_the_request_context_modules_lead_to_no_route_module() -> None:
+    graph = _graph()
+    for context in CONTEXT_MODULES:
+        for route in _route_modules(graph):
+            chain = graph.find_shortest_chain(importer=context, imported=route)
+            assert chain is None, f"the context reaches a route module: {' -> '.join(chain)}"

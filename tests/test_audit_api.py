@@ -11,7 +11,7 @@ from aiohttp.test_utils import TestClient
 
 from consent.terms import ledger_day
 from schemas.events import Actor, InvoiceRecorded, Metadata
-from services.ledger.api.app import STORE
+from services.ledger.api.context import STORE
 from services.ledger.store import AppendRequest, StreamWrite
 from tests.conftest import Dealer
 

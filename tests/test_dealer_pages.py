@@ -7,7 +7,7 @@ import re
 
 import asyncpg
 
-from services.portal.app import POOL
+from services.portal.context import POOL
 from tests.portal_support import World, login, make_world
 from tests.test_eligibility_api import project
 

@@ -62,7 +62,7 @@ async def _portal_opt_out(pool: asyncpg.Pool, settings: Settings, ref: str) -> N
 async def test_import_portal_opt_out_export_changes_and_re_import_changes_nothing(
     aiohttp_client, settings: Settings, operator_key: str, pool: asyncpg.Pool, db_url: str, tmp_path: Path
 ) -> None:
-    from services.ledger.api.app import create_app
+    from services.api.app import create_app
     from tests.conftest import make_dealer
 
     (tmp_path / "maps").mkdir()
@@ -160,7 +160,7 @@ async def test_the_cursor_is_a_position_in_the_tenants_own_log_partition_and_dat
 
     import msgspec
 
-    from services.ledger.api.app import create_app
+    from services.api.app import create_app
     from services.ledger.partitions import partition_of
     from tests.conftest import make_dealer
 

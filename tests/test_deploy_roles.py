@@ -99,7 +99,7 @@ async def _deployed(db: RolesDb) -> None:
 async def test_the_app_role_runs_the_ledger_api_but_cannot_change_or_delete_ledger_events(
     roles_db: RolesDb, aiohttp_client
 ) -> None:
-    from services.ledger.api.app import create_app
+    from services.api.app import create_app
     from services.ledger.api_keys import issue_key
     from tests.conftest import MASTER_KEY
 

@@ -309,13 +309,13 @@ async def test_every_eligible_email_answer_carries_a_one_click_unsubscribe_link_
     assert "newsletter" not in matrix.unsubscribe.email  # opted out: not eligible, no link
     assert matrix.unsubscribe.all.url != unsub["url"]
     # the link is live: a one-click POST on the portal opts C1 out of sales mail
-    from services.portal.app import create_portal_app
+    from services.api.portal import create_portal_app
     from tests.portal_support import FAST_HASHER
 
     from aiohttp.test_utils import TestClient as Client
     from aiohttp.test_utils import TestServer
 
-    from services.ledger.api.app import SETTINGS
+    from services.ledger.api.context import SETTINGS
 
     settings = api.app[SETTINGS]
     async with Client(TestServer(create_portal_app(settings, password_hasher=FAST_HASHER))) as portal:

@@ -10,7 +10,7 @@ import asyncpg
 from aiohttp.test_utils import TestClient
 
 from services.audit.retention import run_retention
-from services.ledger.api.app import LEDGER
+from services.ledger.api.context import LEDGER
 from services.ledger.subject_keys import parse_master_key
 from services.ledger.verify import verify_ledger
 from services.portal.links import LinkStore

@@ -137,7 +137,7 @@ async def test_a_file_over_the_upload_limit_is_refused_with_413_and_nothing_is_w
 ) -> None:
     import msgspec
 
-    from services.ledger.api.app import create_app
+    from services.api.app import create_app
     from tests.conftest import make_dealer
 
     small = await aiohttp_client(create_app(msgspec.structs.replace(settings, import_max_upload_mb=1)))

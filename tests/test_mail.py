@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestClient
 
 from conftest import Dealer
 from schemas.api import Contact
-from services.ledger.api.app import LEDGER, POOL
+from services.ledger.api.context import LEDGER, POOL
 from services.ledger.subject_keys import parse_master_key
 from services.mail.compose import MailRefused, OutgoingMail, to_bytes, to_message
 from services.mail.localsmtp import LocalSmtp

@@ -18,7 +18,7 @@ from schemas.api import Contact
 from services.mail.localsmtp import LocalSmtp
 from services.mail.smtp import SmtpSender
 from services.mail.tokens import MailTokens, unsubscribe_url
-from services.portal.app import LINKS, MAIL
+from services.portal.context import LINKS, MAIL
 from services.settings import Settings
 from tests.portal_support import OPERATOR, World, csrf_of, make_world
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import asyncpg
 from aiohttp.test_utils import TestClient
 
-from services.ledger.api.app import create_app
+from services.api.app import create_app
 from services.ledger.subject_keys import new_master_key
 from services.settings import Settings
 from tests.conftest import Dealer

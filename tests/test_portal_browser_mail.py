@@ -20,7 +20,7 @@ from schemas.events import DealerContactSet
 from services.mail.localsmtp import LocalSmtp
 from services.mail.smtp import SmtpSender
 from services.mail.tokens import unsubscribe_url
-from services.portal.app import LINKS, MAIL
+from services.portal.context import LINKS, MAIL
 from services.settings import Settings
 from tests.portal_support import OPERATOR, World, make_world
 from tests.browser_support import ARTIFACTS, browser  # noqa: F401 (the fixture)

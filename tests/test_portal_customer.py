@@ -12,7 +12,7 @@ import pytest
 from consent.eligibility import evaluate
 from consent.subject import fold_subject
 from schemas.vocabulary import subject_stream
-from services.portal.app import LINKS
+from services.portal.context import LINKS
 from services.portal.links import split_token
 from services.portal.security import CSP
 from tests.portal_support import OPERATOR, World, csrf_of, make_world

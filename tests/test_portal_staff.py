@@ -49,7 +49,8 @@ async def test_login_sets_a_secure_httponly_samesite_session_cookie_stored_only_
 
 
 def test_production_password_hashing_is_argon2id_with_the_rfc_9106_parameters(settings) -> None:  # type: ignore[no-untyped-def]
-    from services.portal.app import HASHER, create_portal_app
+    from services.api.portal import create_portal_app
+    from services.portal.context import HASHER
 
     hasher = create_portal_app(settings)[HASHER]
     assert hasher.time_cost >= 3 and hasher.memory_cost >= 64 * 1024 and hasher.type.name == "ID"

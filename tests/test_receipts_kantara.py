@@ -18,7 +18,7 @@ from aiohttp.test_utils import TestClient
 from schemas.events import ControllerContact, ControllerContactSet, PreferenceSetting
 from services.audit.loading import TenantRecord
 from services.audit.receipts import build_receipt, receipts_from
-from services.portal.app import create_portal_app
+from services.api.portal import create_portal_app
 from tests.conftest import Dealer
 from tests.consent_builders import SubjectHistoryBuilder, TenantHistoryBuilder
 from tests.portal_support import OPERATOR, World, make_world

@@ -16,7 +16,7 @@ from aiohttp.test_utils import TestClient
 from consent.retention import retention_due
 from services.audit.retention import run_retention
 from services.audit.times import end_of_dutch_day
-from services.ledger.api.app import LEDGER
+from services.ledger.api.context import LEDGER
 from services.ledger.subject_keys import parse_master_key
 from services.settings import Settings
 from tests.conftest import Dealer

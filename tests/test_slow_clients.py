@@ -22,8 +22,8 @@ from aiohttp import web
 
 from services.devservers import free_port
 from services.ledger.api_keys import issue_key
-from services.ledger.api.app import create_app
-from services.portal.app import create_portal_app
+from services.api.app import create_app
+from services.api.portal import create_portal_app
 from services.serving import server_options
 from services.settings import Settings
 from tests import processes

@@ -13,7 +13,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from schemas.events import Actor, InvoiceRecorded, Metadata, PreferencesChanged, PreferenceSetting, SubjectErased
-from services.ledger.api.app import STORE
+from services.ledger.api.context import STORE
 from services.ledger.errors import IntegrityError, StreamClosed, WrongExpectedVersion
 from services.ledger.verify import verify_ledger
 from services.ledger.store import AppendRequest, AppendResult, EventStore, StreamWrite

@@ -32,8 +32,8 @@ from services.audit.receipts import receipts_from
 from services.audit.retention import run_retention
 from services.audit.snapshot import write_snapshot
 from services.audit.times import UTC, end_of_dutch_day, parse_known_at, parse_on
-from services.ledger.commands import CommandRejected, Context, Ledger
-from services.ledger.errors import LedgerError
+from services.errors import LedgerError, Refused
+from services.ledger.commands import Context, Ledger
 from services.ledger.store import EventStore
 from services.ledger.subject_keys import SubjectKeys, master_keys
 from services.settings import from_env
@@ -78,7 +78,7 @@ def _print_json(value: Any, out: TextIO | None = None) -> None:
 def _run(work: Callable[[], Awaitable[int]]) -> int:
     try:
         return asyncio.run(work())
-    except (AuditError, CommandRejected) as exc:
+    except Refused as exc:  # AuditError, CommandRejected: the question or command as asked cannot be done
         field = f" ({exc.field})" if exc.field else ""
         print(f"consent-ledger audit: {exc.error}{field}: {exc.message}", file=sys.stderr)
         return 2

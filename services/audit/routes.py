@@ -7,7 +7,6 @@ Reads are for the tenant's admins and auditors; erasure is an admin command.
 from __future__ import annotations
 
 import datetime as dt
-import functools
 from collections.abc import AsyncIterator
 from typing import Literal
 
@@ -27,8 +26,8 @@ from services.audit.receipts import ConsentReceipt, load_receipt, receipts_from
 from services.audit.retention import RetentionReport, run_retention
 from services.audit.suppression import Suppression
 from services.audit.times import UTC, parse_known_at, parse_on
-from services.ledger.api.app import SETTINGS, STORE, Call
-from services.ledger.api.jsonapi import ApiError, ApiRoutes, Handler, json_response
+from services.ledger.api.context import SETTINGS, STORE, Call
+from services.ledger.api.jsonapi import ApiRoutes, json_response
 from services.ledger.subject_keys import master_keys, parse_master_key
 
 routes = ApiRoutes(tag="audit")
@@ -55,19 +54,6 @@ class EraseSubject(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
 
     confirm_ref: str
     reason: Literal["request"] = "request"
-
-
-def _answers(handler: Handler) -> Handler:
-    """AuditError -> the API's JSON error answer."""
-
-    @functools.wraps(handler)
-    async def wrapped(call: Call) -> web.StreamResponse:
-        try:
-            return await handler(call)
-        except AuditError as exc:
-            raise ApiError(exc.status, exc.error, exc.message, field=exc.field) from None
-
-    return wrapped
 
 
 def _now() -> dt.datetime:
@@ -97,7 +83,6 @@ async def audit_context(app: web.Application) -> AsyncIterator[None]:
 
 @routes.get(AUDIT_SUBJECT, summary="A subject's eligibility matrix as known at K for date D, with evidence",
             roles=READERS, responses={200: AsOfView}, query=_TIMES)
-@_answers
 async def audit_as_of(call: Call) -> web.Response:
     """What the ledger knew at `known_at` (K, default now) about date `on` (D, default K's
     day): all 25 cells, each decision with the events it rests on resolved into who, when,
@@ -119,7 +104,6 @@ async def audit_as_of(call: Call) -> web.Response:
 
 @routes.get(AUDIT_SUBJECT + "/compare", summary="What was known at K about date D against what is known now",
             roles=READERS, responses={200: Comparison}, query=_TIMES)
-@_answers
 async def audit_compare(call: Call) -> web.Response:
     """The view as known at K next to the view as known now, for the same date D: which
     cells changed and which events recorded after K changed them (a late invoice, a paper
@@ -136,7 +120,6 @@ async def audit_compare(call: Call) -> web.Response:
 
 @routes.get(AUDIT_SUBJECT + "/receipts", summary="Consent receipts of every preference and objection change",
             roles=READERS, responses={200: ReceiptList})
-@_answers
 async def audit_receipts(call: Call) -> web.Response:
     """A Kantara Consent Receipt v1.1 for every preference and objection change of the
     subject, oldest first."""
@@ -151,7 +134,6 @@ async def audit_receipts(call: Call) -> web.Response:
 
 @routes.get(AUDIT_SUBJECT + "/receipts/{receipt_id}", summary="One consent receipt (JSON, for download)",
             roles=READERS, responses={200: ConsentReceipt})
-@_answers
 async def audit_receipt(call: Call) -> web.Response:
     """One consent receipt by its id, as a download."""
     tenant_id, source, ref = _ids(call)
@@ -163,7 +145,6 @@ async def audit_receipt(call: Call) -> web.Response:
 
 @routes.get(AUDIT + "/policy", summary="The privacy policy (every chapter, in order) in force at K",
             roles=READERS, responses={200: PolicyText}, query=_TIMES[:1])
-@_answers
 async def audit_policy_at(call: Call) -> web.Response:
     """The whole policy (every chapter, active or not, in order) as it stood at `known_at`,
     with its version id."""
@@ -173,7 +154,6 @@ async def audit_policy_at(call: Call) -> web.Response:
 
 @routes.get(AUDIT + "/policy/versions", summary="Every policy version the tenant published, oldest first",
             roles=READERS, responses={200: PolicyHistory})
-@_answers
 async def audit_policy_versions(call: Call) -> web.Response:
     """Every policy version id the tenant published, when it was first in force, and the
     event that published it."""
@@ -182,7 +162,6 @@ async def audit_policy_versions(call: Call) -> web.Response:
 
 @routes.get(AUDIT + "/policy/versions/{version}", summary="The exact policy text behind a version id",
             roles=READERS, responses={200: PolicyText})
-@_answers
 async def audit_policy_version(call: Call) -> web.Response:
     """The exact text behind a version id that a consent record names. 404
     `unknown_policy_version`."""
@@ -192,7 +171,6 @@ async def audit_policy_version(call: Call) -> web.Response:
 
 @routes.get(AUDIT + "/retention", summary="Dry run of the retention job: who would be erased today",
             roles=READERS, responses={200: RetentionReport})
-@_answers
 async def audit_retention(call: Call) -> web.Response:
     """Which subjects the daily retention job would erase today, and why (the date their
     period counts from). Nothing is erased."""
@@ -217,7 +195,6 @@ def _file_name(export: AccessExport) -> str:
 
 @routes.get(SUBJECT + "/export", summary="Access export (GDPR art. 15): everything held about the subject, as JSON",
             roles=READERS, responses={200: AccessExport})
-@_answers
 async def export_subject(call: Call) -> web.Response:
     """Everything held about the subject (GDPR art. 15): its events with personal data
     decrypted, its consent state, today's matrix with evidence, and its receipts."""
@@ -227,7 +204,6 @@ async def export_subject(call: Call) -> web.Response:
 
 @routes.get(SUBJECT + "/export.csv", summary="Access export (GDPR art. 15) as CSV: one row per event (text/csv)",
             roles=READERS, responses={200: None})
-@_answers
 async def export_subject_csv(call: Call) -> web.Response:
     """The same export as one CSV table for a spreadsheet."""
     export = await _export(call)
@@ -237,7 +213,6 @@ async def export_subject_csv(call: Call) -> web.Response:
 
 @routes.post(SUBJECT + "/erasure", summary="Erase the subject (GDPR art. 17): shred its key, drop it everywhere",
              roles=("admin",), body=EraseSubject, responses={201: ErasureResult, 200: ErasureResult})
-@_answers
 async def erase(call: Call) -> web.Response:
     """Erases the subject (GDPR art. 17): its key is destroyed (so every sealed personal
     field becomes unreadable), its stream is closed (410 for any later write), the read
@@ -257,7 +232,6 @@ async def erase(call: Call) -> web.Response:
 @routes.get("/v1/tenants/{tenant}/suppressions/{source}/{ref}",
             summary="Did this customer ref object before it was erased? (suppression list)",
             roles=("admin", "auditor", "importer", "sender"), responses={200: Suppression})
-@_answers
 async def suppression_check(call: Call) -> web.Response:
     """Did this customer ref object to direct marketing before it was erased? Answers from
     the hashed suppression list only; no personal data."""

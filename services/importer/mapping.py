@@ -21,6 +21,8 @@ import msgspec
 
 from schemas.vocabulary import CATEGORIES, CHANNELS
 
+from services.errors import LedgerError
+
 Kind = Literal["invoices", "prospects", "preferences"]
 KINDS: Final[tuple[Kind, ...]] = ("invoices", "prospects", "preferences")
 
@@ -133,8 +135,12 @@ def _words(builtin: dict[str, str], own: dict[str, str]) -> dict[str, str]:
     return words
 
 
-class MappingError(ValueError):
-    """The mapping file is not valid; ``where`` names the key."""
+class MappingError(LedgerError, ValueError):
+    """The mapping file is not valid; ``where`` names the file and the key."""
+
+    status = 422
+    error = "invalid_mapping"
+    field = "mapping"
 
     def __init__(self, message: str, where: str = "") -> None:
         super().__init__(f"{where}: {message}" if where else message)

@@ -31,6 +31,7 @@ import msgspec
 import structlog
 
 from schemas.events import Actor, Metadata
+from services.errors import LedgerError
 from services.importer.mapping import Kind, Mapping
 from services.importer.plans import (
     PLANNERS,
@@ -59,14 +60,23 @@ _GC_THRESHOLD: Final = 50_000  # allocations between young-generation GC passes 
 _RETRYABLE: Final = (WrongExpectedVersion, StreamClosed, IndexConflict, IntegrityError, StoreUnavailable)
 
 
-class ImportRefused(Exception):
+class ImportRefused(LedgerError):
     """The import cannot start (unknown tenant or source, another import running, a file
-    that cannot be read). Nothing was written. ``field`` names what is wrong."""
+    that cannot be read). Nothing was written. ``field`` names what is wrong.
+
+    Over HTTP: the 4xx given (404 unknown tenant, 409 ``conflict`` for another import
+    running), else 422 ``import_refused``; the CLI prints the text and exits 2 whatever
+    the status (the CLI's own refusals pass 2)."""
+
+    status = 422
+    error = "import_refused"
 
     def __init__(self, message: str, field: str, status: int = 422) -> None:
         super().__init__(message)
         self.field = field
-        self.status = status
+        self.status = status if 400 <= status < 500 else 422
+        if status == 409:
+            self.error = "conflict"
 
 
 class Summary(msgspec.Struct, kw_only=True):
@@ -269,7 +279,8 @@ class Importer:
 
 
 class _Aborted(Exception):
-    pass
+    """Internal signalling: the run stops early and reports it in its summary (``aborted``);
+    never raised to a caller, so not in the error family (services/errors.py)."""
 
 
 @contextlib.contextmanager

@@ -30,6 +30,7 @@ import msgspec
 import structlog
 
 from schemas.vocabulary import is_customer_ref, subject_stream
+from services.errors import LedgerError
 from services.importer.mapping import normalise_header
 from services.importer.reader import FileProblem, detect_encoding
 from services.ledger.commands import CommandRejected, Ledger
@@ -42,8 +43,9 @@ CONCURRENCY: Final = 4
 STATUSES: Final = ("issued", "replaced", "exists", "unknown_subject", "erased", "invalid", "duplicate")
 
 
-class LinkExportRefused(Exception):
-    """Nothing was issued: unknown tenant/source or an unreadable list."""
+class LinkExportRefused(LedgerError):
+    """Nothing was issued: unknown tenant/source or an unreadable list. CLI only
+    (``consent-ledger portal-links``): the message, exit 2; no HTTP answer."""
 
 
 class ExportResult(msgspec.Struct, kw_only=True):

@@ -26,6 +26,7 @@ from typing import IO, Any, Final, Literal
 import msgspec
 
 from consent.text import CONTROL_CHARACTERS, control_character_problem
+from services.errors import LedgerError
 from services.importer.mapping import KINDS, OPTIONAL, REQUIRED, Kind, Mapping, normalise_header
 
 Format = Literal["csv", "jsonl"]
@@ -35,16 +36,22 @@ _CHUNK: Final = 1 << 20
 _CP1252_UNDEFINED: Final = re.compile(b"[\x81\x8d\x8f\x90\x9d]")  # the five bytes Windows-1252 leaves out
 
 
-class FileProblem(ValueError):
+class FileProblem(LedgerError, ValueError):
     """The file as a whole cannot be imported (nothing was written)."""
+
+    status = 422
+    error = "import_refused"
 
     def __init__(self, message: str, field: str = "file") -> None:
         super().__init__(message)
         self.field = field
 
 
-class RowProblem(ValueError):
-    """One record is not readable (reported as a rejected row)."""
+class RowProblem(LedgerError, ValueError):
+    """One record is not readable (reported as a rejected row, never as the answer)."""
+
+    status = 422
+    error = "validation_error"
 
     def __init__(self, field: str, problem: str) -> None:
         super().__init__(problem)

@@ -26,9 +26,9 @@ from aiohttp import web
 from schemas.api import ErrorBody
 from schemas.vocabulary import is_slug
 from services.importer.mapping import DEFAULT_MAPPING, KINDS, Mapping, MappingError, load_mapping
-from services.importer.pipeline import Importer, ImportRefused, Summary
+from services.importer.pipeline import Importer, Summary
 from services.importer.plans import Rejection
-from services.ledger.api.app import SETTINGS, Call
+from services.ledger.api.context import SETTINGS, Call
 from services.ledger.api.jsonapi import ApiError, ApiRoutes, json_response
 from services.serving import chunk_within
 
@@ -94,14 +94,11 @@ async def upload_import(call: Call) -> web.Response:
                 rejections.append(rejection)
 
         assert call.principal is not None
-        try:
-            summary = await Importer(call.ledger).run_file(
-                name, tenant=tenant, source=source, mapping=mapping, actor=call.principal.actor(),
-                kind=kind, fmt=fmt, on_reject=keep,  # type: ignore[arg-type]
-                display_name=request.headers.get("X-File-Name", "upload")[:200])
-        except ImportRefused as exc:
-            raise ApiError(exc.status if 400 <= exc.status < 500 else 422,
-                           "conflict" if exc.status == 409 else "import_refused", str(exc), field=exc.field) from None
+        # ImportRefused (nothing written): its 4xx, answered by the API's error middleware
+        summary = await Importer(call.ledger).run_file(
+            name, tenant=tenant, source=source, mapping=mapping, actor=call.principal.actor(),
+            kind=kind, fmt=fmt, on_reject=keep,  # type: ignore[arg-type]
+            display_name=request.headers.get("X-File-Name", "upload")[:200])
     finally:
         Path(name).unlink(missing_ok=True)
     return json_response(ImportAnswer(ok=summary.ok, summary=summary, rejections=rejections,
@@ -123,6 +120,6 @@ def _mapping(call: Call, name: str | None) -> Mapping:
         raise ApiError(422, "unknown_mapping", f"no mapping named {name!r}", field="mapping")
     try:
         return load_mapping(path)
-    except MappingError as exc:
+    except MappingError as exc:  # named by its name: the error's own text holds the server's file path
         raise ApiError(422, "invalid_mapping", f"the mapping {name!r} is not valid: {exc.problem}",
                        field="mapping") from None

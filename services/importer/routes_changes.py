@@ -9,9 +9,9 @@ from schemas.vocabulary import is_slug
 from services.importer.mapping import DEFAULT_MAPPING
 from services.importer.routes import _mapping
 from services.importer.writeback import changes_csv
-from services.ledger.api.app import POOL, Call
+from services.ledger.api.context import POOL, Call
 from services.ledger.api.jsonapi import ApiError, ApiRoutes, json_response
-from services.ledger.changes import MAX_LIMIT, ChangesPage, UnknownCursor, changes_since
+from services.ledger.changes import MAX_LIMIT, ChangesPage, changes_since
 
 routes = ApiRoutes(tag="import")
 
@@ -58,11 +58,7 @@ async def changes(call: Call) -> web.Response:
     state = await call.ledger.require_tenant(tenant)
     if source is not None and source not in state[1].data_sources:
         raise ApiError(422, "unknown_source", f"data source {source!r} does not exist", field="source")
-    try:
-        page = await changes_since(call.request.app[POOL], tenant, after, limit, source=source)
-    except UnknownCursor:
-        raise ApiError(422, "unknown_cursor", "this cursor was not given by this ledger (it is past its end)",
-                       field="after") from None
+    page = await changes_since(call.request.app[POOL], tenant, after, limit, source=source)  # UnknownCursor: 422
     headers = {"X-Next-Cursor": str(page.next_cursor), "X-Has-More": "true" if page.has_more else "false"}
     if fmt == "csv":
         return web.Response(text=changes_csv(page, mapping), content_type="text/csv", charset="utf-8",

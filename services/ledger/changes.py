@@ -22,6 +22,7 @@ import msgspec
 
 from schemas.vocabulary import parse_subject_stream
 from schemas.events import ObjectionRecorded, ObjectionWithdrawn, PreferencesChanged, SubjectErased
+from services.errors import LedgerError
 from services.ledger import sql
 from services.ledger.partitions import partition_of
 from services.ledger.store import partition_count, row_to_recorded, translate_errors
@@ -57,9 +58,17 @@ class ChangesPage(msgspec.Struct, frozen=True, kw_only=True):
     changes: list[Change]
 
 
-class UnknownCursor(ValueError):
+class UnknownCursor(LedgerError, ValueError):
     """The cursor is above the head of the tenant's log partition: it was not given by this
     ledger for this tenant."""
+
+    status = 422
+    error = "unknown_cursor"
+    field = "after"
+
+    def __init__(self, cursor: str) -> None:
+        super().__init__(cursor)
+        self.message = "this cursor was not given by this ledger (it is past its end)"
 
 
 # The tenant's events of the kinds $4 in subject streams starting with $5, after position $3

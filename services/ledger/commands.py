@@ -53,22 +53,17 @@ from schemas.events import (
     TermMatrixEdited,
 )
 from schemas.vocabulary import DEFAULT_DATA_SOURCES, subject_stream, tenant_stream
-from services.ledger.errors import LedgerError, StreamClosed, WrongExpectedVersion
+from services.errors import Refused
+from services.ledger.errors import StreamClosed, WrongExpectedVersion
 from services.ledger.store import AppendRequest, AppendResult, EventStore, StreamWrite, translate_errors
 from services.ledger.subject_keys import SubjectKeys
 
 log = structlog.get_logger(__name__)
 
 
-class CommandRejected(LedgerError):
-    """A well-formed command that cannot be applied (HTTP 404/409/422)."""
-
-    def __init__(self, status: int, error: str, message: str, field: str | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.error = error
-        self.message = message
-        self.field = field
+class CommandRejected(Refused):
+    """A well-formed command that cannot be applied (HTTP 404/409/410/422): status, error id,
+    message and field, answered by the API's error middleware as they are."""
 
 
 def _erased(stream_id: str) -> CommandRejected:

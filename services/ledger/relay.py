@@ -97,6 +97,8 @@ class RelayConfig(msgspec.Struct, frozen=True, kw_only=True):
         return cls(**values)  # type: ignore[arg-type]
 
 
+# The relay's two signals below are caught by the relay loop itself (republish, reconnect);
+# no request or user causes them, so they stay outside the error family (services/errors.py).
 class BrokerLostData(Exception):
     """The broker no longer has what it acknowledged: publish everything again."""
 
@@ -315,7 +317,7 @@ async def relay_context(app: object) -> AsyncIterator[None]:
     LEDGER_KAFKA_BOOTSTRAP is set, with its lag on the API's /metrics."""
     from aiohttp import web
 
-    from services.ledger.api.app import METRICS, SETTINGS
+    from services.ledger.api.context import METRICS, SETTINGS
 
     assert isinstance(app, web.Application)
     async with running_relay(RelayConfig.from_settings(app[SETTINGS]), app[METRICS]):

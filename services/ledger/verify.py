@@ -23,6 +23,9 @@ Connect = Callable[[], Awaitable[asyncpg.Connection]]
 
 
 class _Misplaced(Exception):
+    """Internal signalling inside the chain walk (a row out of its place), turned into the
+    report's broken link; not in the error family (services/errors.py)."""
+
     def __init__(self, row: asyncpg.Record) -> None:
         self.row = row
 

@@ -23,12 +23,16 @@ import jinja2
 import msgspec
 
 from consent.tenant import TenantState
+from services.errors import LedgerError
 
 ONE_CLICK: Final = "List-Unsubscribe=One-Click"
 
 
-class MailRefused(ValueError):
+class MailRefused(LedgerError, ValueError):
     """A mail that must not be sent as asked: ``field`` names the value at fault."""
+
+    status = 422
+    error = "validation_error"
 
     def __init__(self, field: str, problem: str) -> None:
         super().__init__(f"{field}: {problem}")

@@ -33,6 +33,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
 from consent.text import control_character_problem
+from services.errors import LedgerError
 from services.ledger.store import translate_errors
 
 Role = Literal["admin", "staff", "marketing"]  # marketing: staff pages plus the mailing export (issue 15)
@@ -65,8 +66,12 @@ class User(msgspec.Struct, frozen=True, kw_only=True):
         return f"user:{self.user_id}"
 
 
-class AccountError(ValueError):
-    """A request about an account that cannot be done; ``field`` names the form field."""
+class AccountError(LedgerError, ValueError):
+    """A request about an account that cannot be done; ``field`` names the form field. The
+    staff pages show it next to the form (``message_key`` is a message id of the portal)."""
+
+    status = 422
+    error = "validation_error"
 
     def __init__(self, message_key: str, field: str | None = None) -> None:
         super().__init__(message_key)

@@ -73,7 +73,7 @@ def _serve_one(host: str, port: int, reuse_port: bool) -> None:
     from aiohttp import web
 
     from services.logs import configure_logging
-    from services.portal.app import create_portal_app
+    from services.api.portal import create_portal_app
     from services.serving import event_loop, server_gc, server_options
 
     settings = from_env()

@@ -15,7 +15,8 @@ from typing import Final
 from aiohttp import web
 
 from services.portal.accounts import AccountError, new_password
-from services.portal.app import ACCOUNTS, LINKS, create_portal_app
+from services.api.portal import create_portal_app
+from services.portal.context import ACCOUNTS, LINKS
 from services.portal.links import portal_url
 from services.serving import server_options
 from services.settings import Settings

@@ -31,6 +31,7 @@ from schemas.events import RecordedEvent
 # The store's own column list and row decoder, so the portal's one-round-trip read decodes
 # events exactly as EventStore.read_stream does.
 from schemas.vocabulary import is_customer_ref, is_slug, subject_stream
+from services.errors import LedgerError
 from services.ledger.store import EventStore, row_to_recorded, translate_errors
 
 SELECTOR_BYTES: Final = 8
@@ -42,20 +43,31 @@ DEFAULT_BASE_URL: Final = "http://127.0.0.1:8081"
 _DUMMY_DIGEST: Final = hashlib.sha256(b"no such portal link").digest()
 
 
-class PortalLinkExists(LookupError):
+class PortalLinkExists(LedgerError, LookupError):
     """The subject already has a live link; its token cannot be shown again (stored hashed).
 
-    Pass ``rotate=True`` to revoke it and issue a new one.
+    Pass ``rotate=True`` to revoke it and issue a new one. The text names the subject (for
+    the CLI); ``message`` is the API's answer, which tells what to send instead.
     """
+
+    status = 409
+    error = "portal_link_exists"
+    field = "rotate"
 
     def __init__(self, tenant_id: str, source: str, customer_ref: str, issued_at: dt.datetime) -> None:
         super().__init__(f"subject {tenant_id}/{source}/{customer_ref} already has a portal link "
                          f"(issued {issued_at.isoformat()})")
         self.issued_at = issued_at
+        self.message = (f"the subject has a live portal link (issued {issued_at.isoformat()}); its URL cannot be"
+                        " shown again: send rotate=true to revoke it and issue a new one")
 
 
-class UnknownSubject(LookupError):
+class UnknownSubject(LedgerError, LookupError):
     """No ledger events for this subject: there is nothing to show behind a link."""
+
+    status = 404
+    error = "unknown_subject"
+    field = "ref"
 
 
 class LinkTarget(msgspec.Struct, frozen=True):

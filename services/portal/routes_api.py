@@ -14,11 +14,11 @@ from aiohttp import web
 
 from schemas import api as s
 from schemas.vocabulary import subject_stream
-from services.ledger.api.app import POOL, SETTINGS, Call
+from services.ledger.api.context import POOL, SETTINGS, Call
 from services.ledger.api.jsonapi import ApiError, ApiRoutes, json_response
 from services.ledger.subject_keys import parse_master_key
 from services.mail.service import MailService
-from services.portal.links import LinkInfo, LinkStore, PortalLinkExists, portal_url
+from services.portal.links import LinkInfo, LinkStore, portal_url
 
 routes = ApiRoutes(tag="portal links")
 LINK = "/v1/tenants/{tenant}/subjects/{source}/{ref}/portal-link"
@@ -54,12 +54,8 @@ async def issue_portal_link(call: Call) -> web.Response:
     links = LinkStore(call.request.app[POOL])
     rotate: bool = call.body.rotate
     rotated = rotate and await links.live(tenant, source, ref) is not None
-    try:
-        token = await links.issue(tenant, source, ref, rotate=rotate, issued_by=call.principal.actor().id)
-    except PortalLinkExists as exc:
-        raise ApiError(409, "portal_link_exists",
-                       f"the subject has a live portal link (issued {exc.issued_at.isoformat()}); its URL cannot be"
-                       " shown again: send rotate=true to revoke it and issue a new one", field="rotate") from None
+    # PortalLinkExists: 409 portal_link_exists (field rotate), answered by the error middleware
+    token = await links.issue(tenant, source, ref, rotate=rotate, issued_by=call.principal.actor().id)
     url = portal_url(call.request.app[SETTINGS].portal_base_url, token)
     return json_response(s.PortalLinkIssued(url=url, rotated=rotated), status=201)
 

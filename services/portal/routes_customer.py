@@ -18,7 +18,7 @@ from schemas.vocabulary import is_slug, subject_stream, tenant_stream
 from services.audit.receipts import build_receipt, is_receipt_event
 from services.ledger.commands import CommandRejected, Context, needs_double_opt_in
 from services.ledger.errors import WrongExpectedVersion
-from services.portal.app import (
+from services.portal.context import (
     CSRF,
     FRESHNESS,
     LEDGER,

@@ -21,7 +21,7 @@ from schemas.dealer import LapseEntry
 from schemas.vocabulary import CATEGORIES, CHANNELS
 from services.ledger.subject_keys import parse_master_key
 from services.mail.tokens import AnswerLinks
-from services.portal.app import MESSAGES, POOL
+from services.portal.context import MESSAGES, POOL
 from services.portal.dealer_words import DealerWords
 from services.portal.routes_staff import Staff, staff_page, staff_render
 from services.projector.clock import SystemClock
@@ -194,7 +194,7 @@ DIRECTORY: Final = web.AppKey("portal_directory", dict)
 
 def directory(request: web.Request) -> Any:
     from services.ledger.api.routes_search import make_directory
-    from services.portal.app import LEDGER, SETTINGS
+    from services.portal.context import LEDGER, SETTINGS
 
     holder = request.app[DIRECTORY]
     found = holder.get("directory")
@@ -205,7 +205,7 @@ def directory(request: web.Request) -> Any:
 
 def answer_links(request: web.Request) -> AnswerLinks:
     """The signed one-click unsubscribe links (made once per process, like the API's)."""
-    from services.portal.app import SETTINGS
+    from services.portal.context import SETTINGS
 
     holder = request.app[DIRECTORY]
     found = holder.get("links")
@@ -234,20 +234,6 @@ async def search_page(request: web.Request, staff: Staff, form: dict[str, str]) 
                          results=results)
 
 
-async def customer_contact(request: web.Request, staff: Staff, events: list[Any]) -> Any:
-    """The customer's newest contact data for the customer page, from the subject's own
-    events the page has read already (one subject decrypted; no directory needed)."""
-    from schemas.api import Contact
-    from services.portal.app import LEDGER
-
-    for recorded in reversed(events):
-        sealed = getattr(recorded.event, "personal", None)
-        if sealed is not None:
-            plain = await request.app[LEDGER].keys.open(recorded.stream_id, sealed)
-            return msgspec.json.decode(plain, type=Contact) if plain is not None else None
-    return None
-
-
 # -- recorded exports with contact details ---------------------------------------------------
 
 LAPSE_REQUIRES: Final = ("requires_disclosure", "requires_postfilter_check", "requires_objection_offer")
@@ -259,7 +245,7 @@ LAPSE_COLUMNS: Final = ("customer_ref", "source", "category", "channel", "lapses
 async def record_export(request: web.Request, staff: Staff, event: Any) -> None:
     """Append the DataExported event (who: the user; when: now) before the file is sent."""
     from services.ledger.store import StreamWrite
-    from services.portal.app import LEDGER
+    from services.portal.context import LEDGER
     from services.portal.changelog import exports_stream
 
     await request.app[LEDGER].append_many(staff.ctx(), staff.tenant.tenant_id,
@@ -322,7 +308,7 @@ def lapse_query_from(values: dict[str, str], words: DealerWords) -> LapseQuery |
 
 @staff_page()
 async def change_log_page(request: web.Request, staff: Staff, form: dict[str, str]) -> web.StreamResponse:
-    from services.portal.app import ACCOUNTS, LEDGER
+    from services.portal.context import ACCOUNTS, LEDGER
     from services.portal.changelog import change_log
 
     t = request[MESSAGES]
@@ -380,7 +366,7 @@ async def mailing_page(request: web.Request, staff: Staff, form: dict[str, str])
 @staff_page()
 async def mailing_csv(request: web.Request, staff: Staff, form: dict[str, str]) -> web.StreamResponse:
     from schemas.events import DataExported
-    from services.portal.app import error_page
+    from services.portal.context import error_page
     from services.portal.mailing import mailing_list
 
     if staff.user.role != "marketing":  # a role of its own: not even admins export mailing lists

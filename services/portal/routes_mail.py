@@ -33,7 +33,7 @@ from schemas.events import Actor, PreferenceSetting
 from services.ledger.commands import CommandRejected, Context
 from services.ledger.errors import WrongExpectedVersion
 from services.mail.tokens import ALL, ONE_CLICK_BODY
-from services.portal.app import (
+from services.portal.context import (
     CSRF,
     FRESHNESS,
     LEDGER,

@@ -7,7 +7,7 @@ from aiohttp import web
 
 from schemas.dealer import MailingExport
 from schemas.events import DataExported
-from services.ledger.api.app import Call
+from services.ledger.api.context import Call
 from services.ledger.api.jsonapi import ApiError, ApiRoutes
 from services.ledger.api.routes_search import DIRECTORY
 from services.ledger.store import StreamWrite

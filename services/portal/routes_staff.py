@@ -43,7 +43,7 @@ from schemas.vocabulary import CATEGORIES, CHANNELS, MAX_TERM_MONTHS, is_custome
 from services.ledger.commands import CommandRejected, Context
 from services.ledger.errors import WrongExpectedVersion
 from services.portal.accounts import AccountError, User, new_password
-from services.portal.app import (
+from services.portal.context import (
     ACCOUNTS,
     CSRF,
     LEDGER,
@@ -60,6 +60,7 @@ from services.portal.app import (
     render,
     url_for,
 )
+from services.portal.dealer_words import DealerWords  # the search form's and customer page's words (issue 15)
 from services.mail.compose import MailRefused, check_address
 from services.mail.service import NoAddress
 from services.portal.links import portal_url
@@ -560,7 +561,6 @@ async def customer_search(request: web.Request, staff: Staff, form: dict[str, st
             if events:
                 return _redirect(request, f"/beheer/{staff.tenant.tenant_id}/klanten/{source}/{ref}")
         error = request[MESSAGES]("customer_not_found")
-    from services.portal.routes_dealer import DealerWords  # the search form's words (issue 15)
 
     return staff_render(request, staff, "customers.html", nav="customers", status=404 if error else 200,
                         error=error, source=source or "dealer", ref=ref, d=DealerWords(request[MESSAGES]))
@@ -617,7 +617,6 @@ async def _customer(request: web.Request, staff: Staff, *, status: int = 200, er
                     issued_url: str | None = None, form: dict[str, str] | None = None) -> web.Response:
     source, ref, view, events = await _subject(request, staff)
     links = request.app[LINKS]
-    from services.portal.routes_dealer import DealerWords, customer_contact  # name and vehicle (issue 15)
 
     return staff_render(
         request, staff, "customer.html", nav="customers", status=status, view=view, source=source, ref=ref,
@@ -808,3 +807,16 @@ async def _account_changed(request: web.Request, staff: Staff, user_id: str, cha
     from services.portal.changelog import record_account_change
 
     await record_account_change(request.app[LEDGER], staff.ctx(), staff.tenant.tenant_id, user_id, change, role)
+
+
+async def customer_contact(request: web.Request, staff: Staff, events: list[Any]) -> Any:
+    """The customer's newest contact data for the customer page, from the subject's own
+    events the page has read already (one subject decrypted; no directory needed)."""
+    from schemas.api import Contact
+
+    for recorded in reversed(events):
+        sealed = getattr(recorded.event, "personal", None)
+        if sealed is not None:
+            plain = await request.app[LEDGER].keys.open(recorded.stream_id, sealed)
+            return msgspec.json.decode(plain, type=Contact) if plain is not None else None
+    return None

@@ -34,6 +34,7 @@ from consent.tenant import DealerContact, TenantState
 from consent.terms import cell_key, ledger_day
 from schemas.events import PreferenceSetting, RecordedEvent
 from schemas.vocabulary import CATEGORIES, CHANNELS, PREFERENCE_VALUES, subject_stream
+from services.errors import LedgerError
 from services.ledger.commands import Ledger
 from services.portal.messages import Messages
 from services.portal.security import sanitise_html
@@ -325,8 +326,11 @@ async def load_view(ledger: Ledger, freshness: TenantFreshness, tenant_id: str, 
     return None if view is None else (view, events)
 
 
-class FormProblem(ValueError):
-    """A posted preference form that no page of ours could have sent."""
+class FormProblem(LedgerError, ValueError):
+    """A posted preference form that no page of ours could have sent (a 400 page)."""
+
+    status = 400
+    error = "validation_error"
 
 
 def preference_changes(view: PortalView, form: dict[str, str]) -> list[PreferenceSetting]:

@@ -12,6 +12,7 @@ import asyncpg
 import msgspec
 import structlog
 
+from services.errors import LedgerError
 from services.projector.clock import SystemClock
 from services.projector.consumer import DEFAULT_GROUP
 from services.settings import Settings, from_env
@@ -165,8 +166,8 @@ def cmd_republish(args: argparse.Namespace) -> int:
     return 0
 
 
-class _CommandError(Exception):
-    pass
+class _CommandError(LedgerError):
+    """A projector command that cannot run as asked (unknown tenant, broker unreachable)."""
 
 
 async def _republish(settings: Settings, topic: str, tenant: str | None, rate: float) -> dict[str, object]:

@@ -97,7 +97,9 @@ class ApplyResult(msgspec.Struct, kw_only=True):
 
 class _NewSubjectTaken(Exception):
     """Another transaction inserted the row of a subject this one found new: roll back,
-    apply the batch again (now on top of that row). Raised before anything is published."""
+    apply the batch again (now on top of that row). Raised before anything is published.
+    Internal signalling, caught by the projector itself: not in the error family
+    (services/errors.py), no user ever sees it."""
 
     def __init__(self, keys: list[SubjectKey]) -> None:
         super().__init__(f"{len(keys)} new subject(s) inserted meanwhile by another transaction")

@@ -64,7 +64,9 @@ _YIELD_EVERY: Final = 2_000  # subjects evaluated between two yields to the even
 
 
 class TenantNotProjected(LookupError):
-    """The projector has not seen the tenant (yet)."""
+    """The projector has not seen the tenant (yet). A signal, not an answer: the route
+    decides between 404 (no such tenant) and 503 ``not_projected_yet``, so it stays outside
+    the error family (services/errors.py)."""
 
 
 def _mask(decisions: dict[str, Decision]) -> int:

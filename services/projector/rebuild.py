@@ -44,6 +44,7 @@ from consent.tenant import TenantState, apply_tenant
 from consent.terms import TermMatrix
 from schemas.events import Metadata, RecordedEvent, decode_event
 from schemas.vocabulary import parse_subject_stream
+from services.errors import LedgerError
 from services.ledger.store import partition_count, partition_heads, read_partitions, scan_log
 from services.projector.clock import Clock
 from services.projector.readmodel import (
@@ -87,8 +88,8 @@ class RebuildReport(msgspec.Struct, kw_only=True):
         return self.events / self.seconds if self.seconds else 0.0
 
 
-class RebuildInProgress(Exception):
-    """Another rebuild holds the lock."""
+class RebuildInProgress(LedgerError):
+    """Another rebuild holds the lock (``consent-ledger projector rebuild`` says so, exit 1)."""
 
 
 class Tenants(msgspec.Struct, frozen=True):

@@ -45,7 +45,7 @@ from services.audit.errors import AuditError
 from services.audit.loading import TenantRecord
 from services.audit.routes import STREAM_CACHE
 from services.audit.times import parse_known_at
-from services.ledger.api.app import POOL, SETTINGS, STORE, Call
+from services.ledger.api.context import POOL, SETTINGS, STORE, Call
 from services.ledger.api.jsonapi import NOT_A_DATE, ApiError, ApiRoutes, json_response
 from services.ledger.subject_keys import parse_master_key
 from services.mail.tokens import AnswerLinks, disclosure_of
@@ -275,26 +275,17 @@ def _terms_version_at(record: TenantRecord, known_at: dt.datetime) -> int:
 
 
 async def _known(call: Call, tenant: str, known_at: dt.datetime, field: str) -> tuple[TenantRecord, TenantState]:
-    try:
-        record = await call.request.app[STREAM_CACHE].tenant(tenant)
-        return record, record.state_at(known_at, field)
-    except AuditError as exc:
-        raise ApiError(exc.status, exc.error, exc.message, field=exc.field) from None
+    record = await call.request.app[STREAM_CACHE].tenant(tenant)  # AuditError: 404 unknown_tenant
+    return record, record.state_at(known_at, field)
 
 
 async def _subject_as_known(call: Call, tenant: str, source: str, ref: str, known_param: str,
                             on_param: str | None) -> web.Response:
     now = dt.datetime.now(dt.timezone.utc)
-    try:
-        known_at = parse_known_at(known_param, now)
-    except AuditError as exc:
-        raise ApiError(exc.status, exc.error, exc.message, field=exc.field) from None
+    known_at = parse_known_at(known_param, now)
     on = _date(on_param, "on") if on_param is not None else ledger_day(known_at)
     record, tenant_state = await _known(call, tenant, known_at, "known_at")
-    try:
-        history = await call.request.app[STREAM_CACHE].subject(tenant, source, ref)
-    except AuditError as exc:
-        raise ApiError(exc.status, exc.error, exc.message, field=exc.field) from None
+    history = await call.request.app[STREAM_CACHE].subject(tenant, source, ref)
     state = history.state_at(known_at)
     if state is None:
         raise ApiError(404, "unknown_subject", "the ledger knew nothing about this subject at known_at",

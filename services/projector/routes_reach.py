@@ -14,7 +14,7 @@ from aiohttp import web
 
 from schemas.vocabulary import CATEGORIES, CHANNELS
 from schemas.dealer import LapseList, ReachReport, ReachSource
-from services.ledger.api.app import POOL, Call
+from services.ledger.api.context import POOL, Call
 from services.ledger.api.jsonapi import ApiError, ApiRoutes, json_response
 from services.projector.clock import SystemClock
 from services.projector.reach import HORIZONS, MAX_LAPSE_DAYS, ReachCache, ReachCounts, TenantNotProjected

@@ -20,6 +20,7 @@ from aiohttp import web
 from consent.text import first_control_character, json_path
 from schemas.api import ErrorBody
 from schemas.vocabulary import CUSTOMER_REF_PATTERN, SLUG_PATTERN
+from services.errors import LedgerError, Refused
 from services.ledger.api.openapi_docs import describe, describe_fields, error_responses, example_for
 from services.serving import read_body_within
 
@@ -31,22 +32,16 @@ _decoders: dict[type, msgspec.json.Decoder[Any]] = {}
 MAX_BODY: Final = 1024 * 1024
 
 
-class ApiError(web.HTTPException):
-    """An error answered as JSON ``ErrorBody`` with the given status."""
+class ApiError(Refused):
+    """A request refused at the HTTP edge (key, headers, path, body) or by a route's own
+    check; answered as JSON ``ErrorBody`` by the API's error middleware, like every other
+    :class:`~services.errors.LedgerError`."""
 
-    def __init__(self, status: int, error: str, message: str, *, field: str | None = None,
-                 current_version: int | None = None, headers: dict[str, str] | None = None,
-                 position: int | None = None) -> None:
-        self.status_code = status
-        super().__init__(
-            text=_encoder.encode(
-                ErrorBody(error=error, message=message, field=field, current_version=current_version,
-                          position=position)
-            ).decode(),
-            content_type="application/json",
-            headers=headers,
-        )
-        self.error = error
+
+def error_body(exc: LedgerError) -> bytes:
+    """The JSON ``ErrorBody`` of an error of the project's family."""
+    return _encoder.encode(ErrorBody(error=exc.error, message=exc.message, field=exc.field,
+                                     current_version=exc.current_version, position=exc.position))
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -167,7 +162,8 @@ class _Pairs(list):  # type: ignore[type-arg]
 
 
 class _DuplicateKey(Exception):
-    pass
+    """Internal signalling from the JSON pairs hook; read_body answers the duplicate key
+    itself (422 duplicate_key naming its path), so it is not in the error family."""
 
 
 def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -8,7 +8,8 @@ with a description. All of it is derived from the code:
 * error ids from the statuses every operation can get (auth, body, store) plus those its
   handler raises: the handler's source and the functions it calls (its module's helpers,
   the Ledger commands, the audit functions) are read for ``ApiError``, ``AuditError`` and
-  ``CommandRejected`` with a literal status and id;
+  ``CommandRejected`` with a literal status and id, and for the errors of the family
+  (:mod:`services.errors`) whose class states its status and id (``UnknownCursor``);
 * examples built from the request and response types (their field names, patterns,
   bounds and enums), checked against those types by tests/test_api_docs.py.
 
@@ -27,6 +28,7 @@ from typing import Any, Final
 
 import msgspec.inspect as mi
 
+from services.errors import LedgerError
 from services.ledger.api.glossary import FIELD_DOCS
 
 ROLE_WORDS: Final[dict[str, str]] = {
@@ -95,6 +97,12 @@ def raised_errors(handler: Callable[..., Any], depth: int = 4) -> dict[int, set[
             target = namespace.get(name)
             if inspect.isfunction(target) and target.__module__.startswith(("services.", "consent.")):
                 visit(target, level + 1)
+            elif (inspect.isclass(target) and issubclass(target, LedgerError) and target.error != LedgerError.error
+                  and target.__module__ != "services.ledger.errors"):
+                # An error of the family whose class states its answer (UnknownCursor: 422
+                # unknown_cursor). The store's own errors are listed per kind of operation
+                # above (_GENERIC: a GET never gets a 409), not wherever a read may raise one.
+                found.setdefault(target.status, set()).add(target.error)
         # Methods: the Ledger's commands, and those of the project's classes this code can
         # see (its module's imports: TenantRecord.state_at, StreamCache.subject, ...).
         classes = [Ledger] + [c for c in namespace.values() if inspect.isclass(c)

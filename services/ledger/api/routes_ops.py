@@ -8,7 +8,7 @@ from typing import Final
 
 from aiohttp import web
 
-from services.ledger.api.app import POOL, Call, metrics_text, openapi
+from services.ledger.api.context import POOL, Call, metrics_text, openapi
 from services.ledger.api.jsonapi import ApiError, ApiRoutes, json_response
 
 routes = ApiRoutes(tag="operations")

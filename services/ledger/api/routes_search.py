@@ -12,8 +12,9 @@ import msgspec
 from aiohttp import web
 
 from schemas.api import PLATE_PATTERN, Contact
-from services.ledger.api.app import LEDGER, POOL, SETTINGS, Call
-from services.ledger.api.jsonapi import ApiError, ApiRoutes, json_response
+from services.errors import LedgerError
+from services.ledger.api.context import LEDGER, POOL, SETTINGS, Call
+from services.ledger.api.jsonapi import ApiRoutes, json_response
 from services.ledger.directory import Directory
 from services.ledger.subject_keys import master_keys
 
@@ -26,11 +27,16 @@ _PHONE: Final = re.compile(r"^[0-9+() -]{6,40}$")
 SEARCH_FIELDS: Final = ("q", "name", "email", "phone", "postcode", "plate")
 
 
-class SearchProblem(ValueError):
+class SearchProblem(LedgerError, ValueError):
+    """A search field that cannot be searched for: a 422 naming it (the API's error
+    middleware answers it; the dealer's search page shows the message)."""
+
+    status = 422
+    error = "validation_error"
+
     def __init__(self, field: str, message: str) -> None:
         super().__init__(message)
         self.field = field
-        self.message = message
 
 
 def search_text(query: Mapping[str, str]) -> str:
@@ -98,10 +104,7 @@ async def search_subjects(call: Call) -> web.Response:
     values (no plaintext is stored), so only the matches are decrypted. At most 50
     subjects; an erased subject is never found (its index rows go with its key)."""
     tenant = call.param("tenant")
-    try:
-        text = search_text(call.request.query)
-    except SearchProblem as exc:
-        raise ApiError(422, "validation_error", exc.message, field=exc.field) from None
+    text = search_text(call.request.query)
     await call.ledger.require_tenant(tenant)
     found = await call.request.app[DIRECTORY].search(tenant, text)
     hits = [SearchHit(source=f.source, customer_ref=f.customer_ref, contact=f.contact) for f in found]

@@ -19,7 +19,7 @@ from schemas.events import (
     RecordedEvent,
 )
 from schemas.vocabulary import subject_stream, tenant_stream
-from services.ledger.api.app import STORE, Call
+from services.ledger.api.context import STORE, Call
 from services.ledger.api.jsonapi import ApiError, ApiRoutes, json_response
 from services.ledger.commands import CommandRejected, check_fact_date, check_given_on, needs_double_opt_in
 from services.ledger.store import StreamWrite

@@ -8,7 +8,7 @@ from aiohttp import web
 from consent.policy import policy_version
 from schemas import api as s
 from schemas.events import ControllerContact
-from services.ledger.api.app import POOL, Call
+from services.ledger.api.context import POOL, Call
 from services.ledger.api.jsonapi import ApiError, ApiRoutes, json_response
 from services.ledger.api_keys import issue_key
 from services.ledger.commands import CommandRejected
@@ -102,7 +102,7 @@ async def issue_api_key(call: Call) -> web.Response:
                responses={204: None})
 async def revoke_api_key(call: Call) -> web.Response:
     """The key stops working at once. 404 if the tenant has no such active key."""
-    from services.ledger.api.app import KEYRING
+    from services.ledger.api.context import KEYRING
 
     if not await call.request.app[KEYRING].revoke(call.param("key_id"), call.param("tenant")):
         raise ApiError(404, "not_found", "no such active key for this tenant", field="key_id")

@@ -1,8 +1,11 @@
-"""The ledger's HTTP API: ``create_app(settings)``.
+"""The ledger's HTTP API, assembled: ``create_app(settings)``.
 
-Pools, the event store's writer and caches live in the app (``cleanup_ctx``), typed by
-``web.AppKey``; nothing is global. Every route is declared in a ``routes_*`` module with
-its roles; :func:`_guard` checks the key, the role and the tenant before the handler runs.
+This is the composition root of the JSON API: it lists the route sets of every service
+(:func:`default_route_sets`), puts pools, the event store's writer and caches in the app
+(``cleanup_ctx``, typed by the ``web.AppKey`` keys of :mod:`services.ledger.api.context`; nothing
+is global), checks key, role and tenant before a handler runs (:func:`_guard`) and answers
+every error as JSON in one place (:func:`_answer_errors_as_json`). No service imports this
+module; route modules import their state from the context module.
 """
 
 from __future__ import annotations
@@ -11,71 +14,40 @@ import os
 import re
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
-import msgspec
 import structlog
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from schemas.vocabulary import is_customer_ref, is_slug, subject_stream
-from services.ledger.api.jsonapi import MAX_BODY, ApiError, ApiRoutes, Operation, json_response, openapi_document, read_body
+from services.errors import LedgerError
+from services.ledger.api.context import (
+    KEYRING,
+    LEDGER,
+    METRICS,
+    OPENAPI_CACHE,
+    POOL,
+    RAW_BODY,
+    REQUEST_ID,
+    ROUTE_SETS,
+    SETTINGS,
+    STORE,
+    Call,
+)
+from services.ledger.api.jsonapi import MAX_BODY, ApiError, ApiRoutes, Operation, error_body, read_body
 from services.ledger.api.routing import add_routes
 from services.ledger.api_keys import KeyRing, Principal
-from services.ledger.commands import CommandRejected, Context, Ledger
-from services.ledger.errors import IdempotencyKeyReused, IntegrityError, StoreUnavailable, WrongExpectedVersion
+from services.ledger.commands import Ledger
 from services.ledger.metrics import LedgerMetrics
 from services.database import create_pool
 from services.ledger.migrate import migrate
-from services.ledger.store import EventStore, request_fingerprint
+from services.ledger.store import EventStore
 from services.ledger.subject_keys import SubjectKeys
 from services.serving import BODY_TIMEOUT, BodyTimeout, set_body_timeout
 from services.settings import Settings
 
 log = structlog.get_logger(__name__)
-
-SETTINGS = web.AppKey("settings", Settings)
-POOL = web.AppKey("pool", asyncpg.Pool)
-STORE = web.AppKey("store", EventStore)
-LEDGER = web.AppKey("ledger", Ledger)
-KEYRING = web.AppKey("keyring", KeyRing)
-METRICS = web.AppKey("metrics", LedgerMetrics)
-ROUTE_SETS = web.AppKey("route_sets", list)
-OPENAPI_CACHE = web.AppKey("openapi_cache", dict)
-REQUEST_ID = web.RequestKey("request_id", str)
-RAW_BODY = web.RequestKey("raw_body", bytes)
-
-
-@dataclass
-class Call:
-    """What a handler gets: the request, who made it, the decoded body, the ledger."""
-
-    request: web.Request
-    principal: Principal | None
-    body: Any
-    ledger: Ledger
-
-    def param(self, name: str) -> str:
-        return self.request.match_info[name]
-
-    def ctx(self, method: str | None = None) -> Context:
-        assert self.principal is not None
-        key = self.request.headers.get("Idempotency-Key")
-        if key is not None and not (0 < len(key) <= 200 and key.isprintable()):
-            raise ApiError(400, "invalid_header", "Idempotency-Key must be 1-200 printable characters",
-                           field="Idempotency-Key")
-        body_method = getattr(self.body, "method", None)
-        return Context(
-            actor=self.principal.actor(),
-            method=method or body_method or "api",  # type: ignore[arg-type]
-            request_id=self.request.get(REQUEST_ID),
-            idempotency_key=key,
-            fingerprint=request_fingerprint(self.request.method, self.request.path,
-                                            self.request.get(RAW_BODY, b"")) if key else b"",
-        )
-
 
 _PARAM_CHECKS = {
     "tenant": (is_slug, "a tenant id is lower-case letters, digits, _ and - (max 40)"),
@@ -171,30 +143,25 @@ async def request_context(request: web.Request, handler: Any) -> web.StreamRespo
 
 
 async def _answer_errors_as_json(request: web.Request, handler: Any) -> web.StreamResponse:
+    """The one place where errors become JSON answers. Any error of the project's family
+    (:class:`services.errors.LedgerError`: a refused request, a stale version, the database
+    gone) is answered with its own status, id, field and message; aiohttp's own 4xx (no such
+    path, method or a body too large) in the same ``ErrorBody``; anything else is a bug,
+    logged with its traceback and answered 500 in JSON."""
     try:
         return await handler(request)
-    except ApiError as exc:
-        return _as_response(exc)
-    except CommandRejected as exc:
-        return _as_response(ApiError(exc.status, exc.error, exc.message, field=exc.field))
-    except WrongExpectedVersion as exc:
-        return _as_response(ApiError(409, "wrong_expected_version", str(exc), field="expected_version",
-                                     current_version=exc.current))
-    except IdempotencyKeyReused as exc:
-        return _as_response(ApiError(422, "idempotency_key_reused", str(exc), field="Idempotency-Key"))
-    except StoreUnavailable as exc:
-        log.error("store_unavailable", error=str(exc))
-        return _as_response(ApiError(503, "unavailable", "the ledger database is unavailable; retry later",
-                                     headers={"Retry-After": "1"}))
-    except IntegrityError as exc:
-        log.error("integrity_error", error=str(exc))
-        return _as_response(ApiError(409, "conflict", "the write conflicts with existing data", field="$"))
-    except BodyTimeout:
+    except BodyTimeout as exc:
         log.warning("body_timeout", method=request.method)
-        response = _as_response(ApiError(408, "request_timeout", "the request body did not arrive in time"
-                                         f" ({request.app[BODY_TIMEOUT]:g} s)", field="$"))
+        exc.message = f"the request body did not arrive in time ({request.app[BODY_TIMEOUT]:g} s)"
+        response = _as_response(exc)
         response.force_close()  # what is left of the body would be read as the next request
         return response
+    except LedgerError as exc:
+        if exc.log_event is not None:
+            log.error(exc.log_event, error=str(exc))
+        elif exc.error == LedgerError.error:  # no answer of its own (e.g. StreamClosed reaching here): a bug
+            return _internal_error(request)
+        return _as_response(exc)
     except web.HTTPRequestEntityTooLarge:
         return _as_response(ApiError(413, "body_too_large", f"the body may be at most {MAX_BODY} bytes", field="$"))
     except web.HTTPException as exc:
@@ -214,17 +181,23 @@ async def _answer_errors_as_json(request: web.Request, handler: Any) -> web.Stre
                    405: f"{request.method} is not allowed here (allowed: {headers['Allow'] if headers else '-'})"
                    }.get(exc.status, exc.reason)
         return _as_response(ApiError(exc.status, error, message, field=where, headers=headers))
-    except Exception:  # a bug: logged with its traceback, answered in JSON like every other error
-        log.exception("unhandled_error", method=request.method, path=request.path)
-        return _as_response(ApiError(500, "internal_error", "the ledger failed to handle this request; it was logged"))
+    except Exception:
+        return _internal_error(request)
 
 
-def _as_response(exc: ApiError) -> web.Response:
-    return web.Response(status=exc.status, body=exc.text, content_type="application/json",
+def _internal_error(request: web.Request) -> web.Response:
+    """A bug: logged with its traceback, answered in JSON like every other error."""
+    log.exception("unhandled_error", method=request.method, path=request.path)
+    return _as_response(ApiError(500, "internal_error", "the ledger failed to handle this request; it was logged"))
+
+
+def _as_response(exc: LedgerError) -> web.Response:
+    return web.Response(status=exc.status, body=error_body(exc), content_type="application/json",
                         headers={k: v for k, v in exc.headers.items() if k.lower() not in ("content-type", "content-length")})
 
 
 def default_route_sets() -> list[ApiRoutes]:
+    """The routes of every service that answers on the API's port, in the document's order."""
     from services.audit import routes as routes_audit
     from services.importer import routes as routes_import
     from services.importer import routes_changes
@@ -290,17 +263,4 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
     await pool.close()
 
 
-def openapi(app: web.Application) -> dict[str, Any]:
-    """The document, built once per app (reading the handlers' code for their error ids
-    takes about a second; the routes never change while the app runs)."""
-    cache = app[OPENAPI_CACHE]
-    if "doc" not in cache:
-        cache["doc"] = openapi_document(app[ROUTE_SETS], title="Consent ledger API", version="1")
-    return cache["doc"]
-
-
-def metrics_text(app: web.Application) -> bytes:
-    return generate_latest(app[METRICS].registry)
-
-
-__all__ = ["create_app", "Call", "CONTENT_TYPE_LATEST", "msgspec"]
+__all__ = ["create_app", "default_route_sets"]
