@@ -22,17 +22,9 @@ from services.ledger.api_keys import issue_key
 from services.projector.clock import SystemClock
 from services.projector.projection import Projection, apply_until_caught_up
 from tests.browser_support import ARTIFACTS, browser  # noqa: F401 (the fixture)
-from tests.portal_support import OPERATOR, PASSWORD, World, make_world
+from tests.portal_support import OPERATOR, PASSWORD, World
 
 pytestmark = pytest.mark.browser  # `make test PYTEST_ARGS='-m "not browser"'` skips this file
-
-
-
-
-
-@pytest.fixture
-async def world(settings, aiohttp_client) -> World:  # type: ignore[no-untyped-def]
-    return await make_world(aiohttp_client, settings)
 
 
 @pytest.fixture

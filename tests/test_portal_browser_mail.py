@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from pathlib import Path
 
 import msgspec
 import pytest
@@ -22,7 +21,7 @@ from services.mail.smtp import SmtpSender
 from services.mail.tokens import unsubscribe_url
 from services.portal.app import LINKS, MAIL
 from services.settings import Settings
-from tests.portal_support import OPERATOR, World, make_world
+from tests.portal_support import OPERATOR, World
 from tests.browser_support import ARTIFACTS, browser  # noqa: F401 (the fixture)
 from tests.test_portal_browser import _contrast_ok
 
@@ -34,8 +33,9 @@ K = "garage-a/dealer/K9"
 
 
 @pytest.fixture
-async def world(settings, aiohttp_client) -> World:  # type: ignore[no-untyped-def]
-    world = await make_world(aiohttp_client, settings)
+async def world(world: World) -> World:
+    """The shared portal world (tests/conftest.py), with the dealer's contact details and
+    customer K9 who has an e-mail address."""
     await world.ledger.set_dealer_contact(OPERATOR, "garage-a", DealerContactSet(
         street="Stationsweg 12", postcode="3811 AB", city="Amersfoort", phone="033 123 45 67",
         email="info@garage-a.example"))
@@ -44,13 +44,6 @@ async def world(settings, aiohttp_client) -> World:  # type: ignore[no-untyped-d
                                       Contact(name="Els de Boer", email="els@example.nl"))
     world.links[K] = await world.client.app[LINKS].issue("garage-a", "dealer", "K9", rotate=False, issued_by="tests")
     return world
-
-
-@pytest.fixture
-def smtp(tmp_path: Path):  # type: ignore[no-untyped-def]
-    server = LocalSmtp(tmp_path / "mail").start()
-    yield server
-    server.stop()
 
 
 async def new_page(browser: Browser, width: int, height: int = 900) -> Page:

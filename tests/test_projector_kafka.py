@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import asyncpg
-import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
@@ -48,20 +46,6 @@ TODAY = ledger_day(dt.datetime.now(dt.timezone.utc))
 
 def months_ago(n: int) -> str:
     return add_months(TODAY, -n).isoformat()
-
-
-@pytest.fixture
-async def store(pool: asyncpg.Pool) -> AsyncIterator[EventStore]:
-    s = EventStore(pool)
-    await s.start()
-    yield s
-    await s.stop()
-
-
-@pytest.fixture
-def topics() -> tuple[str, str]:
-    tag = uuid.uuid4().hex[:8]
-    return f"ledger-{tag}", f"eligibility-{tag}"
 
 
 def config(db_url: str, broker: LocalBroker, topics: tuple[str, str], **kw: object) -> ProjectorConfig:

@@ -7,12 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import Awaitable, Sequence
 
 import asyncpg
 import msgspec
-import pytest
 
 from consent.law import RULES_VERSION
 from schemas.eligibility import decode_matrix
@@ -41,20 +39,6 @@ SWITCH = dt.date(2026, 7, 1)  # phone to customers: opt-in only (nl-telecom-11.7
 
 def at(day: dt.date, hour: int, minute: int = 0) -> dt.datetime:
     return dt.datetime.combine(day, dt.time(hour, minute), UTC)
-
-
-@pytest.fixture
-async def store(pool: asyncpg.Pool) -> AsyncIterator[EventStore]:
-    s = EventStore(pool)
-    await s.start()
-    yield s
-    await s.stop()
-
-
-@pytest.fixture
-def topics() -> tuple[str, str]:
-    tag = uuid.uuid4().hex[:8]
-    return f"ledger-{tag}", f"eligibility-{tag}"
 
 
 def config(db_url: str, broker: LocalBroker, topics: tuple[str, str]) -> ProjectorConfig:
