@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from email.message import EmailMessage
 
-import msgspec
 import pytest
 
 from consent.eligibility import evaluate
@@ -15,11 +13,10 @@ from consent.subject import fold_subject
 from schemas.vocabulary import subject_stream
 from schemas.api import Contact
 from services.mail.localsmtp import LocalSmtp
-from services.mail.smtp import SmtpSender
 from services.mail.tokens import MailTokens, unsubscribe_url
 from services.portal.app import LINKS, MAIL
 from services.settings import Settings
-from tests.portal_support import OPERATOR, World, csrf_of
+from tests.portal_support import OPERATOR, World, csrf_of, deliver, link_in
 
 K = "garage-a/dealer/K9"
 
@@ -32,19 +29,6 @@ async def world(world: World) -> World:
                                       Contact(name="Els de Boer", email="els@example.nl"))
     world.links[K] = await world.client.app[LINKS].issue("garage-a", "dealer", "K9", rotate=False, issued_by="tests")
     return world
-
-
-async def deliver(world: World, settings: Settings, smtp: LocalSmtp) -> list[EmailMessage]:
-    sender = SmtpSender(msgspec.structs.replace(settings, smtp_host="127.0.0.1", smtp_port=smtp.port))
-    await world.client.app[MAIL].outbox.send_due(sender)
-    return smtp.messages()
-
-
-def link_in(message: EmailMessage, path: str) -> str:
-    text = message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
-    match = re.search(r"https?://\S+(" + re.escape(path) + r"\S+)", text)
-    assert match, text
-    return match.group(1)
 
 
 async def events_of(world: World, ref: str = "K9"):  # type: ignore[no-untyped-def]

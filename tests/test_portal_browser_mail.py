@@ -6,9 +6,7 @@ Screenshots go to test-artifacts/ (git-ignored)."""
 from __future__ import annotations
 
 import datetime as dt
-import re
 
-import msgspec
 import pytest
 from playwright.async_api import Browser, Page, expect
 
@@ -17,12 +15,11 @@ from schemas.vocabulary import subject_stream
 from schemas.api import Contact
 from schemas.events import DealerContactSet
 from services.mail.localsmtp import LocalSmtp
-from services.mail.smtp import SmtpSender
 from services.mail.tokens import unsubscribe_url
 from services.portal.app import LINKS, MAIL
 from services.settings import Settings
-from tests.portal_support import OPERATOR, World
-from tests.browser_support import ARTIFACTS, browser  # noqa: F401 (the fixture)
+from tests.portal_support import OPERATOR, World, deliver, link_in
+from tests.browser_support import ARTIFACTS, browser, shot, url  # noqa: F401 (browser: the fixture)
 from tests.test_portal_browser import _contrast_ok
 
 pytestmark = pytest.mark.browser
@@ -51,28 +48,6 @@ async def new_page(browser: Browser, width: int, height: int = 900) -> Page:
     page = await context.new_page()
     page.set_default_timeout(10_000)
     return page
-
-
-def url(world: World, path: str) -> str:
-    return str(world.client.make_url(path))
-
-
-async def shot(page: Page, name: str) -> None:
-    ARTIFACTS.mkdir(exist_ok=True)
-    await page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
-
-
-async def deliver(world: World, settings: Settings, smtp: LocalSmtp):  # type: ignore[no-untyped-def]
-    sender = SmtpSender(msgspec.structs.replace(settings, smtp_host="127.0.0.1", smtp_port=smtp.port))
-    await world.client.app[MAIL].outbox.send_due(sender)
-    return smtp.messages()
-
-
-def link_in(message, path: str) -> str:  # type: ignore[no-untyped-def]
-    text = message.get_body(("plain",)).get_content()
-    match = re.search(r"https?://\S+(" + re.escape(path) + r"\S+)", text)
-    assert match, text
-    return match.group(1)
 
 
 async def unlabelled(page: Page) -> list[str]:
