@@ -221,7 +221,8 @@ class EventStore:
         itself and needs nothing else of the event (the import's preference planner)."""
         if not stream_ids:
             return []
-        partitions = sorted({await self._stream_partition(s) for s in stream_ids})
+        count = await self.partitions()  # by tenant, not by stream: a batch's streams share one
+        partitions = sorted({partition_of(t or "", count) for t in {stream_tenant(s) for s in stream_ids}})
         with translate_errors():
             rows = await self._pool.fetch(sql.READ_EVENT_DATA, partitions, "\n".join(stream_ids), event_type)
         return [(r[0], r[1]) for r in rows]
