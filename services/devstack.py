@@ -244,7 +244,7 @@ async def demo_tenant(settings: Settings) -> AsyncIterator[list[str]]:
     per role: the previous run's demo keys are revoked. Secrets are only printed."""
     from schemas.api import Contact
     from schemas.events import Actor, ControllerContact, PreferenceSetting
-    from services.ledger.api_keys import issue_key
+    from services.ledger.api_keys import issue_key, revoke_labelled
     from services.ledger.commands import Context, Ledger
     from services.ledger.migrate import migrate
     from services.ledger.store import EventStore
@@ -304,13 +304,11 @@ async def demo_tenant(settings: Settings) -> AsyncIterator[list[str]]:
             await store.stop()
 
         async with pool.acquire() as conn, conn.transaction():
-            revoked = await conn.execute(
-                "UPDATE ledger.api_keys SET revoked_at = now() WHERE label = $1 AND revoked_at IS NULL",
-                DEMO_KEY_LABEL)
+            revoked = await revoke_labelled(conn, DEMO_KEY_LABEL)
             keys = [await issue_key(conn, None, "operator", DEMO_KEY_LABEL)]
             for role in ("admin", "staff", "auditor", "sender", "importer"):
                 keys.append(await issue_key(conn, DEMO_TENANT, role, DEMO_KEY_LABEL))
-        log.info("demo_keys_issued", revoked=int(revoked.split()[-1]), issued=len(keys))
+        log.info("demo_keys_issued", revoked=revoked, issued=len(keys))
     finally:
         await pool.close()
     lines = [f'demo tenant  {DEMO_TENANT} "Autobedrijf Demo": 4 customers, 2 prospects (source "dealer")',

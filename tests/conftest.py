@@ -1,20 +1,35 @@
 """Fixtures: a real PostgreSQL and a real Kafka-protocol broker, started by the tests
 themselves on loopback and free ports. Each test gets a fresh database cloned from a
-migrated template, so tests never see each other's events."""
+migrated template, so tests never see each other's events.
+
+Every fixture more than one test module needs is here, once (a module that needs a variant
+overrides the small ``*_options`` fixture, or extends a fixture by taking it under the same
+name): the database (``db_url``, ``pool``), the event store (``store``), the broker
+(``broker``, ``fresh_broker``, ``topics``), the ledger API (``settings``, ``api``,
+``operator_key``, ``dealer``, ``other_dealer``), the importer's ``ledger``, the portal's
+``world`` and a local SMTP server (``smtp``)."""
 
 from __future__ import annotations
 
 import itertools
 import os
 import tempfile
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import pytest
 
 from services.devservers import LocalBroker, LocalPostgres, remove_tree
 from services.ledger.migrate import migrate
+from services.ledger.store import EventStore
+
+if TYPE_CHECKING:
+    from services.ledger.commands import Ledger
+    from services.mail.localsmtp import LocalSmtp
+    from tests.portal_support import World
 
 TEMPLATE_DB = "ledger_template"
 _db_numbers = itertools.count(1)
@@ -71,6 +86,15 @@ async def pool(db_url: str) -> AsyncIterator[asyncpg.Pool]:
     await p.close()
 
 
+@pytest.fixture
+async def store(pool: asyncpg.Pool) -> AsyncIterator[EventStore]:
+    """An event store on this test's database, its group-commit writer running."""
+    s = EventStore(pool)
+    await s.start()
+    yield s
+    await s.stop()
+
+
 @pytest.fixture(scope="session")
 def broker() -> Iterator[LocalBroker]:
     b = LocalBroker()
@@ -88,6 +112,13 @@ def fresh_broker() -> Iterator[LocalBroker]:
     b.stop()
 
 
+@pytest.fixture
+def topics() -> tuple[str, str]:
+    """A ledger topic and an eligibility topic of this test's own on the shared broker."""
+    tag = uuid.uuid4().hex[:8]
+    return f"ledger-{tag}", f"eligibility-{tag}"
+
+
 # -- the ledger API ----------------------------------------------------------------------
 
 from aiohttp.test_utils import TestClient  # noqa: E402
@@ -99,8 +130,14 @@ MASTER_KEY = new_master_key()
 
 
 @pytest.fixture
-def settings(db_url: str) -> Settings:
-    return Settings(database_url=db_url, master_key=MASTER_KEY, pool_size=5)
+def settings_options() -> dict[str, Any]:
+    """Settings fields a test module needs set otherwise: the module overrides this fixture."""
+    return {}
+
+
+@pytest.fixture
+def settings(db_url: str, settings_options: dict[str, Any]) -> Settings:
+    return Settings(**{"database_url": db_url, "master_key": MASTER_KEY, "pool_size": 5, **settings_options})
 
 
 @pytest.fixture
@@ -154,3 +191,42 @@ async def dealer(api: TestClient, operator_key: str) -> Dealer:
 @pytest.fixture
 async def other_dealer(api: TestClient, operator_key: str) -> Dealer:
     return await make_dealer(api, operator_key, "garage-b")
+
+
+# -- the importer, the portal, mail --------------------------------------------------------
+
+
+@pytest.fixture
+async def ledger(pool: asyncpg.Pool) -> AsyncIterator[Ledger]:
+    """The ledger's commands on this test's database, with the tenant garage-a (the DMS
+    import's tests: tests/import_support.py)."""
+    from tests.import_support import start_ledger
+
+    led = await start_ledger(pool, MASTER_KEY)
+    yield led
+    await led.store.stop()
+
+
+@pytest.fixture
+def world_options() -> dict[str, Any]:
+    """Settings overrides for the portal app of ``world``: a module overrides this fixture."""
+    return {}
+
+
+@pytest.fixture
+async def world(settings: Settings, aiohttp_client: Any, world_options: dict[str, Any]) -> World:
+    """The portal app with two dealers, their accounts, subjects and links
+    (tests/portal_support.py: make_world)."""
+    from tests.portal_support import make_world
+
+    return await make_world(aiohttp_client, settings, **world_options)
+
+
+@pytest.fixture
+def smtp(tmp_path: Path) -> Iterator[LocalSmtp]:
+    """A local SMTP server that keeps what it receives (services/mail/localsmtp.py)."""
+    from services.mail.localsmtp import LocalSmtp
+
+    server = LocalSmtp(tmp_path / "mail").start()
+    yield server
+    server.stop()

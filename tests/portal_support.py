@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from email.message import EmailMessage
 from dataclasses import dataclass, field
 
 import msgspec
@@ -15,7 +16,9 @@ from schemas.events import Actor
 from services.ledger.commands import Context, Ledger
 from services.portal.accounts import Accounts
 from services.api.portal import create_portal_app
-from services.portal.context import ACCOUNTS, LEDGER, LINKS
+from services.mail.localsmtp import LocalSmtp
+from services.mail.smtp import SmtpSender
+from services.portal.context import ACCOUNTS, LEDGER, LINKS, MAIL
 from services.portal.routes_staff import SESSION_COOKIE
 from services.settings import Settings
 
@@ -89,3 +92,18 @@ async def login(client: TestClient, tenant: str, email: str, password: str = PAS
                           headers={"Cookie": f"__Host-portal_login={prelogin}"}, allow_redirects=False)
     assert r.status == 303, (r.status, await r.text())
     return {"Cookie": f"{SESSION_COOKIE}={r.cookies[SESSION_COOKIE].value}"}
+
+
+async def deliver(world: World, settings: Settings, smtp: LocalSmtp) -> list[EmailMessage]:
+    """Send the portal's due mails to the test's SMTP server (the ``smtp`` fixture); what it holds."""
+    sender = SmtpSender(msgspec.structs.replace(settings, smtp_host="127.0.0.1", smtp_port=smtp.port))
+    await world.client.app[MAIL].outbox.send_due(sender)
+    return smtp.messages()
+
+
+def link_in(message: EmailMessage, path: str) -> str:
+    """The path and query of the link in the mail's text whose path starts with ``path``."""
+    text = message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    match = re.search(r"https?://\S+(" + re.escape(path) + r"\S+)", text)
+    assert match, text
+    return match.group(1)

@@ -27,8 +27,10 @@ from schemas.events import (
     TermMatrixEdited,
 )
 from schemas.vocabulary import subject_stream, tenant_stream
+from services.ledger.relay import RelayConfig
 from services.ledger.store import AppendRequest, AppendResult, EventStore, StreamWrite
 from services.projector.readmodel import SUBJECT_COLUMNS, SubjectRow, decode_state, row_from_record
+from services.projector.service import ProjectorConfig
 
 META = Metadata(actor=Actor(kind="api", id="test"), method="api")
 ACTOR = Actor(kind="staff", id="u-test")
@@ -143,3 +145,26 @@ async def wait_for(condition: Callable[[], Awaitable[bool]], timeout: float, wha
             return
         await asyncio.sleep(0.05)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+async def topic_by_key(bootstrap: str, topic: str) -> dict[str, list[bytes | None]]:
+    """The topic's values per key, in the order they were written."""
+    out: dict[str, list[bytes | None]] = {}
+    for key, value in await topic_records(bootstrap, topic):
+        out.setdefault(key, []).append(value)
+    return out
+
+
+def projector_config(db_url: str, bootstrap: str, topics: tuple[str, str], **kw: object) -> ProjectorConfig:
+    """A projector on the test's database and topics (the ``topics`` fixture), quick to react."""
+    values: dict[str, object] = {
+        "database_url": db_url, "bootstrap": bootstrap, "group_id": None, "ledger_topic": topics[0],
+        "eligibility_topic": topics[1], "eligibility_partitions": 2, "maintenance_interval": 0.1,
+    }
+    values.update(kw)
+    return ProjectorConfig(**values)  # type: ignore[arg-type]
+
+
+def relay_for_topics(db_url: str, bootstrap: str, topics: tuple[str, str]) -> RelayConfig:
+    """A relay from the test's database to its ledger topic (3 partitions), polling quickly."""
+    return RelayConfig(database_url=db_url, bootstrap=bootstrap, topic=topics[0], partitions=3, idle_poll=0.01)

@@ -1,11 +1,15 @@
 """The package layering and the types of the bottom packages, checked on every test run (so in
 CI): services -> consent -> schemas, no I/O in consent/ (import contracts in pyproject.toml,
 ``[tool.importlinter]``, checked by import-linter), and consent/ and schemas/ pass mypy in
-strict mode (``[tool.mypy]``). docs/layering.md says what each layer may import and why."""
+strict mode (``[tool.mypy]``). Also: each service's SQL names only its own schema (others'
+tables are reached through the owner's functions). docs/layering.md says what each layer may
+import, who owns which tables, and why."""
 
 from __future__ import annotations
 
+import ast
 import os
+import re
 import subprocess
 import sys
 import tomllib
@@ -98,3 +102,106 @@ def test_the_request_context_modules_lead_to_no_route_module() -> None:
         for route in _route_modules(graph):
             chain = graph.find_shortest_chain(importer=context, imported=route)
             assert chain is None, f"the context reaches a route module: {' -> '.join(chain)}"
+
+# -- each service owns its tables ------------------------------------------------------------
+
+SERVICES = ROOT / "services"
+# Documented exceptions: (module path from the repository root, schema) -> why it may name that
+# schema. Empty today; an entry must say why the owner's function cannot serve.
+FOREIGN_SQL_ALLOWED: dict[tuple[str, str], str] = {}
+_SQL_WORD = re.compile(r"\b(SELECT|INSERT|UPDATE|DELETE|FROM|JOIN|INTO|CREATE|ALTER|DROP|TRUNCATE|COPY|LOCK|GRANT)\b")
+
+
+def owned_schemas() -> dict[str, str]:
+    """schema -> the service package that owns it: the one whose migrations create it."""
+    owners: dict[str, str] = {}
+    for folder in sorted(SERVICES.glob("*/migrations")):
+        for schema in re.findall(r"CREATE SCHEMA IF NOT EXISTS (\w+)", _without_comments(folder)):
+            owners[schema] = folder.parent.name
+    return owners
+
+
+def _without_comments(folder: Path) -> str:
+    return "\n".join(re.sub(r"--.*", "", f.read_text("utf-8")) for f in sorted(folder.glob("*.sql")))
+
+
+def _schema_refs(text: str, schemas: dict[str, str]) -> set[str]:
+    """The schemas that ``text`` names as ``schema.object`` (not inside a dotted name such as
+    the topic ``consent.ledger.events.v1`` or a host name such as ``https://portal.example``)."""
+    names = "|".join(map(re.escape, schemas))
+    return {m.group(1) for m in re.finditer(rf"(?<![\w./@-])({names})\.[a-z_]\w*", text)}
+
+
+def _docstrings(tree: ast.AST) -> set[int]:
+    out: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+                out.add(id(first.value))
+    return out
+
+
+def foreign_sql(source: str, owner: str | None, schemas: dict[str, str]) -> list[tuple[int, str, str]]:
+    """(line, schema, text) for each string literal of ``source`` (a module of service
+    ``owner``; None for a module outside every service) that is SQL naming a schema owned by
+    another service, and each ``schema_name=`` argument (asyncpg's COPY) naming one."""
+    tree = ast.parse(source)
+    docs = _docstrings(tree)
+    found: list[tuple[int, str, str]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docs:
+            if _SQL_WORD.search(node.value):
+                found += [(node.lineno, schema, node.value) for schema in sorted(_schema_refs(node.value, schemas))
+                          if schemas[schema] != owner]
+        elif (isinstance(node, ast.keyword) and node.arg == "schema_name" and isinstance(node.value, ast.Constant)
+              and node.value.value in schemas and schemas[node.value.value] != owner):
+            found.append((node.value.lineno, node.value.value, f"schema_name={node.value.value!r}"))
+    return sorted(found)
+
+
+def test_every_service_with_tables_owns_a_schema_of_its_own_name() -> None:
+    owners = owned_schemas()
+    assert owners == {name: name for name in ("ledger", "audit", "portal", "projector", "importer", "mail")}
+
+
+def test_no_service_runs_sql_on_another_services_tables() -> None:
+    """Others' tables are reached through the owner's functions (docs/layering.md, "Who owns
+    which tables"), never with SQL of one's own: a module of services/<svc>/ names only the
+    schema <svc> in its SQL, a module outside every service (services/*.py) names none."""
+    schemas = owned_schemas()
+    problems: list[str] = []
+    used_exceptions: set[tuple[str, str]] = set()
+    for path in sorted(SERVICES.rglob("*.py")):
+        relative = path.relative_to(SERVICES)
+        owner = relative.parts[0] if len(relative.parts) > 1 else None
+        name = str(path.relative_to(ROOT))
+        for line, schema, text in foreign_sql(path.read_text("utf-8"), owner, schemas):
+            if (name, schema) in FOREIGN_SQL_ALLOWED:
+                used_exceptions.add((name, schema))
+                continue
+            problems.append(f"{name}:{line}: SQL on {schema}'s tables (owned by services/{schemas[schema]}/): "
+                            f"{' '.join(text.split())[:120]}")
+    for folder in sorted(SERVICES.glob("*/migrations")):
+        owner = folder.parent.name
+        for schema in sorted(_schema_refs(_without_comments(folder), schemas) - {owner}):
+            problems.append(f"{folder.relative_to(ROOT)}: a migration of {owner} names {schema}'s tables")
+    assert not problems, "call the owning service's function instead:\n" + "\n".join(problems)
+    assert used_exceptions == set(FOREIGN_SQL_ALLOWED), "an allowed exception is no longer needed: remove it"
+
+
+def test_the_ownership_check_finds_sql_on_a_foreign_schema_and_only_there() -> None:
+    schemas = owned_schemas()
+    module = '''"""Deletes from portal.links (a docstring may name any table)."""
+DROP = "DELETE FROM portal.links WHERE tenant_id = $1"
+OWN = "SELECT * FROM audit.suppressions"
+TOPIC = "consent.ledger.events.v1"
+READ = f"SELECT {1} FROM ledger.events"
+async def f(conn):
+    await conn.copy_records_to_table("outbox", schema_name="mail", records=[])
+'''
+    assert [(line, schema) for line, schema, _ in foreign_sql(module, "audit", schemas)] == [
+        (2, "portal"), (5, "ledger"), (7, "mail")]
+    assert [(line, schema) for line, schema, _ in foreign_sql(module, "portal", schemas)] == [
+        (3, "audit"), (5, "ledger"), (7, "mail")]
+    assert [schema for _, schema, _ in foreign_sql(module, None, schemas)] == ["portal", "audit", "ledger", "mail"]

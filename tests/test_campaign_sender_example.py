@@ -8,11 +8,9 @@ import datetime as dt
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
-import pytest
 
 from consent.terms import add_months, ledger_day
 from services.devservers import LocalBroker
@@ -28,14 +26,6 @@ TODAY = ledger_day(dt.datetime.now(dt.timezone.utc))
 
 def months_ago(n: int) -> str:
     return add_months(TODAY, -n).isoformat()
-
-
-@pytest.fixture
-async def store(pool: asyncpg.Pool) -> AsyncIterator[EventStore]:
-    s = EventStore(pool)
-    await s.start()
-    yield s
-    await s.stop()
 
 
 def sender(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:

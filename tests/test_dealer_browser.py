@@ -11,7 +11,8 @@ from schemas.api import Contact
 from tests.portal_support import OPERATOR, World
 from tests.test_dealer_pages import _today
 from tests.test_eligibility_api import project
-from tests.test_portal_browser import _contrast_ok, browser, log_in, page, shot, url, world  # noqa: F401
+from tests.browser_support import browser, shot, url  # noqa: F401 (browser: the fixture)
+from tests.test_portal_browser import _contrast_ok, log_in, page  # noqa: F401 (page: the fixture)
 
 pytestmark = pytest.mark.browser
 

@@ -7,10 +7,14 @@ from __future__ import annotations
 import datetime as dt
 
 import asyncpg
+import pytest
 from aiohttp.test_utils import TestClient
 
+from schemas.events import Actor
+from services.audit.erasure import erase_subject
 from services.audit.retention import run_retention
 from services.ledger.api.context import LEDGER
+from services.ledger.commands import Context
 from services.ledger.subject_keys import parse_master_key
 from services.ledger.verify import verify_ledger
 from services.portal.links import LinkStore
@@ -181,3 +185,79 @@ async def test_erasure_removes_the_subjects_portal_links_and_the_daily_job_remov
     assert await pool.fetchval("SELECT count(*) FROM portal.links WHERE customer_ref = 'C2'") == 1
     r = await erase(api, dealer)  # erasing again removes nothing more and says so
     assert r.status == 200 and (await r.json())["portal_links_removed"] == 0
+
+
+async def _fail_on(pool: asyncpg.Pool, table: str, operation: str) -> None:
+    """A fault: every ``operation`` on ``table`` fails from now on (a trigger that raises)."""
+    await pool.execute("CREATE FUNCTION public.fail() RETURNS trigger LANGUAGE plpgsql AS"
+                       " $$ BEGIN RAISE EXCEPTION 'injected fault'; END $$")
+    await pool.execute(f"CREATE TRIGGER fail BEFORE {operation} ON {table} FOR EACH ROW EXECUTE FUNCTION public.fail()")
+
+
+async def _heal(pool: asyncpg.Pool, table: str) -> None:
+    await pool.execute(f"DROP TRIGGER fail ON {table}")
+    await pool.execute("DROP FUNCTION public.fail()")
+
+
+async def _issue_links(api: TestClient, dealer: Dealer) -> None:
+    for rotate in (False, True):  # one revoked link, one live
+        r = await api.post(SUBJ + "/portal-link", json={"rotate": rotate}, headers=dealer.auth("admin"))
+        assert r.status == 201, await r.text()
+
+
+async def _left_of_c1(pool: asyncpg.Pool) -> tuple[int, int, int]:
+    """(keys, portal links, suppression records) that C1 still has."""
+    return (await pool.fetchval("SELECT count(*) FROM ledger.subject_keys WHERE stream_id LIKE '%/C1'"),
+            await pool.fetchval("SELECT count(*) FROM portal.links WHERE customer_ref = 'C1'"),
+            await pool.fetchval("SELECT count(*) FROM audit.suppressions"))
+
+
+async def test_a_fault_in_the_shred_leaves_key_and_links_in_place_and_erasing_again_completes_it(
+    api: TestClient, dealer: Dealer, settings: Settings, pool: asyncpg.Pool
+) -> None:
+    """The key, the portal's links and the suppression record are three services' tables,
+    deleted and written through each owner's function in ONE transaction: the last step
+    failing undoes the first two (nothing half-shredded), and the repeat finishes it."""
+    await make_subject(api, dealer, objection=True)
+    await _issue_links(api, dealer)
+    ledger, master = api.server.app[LEDGER], parse_master_key(settings.master_key or "")
+    ctx = Context(actor=Actor(kind="staff", id="tests"))
+    await _fail_on(pool, "audit.suppressions", "INSERT")
+    with pytest.raises(asyncpg.RaiseError, match="injected fault"):
+        await erase_subject(ledger, master, ctx, "garage-a", "dealer", "C1")
+    assert await _left_of_c1(pool) == (1, 2, 0)
+    r = await api.get(SUBJ + "/export", headers=dealer.auth("admin"))
+    assert (await r.json())["erased"]  # the event was appended before the shred failed
+
+    await _heal(pool, "audit.suppressions")
+    result = await erase_subject(ledger, master, ctx, "garage-a", "dealer", "C1")
+    assert result.already_erased and result.suppressed
+    assert (result.keys_shredded, result.portal_links_removed) == (1, 2)
+    assert await _left_of_c1(pool) == (0, 0, 1)
+
+
+async def test_the_daily_job_shreds_what_a_crash_after_the_erasure_event_left(
+    api: TestClient, dealer: Dealer, settings: Settings, pool: asyncpg.Pool
+) -> None:
+    await make_subject(api, dealer, objection=False)
+    await _issue_links(api, dealer)
+    r = await api.post("/v1/tenants/garage-a/subjects/dealer/C2/invoices", headers=dealer.auth("importer"),
+                       json={"invoice_id": "F-2", "invoice_date": "2025-02-01", "contact": {"name": "Piet"}})
+    assert r.status == 201, await r.text()
+    r = await api.post("/v1/tenants/garage-a/subjects/dealer/C2/portal-link", json={"rotate": False},
+                       headers=dealer.auth("admin"))
+    assert r.status == 201, await r.text()
+    ledger, master = api.server.app[LEDGER], parse_master_key(settings.master_key or "")
+    await _fail_on(pool, "ledger.subject_keys", "DELETE")  # the shred dies after the event is appended
+    with pytest.raises(asyncpg.RaiseError, match="injected fault"):
+        await erase_subject(ledger, master, Context(actor=Actor(kind="staff", id="tests")), "garage-a", "dealer", "C1")
+    await _heal(pool, "ledger.subject_keys")
+    assert await _left_of_c1(pool) == (1, 2, 0)
+
+    [report] = await run_retention(ledger, master, now=dt.datetime.now(dt.timezone.utc), dry_run=False,
+                                   tenants=["garage-a"])
+    assert (report.erased, report.keys_repaired, report.portal_links_repaired) == (0, 1, 2)
+    assert await _left_of_c1(pool) == (0, 0, 0)
+    # the other subject keeps its key and its link
+    assert await pool.fetchval("SELECT count(*) FROM ledger.subject_keys WHERE stream_id LIKE '%/C2'") == 1
+    assert await pool.fetchval("SELECT count(*) FROM portal.links WHERE customer_ref = 'C2'") == 1

@@ -3,7 +3,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 
-import asyncpg
 import pytest
 
 from schemas.events import Actor, InvoiceRecorded, Metadata, PreferencesChanged, PreferenceSetting
@@ -15,14 +14,6 @@ META = Metadata(actor=Actor(kind="api", id="test"), method="api")
 
 def invoice(n: int, day: str = "2024-01-31") -> InvoiceRecorded:
     return InvoiceRecorded(invoice_id=f"F{n}", invoice_date=dt.date.fromisoformat(day))
-
-
-@pytest.fixture
-async def store(pool: asyncpg.Pool):
-    s = EventStore(pool)
-    await s.start()
-    yield s
-    await s.stop()
 
 
 def req(stream: str, *events, expected=None, key=None, fp=b"") -> AppendRequest:

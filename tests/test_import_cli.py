@@ -8,26 +8,17 @@ import csv
 import os
 import stat
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
 import msgspec
-import pytest
 
 from services.ledger.commands import Ledger
 from services.portal.links import LinkStore
 from tests.conftest import MASTER_KEY
-from tests.import_support import INVOICE_HEADER, event_types, start_ledger, write
+from tests.import_support import INVOICE_HEADER, event_types, write
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-async def ledger(pool: asyncpg.Pool) -> AsyncIterator[Ledger]:
-    led = await start_ledger(pool, MASTER_KEY)
-    yield led
-    await led.store.stop()
 
 
 async def cli(db_url: str, *args: str, cwd: Path) -> tuple[int, str, str]:

@@ -4,7 +4,6 @@ rejected rows, atomic batches."""
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
@@ -14,14 +13,12 @@ from schemas.events import Actor, InvoiceCorrected, InvoiceRecorded, Metadata, S
 from services.importer.mapping import parse_mapping
 from services.ledger.commands import Ledger
 from services.ledger.store import AppendRequest, StreamWrite
-from tests.conftest import MASTER_KEY
 from tests.import_support import (
     INVOICE_HEADER,
     TENANT,
     event_types,
     open_sealed,
     run_import,
-    start_ledger,
     subject_events,
     write,
 )
@@ -35,13 +32,6 @@ name = "Naam"
 email = "E-mailadres"
 city = "Woonplaats"
 """)
-
-
-@pytest.fixture
-async def ledger(pool: asyncpg.Pool) -> AsyncIterator[Ledger]:
-    led = await start_ledger(pool, MASTER_KEY)
-    yield led
-    await led.store.stop()
 
 
 async def test_a_windows_1252_dms_export_becomes_one_sealed_invoice_event_per_row(

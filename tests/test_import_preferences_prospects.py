@@ -4,27 +4,17 @@ already says, and a nightly export does not undo a customer's own later choice."
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
-import pytest
 
 from schemas.events import Actor, PreferencesChanged, PreferenceSetting, ProspectRegistered
 from services.importer.mapping import parse_mapping
 from services.ledger.commands import Context, Ledger
-from tests.conftest import MASTER_KEY
-from tests.import_support import event_types, open_sealed, run_import, start_ledger, subject_events, write
+from tests.import_support import event_types, open_sealed, run_import, subject_events, write
 
 PREFS = "customer_ref;category;channel;value\n"
 PORTAL = Context(Actor(kind="subject", id="subject"), method="portal")
-
-
-@pytest.fixture
-async def ledger(pool: asyncpg.Pool) -> AsyncIterator[Ledger]:
-    led = await start_ledger(pool, MASTER_KEY)
-    yield led
-    await led.store.stop()
 
 
 async def test_opt_in_settings_of_one_customer_become_one_preferences_changed_event(

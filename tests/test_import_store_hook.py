@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 
 import asyncpg
-import pytest
 
 from schemas.events import Actor, MarketingActivityRecorded, Metadata
 from services.ledger.errors import LedgerError
@@ -23,14 +22,6 @@ def _event(day: int) -> MarketingActivityRecorded:
 
 class HookFailed(LedgerError):
     pass
-
-
-@pytest.fixture
-async def store(pool: asyncpg.Pool):
-    s = EventStore(pool)
-    await s.start()
-    yield s
-    await s.stop()
 
 
 async def test_a_hook_writes_in_the_same_transaction_as_the_events(store: EventStore, pool: asyncpg.Pool) -> None:

@@ -26,13 +26,6 @@ SUBJ = "/v1/tenants/garage-a/subjects/dealer"
 INVOICE_DAY = (dt.date.today() - dt.timedelta(days=20)).isoformat()
 
 
-@pytest.fixture
-def smtp(tmp_path: Path):  # type: ignore[no-untyped-def]
-    server = LocalSmtp(tmp_path / "mail").start()
-    yield server
-    server.stop()
-
-
 def mail_service(api: TestClient, settings: Settings, smtp: LocalSmtp) -> MailService:
     s = msgspec.structs.replace(settings, smtp_host="127.0.0.1", smtp_port=smtp.port, smtp_from="privacy@garage-a.nl")
     ledger = api.app[LEDGER]

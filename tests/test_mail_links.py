@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from email.message import EmailMessage
-from pathlib import Path
 
-import msgspec
 import pytest
 
 from consent.eligibility import evaluate
@@ -16,43 +13,22 @@ from consent.subject import fold_subject
 from schemas.vocabulary import subject_stream
 from schemas.api import Contact
 from services.mail.localsmtp import LocalSmtp
-from services.mail.smtp import SmtpSender
 from services.mail.tokens import MailTokens, unsubscribe_url
 from services.portal.context import LINKS, MAIL
 from services.settings import Settings
-from tests.portal_support import OPERATOR, World, csrf_of, make_world
+from tests.portal_support import OPERATOR, World, csrf_of, deliver, link_in
 
 K = "garage-a/dealer/K9"
 
 
 @pytest.fixture
-async def world(settings, aiohttp_client) -> World:  # type: ignore[no-untyped-def]
-    world = await make_world(aiohttp_client, settings)
+async def world(world: World) -> World:
+    """The shared portal world (tests/conftest.py), with customer K9 who has an e-mail address."""
     await world.ledger.record_invoice(OPERATOR, "garage-a", "dealer", "K9", "F99",
                                       dt.date.today() - dt.timedelta(days=40),
                                       Contact(name="Els de Boer", email="els@example.nl"))
     world.links[K] = await world.client.app[LINKS].issue("garage-a", "dealer", "K9", rotate=False, issued_by="tests")
     return world
-
-
-@pytest.fixture
-def smtp(tmp_path: Path):  # type: ignore[no-untyped-def]
-    server = LocalSmtp(tmp_path / "mail").start()
-    yield server
-    server.stop()
-
-
-async def deliver(world: World, settings: Settings, smtp: LocalSmtp) -> list[EmailMessage]:
-    sender = SmtpSender(msgspec.structs.replace(settings, smtp_host="127.0.0.1", smtp_port=smtp.port))
-    await world.client.app[MAIL].outbox.send_due(sender)
-    return smtp.messages()
-
-
-def link_in(message: EmailMessage, path: str) -> str:
-    text = message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
-    match = re.search(r"https?://\S+(" + re.escape(path) + r"\S+)", text)
-    assert match, text
-    return match.group(1)
 
 
 async def events_of(world: World, ref: str = "K9"):  # type: ignore[no-untyped-def]

@@ -21,18 +21,10 @@ from schemas.vocabulary import subject_stream
 from services.ledger.api_keys import issue_key
 from services.projector.clock import SystemClock
 from services.projector.projection import Projection, apply_until_caught_up
-from tests.browser_support import ARTIFACTS, browser  # noqa: F401 (the fixture)
-from tests.portal_support import OPERATOR, PASSWORD, World, make_world
+from tests.browser_support import browser, shot, url  # noqa: F401 (browser: the fixture)
+from tests.portal_support import OPERATOR, PASSWORD, World
 
 pytestmark = pytest.mark.browser  # `make test PYTEST_ARGS='-m "not browser"'` skips this file
-
-
-
-
-
-@pytest.fixture
-async def world(settings, aiohttp_client) -> World:  # type: ignore[no-untyped-def]
-    return await make_world(aiohttp_client, settings)
 
 
 @pytest.fixture
@@ -45,15 +37,6 @@ async def page(browser: Browser) -> AsyncIterator[Page]:
     yield p
     await context.close()
     assert not errors, errors
-
-
-def url(world: World, path: str) -> str:
-    return str(world.client.make_url(path))
-
-
-async def shot(page: Page, name: str) -> None:
-    ARTIFACTS.mkdir(exist_ok=True)
-    await page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
 
 
 async def log_in(page: Page, world: World, tenant: str, role: str) -> None:

@@ -6,10 +6,7 @@ Screenshots go to test-artifacts/ (git-ignored)."""
 from __future__ import annotations
 
 import datetime as dt
-import re
-from pathlib import Path
 
-import msgspec
 import pytest
 from playwright.async_api import Browser, Page, expect
 
@@ -18,12 +15,11 @@ from schemas.vocabulary import subject_stream
 from schemas.api import Contact
 from schemas.events import DealerContactSet
 from services.mail.localsmtp import LocalSmtp
-from services.mail.smtp import SmtpSender
 from services.mail.tokens import unsubscribe_url
 from services.portal.context import LINKS, MAIL
 from services.settings import Settings
-from tests.portal_support import OPERATOR, World, make_world
-from tests.browser_support import ARTIFACTS, browser  # noqa: F401 (the fixture)
+from tests.portal_support import OPERATOR, World, deliver, link_in
+from tests.browser_support import ARTIFACTS, browser, shot, url  # noqa: F401 (browser: the fixture)
 from tests.test_portal_browser import _contrast_ok
 
 pytestmark = pytest.mark.browser
@@ -34,8 +30,9 @@ K = "garage-a/dealer/K9"
 
 
 @pytest.fixture
-async def world(settings, aiohttp_client) -> World:  # type: ignore[no-untyped-def]
-    world = await make_world(aiohttp_client, settings)
+async def world(world: World) -> World:
+    """The shared portal world (tests/conftest.py), with the dealer's contact details and
+    customer K9 who has an e-mail address."""
     await world.ledger.set_dealer_contact(OPERATOR, "garage-a", DealerContactSet(
         street="Stationsweg 12", postcode="3811 AB", city="Amersfoort", phone="033 123 45 67",
         email="info@garage-a.example"))
@@ -46,40 +43,11 @@ async def world(settings, aiohttp_client) -> World:  # type: ignore[no-untyped-d
     return world
 
 
-@pytest.fixture
-def smtp(tmp_path: Path):  # type: ignore[no-untyped-def]
-    server = LocalSmtp(tmp_path / "mail").start()
-    yield server
-    server.stop()
-
-
 async def new_page(browser: Browser, width: int, height: int = 900) -> Page:
     context = await browser.new_context(locale="en-GB", viewport={"width": width, "height": height})
     page = await context.new_page()
     page.set_default_timeout(10_000)
     return page
-
-
-def url(world: World, path: str) -> str:
-    return str(world.client.make_url(path))
-
-
-async def shot(page: Page, name: str) -> None:
-    ARTIFACTS.mkdir(exist_ok=True)
-    await page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
-
-
-async def deliver(world: World, settings: Settings, smtp: LocalSmtp):  # type: ignore[no-untyped-def]
-    sender = SmtpSender(msgspec.structs.replace(settings, smtp_host="127.0.0.1", smtp_port=smtp.port))
-    await world.client.app[MAIL].outbox.send_due(sender)
-    return smtp.messages()
-
-
-def link_in(message, path: str) -> str:  # type: ignore[no-untyped-def]
-    text = message.get_body(("plain",)).get_content()
-    match = re.search(r"https?://\S+(" + re.escape(path) + r"\S+)", text)
-    assert match, text
-    return match.group(1)
 
 
 async def unlabelled(page: Page) -> list[str]:

@@ -7,8 +7,6 @@ import datetime as dt
 import hashlib
 import re
 
-import pytest
-
 from consent.eligibility import evaluate
 from consent.subject import fold_subject
 from schemas.vocabulary import subject_stream
@@ -17,11 +15,6 @@ from services.portal.links import split_token
 from services.portal.security import CSP
 from tests.portal_support import OPERATOR, World, csrf_of, make_world
 from tests.raw_http import raw_request
-
-
-@pytest.fixture
-async def world(settings, aiohttp_client) -> World:  # type: ignore[no-untyped-def]
-    return await make_world(aiohttp_client, settings)
 
 
 async def test_a_portal_page_shows_the_dealer_the_policy_in_order_and_the_settings_explained(world: World) -> None:

@@ -34,14 +34,12 @@ OPERATOR = Context(actor=Actor(kind="operator", id="tests"))
 
 
 @pytest.fixture
-async def ledger(pool: asyncpg.Pool) -> Ledger:  # type: ignore[misc]
-    store = EventStore(pool)
-    await store.start()
+async def ledger(pool: asyncpg.Pool, store: EventStore) -> Ledger:
+    """The ledger's commands with the tenant garage-a and its customer K1."""
     ledger = Ledger(pool, store, SubjectKeys(pool, parse_master_key(MASTER_KEY)))
     await ledger.create_tenant(OPERATOR, "garage-a", "Autobedrijf A")
     await ledger.record_invoice(OPERATOR, "garage-a", "dealer", "K1", "F1", dt.date.today())
-    yield ledger
-    await store.stop()
+    return ledger
 
 
 async def test_issuing_a_link_says_when_one_exists_and_rotating_replaces_it(pool, ledger: Ledger) -> None:  # type: ignore[no-untyped-def]

@@ -24,9 +24,9 @@ UNKNOWN = "niemand@garage-a.example.nl"
 
 
 @pytest.fixture
-async def world(settings, aiohttp_client) -> World:  # type: ignore[no-untyped-def]
+def world_options() -> dict[str, Any]:
     # The test client is 127.0.0.1; as a trusted proxy it lets X-Forwarded-For name the client.
-    return await make_world(aiohttp_client, settings, portal_trusted_proxies="127.0.0.1")
+    return {"portal_trusted_proxies": "127.0.0.1"}
 
 
 async def form_login(world: World, email: str, password: str, client: str) -> tuple[int, str]:

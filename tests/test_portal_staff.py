@@ -15,12 +15,7 @@ from schemas.events import RecordedEvent
 from schemas.vocabulary import subject_stream, tenant_stream
 from services.portal.accounts import MAX_FAILED_LOGINS
 from services.portal.routes_staff import SESSION_COOKIE
-from tests.portal_support import PASSWORD, World, csrf_of, login, make_world
-
-
-@pytest.fixture
-async def world(settings, aiohttp_client) -> World:  # type: ignore[no-untyped-def]
-    return await make_world(aiohttp_client, settings)
+from tests.portal_support import PASSWORD, World, csrf_of, login
 
 
 async def _page(world: World, path: str, cookie: dict[str, str]) -> tuple[str, str]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import Awaitable, Sequence
 
 import asyncpg
 import pytest
@@ -47,14 +47,6 @@ UTC = dt.timezone.utc
 
 def months_ago(n: int) -> str:
     return add_months(TODAY, -n).isoformat()
-
-
-@pytest.fixture
-async def store(pool: asyncpg.Pool) -> AsyncIterator[EventStore]:
-    s = EventStore(pool)
-    await s.start()
-    yield s
-    await s.stop()
 
 
 @pytest.fixture

@@ -9,12 +9,10 @@ import json
 import os
 import subprocess
 from collections import Counter
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import asyncpg
-import pytest
 
 from consent.terms import add_months, ledger_day
 from services.devservers import LocalBroker, free_port
@@ -26,14 +24,6 @@ from tests.conftest import MASTER_KEY
 from tests.projector_support import create_tenant, invoice, subject, wait_for
 
 TODAY = ledger_day(dt.datetime.now(dt.timezone.utc))
-
-
-@pytest.fixture
-async def store(pool: asyncpg.Pool) -> AsyncIterator[EventStore]:
-    s = EventStore(pool)
-    await s.start()
-    yield s
-    await s.stop()
 
 
 def env_for(db_url: str, bootstrap: str | None) -> dict[str, str]:

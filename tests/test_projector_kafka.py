@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import asyncpg
-import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
@@ -21,11 +19,11 @@ from consent.terms import add_months, ledger_day
 from schemas.eligibility import decode_matrix
 from schemas.events import MarketingActivityRecorded
 from services.devservers import LocalBroker
-from services.ledger.relay import RelayConfig, running_relay
+from services.ledger.relay import running_relay
 from services.ledger.store import EventStore
 from services.projector.clock import FixedClock, SystemClock
 from services.projector.publisher import KafkaPublisher
-from services.projector.service import ProjectorConfig, running_projector
+from services.projector.service import running_projector
 from tests.projector_support import (
     append,
     create_tenant,
@@ -34,12 +32,14 @@ from tests.projector_support import (
     folded_tenant,
     invoice,
     prefs,
+    projector_config,
     prospect,
+    relay_for_topics,
     state_of,
     subject,
     subject_rows,
     term_edit,
-    topic_records,
+    topic_by_key,
     wait_for,
 )
 
@@ -50,41 +50,6 @@ def months_ago(n: int) -> str:
     return add_months(TODAY, -n).isoformat()
 
 
-@pytest.fixture
-async def store(pool: asyncpg.Pool) -> AsyncIterator[EventStore]:
-    s = EventStore(pool)
-    await s.start()
-    yield s
-    await s.stop()
-
-
-@pytest.fixture
-def topics() -> tuple[str, str]:
-    tag = uuid.uuid4().hex[:8]
-    return f"ledger-{tag}", f"eligibility-{tag}"
-
-
-def config(db_url: str, broker: LocalBroker, topics: tuple[str, str], **kw: object) -> ProjectorConfig:
-    values: dict[str, object] = {
-        "database_url": db_url, "bootstrap": broker.bootstrap, "group_id": None, "ledger_topic": topics[0],
-        "eligibility_topic": topics[1], "eligibility_partitions": 2, "maintenance_interval": 0.1,
-    }
-    values.update(kw)
-    return ProjectorConfig(**values)  # type: ignore[arg-type]
-
-
-def relay(db_url: str, broker: LocalBroker, topics: tuple[str, str]) -> RelayConfig:
-    return RelayConfig(database_url=db_url, bootstrap=broker.bootstrap, topic=topics[0], partitions=3,
-                       idle_poll=0.01)
-
-
-async def latest(broker: LocalBroker, topic: str) -> dict[str, list[bytes | None]]:
-    out: dict[str, list[bytes | None]] = {}
-    for key, value in await topic_records(broker.bootstrap, topic):
-        out.setdefault(key, []).append(value)
-    return out
-
-
 async def test_the_projector_follows_the_relay_and_publishes_only_changed_matrices(
     db_url: str, pool: asyncpg.Pool, store: EventStore, broker: LocalBroker, topics: tuple[str, str]
 ) -> None:
@@ -93,15 +58,15 @@ async def test_the_projector_follows_the_relay_and_publishes_only_changed_matric
     await subject(store, "acme", "P1", prospect(months_ago(1)))
     elig = topics[1]
 
-    async with running_relay(relay(db_url, broker, topics)), \
-            running_projector(config(db_url, broker, topics), clock=SystemClock()):
+    async with running_relay(relay_for_topics(db_url, broker.bootstrap, topics)), \
+            running_projector(projector_config(db_url, broker.bootstrap, topics), clock=SystemClock()):
 
         async def published(key: str, at_least: int) -> bool:
-            return len((await latest(broker, elig)).get(key, [])) >= at_least
+            return len((await topic_by_key(broker.bootstrap, elig)).get(key, [])) >= at_least
 
         await wait_for(lambda: published("acme/dealer/C1", 1), 20, "C1's first matrix")
         await wait_for(lambda: published("acme/dealer/P1", 1), 20, "P1's first matrix")
-        on_topic = await latest(broker, elig)
+        on_topic = await topic_by_key(broker.bootstrap, elig)
         terms = (await folded_tenant(store, "acme")).terms
         for ref in ("C1", "P1"):
             [value] = on_topic[f"acme/dealer/{ref}"]
@@ -124,7 +89,8 @@ async def test_the_projector_follows_the_relay_and_publishes_only_changed_matric
         # A preference change: a new matrix, reflecting the new position.
         change = await subject(store, "acme", "C1", prefs(sales_campaign__phone="opt_in"))
         await wait_for(lambda: published("acme/dealer/C1", 2), 20, "C1's second matrix")
-        second = decode_matrix((await latest(broker, elig))["acme/dealer/C1"][1])  # type: ignore[arg-type]
+        second = decode_matrix(
+            (await topic_by_key(broker.bootstrap, elig))["acme/dealer/C1"][1])  # type: ignore[arg-type]
         assert second.position == change.last_position
         assert second.cell("sales_campaign", "phone").reason == "explicit_consent"
 
@@ -145,7 +111,7 @@ async def test_the_projector_follows_the_relay_and_publishes_only_changed_matric
                 and await published("acme/dealer/C1", 3)
 
         await wait_for(reevaluated, 20, "the term edit re-evaluated")
-        on_topic = await latest(broker, elig)
+        on_topic = await topic_by_key(broker.bootstrap, elig)
         assert len(on_topic["acme/dealer/C1"]) == 3 and len(on_topic["acme/dealer/P1"]) == 1
         third = decode_matrix(on_topic["acme/dealer/C1"][2])  # type: ignore[arg-type]
         assert third.terms_version == 2
@@ -154,7 +120,7 @@ async def test_the_projector_follows_the_relay_and_publishes_only_changed_matric
         # Erasure: a tombstone.
         await subject(store, "acme", "P1", erased())
         await wait_for(lambda: published("acme/dealer/P1", 2), 20, "P1's tombstone")
-        assert (await latest(broker, elig))["acme/dealer/P1"][-1] is None
+        assert (await topic_by_key(broker.bootstrap, elig))["acme/dealer/P1"][-1] is None
 
 
 async def test_a_lapsing_term_reaches_the_topic_on_the_day_it_lapses_with_no_new_event(
@@ -168,10 +134,10 @@ async def test_a_lapsing_term_reaches_the_topic_on_the_day_it_lapses_with_no_new
     elig = topics[1]
 
     async def messages() -> list[bytes | None]:
-        return (await latest(broker, elig)).get("acme/dealer/P1", [])
+        return (await topic_by_key(broker.bootstrap, elig)).get("acme/dealer/P1", [])
 
-    async with running_relay(relay(db_url, broker, topics)), \
-            running_projector(config(db_url, broker, topics), clock=clock):
+    async with running_relay(relay_for_topics(db_url, broker.bootstrap, topics)), \
+            running_projector(projector_config(db_url, broker.bootstrap, topics), clock=clock):
         await wait_for(lambda: _has(messages, 1), 20, "P1's first matrix")
         [first] = await messages()
         assert first is not None
@@ -222,13 +188,13 @@ async def test_a_restarted_projector_resumes_at_its_stored_offsets(
     await create_tenant(store, "acme")
     for i in range(20):
         await subject(store, "acme", f"C{i}", invoice(months_ago(2)))
-    async with running_relay(relay(db_url, broker, topics)):
-        async with running_projector(config(db_url, broker, topics)) as first:
+    async with running_relay(relay_for_topics(db_url, broker.bootstrap, topics)):
+        async with running_projector(projector_config(db_url, broker.bootstrap, topics)) as first:
             await wait_for(lambda: _count(pool, 20), 20, "20 subjects")
             assert first.metrics.events_applied._value.get() == 21  # noqa: SLF001 - prometheus counter value
         for i in range(20, 25):
             await subject(store, "acme", f"C{i}", invoice(months_ago(2)))
-        async with running_projector(config(db_url, broker, topics)) as second:
+        async with running_projector(projector_config(db_url, broker.bootstrap, topics)) as second:
             await wait_for(lambda: _count(pool, 25), 20, "25 subjects")
             await asyncio.sleep(0.3)
             assert second.metrics.events_applied._value.get() == 5  # noqa: SLF001
@@ -249,9 +215,9 @@ async def test_two_instances_in_a_consumer_group_share_the_partitions_and_agree_
         await subject(store, "acme", f"C{i}", invoice(months_ago(i % 12 + 1)))
     group = f"projector-{topics[0]}"
     fast = {"group_id": group, "session_timeout_ms": 6000, "heartbeat_interval_ms": 500}
-    async with running_relay(relay(db_url, broker, topics)):
-        async with running_projector(config(db_url, broker, topics, **fast)) as a, \
-                running_projector(config(db_url, broker, topics, **fast)) as b:
+    async with running_relay(relay_for_topics(db_url, broker.bootstrap, topics)):
+        async with running_projector(projector_config(db_url, broker.bootstrap, topics, **fast)) as a, \
+                running_projector(projector_config(db_url, broker.bootstrap, topics, **fast)) as b:
             assert a.consumer is not None and b.consumer is not None
 
             async def shared() -> bool:

@@ -7,17 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import Awaitable, Sequence
 
 import asyncpg
 import msgspec
-import pytest
 
 from consent.law import RULES_VERSION
 from schemas.eligibility import decode_matrix
 from services.devservers import LocalBroker
-from services.ledger.relay import RelayConfig, running_relay
+from services.ledger.relay import running_relay
 from services.ledger.store import EventStore
 from services.projector.clock import FixedClock
 from services.projector.projection import Projection, apply_until_caught_up
@@ -27,11 +25,13 @@ from tests.projector_support import (
     create_tenant,
     invoice,
     prefs,
+    projector_config,
     prospect,
+    relay_for_topics,
     subject,
     subject_row,
     subject_rows,
-    topic_records,
+    topic_by_key,
     wait_for,
 )
 
@@ -43,35 +43,9 @@ def at(day: dt.date, hour: int, minute: int = 0) -> dt.datetime:
     return dt.datetime.combine(day, dt.time(hour, minute), UTC)
 
 
-@pytest.fixture
-async def store(pool: asyncpg.Pool) -> AsyncIterator[EventStore]:
-    s = EventStore(pool)
-    await s.start()
-    yield s
-    await s.stop()
-
-
-@pytest.fixture
-def topics() -> tuple[str, str]:
-    tag = uuid.uuid4().hex[:8]
-    return f"ledger-{tag}", f"eligibility-{tag}"
-
-
 def config(db_url: str, broker: LocalBroker, topics: tuple[str, str]) -> ProjectorConfig:
-    return ProjectorConfig(database_url=db_url, bootstrap=broker.bootstrap, group_id=None, ledger_topic=topics[0],
-                           eligibility_topic=topics[1], eligibility_partitions=2, maintenance_interval=0.1,
-                           rules_pause=0.0)
-
-
-def relay(db_url: str, broker: LocalBroker, topics: tuple[str, str]) -> RelayConfig:
-    return RelayConfig(database_url=db_url, bootstrap=broker.bootstrap, topic=topics[0], partitions=3, idle_poll=0.01)
-
-
-async def on_topic(broker: LocalBroker, topic: str) -> dict[str, list[bytes | None]]:
-    out: dict[str, list[bytes | None]] = {}
-    for key, value in await topic_records(broker.bootstrap, topic):
-        out.setdefault(key, []).append(value)
-    return out
+    # No pause between the rule re-evaluation's batches: the tests wait for all of them.
+    return projector_config(db_url, broker.bootstrap, topics, rules_pause=0.0)
 
 
 async def test_the_switch_date_of_a_law_reaches_the_topic_on_that_day_with_no_new_event(
@@ -84,13 +58,13 @@ async def test_the_switch_date_of_a_law_reaches_the_topic_on_that_day_with_no_ne
     elig = topics[1]
 
     async def count(key: str, n: int) -> bool:
-        return len((await on_topic(broker, elig)).get(key, [])) >= n
+        return len((await topic_by_key(broker.bootstrap, elig)).get(key, [])) >= n
 
-    async with running_relay(relay(db_url, broker, topics)), \
+    async with running_relay(relay_for_topics(db_url, broker.bootstrap, topics)), \
             running_projector(config(db_url, broker, topics), clock=clock):
         await wait_for(lambda: count("acme/dealer/C1", 1), 20, "C1's first matrix")
         await wait_for(lambda: count("acme/dealer/P1", 1), 20, "P1's first matrix")
-        first = decode_matrix((await on_topic(broker, elig))["acme/dealer/C1"][0] or b"")
+        first = decode_matrix((await topic_by_key(broker.bootstrap, elig))["acme/dealer/C1"][0] or b"")
         call = first.cell("aftersales_service", "phone")
         assert (call.eligible, call.reason, call.until, call.law) == (True, "soft_opt_in", SWITCH, None)
         assert call.requires_objection_offer  # Gedragscode Telemarketing: objection offered in every call
@@ -98,12 +72,12 @@ async def test_the_switch_date_of_a_law_reaches_the_topic_on_that_day_with_no_ne
 
         clock.set(at(SWITCH - dt.timedelta(days=1), 21, 30))  # 23:30 in Amsterdam, 30 June
         await asyncio.sleep(0.5)
-        assert len((await on_topic(broker, elig))["acme/dealer/C1"]) == 1
+        assert len((await topic_by_key(broker.bootstrap, elig))["acme/dealer/C1"]) == 1
 
         clock.set(at(SWITCH - dt.timedelta(days=1), 22, 30))  # 00:30 in Amsterdam, 1 July
         assert clock.today() == SWITCH
         await wait_for(lambda: count("acme/dealer/C1", 2), 20, "C1's matrix on the switch date")
-        topic = await on_topic(broker, elig)
+        topic = await topic_by_key(broker.bootstrap, elig)
         second = decode_matrix(topic["acme/dealer/C1"][1] or b"")
         assert second.evaluated_on == SWITCH and second.position == first.position  # no new event
         call = second.cell("aftersales_service", "phone")
@@ -126,26 +100,27 @@ async def test_a_projector_started_after_a_switch_date_republishes_what_the_law_
     await subject(store, "acme", "P1", prospect("2016-01-01"))  # long lapsed: "no" everywhere, on both days
     elig = topics[1]
     before = FixedClock(at(dt.date(2026, 6, 15), 12))
-    async with running_relay(relay(db_url, broker, topics)), \
+    async with running_relay(relay_for_topics(db_url, broker.bootstrap, topics)), \
             running_projector(config(db_url, broker, topics), clock=before):
         await wait_for(lambda: _all_on_topic(broker, elig, 9), 20, "every first matrix")
     # what the old deployment left: evaluated with no rule table, next change years away
     await pool.execute("UPDATE projector.subjects SET rules_version = '', next_change = '2030-01-15'"
                        " WHERE customer_ref <> 'P1'")
     await pool.execute("UPDATE projector.subjects SET rules_version = ''")
-    published_before = {k: len(v) for k, v in (await on_topic(broker, elig)).items()}
+    published_before = {k: len(v) for k, v in (await topic_by_key(broker.bootstrap, elig)).items()}
 
     today = FixedClock(dt.datetime.now(UTC))  # after the switch date (the opt-in of K1 counts from today)
     assert today.today() > SWITCH
     cfg = config(db_url, broker, topics)
     cfg = msgspec.structs.replace(cfg, batch_size=5)
-    async with running_relay(relay(db_url, broker, topics)), running_projector(cfg, clock=today) as service:
+    async with running_relay(relay_for_topics(db_url, broker.bootstrap, topics)), \
+            running_projector(cfg, clock=today) as service:
         await wait_for(lambda: _republished(broker, elig, published_before, 8), 20, "the changed answers")
         await wait_for(lambda: _all_current(pool), 20, "every row on the current rules")
         reevaluated = service.metrics.reevaluated.labels("rules")._value.get()  # noqa: SLF001 - prometheus value
         assert reevaluated == 9
         await asyncio.sleep(0.5)
-    topic = await on_topic(broker, elig)
+    topic = await topic_by_key(broker.bootstrap, elig)
     for key, values in topic.items():
         matrix = decode_matrix(values[-1] or b"")
         for category in ("aftersales_service", "newsletter", "sales_campaign", "aftersales_campaign"):
@@ -157,18 +132,20 @@ async def test_a_projector_started_after_a_switch_date_republishes_what_the_law_
     assert len(topic["acme/dealer/P1"]) == published_before["acme/dealer/P1"]  # nothing changed for P1
 
     # once: a second start finds nothing to re-evaluate
-    async with running_relay(relay(db_url, broker, topics)), running_projector(cfg, clock=today) as again:
+    async with running_relay(relay_for_topics(db_url, broker.bootstrap, topics)), \
+            running_projector(cfg, clock=today) as again:
         await asyncio.sleep(1.0)
         assert again.metrics.reevaluated.labels("rules")._value.get() == 0  # noqa: SLF001
-    assert {k: len(v) for k, v in (await on_topic(broker, elig)).items()} == {k: len(v) for k, v in topic.items()}
+    after = await topic_by_key(broker.bootstrap, elig)
+    assert {k: len(v) for k, v in after.items()} == {k: len(v) for k, v in topic.items()}
 
 
 async def _all_on_topic(broker: LocalBroker, topic: str, n: int) -> bool:
-    return len(await on_topic(broker, topic)) >= n
+    return len(await topic_by_key(broker.bootstrap, topic)) >= n
 
 
 async def _republished(broker: LocalBroker, topic: str, before: dict[str, int], n: int) -> bool:
-    now = await on_topic(broker, topic)
+    now = await topic_by_key(broker.bootstrap, topic)
     return sum(1 for k, v in now.items() if len(v) > before.get(k, 0)) >= n
 
 

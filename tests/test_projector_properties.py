@@ -7,10 +7,8 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import random
-from collections.abc import AsyncIterator
 
 import asyncpg
-import pytest
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
@@ -93,14 +91,6 @@ def subject_event(op: tuple[object, ...]) -> Event:
         return MarketingActivityRecorded(activity_on=dt.date.fromisoformat(_day(op[1])),  # type: ignore[arg-type]
                                          category="newsletter", channel="email")
     return erased()
-
-
-@pytest.fixture
-async def store(pool: asyncpg.Pool) -> AsyncIterator[EventStore]:
-    s = EventStore(pool)
-    await s.start()
-    yield s
-    await s.stop()
 
 
 @settings(max_examples=40, deadline=None,

@@ -6,7 +6,6 @@ import asyncio
 import datetime as dt
 import random
 import uuid
-from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
@@ -42,14 +41,6 @@ TODAY = ledger_day(NOW)
 
 def months_ago(n: int) -> str:
     return add_months(TODAY, -n).isoformat()
-
-
-@pytest.fixture
-async def store(pool: asyncpg.Pool) -> AsyncIterator[EventStore]:
-    s = EventStore(pool)
-    await s.start()
-    yield s
-    await s.stop()
 
 
 async def a_varied_ledger(store: EventStore) -> None:

@@ -15,8 +15,7 @@ from aiohttp.test_utils import TestClient
 from consent.terms import add_months, ledger_day
 from services.projector.clock import SystemClock
 from services.projector.projection import Projection, apply_until_caught_up
-from services.settings import Settings
-from tests.conftest import MASTER_KEY, Dealer
+from tests.conftest import Dealer
 
 TODAY = ledger_day(dt.datetime.now(dt.timezone.utc))
 T = "/v1/tenants/garage-a"
@@ -24,8 +23,8 @@ WAIT_MS = 1500
 
 
 @pytest.fixture
-def settings(db_url: str) -> Settings:
-    return Settings(database_url=db_url, master_key=MASTER_KEY, pool_size=5, min_position_wait_ms=WAIT_MS)
+def settings_options() -> dict[str, int]:
+    return {"min_position_wait_ms": WAIT_MS}
 
 
 async def project(pool: asyncpg.Pool) -> None:

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import aiohttp
 import asyncpg
-import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from schemas.events import Actor, InvoiceRecorded, Metadata, RecordedEvent, decode_recorded
@@ -115,14 +114,6 @@ def assert_topic_matches_ledger(records: list[tuple[int, RecordedEvent, bytes]],
 
 def lag(relay: object) -> float | None:
     return relay.metrics.registry.get_sample_value("ledger_relay_lag_events")  # type: ignore[attr-defined]
-
-
-@pytest.fixture
-async def store(pool: asyncpg.Pool):
-    s = EventStore(pool)
-    await s.start()
-    yield s
-    await s.stop()
 
 
 def relay_config(db_url: str, bootstrap: str, **kw: object) -> RelayConfig:

@@ -40,14 +40,6 @@ class HookFailed(LedgerError):
     pass
 
 
-@pytest.fixture
-async def store(pool: asyncpg.Pool):
-    s = EventStore(pool)
-    await s.start()
-    yield s
-    await s.stop()
-
-
 async def _chain_ok(pool: asyncpg.Pool) -> int:
     async with pool.acquire() as conn:
         count, broken = await verify_ledger(conn)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
@@ -30,14 +29,6 @@ def invoice(n: int) -> InvoiceRecorded:
 def req(stream: str, *events: object, expected: int | None = None, key: str | None = None) -> AppendRequest:
     return AppendRequest(tenant_id="acme", writes=[StreamWrite(stream, list(events), expected)],  # type: ignore[arg-type]
                          metadata=META, idempotency_key=key, fingerprint=b"fp" if key else b"")
-
-
-@pytest.fixture
-async def store(pool: asyncpg.Pool) -> AsyncIterator[EventStore]:
-    s = EventStore(pool)
-    await s.start()
-    yield s
-    await s.stop()
 
 
 async def chain_is_intact(pool: asyncpg.Pool) -> int:

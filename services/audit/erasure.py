@@ -6,9 +6,12 @@ The ledger is append-only and hash-chained, so erasure does not touch events. It
    expected version (nothing can slip in between), after which the ledger refuses every
    further append to the stream (410, services/ledger/commands.py);
 2. in one transaction, deletes the subject's key (every Sealed field of the subject becomes
-   unreadable forever) and its personal portal links (``portal.links``: the portal is a
-   read model too, and a link is a credential for someone who is gone) and, if an
-   objection was in force, writes the suppression record (services/audit/suppression.py);
+   unreadable forever; ``SubjectKeys.shred``), its personal portal links (the portal is a
+   read model too, and a link is a credential for someone who is gone;
+   ``services.portal.links.drop_subject_links``) and its mail rows
+   (``services.mail.addresses.forget_subject``) and, if an objection was in force, writes
+   the suppression record (services/audit/suppression.py). Each of those is the owning
+   service's function, run on erasure's connection inside its transaction;
 3. leaves the read models to the projector, which handles SubjectErased like any event:
    it drops the subject's rows and publishes a tombstone on ``consent.eligibility.v1``.
 
@@ -34,6 +37,7 @@ from services.ledger.commands import Context, Ledger
 from services.ledger.errors import WrongExpectedVersion
 from services.ledger.store import StreamWrite, translate_errors
 from services.mail.addresses import forget_subject as forget_mail_subject
+from services.portal.links import drop_subject_links
 
 log = structlog.get_logger(__name__)
 
@@ -71,21 +75,20 @@ class _Shredded(msgspec.Struct, frozen=True):
 async def _shred(ledger: Ledger, master_key: bytes, state: SubjectState, erased_at: dt.datetime,
                  objected_on: dt.date | None, reason: Reason) -> _Shredded:
     stream = subject_stream(state.tenant_id, state.source, state.customer_ref)
+    # One transaction on one connection, each owning service's function taking part in it:
+    # the key, the links, the mail rows and the suppression record go together or not at all.
     with translate_errors():
         async with ledger.pool.acquire() as conn, conn.transaction():
-            # More than one row only if a key was made after an earlier shred: remove them all.
-            keys = await conn.execute("DELETE FROM ledger.subject_keys WHERE stream_id = $1", stream)
-            # Live and revoked links alike: the rows name the subject and who issued its links.
-            links = await conn.execute(
-                "DELETE FROM portal.links WHERE tenant_id = $1 AND source = $2 AND customer_ref = $3",
-                state.tenant_id, state.source, state.customer_ref,
-            )
+            # The ledger's key table (every key of the stream, should one have been made later).
+            keys = await ledger.keys.shred(conn, stream)
+            # The portal's links, live and revoked alike.
+            links = await drop_subject_links(conn, state.tenant_id, state.source, state.customer_ref)
             # The mail service's rows: address MACs ("lost my link") and mails not sent yet.
             await forget_mail_subject(conn, state.tenant_id, state.source, state.customer_ref)
             if objected_on is not None:
                 await suppression.suppress(conn, master_key, state.tenant_id, state.source, state.customer_ref,
                                            objected_on, erased_at, reason)
-    return _Shredded(keys=int(keys.split()[-1]), portal_links=int(links.split()[-1]))
+    return _Shredded(keys=keys, portal_links=links)
 
 
 async def erase_subject(ledger: Ledger, master_key: bytes, ctx: Context, tenant_id: str, source: str,

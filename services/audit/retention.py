@@ -25,6 +25,7 @@ from services.audit.loading import load_tenant
 from services.audit.scan import scan_subjects, tenant_ids
 from services.ledger.commands import Ledger
 from services.ledger.store import translate_errors
+from services.portal.links import drop_erased_subject_links
 
 log = structlog.get_logger(__name__)
 
@@ -91,26 +92,11 @@ async def run_retention(ledger: Ledger, master_key: bytes, *, now: dt.datetime, 
 
 async def _repair_keys(ledger: Ledger, tenant_id: str) -> int:
     """Delete keys that still exist for erased subjects (a crash between append and shred)."""
-    with translate_errors():
-        done = await ledger.pool.execute(
-            "DELETE FROM ledger.subject_keys k WHERE k.tenant_id = $1 AND EXISTS (SELECT 1 FROM ledger.events e"
-            " WHERE e.log_partition = ledger.partition_of($1, (SELECT count(*)::integer FROM ledger.partitions)) AND e.stream_id = k.stream_id"
-            " AND e.event_type = 'SubjectErased')",
-            tenant_id,
-        )
-    return int(done.split()[-1])
+    return await ledger.keys.shred_erased(tenant_id)
 
 
 async def _repair_portal_links(ledger: Ledger, tenant_id: str) -> int:
     """Delete portal links of erased subjects that erasure did not remove: a crash between
     append and shred, or a link issued by a request that checked the subject just before
-    the erasure was appended."""
-    with translate_errors():
-        done = await ledger.pool.execute(
-            "DELETE FROM portal.links l WHERE l.tenant_id = $1 AND EXISTS (SELECT 1 FROM ledger.events e"
-            " WHERE e.log_partition = ledger.partition_of($1, (SELECT count(*)::integer FROM ledger.partitions))"
-            " AND e.stream_id = 'subject/' || l.tenant_id || '/' || l.source || '/' || l.customer_ref"
-            " AND e.event_type = 'SubjectErased')",
-            tenant_id,
-        )
-    return int(done.split()[-1])
+    the erasure was appended. The portal's own function, asking the ledger who is erased."""
+    return await drop_erased_subject_links(ledger.pool, ledger, tenant_id)

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from schemas.vocabulary import parse_subject_stream, subject_key
-from services.ledger.store import translate_errors
+from services.ledger.store import streams_with_event_type, translate_errors
 
 _INFO: Final = b"consent-ledger/suppression/v1/"
 
@@ -75,13 +75,10 @@ async def rehash(pool: asyncpg.Pool, current: bytes, previous: bytes) -> int:
     customer ref of every erased subject is still in its stream id (docs/erasure.md), so
     each one's old and new hash can be computed; a record is moved only if its old hash
     matches. Returns the records moved; safe to run again."""
-    with translate_errors():
-        erased = await pool.fetch(
-            "SELECT DISTINCT tenant_id, stream_id FROM ledger.events WHERE event_type = 'SubjectErased'"
-        )
+    erased = await streams_with_event_type(pool, "SubjectErased")
     moved = 0
-    for row in erased:
-        parsed = parse_subject_stream(row["stream_id"])
+    for stream_id in erased:
+        parsed = parse_subject_stream(stream_id)
         if parsed is None:
             continue
         tenant_id, source, ref = parsed

@@ -563,16 +563,11 @@ class PreferencePlanner(Planner):
 
     async def current(self, streams: Sequence[str]) -> dict[str, dict[str, str]]:
         """Per subject, the current value per cell (cells never set are "default")."""
-        with translate_errors():
-            rows = await self.pool.fetch(
-                "SELECT stream_id, data FROM ledger.events"
-                " WHERE log_partition = ledger.partition_of($2, (SELECT count(*)::integer FROM ledger.partitions))"
-                " AND stream_id = ANY($1::text[])"
-                " AND event_type = 'PreferencesChanged' ORDER BY stream_id, version", list(streams), self.tenant)
+        rows = await self.ledger.store.read_event_data(streams, "PreferencesChanged")
         current: dict[str, dict[str, str]] = {}
-        for r in rows:
-            cells = current.setdefault(r["stream_id"], {})
-            for change in _preferences_decoder.decode(r["data"]).changes:
+        for stream_id, data in rows:
+            cells = current.setdefault(stream_id, {})
+            for change in _preferences_decoder.decode(data).changes:
                 cells[cell_key(change.category, change.channel)] = change.value
         return current
 

@@ -34,7 +34,6 @@ from services.errors import LedgerError
 from services.importer.mapping import normalise_header
 from services.importer.reader import FileProblem, detect_encoding
 from services.ledger.commands import CommandRejected, Ledger
-from services.ledger.store import translate_errors
 
 log = structlog.get_logger(__name__)
 
@@ -85,7 +84,7 @@ def read_refs(path: Path, column: str) -> Iterator[tuple[int, str]]:
 async def export_portal_links(ledger: Ledger, tenant: str, source: str, refs: Path, out: Path, *,
                               column: str = "customer_ref", only_missing: bool = False, base_url: str,
                               issued_by: str = "import") -> ExportResult:
-    from services.portal.links import PortalLinkExists, UnknownSubject, issue_portal_link
+    from services.portal.links import PortalLinkExists, UnknownSubject, issue_portal_link, live_link_refs
 
     try:
         await ledger.require_source(tenant, source)
@@ -119,7 +118,7 @@ async def export_portal_links(ledger: Ledger, tenant: str, source: str, refs: Pa
             answers: list[tuple[str, str, str] | asyncio.Task[tuple[str, str]]] = []
             valid = [r for r in dict.fromkeys(chunk) if is_customer_ref(r) and r not in seen]
             heads = await ledger.subject_heads([subject_stream(tenant, source, r) for r in valid]) if valid else {}
-            live = await _live_links(ledger, tenant, source, valid)
+            live = await live_link_refs(ledger.pool, tenant, source, valid)
             for ref in chunk:
                 if not is_customer_ref(ref):
                     answers.append((ref, "", "invalid"))
@@ -147,16 +146,6 @@ async def export_portal_links(ledger: Ledger, tenant: str, source: str, refs: Pa
                 writer.writerow(row)
     log.info("portal_links_exported", tenant=tenant, source=source, only_missing=only_missing, **counts)
     return ExportResult(counts=counts)
-
-
-async def _live_links(ledger: Ledger, tenant: str, source: str, refs: list[str]) -> set[str]:
-    if not refs:
-        return set()
-    with translate_errors():
-        rows = await ledger.pool.fetch(
-            "SELECT customer_ref FROM portal.links WHERE tenant_id = $1 AND source = $2"
-            " AND customer_ref = ANY($3::text[]) AND revoked_at IS NULL", tenant, source, refs)
-    return {r["customer_ref"] for r in rows}
 
 
 def _take(it: Iterator[tuple[int, str]], n: int) -> list[tuple[int, str]]:

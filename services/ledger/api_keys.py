@@ -69,6 +69,15 @@ async def issue_key(conn: asyncpg.Connection | asyncpg.Pool, tenant_id: str | No
     return ApiKeyIssued(key_id=key_id, key=f"{PREFIX}{key_id}_{secret}", role=role, tenant_id=tenant_id, label=label)
 
 
+
+async def revoke_labelled(conn: asyncpg.Connection | asyncpg.Pool, label: str) -> int:
+    """Revoke every live key with this label (the dev stack's demo keys, new at each
+    start); returns how many. A running KeyRing stops accepting them within its ttl."""
+    with translate_errors():
+        done = await conn.execute(
+            "UPDATE ledger.api_keys SET revoked_at = now() WHERE label = $1 AND revoked_at IS NULL", label)
+    return int(done.split()[-1])
+
 class KeyRing:
     """Authenticates keys, with a short cache so a hot client costs no query per request.
     A revoked key stops working within ``ttl`` seconds."""

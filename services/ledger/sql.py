@@ -132,6 +132,14 @@ READ_STREAMS: Final = (
     f"SELECT {EVENT_COLUMNS} FROM ledger.events WHERE log_partition = ANY($1::smallint[])"
     " AND stream_id = ANY(string_to_array($2, E'\\n')) AND event_type = ANY($3::text[]) ORDER BY stream_id, version"
 )
+# (stream id, data) of the events of type $3 of the streams $2 (newline-joined) in
+# partitions $1, by stream and version: for a reader that decodes one event type itself.
+READ_EVENT_DATA: Final = (
+    "SELECT stream_id, data FROM ledger.events WHERE log_partition = ANY($1::smallint[])"
+    " AND stream_id = ANY(string_to_array($2, E'\\n')) AND event_type = $3 ORDER BY stream_id, version"
+)
+# Every stream holding an event of type $1 (every partition: not a hot query).
+STREAMS_WITH_EVENT_TYPE: Final = "SELECT DISTINCT stream_id FROM ledger.events WHERE event_type = $1 ORDER BY 1"
 STREAM_VERSION: Final = (
     "SELECT max(version) FROM ledger.events WHERE log_partition = $1 AND stream_id = $2"
 )

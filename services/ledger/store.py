@@ -105,6 +105,23 @@ async def partition_heads(conn: asyncpg.Connection | asyncpg.Pool) -> dict[int, 
     return {r[0]: r[1] for r in rows}
 
 
+async def streams_with_event_type(conn: asyncpg.Connection | asyncpg.Pool, event_type: str) -> list[str]:
+    """Every stream that holds an event of ``event_type``, in stream id order (reads every
+    partition: not a hot path; e.g. the erased subjects after a master key rotation)."""
+    with translate_errors():
+        rows = await conn.fetch(sql.STREAMS_WITH_EVENT_TYPE, event_type)
+    return [r[0] for r in rows]
+
+
+async def log_origin_position(conn: asyncpg.Connection | asyncpg.Pool) -> int:
+    """The last position written before the log was partitioned (every partition's chain
+    starts there); on ``conn`` so that a caller in a snapshot reads it in that snapshot."""
+    with translate_errors():
+        row = await conn.fetchrow(sql.ORIGIN)
+    assert row is not None  # one row since the first migration
+    return int(row["position"])
+
+
 def scan_log(conn: asyncpg.Connection, stream_pattern: str = "%", *, shares: int = 1, share: int = 0,
              ) -> Any:
     """A server-side cursor (``conn`` in a transaction: the caller's snapshot) over every
@@ -197,6 +214,18 @@ class EventStore:
         with translate_errors():
             rows = await self._pool.fetch(sql.READ_STREAMS, partitions, "\n".join(stream_ids), list(event_types))
         return [row_to_recorded(r) for r in rows]
+
+    async def read_event_data(self, stream_ids: Sequence[str], event_type: str) -> list[tuple[str, str]]:
+        """(stream id, the event's JSON) of every event of ``event_type`` of many streams,
+        by stream, then version, in one query, for a caller that decodes that one type
+        itself and needs nothing else of the event (the import's preference planner)."""
+        if not stream_ids:
+            return []
+        count = await self.partitions()  # by tenant, not by stream: a batch's streams share one
+        partitions = sorted({partition_of(t or "", count) for t in {stream_tenant(s) for s in stream_ids}})
+        with translate_errors():
+            rows = await self._pool.fetch(sql.READ_EVENT_DATA, partitions, "\n".join(stream_ids), event_type)
+        return [(r[0], r[1]) for r in rows]
 
     async def stream_version(self, stream_id: str) -> int:
         partition = await self._stream_partition(stream_id)

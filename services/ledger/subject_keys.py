@@ -186,11 +186,26 @@ class SubjectKeys:
         """An opener from a key row the caller read itself (many subjects in one query)."""
         return SubjectOpener(stream_id, key_id, self._unwrap(wrapped_key, stream_id))
 
-    async def shred(self, conn: asyncpg.Connection, stream_id: str) -> bool:
-        """Delete the subject's key (inside the caller's transaction)."""
+    async def shred(self, conn: asyncpg.Connection, stream_id: str) -> int:
+        """Delete the subject's key (inside the caller's transaction: erasure shreds it in
+        one transaction with the subject's portal links and mail rows). Returns how many
+        keys were deleted: more than one only if a key was made after an earlier shred."""
         with translate_errors():
             done = await conn.execute("DELETE FROM ledger.subject_keys WHERE stream_id = $1", stream_id)
-        return done != "DELETE 0"
+        return int(done.split()[-1])
+
+    async def shred_erased(self, tenant_id: str) -> int:
+        """Delete the keys that still exist for the tenant's erased subjects (a crash
+        between an erasure's event and its shred): the retention job's repair. Both tables
+        are the ledger's, so this is one statement. Returns how many keys were deleted."""
+        with translate_errors():
+            done = await self._pool.execute(
+                "DELETE FROM ledger.subject_keys k WHERE k.tenant_id = $1 AND EXISTS (SELECT 1 FROM ledger.events e"
+                " WHERE e.log_partition = ledger.partition_of($1, (SELECT count(*)::integer FROM ledger.partitions))"
+                " AND e.stream_id = k.stream_id AND e.event_type = 'SubjectErased')",
+                tenant_id,
+            )
+        return int(done.split()[-1])
 
 
 class SubjectOpener:

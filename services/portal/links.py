@@ -21,7 +21,7 @@ import hashlib
 import hmac
 import re
 import secrets
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import asyncpg
 import msgspec
@@ -33,6 +33,9 @@ from schemas.events import RecordedEvent
 from schemas.vocabulary import is_customer_ref, is_slug, subject_stream
 from services.errors import LedgerError
 from services.ledger.store import EventStore, row_to_recorded, translate_errors
+
+if TYPE_CHECKING:  # only a type here; the caller passes its own
+    from services.ledger.commands import Ledger
 
 SELECTOR_BYTES: Final = 8
 VERIFIER_BYTES: Final = 16
@@ -291,3 +294,64 @@ async def issue_portal_link(pool: asyncpg.Pool, tenant: str, source: str, ref: s
         raise UnknownSubject(f"no ledger events for subject {tenant}/{source}/{ref}")
     token = await LinkStore(pool).issue(tenant, source, ref, rotate=rotate, issued_by=issued_by)
     return portal_url(base_url, token)
+
+
+# -- what other services call (docs/layering.md, "Who owns which tables") ----------------------
+# The portal owns ``portal.links``; erasure (services/audit/erasure.py), retention
+# (services/audit/retention.py) and the importer's link export call these instead of
+# writing their own SQL on the table.
+
+
+async def live_link_refs(pool: asyncpg.Pool | asyncpg.Connection, tenant_id: str, source: str,
+                         refs: list[str]) -> set[str]:
+    """The customer refs among ``refs`` that have a live (not revoked) link, in one query."""
+    if not refs:
+        return set()
+    with translate_errors():
+        rows = await pool.fetch(
+            "SELECT customer_ref FROM portal.links WHERE tenant_id = $1 AND source = $2"
+            " AND customer_ref = ANY($3::text[]) AND revoked_at IS NULL", tenant_id, source, refs)
+    return {r["customer_ref"] for r in rows}
+
+
+async def drop_subject_links(conn: asyncpg.Connection, tenant_id: str, source: str, customer_ref: str) -> int:
+    """Delete every link of one subject, live and revoked alike (the rows name the subject
+    and who issued its links), inside the caller's transaction: erasure runs it in the
+    transaction that shreds the subject's key, so the two are done together or not at
+    all. Returns how many rows were deleted."""
+    with translate_errors():
+        done = await conn.execute(
+            "DELETE FROM portal.links WHERE tenant_id = $1 AND source = $2 AND customer_ref = $3",
+            tenant_id, source, customer_ref,
+        )
+    return int(done.split()[-1])
+
+
+_ERASED_CHECK_CHUNK: Final = 5000  # subjects asked about per round trip to the ledger
+
+
+async def drop_erased_subject_links(pool: asyncpg.Pool, ledger: Ledger, tenant_id: str) -> int:
+    """Delete the links of the tenant's subjects that the ledger says are erased: what an
+    erasure did not remove (a crash between its event and its shred, or a link issued by
+    a request that checked the subject just before the erasure was appended). The
+    retention job's repair. Which subjects are erased is the ledger's answer
+    (:meth:`Ledger.subject_heads`, one index probe per subject), asked for the subjects
+    that have a link. Returns how many rows were deleted."""
+    with translate_errors():
+        rows = await pool.fetch("SELECT DISTINCT source, customer_ref FROM portal.links WHERE tenant_id = $1"
+                                " ORDER BY source, customer_ref", tenant_id)
+    linked = [(r["source"], r["customer_ref"]) for r in rows]
+    removed = 0
+    for start in range(0, len(linked), _ERASED_CHECK_CHUNK):
+        chunk = linked[start:start + _ERASED_CHECK_CHUNK]
+        heads = await ledger.subject_heads([subject_stream(tenant_id, s, r) for s, r in chunk])
+        erased = [(s, r) for s, r in chunk if heads.get(subject_stream(tenant_id, s, r), (0, False))[1]]
+        if not erased:
+            continue
+        with translate_errors():
+            done = await pool.execute(
+                "DELETE FROM portal.links l USING unnest($2::text[], $3::text[]) AS u(source, customer_ref)"
+                " WHERE l.tenant_id = $1 AND l.source = u.source AND l.customer_ref = u.customer_ref",
+                tenant_id, [s for s, _ in erased], [r for _, r in erased])
+        removed += int(done.split()[-1])
+    return removed

@@ -45,7 +45,7 @@ from consent.terms import TermMatrix
 from schemas.events import Metadata, RecordedEvent, decode_event
 from schemas.vocabulary import parse_subject_stream
 from services.errors import LedgerError
-from services.ledger.store import partition_count, partition_heads, read_partitions, scan_log
+from services.ledger.store import log_origin_position, partition_count, partition_heads, read_partitions, scan_log
 from services.projector.clock import Clock
 from services.projector.readmodel import (
     SUBJECT_COLUMNS,
@@ -259,7 +259,7 @@ async def rebuild(
             heads = await partition_heads(snap_conn)
             snapshot = await snap_conn.fetchval("SELECT pg_export_snapshot()")
             workers = report.workers = workers or default_workers(
-                sum(heads.values()) - len(heads) * await snap_conn.fetchval("SELECT position FROM ledger.log_origin"))
+                sum(heads.values()) - len(heads) * await log_origin_position(snap_conn))
             async for row in scan_log(snap_conn, "tenant/%"):
                 recorded = _recorded(row)
                 if recorded.stream_id == f"tenant/{recorded.tenant_id}":
