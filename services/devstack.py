@@ -93,7 +93,7 @@ def _port_is_free(port: int, host: str = "127.0.0.1") -> bool:
     return True
 
 
-def _require_free(port: int, what: str, env_var: str) -> None:
+def require_free_port(port: int, what: str, env_var: str) -> None:
     if not _port_is_free(port):
         raise StartupError(f"port {port} for {what} is in use: stop what uses it or set {env_var} to a free port")
 
@@ -138,7 +138,7 @@ async def local_servers(settings: Settings) -> AsyncIterator[tuple[Settings, lis
         if not settings.database_url:
             pg_dir = var_dir / "pg"
             if not (pg_dir / "postmaster.pid").exists():  # else: a server left running; start() stops it
-                _require_free(settings.pg_port, "PostgreSQL", "LEDGER_PG_PORT")
+                require_free_port(settings.pg_port, "PostgreSQL", "LEDGER_PG_PORT")
             pg = LocalPostgres(pg_dir, settings.pg_port)
             await asyncio.to_thread(pg.start)
             stack.push_async_callback(asyncio.to_thread, pg.stop)
@@ -158,7 +158,7 @@ async def local_servers(settings: Settings) -> AsyncIterator[tuple[Settings, lis
             broker = LocalBroker(settings.broker_port, log_path=var_dir / "broker.log",
                                  pid_file=var_dir / "broker.pid")
             await asyncio.to_thread(broker.end_leftover)
-            _require_free(settings.broker_port, "the Kafka broker", "LEDGER_BROKER_PORT")
+            require_free_port(settings.broker_port, "the Kafka broker", "LEDGER_BROKER_PORT")
             broker.spawn()  # on the main thread: the parent-death signal follows the thread that forked
             stack.callback(broker.stop)
             await asyncio.to_thread(wait_for_port, settings.broker_port)
@@ -172,7 +172,7 @@ async def local_servers(settings: Settings) -> AsyncIterator[tuple[Settings, lis
             from services.mail.localsmtp import LocalSmtp
 
             port = DEV_SMTP_PORT if settings.smtp_port == 25 else settings.smtp_port
-            _require_free(port, "the local SMTP server", "LEDGER_SMTP_PORT")
+            require_free_port(port, "the local SMTP server", "LEDGER_SMTP_PORT")
             smtp = LocalSmtp(var_dir / "mail", settings.host, port).start()
             stack.callback(smtp.stop)
             settings = msgspec.structs.replace(settings, smtp_host=settings.host, smtp_port=port,
@@ -194,7 +194,7 @@ async def ledger_api(settings: Settings) -> AsyncIterator[list[str]]:
     from services.api.app import create_app
     from services.ledger.relay import TOPIC
 
-    _require_free(settings.port, "the ledger API", "LEDGER_HTTP_PORT")
+    require_free_port(settings.port, "the ledger API", "LEDGER_HTTP_PORT")
     from services.serving import server_options
 
     runner = web.AppRunner(create_app(settings), access_log=None, **server_options(settings))

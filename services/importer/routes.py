@@ -70,7 +70,7 @@ async def upload_import(call: Call) -> web.Response:
     kind = request.query.get("kind")
     if kind is not None and kind not in KINDS:
         raise ApiError(422, "validation_error", f"kind must be one of {', '.join(KINDS)}", field="kind")
-    mapping = _mapping(call, request.query.get("mapping"))
+    mapping = import_mapping(call, request.query.get("mapping"))
     settings = request.app[SETTINGS]
     limit = settings.import_max_upload_mb * 1024 * 1024
     if request.content_length is not None and request.content_length > limit:
@@ -105,7 +105,7 @@ async def upload_import(call: Call) -> web.Response:
                                       rejections_truncated=summary.rejected > len(rejections)))
 
 
-def _mapping(call: Call, name: str | None) -> Mapping:
+def import_mapping(call: Call, name: str | None) -> Mapping:
     if name is None:
         return DEFAULT_MAPPING
     folder = call.request.app[SETTINGS].import_mappings_dir

@@ -7,7 +7,7 @@ from aiohttp import web
 
 from schemas.vocabulary import is_slug
 from services.importer.mapping import DEFAULT_MAPPING
-from services.importer.routes import _mapping
+from services.importer.routes import import_mapping
 from services.importer.writeback import changes_csv
 from services.ledger.api.context import POOL, Call
 from services.ledger.api.jsonapi import ApiError, ApiRoutes, json_response
@@ -54,7 +54,7 @@ async def changes(call: Call) -> web.Response:
     if source is not None and not is_slug(source):
         raise ApiError(422, "validation_error", "a data source id is lower-case letters, digits, _ and -",
                        field="source")
-    mapping = _mapping(call, q.get("mapping")) if q.get("mapping") else DEFAULT_MAPPING
+    mapping = import_mapping(call, q.get("mapping")) if q.get("mapping") else DEFAULT_MAPPING
     state = await call.ledger.require_tenant(tenant)
     if source is not None and source not in state[1].data_sources:
         raise ApiError(422, "unknown_source", f"data source {source!r} does not exist", field="source")

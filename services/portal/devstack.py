@@ -29,9 +29,9 @@ DEMO_CUSTOMER: Final = ("dealer", "K1001")
 
 @contextlib.asynccontextmanager
 async def portal_component(settings: Settings) -> AsyncIterator[list[str]]:
-    from services.devstack import _require_free
+    from services.devstack import require_free_port
 
-    _require_free(settings.portal_port, "the privacy portal", "LEDGER_PORTAL_PORT")
+    require_free_port(settings.portal_port, "the privacy portal", "LEDGER_PORTAL_PORT")
     app = create_portal_app(settings)
     runner = web.AppRunner(app, access_log=None, **server_options(settings))
     await runner.setup()

@@ -14,7 +14,7 @@ from services.ledger.store import StreamWrite
 from services.portal.changelog import exports_stream
 from services.portal.mailing import mailing_list
 from services.projector.reach import TenantNotProjected
-from services.projector.routes import ANSWER_LINKS, _in_range
+from services.projector.routes import ANSWER_LINKS, date_in_range
 from services.projector.routes_reach import REACH_CACHE
 
 routes = ApiRoutes(tag="reach")
@@ -33,7 +33,7 @@ async def export_mailing(call: Call) -> web.Response:
     sent, and shown in the change log."""
     tenant = call.param("tenant")
     body: MailingExport = call.body
-    send_date = _in_range(body.send_date, "$.send_date")
+    send_date = date_in_range(body.send_date, "$.send_date")
     _, state = await call.ledger.require_tenant(tenant)
     if body.source is not None and body.source not in state.data_sources:
         raise ApiError(422, "unknown_source", f"data source {body.source!r} does not exist", field="$.source")

@@ -123,17 +123,17 @@ def _no_cyclic_gc() -> Iterator[None]:
             gc.enable()
 
 
-def _date(value: str, field: str) -> dt.date:
+def query_date(value: str, field: str) -> dt.date:
     day = None
     if _DATE.fullmatch(value):
         with contextlib.suppress(ValueError):
             day = dt.date.fromisoformat(value)
     if day is None:  # the same words as a bad date in a JSON body (jsonapi.NOT_A_DATE)
         raise ApiError(422, "validation_error", f"{value[:40]!r} is {NOT_A_DATE}", field=field)
-    return _in_range(day, field)
+    return date_in_range(day, field)
 
 
-def _in_range(day: dt.date, field: str) -> dt.date:
+def date_in_range(day: dt.date, field: str) -> dt.date:
     if not _MIN_YEAR <= day.year <= _MAX_YEAR:
         raise ApiError(422, "validation_error", f"the year must be between {_MIN_YEAR} and {_MAX_YEAR}", field=field)
     return day
@@ -230,7 +230,7 @@ async def subject_eligibility(call: Call) -> web.Response:
     known_param = call.request.query.get("known_at")
     if known_param:
         return await _subject_as_known(call, tenant, source, ref, known_param, on_param)
-    on = _date(on_param, "on") if on_param is not None else SystemClock().today()
+    on = query_date(on_param, "on") if on_param is not None else SystemClock().today()
     min_position = await _min_position(call, tenant)
     pool = call.request.app[POOL]
     query = ("SELECT state, version, last_position FROM projector.subjects"
@@ -283,7 +283,7 @@ async def _subject_as_known(call: Call, tenant: str, source: str, ref: str, know
                             on_param: str | None) -> web.Response:
     now = dt.datetime.now(dt.timezone.utc)
     known_at = parse_known_at(known_param, now)
-    on = _date(on_param, "on") if on_param is not None else ledger_day(known_at)
+    on = query_date(on_param, "on") if on_param is not None else ledger_day(known_at)
     record, tenant_state = await _known(call, tenant, known_at, "known_at")
     history = await call.request.app[STREAM_CACHE].subject(tenant, source, ref)
     state = history.state_at(known_at)
@@ -333,7 +333,7 @@ async def campaign_check(call: Call) -> web.Response:
     force then): what a campaign sent that day could rely on."""
     tenant = call.param("tenant")
     body: CampaignCheck = call.body
-    send_date = _in_range(body.send_date, "$.send_date")
+    send_date = date_in_range(body.send_date, "$.send_date")
     if body.known_at is not None:
         return await _campaign_check_as_known(call, tenant, body, send_date)
     min_position = await _min_position(call, tenant)
@@ -453,7 +453,7 @@ async def term_warnings(call: Call) -> web.Response:
     of conduct allows). They never change the matrix or any answer."""
     tenant = call.param("tenant")
     on_param = call.request.query.get("on")
-    on = _date(on_param, "on") if on_param is not None else SystemClock().today()
+    on = query_date(on_param, "on") if on_param is not None else SystemClock().today()
     version, state = await call.ledger.require_tenant(tenant, fresh=True)
     return json_response(TermWarnings(tenant_id=tenant, tenant_version=version,
                                       warnings=compliance_warnings(state.terms, on), on=on,

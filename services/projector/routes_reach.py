@@ -18,7 +18,7 @@ from services.ledger.api.context import POOL, Call
 from services.ledger.api.jsonapi import ApiError, ApiRoutes, json_response
 from services.projector.clock import SystemClock
 from services.projector.reach import HORIZONS, MAX_LAPSE_DAYS, ReachCache, ReachCounts, TenantNotProjected
-from services.projector.routes import _date
+from services.projector.routes import query_date
 
 routes = ApiRoutes(tag="reach")
 READERS: Final = ("admin", "staff", "auditor")
@@ -46,7 +46,7 @@ def report_of(counts: ReachCounts) -> ReachReport:
 
 async def _on(call: Call) -> dt.date:
     raw = call.request.query.get("on")
-    return _date(raw, "on") if raw is not None else SystemClock().today()
+    return query_date(raw, "on") if raw is not None else SystemClock().today()
 
 
 async def _not_projected(call: Call, tenant: str) -> ApiError:
