@@ -11,6 +11,8 @@ name): the database (``db_url``, ``pool``), the event store (``store``), the bro
 
 from __future__ import annotations
 
+import contextlib
+
 import itertools
 import os
 import tempfile
@@ -62,21 +64,31 @@ async def migrated_template(pg_server: LocalPostgres) -> str:
     return TEMPLATE_DB
 
 
+@contextlib.asynccontextmanager
+async def fresh_database(server: LocalPostgres, template: str | None = None) -> AsyncIterator[str]:
+    """A new database on the test server, a copy of ``template`` (else empty); its URL,
+    dropped afterwards."""
+    name = f"t{os.getpid()}_{next(_db_numbers)}"
+    conn = await asyncpg.connect(server.url)
+    try:
+        await conn.execute(f"CREATE DATABASE {name}" + (f" TEMPLATE {template}" if template else ""))
+    finally:
+        await conn.close()
+    try:
+        yield server.url_for(name)
+    finally:
+        conn = await asyncpg.connect(server.url)
+        try:
+            await conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        finally:
+            await conn.close()
+
+
 @pytest.fixture
 async def db_url(pg_server: LocalPostgres, migrated_template: str) -> AsyncIterator[str]:
     """A fresh, migrated database for this test."""
-    name = f"t{os.getpid()}_{next(_db_numbers)}"
-    conn = await asyncpg.connect(pg_server.url)
-    try:
-        await conn.execute(f"CREATE DATABASE {name} TEMPLATE {migrated_template}")
-    finally:
-        await conn.close()
-    yield pg_server.url_for(name)
-    conn = await asyncpg.connect(pg_server.url)
-    try:
-        await conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    finally:
-        await conn.close()
+    async with fresh_database(pg_server, migrated_template) as url:
+        yield url
 
 
 @pytest.fixture

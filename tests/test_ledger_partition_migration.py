@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -27,6 +26,7 @@ from services.ledger.partitions import partition_of
 from services.ledger.relay import Relay, RelayConfig
 from services.ledger.store import AppendRequest, EventStore, StreamWrite, new_event_ids
 from services.ledger.verify import verify_ledger
+from tests.conftest import fresh_database
 
 META = Metadata(actor=Actor(kind="api", id="old-code"), method="api")
 PARTITIONS = 8
@@ -36,19 +36,9 @@ OLD_EVENTS = 30
 
 @pytest.fixture
 async def old_db(pg_server: LocalPostgres) -> AsyncIterator[str]:
-    name = f"old{os.getpid()}"
-    conn = await asyncpg.connect(pg_server.url)
-    try:
-        await conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        await conn.execute(f"CREATE DATABASE {name}")
-    finally:
-        await conn.close()
-    yield pg_server.url_for(name)
-    conn = await asyncpg.connect(pg_server.url)
-    try:
-        await conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    finally:
-        await conn.close()
+    """An empty database: the test builds the old schema itself."""
+    async with fresh_database(pg_server) as url:
+        yield url
 
 
 async def build_old_ledger(conn: asyncpg.Connection) -> dict[int, tuple[str, str, int]]:
