@@ -109,6 +109,11 @@ def body_timeout(request: web.BaseRequest) -> float:
 async def read_body_within(request: web.Request) -> bytes:
     """The whole body, within the app's body timeout (a slow-loris body holds a connection,
     a task and its buffer for as long as the client likes otherwise)."""
+    if request.content.is_eof():
+        # The whole body came with the headers (nearly every API call): nothing to wait
+        # for, so no timer: arming and cancelling one costs 7 µs on uvloop, 2 % of the
+        # server's CPU per append (docs/performance.md).
+        return await request.read()
     try:
         async with asyncio.timeout(body_timeout(request)):
             return await request.read()

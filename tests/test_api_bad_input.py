@@ -455,3 +455,22 @@ async def test_a_processor_agreement_signed_before_1950_or_in_the_future_is_refu
         status, body = await send(api, "PUT", T + "/processor-agreement", dealer,
                                   {"signed": True, "signed_on": signed_on})
         assert_names(status, body, 422, "$.signed_on", problem)
+
+
+def test_a_body_that_is_not_utf8_is_a_400_naming_the_body_whatever_the_body_type_skipped() -> None:
+    # msgspec does not look inside the values of fields a body type ignores; the key and
+    # control-character check reads the whole text and must refuse it, not fail.
+    from services.ledger.api.jsonapi import ApiError, check_json_text
+
+    with pytest.raises(ApiError) as caught:
+        check_json_text(b'{"note": "\xff"}')
+    assert (caught.value.status, caught.value.error, caught.value.field) == (400, "malformed_json", "$")
+
+
+def test_the_same_key_in_two_objects_is_allowed_and_an_escaped_twin_in_one_is_not() -> None:
+    from services.ledger.api.jsonapi import ApiError, check_json_text
+
+    check_json_text(b'{"changes": [{"value": "opt_in"}, {"value": "opt_out"}]}')
+    with pytest.raises(ApiError) as caught:
+        check_json_text(b'{"role": "sender", "\\u0072ole": "admin"}')
+    assert (caught.value.error, caught.value.field) == ("duplicate_key", "$.role")

@@ -13,6 +13,7 @@ positions (everything the HTTP API answers) order that tenant's events.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from typing import Final
 
@@ -20,6 +21,7 @@ DEFAULT_PARTITIONS: Final = 32
 MAX_PARTITIONS: Final = 1024
 
 
+@functools.lru_cache(maxsize=65536)  # several calls per append, the same few thousand tenants
 def partition_of(tenant_id: str, partitions: int) -> int:
     """The partition of ``tenant_id``: the first 32 bits of SHA-256 of its UTF-8 bytes,
     modulo the count. The same function as SQL ``ledger.partition_of`` (0009)."""
