@@ -14,6 +14,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from consent.terms import ledger_day
+from services.ledger.api.jsonapi import ApiError, check_json_text
 from tests.conftest import Dealer
 
 T = "/v1/tenants/garage-a"
@@ -460,16 +461,12 @@ async def test_a_processor_agreement_signed_before_1950_or_in_the_future_is_refu
 def test_a_body_that_is_not_utf8_is_a_400_naming_the_body_whatever_the_body_type_skipped() -> None:
     # msgspec does not look inside the values of fields a body type ignores; the key and
     # control-character check reads the whole text and must refuse it, not fail.
-    from services.ledger.api.jsonapi import ApiError, check_json_text
-
     with pytest.raises(ApiError) as caught:
         check_json_text(b'{"note": "\xff"}')
     assert (caught.value.status, caught.value.error, caught.value.field) == (400, "malformed_json", "$")
 
 
 def test_the_same_key_in_two_objects_is_allowed_and_an_escaped_twin_in_one_is_not() -> None:
-    from services.ledger.api.jsonapi import ApiError, check_json_text
-
     check_json_text(b'{"changes": [{"value": "opt_in"}, {"value": "opt_out"}]}')
     with pytest.raises(ApiError) as caught:
         check_json_text(b'{"role": "sender", "\\u0072ole": "admin"}')
