@@ -389,12 +389,11 @@ async def run_rounds(phases: list[Phase], profile: Profile, postgres_pid: int,
         for r in range(profile.rounds):
             progress(f"round {r + 1}/{profile.rounds}")
             for p in phases:
-                # /metrics is one process's: with several, each scrape may reach another one.
-                scrape = p.ledger is not None and p.ledger.extra_env.get("LEDGER_HTTP_WORKERS", "1") == "1"
-                before = await asyncio.to_thread(p.ledger.metrics) if scrape and p.ledger else {}
+                # /metrics adds up all server processes (services/serving.py).
+                before = await asyncio.to_thread(p.ledger.metrics) if p.ledger else {}
                 with meters[p.name]:
                     result = await p.run_slice(profile.slice_seconds, profile.warmup)
-                if scrape and p.ledger:
+                if p.ledger:
                     after = await asyncio.to_thread(p.ledger.metrics)
                     server[p.name]["batches"] += after.get(BATCHES, 0) - before.get(BATCHES, 0)
                     server[p.name]["events"] += after.get(APPENDED, 0) - before.get(APPENDED, 0)
@@ -418,7 +417,7 @@ async def run_rounds(phases: list[Phase], profile: Profile, postgres_pid: int,
             summary["server_batches"] = int(b)
             summary["server_mean_batch_events"] = round(e / b, 1) if b else None
             # Partitions planned again per committed batch (another process appended to
-            # them meanwhile). With several server processes, /metrics is one process's.
+            # them meanwhile), over all server processes.
             summary["server_conflicts_per_batch"] = round(server[p.name]["conflicts"] / b, 2) if b else None
         out[p.name] = summary
     return out

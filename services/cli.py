@@ -121,8 +121,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not settings.database_url:
         raise SystemExit("consent-ledger: LEDGER_DATABASE_URL is not set")
     workers = args.workers if args.workers is not None else settings.http_workers
-    serve_processes(_serve_one, args.host or settings.host, args.port or settings.port, workers, "ledger")
-    return 0
+    return serve_processes(_serve_one, args.host or settings.host, args.port or settings.port, workers, "ledger")
 
 
 def _serve_one(host: str, port: int, reuse_port: bool) -> None:

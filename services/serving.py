@@ -1,21 +1,36 @@
 """Running an aiohttp server in one or more processes on one port (``--workers N``).
 
 A Python server process uses at most one core (one event loop, one GIL). With more than
-one worker, every process binds the same port with ``SO_REUSEPORT`` and the kernel spreads
-the connections over them; this process is one of them and the others are its children
-(started with ``spawn``, so each builds its own app, pool and writer; they end with it).
-Nothing that must be shared lives in a worker's memory: the event store orders writers
-of all processes with its head lock (docs/event-store.md), and the relay runs in one
-process at a time (its advisory lock).
+one worker, this process only supervises: it starts ``N`` worker processes (``spawn``, so
+each builds its own app, pool and writer) that bind the same port with ``SO_REUSEPORT``,
+and the kernel spreads the connections over them. Nothing that must be shared lives in a
+worker's memory: the event store orders writers of all processes with its head locks
+(docs/event-store.md), and the relay runs in one process at a time (its advisory lock).
+
+The workers live and die as one service: when one exits, the supervisor stops the others
+and exits non-zero, so that whatever runs the service (systemd, Compose, Kubernetes)
+restarts all of it, instead of the port going on with fewer workers unnoticed.
+
+Their Prometheus metrics are one set: each worker keeps its samples in a file of
+``PROMETHEUS_MULTIPROC_DIR`` (prometheus_client's multiprocess mode, a directory the
+supervisor makes for this run and removes after it), and ``/metrics`` of any worker adds
+them all up (:meth:`services.ledger.metrics.LedgerMetrics.exposition`). Without it a
+scrape answered for whichever process the kernel picked, and counters jumped between
+them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import os
+import signal
+import tempfile
 from collections.abc import Callable
+from multiprocessing.connection import wait
 from typing import TYPE_CHECKING, Any, Final
 
+import structlog
 from aiohttp import web
 
 from services.errors import LedgerError
@@ -23,26 +38,64 @@ from services.errors import LedgerError
 if TYPE_CHECKING:
     from services.settings import Settings
 
+log = structlog.get_logger(__name__)
+
 ServeOne = Callable[[str, int, bool], None]  # (host, port, reuse_port): serves until stopped
 
+# prometheus_client reads it when it is first imported: a spawned worker gets it from its
+# environment before it imports anything.
+METRICS_DIR_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
 
-def serve_processes(serve_one: ServeOne, host: str, port: int, workers: int, name: str) -> None:
-    """Serve in ``workers`` processes; ``serve_one`` must be a module-level function
-    (the children import it)."""
+
+class _Stop(Exception):
+    """SIGTERM or SIGINT reached the supervisor."""
+
+
+def _raise_stop(signum: int, frame: object) -> None:
+    raise _Stop(signal.Signals(signum).name)
+
+
+def serve_processes(serve_one: ServeOne, host: str, port: int, workers: int, name: str) -> int:
+    """Serve in ``workers`` processes; ``serve_one`` must be a module-level function (the
+    workers import it). Returns the exit code: 0 after SIGTERM or SIGINT, 1 when a worker
+    stopped on its own."""
     if workers < 1:
         raise SystemExit("consent-ledger: --workers must be at least 1")
+    if workers == 1:
+        serve_one(host, port, False)
+        return 0
     context = multiprocessing.get_context("spawn")
-    children = [context.Process(target=serve_one, args=(host, port, True), daemon=True, name=f"{name}-{i}")
-                for i in range(1, workers)]
-    for child in children:
-        child.start()
-    try:
-        serve_one(host, port, workers > 1)
-    finally:
-        for child in children:
-            child.terminate()
-        for child in children:
-            child.join(10)
+    with tempfile.TemporaryDirectory(prefix=f"consent-{name}-metrics-") as metrics_dir:
+        os.environ[METRICS_DIR_ENV] = metrics_dir  # the workers inherit it
+        children = [context.Process(target=serve_one, args=(host, port, True), daemon=True, name=f"{name}-{i}")
+                    for i in range(1, workers + 1)]
+        previous = {s: signal.signal(s, _raise_stop) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            for child in children:
+                child.start()
+            log.info("workers_started", service=name, workers=[c.pid for c in children])
+            ended = wait([c.sentinel for c in children])
+            gone = [c for c in children if c.sentinel in ended]
+            log.error("worker_exited", service=name, pid=gone[0].pid, exitcode=gone[0].exitcode,
+                      action="stopping the other workers")
+            return 1
+        except _Stop as stop:
+            log.info("workers_stopping", service=name, signal=str(stop))
+            return 0
+        finally:
+            for s in previous:  # one stop is enough; a second signal must not cut this short
+                signal.signal(s, signal.SIG_IGN)
+            for child in children:
+                if child.is_alive():
+                    child.terminate()  # SIGTERM: aiohttp finishes the requests in flight
+            for child in children:
+                child.join(15)
+                if child.is_alive():
+                    child.kill()
+                    child.join(5)
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+            os.environ.pop(METRICS_DIR_ENV, None)
 
 
 def server_gc() -> None:

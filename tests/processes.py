@@ -51,3 +51,8 @@ def listeners(port: int) -> int:
     """Sockets listening on 127.0.0.1:port (two processes with SO_REUSEPORT: two)."""
     rows = [line.split() for line in Path("/proc/net/tcp").read_text().splitlines()[1:]]
     return sum(1 for r in rows if r[1] == f"0100007F:{port:04X}" and r[3] == "0A")
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (Linux /proc)."""
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]

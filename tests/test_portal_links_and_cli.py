@@ -132,7 +132,7 @@ async def test_serve_with_two_workers_shares_the_port_and_stops_its_workers_with
     try:
         children_file = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
-            for _ in range(150):  # both processes up: the worker is a child and the port answers
+            for _ in range(150):  # both workers up (children of the supervisor) and the port answers
                 try:
                     async with http.get(f"http://127.0.0.1:{port}/healthz") as r:
                         if r.status == 200 and listeners(port) == 2:
@@ -140,7 +140,7 @@ async def test_serve_with_two_workers_shares_the_port_and_stops_its_workers_with
                 except aiohttp.ClientConnectionError:
                     pass
                 await asyncio.sleep(0.1)
-            assert listeners(port) == 2, "the worker did not bind the port next to its parent"
+            assert listeners(port) == 2, "the two workers did not both bind the port"
             workers = [int(c) for c in children_file.read_text().split()]
             for _ in range(6):  # new connections, spread over both processes by the kernel
                 async with http.get(f"http://127.0.0.1:{port}/p/{token}") as r:
@@ -148,7 +148,7 @@ async def test_serve_with_two_workers_shares_the_port_and_stops_its_workers_with
     finally:
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 30) == 0
-    # The worker (and multiprocessing's resource tracker, also a child) end with the parent.
+    # The workers (and multiprocessing's resource tracker, also a child) end with the supervisor.
     for _ in range(100):
         if not any(_alive(pid) for pid in workers):
             break

@@ -1,10 +1,17 @@
-"""Prometheus metrics of one ledger process, on a registry of its own (no globals)."""
+"""Prometheus metrics of the ledger, on a registry of its own (no globals).
+
+Under ``serve --workers N`` each worker process writes its samples to a file of
+``PROMETHEUS_MULTIPROC_DIR`` (services/serving.py) and :meth:`LedgerMetrics.exposition`
+adds up all workers' files, so a scrape reaching any worker answers for the service.
+"""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 
 class LedgerMetrics:
@@ -27,11 +34,24 @@ class LedgerMetrics:
         self.relay_lag = Gauge(
             "ledger_relay_lag_events", "Events not yet relayed: partition heads minus the relay's checkpoints",
             registry=self.registry,
+            # Several workers: every one measures it (the active relay, the others on
+            # stand-by from the saved checkpoints); the latest value of a live one counts.
+            multiprocess_mode="livemostrecent",
         )
 
         # The labelled child per (method, route, status): prometheus_client's labels()
         # checks and looks it up again on every call.
         self._request_children: dict[tuple[str, str, int], Any] = {}
+
+    def exposition(self) -> bytes:
+        """The samples in Prometheus' text format: this process's, or with several worker
+        processes all of theirs (counters and histograms summed)."""
+        shared = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        if not shared:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, shared)
+        return generate_latest(registry)
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         child = self._request_children.get((method, route, status))

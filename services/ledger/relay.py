@@ -345,7 +345,7 @@ def cmd_relay(args: argparse.Namespace) -> int:
 
 async def _relay_main(config: RelayConfig, host: str, metrics_port: int | None) -> None:
     from aiohttp import web
-    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+    from prometheus_client import CONTENT_TYPE_LATEST
 
     metrics = LedgerMetrics()
     stop = asyncio.Event()
@@ -355,7 +355,7 @@ async def _relay_main(config: RelayConfig, host: str, metrics_port: int | None) 
     runner: web.AppRunner | None = None
     if metrics_port is not None:
         async def serve_metrics(_: web.Request) -> web.Response:
-            return web.Response(body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+            return web.Response(body=metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
         app = web.Application()
         app.router.add_get("/metrics", serve_metrics)

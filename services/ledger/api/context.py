@@ -16,7 +16,6 @@ from typing import Any
 
 import asyncpg
 from aiohttp import web
-from prometheus_client import generate_latest
 
 from services.ledger.api.jsonapi import ApiError, openapi_document
 from services.ledger.api_keys import KeyRing, Principal
@@ -76,4 +75,4 @@ def openapi(app: web.Application) -> dict[str, Any]:
 
 
 def metrics_text(app: web.Application) -> bytes:
-    return generate_latest(app[METRICS].registry)
+    return app[METRICS].exposition()
