@@ -148,17 +148,20 @@ class _MovesTheHeadBeforeTheWrite:
     """The writer's connection, except that just before the optimistic write is sent,
     another writer (another process, say) appends: the head moves under the plan."""
 
-    def __init__(self, conn: asyncpg.Connection, other: EventStore, request: AppendRequest) -> None:
-        self._conn, self._other, self._request = conn, other, request
+    def __init__(self, conn: asyncpg.Connection, other: EventStore, *requests: AppendRequest) -> None:
+        self._conn, self._other, self._requests = conn, other, list(requests)
         self.optimistic_writes: list[bool] = []
+        self.locked_writes = 0
 
     def __getattr__(self, name: str) -> object:
         return getattr(self._conn, name)
 
     async def fetchval(self, query: str, *args: object) -> object:
-        if query.startswith("WITH heads AS"):
-            if not self.optimistic_writes:
-                await self._other.append(self._request)
+        if query.startswith("WITH heads AS") and self._conn.is_in_transaction():  # the locked way
+            self.locked_writes += 1
+        elif query.startswith("WITH heads AS"):
+            if self._requests:
+                await self._other.append(self._requests.pop(0))
             wrote = await self._conn.fetchval(query, *args)
             self.optimistic_writes.append(bool(wrote))
             return wrote
@@ -189,6 +192,28 @@ async def test_a_batch_planned_on_a_head_that_moved_is_written_once_on_the_new_h
         writer._conn = conn
         await other.stop()
     assert [e.event.invoice_id for e in await store.read_stream(STREAM)] == ["F1", "F2", "F3", "F5"]  # type: ignore[attr-defined]
+    assert await chain_is_intact(pool) == 4
+
+
+async def test_a_request_whose_head_moves_at_every_try_is_written_under_the_lock_after_three(
+    store: EventStore, pool: asyncpg.Pool
+) -> None:
+    """Another writer gets in before each of the three optimistic writes: the request is
+    planned again each time (with the next batch), then written the locked way, once."""
+    other = EventStore(pool)
+    await other.start()
+    try:
+        writer = store._writer  # the test reaches into the writer to swap its connection
+        conn = await writer._connection()
+        proxy = _MovesTheHeadBeforeTheWrite(conn, other, *(req(f"{STREAM}-other", invoice(n)) for n in range(1, 4)))
+        writer._conn = proxy  # type: ignore[assignment]
+        mine = await store.append(req(STREAM, invoice(9), expected=0))
+        assert proxy.optimistic_writes == [False, False, False] and proxy.locked_writes == 1
+        assert (mine.first_position, mine.streams[0].to_version) == (4, 1)
+    finally:
+        writer._conn = conn
+        await other.stop()
+    assert [e.event.invoice_id for e in await store.read_stream(STREAM)] == ["F9"]  # type: ignore[attr-defined]
     assert await chain_is_intact(pool) == 4
 
 

@@ -8,9 +8,10 @@ of many log partitions; each partition is numbered and hash-chained on its own h
 The batch goes the optimistic way first: read the heads, stream tails and idempotency keys
 without a lock, plan in Python, and send ONE autocommit statement (``sql.WRITE_IF_HEADS``)
 that locks the partitions' head rows, writes the partitions whose head has not moved since
-the read, and says which it wrote. A partition another process appended to in between is
-planned again on a fresh read (a few times), and then the locked way: BEGIN, lock its
-heads, read, write, COMMIT. Only requests of the same partitions ever wait for each other.
+the read, and says which it wrote. The requests of a partition another process appended to
+in between go into the next batch, planned again on its fresh read (a few times), and then
+the locked way: BEGIN, lock its heads, read, write, COMMIT. Only requests of the same
+partitions ever wait for each other.
 
 A request whose expected version is stale, or that writes to a closed stream (an erased
 subject), fails alone; the rest of the batch commits. A request with an
@@ -48,8 +49,8 @@ log = structlog.get_logger(__name__)
 
 _encode: Final = msgspec.json.Encoder().encode
 
-# How often a batch is planned again on a fresh read when other processes moved some of its
-# partitions' heads, before those partitions go the locked way.
+# How often a request is planned on a fresh read when other processes moved its
+# partition's head in between, before it goes the locked way.
 OPTIMISTIC_TRIES: Final = 3
 
 CONNECTION_LOST: Final = (
@@ -81,12 +82,13 @@ class Encoded(NamedTuple):
 
 
 class Pending:
-    __slots__ = ("request", "future", "metadata_json", "encoded", "partition")
+    __slots__ = ("request", "future", "metadata_json", "encoded", "partition", "tries")
 
     def __init__(self, request: AppendRequest, future: asyncio.Future[AppendResult], partition: int) -> None:
         self.request = request
         self.future = future
         self.partition = partition
+        self.tries = 0  # optimistic writes that found the partition's head moved
         self.metadata_json = _encode(request.metadata).decode()
         self.encoded = [
             [Encoded(encode_event(e).decode(), type(e).__name__, e.SCHEMA_VERSION, e.occurred_on()) for e in w.events]
@@ -110,6 +112,9 @@ class GroupCommitWriter:
         self._on_commit = on_commit
         self._closing_events = closing_events
         self._queue: asyncio.Queue[Pending] = asyncio.Queue()
+        # Requests whose partition another process appended to between the batch's read
+        # and its write: the head of the next batch.
+        self._carried: list[Pending] = []
         self._task: asyncio.Task[None] | None = None
         self._conn: asyncpg.Connection | None = None  # the writer's own, between batches
 
@@ -127,8 +132,10 @@ class GroupCommitWriter:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        unanswered, self._carried = self._carried, []
         while not self._queue.empty():
-            pending = self._queue.get_nowait()
+            unanswered.append(self._queue.get_nowait())
+        for pending in unanswered:
             if not pending.future.done():
                 pending.future.set_exception(StoreUnavailable("event store is shutting down"))
         if self._conn is not None:
@@ -145,9 +152,11 @@ class GroupCommitWriter:
 
     async def _write_loop(self) -> None:
         while True:
-            first = await self._queue.get()
-            batch = [first]
-            size = sum(len(w.events) for w in first.request.writes)
+            if self._carried:
+                batch, self._carried = self._carried, []
+            else:
+                batch = [await self._queue.get()]
+            size = sum(len(w.events) for p in batch for w in p.request.writes)
             while size < self._max_batch_events and not self._queue.empty():
                 nxt = self._queue.get_nowait()
                 batch.append(nxt)
@@ -233,34 +242,43 @@ class GroupCommitWriter:
     # -- committing ----------------------------------------------------------------
 
     async def _commit_batch(self, batch: list[Pending]) -> int:
-        """Commit the batch and resolve each future; returns events appended."""
+        """Commit the batch and resolve each future, but for the requests of partitions
+        another process moved meanwhile: those are carried into the next batch, or after
+        ``OPTIMISTIC_TRIES`` committed the locked way. Returns events appended."""
         if any(p.request.in_transaction is not None for p in batch):
             return await self._commit_locked(batch)
-        appended = 0
-        remaining = batch
-        for _ in range(OPTIMISTIC_TRIES):
-            conn = await self._connection()
-            try:
-                state = await conn.fetchrow(sql.READ_STATE, *_state_args(remaining))
-            except CONNECTION_LOST:
-                # The kept connection died while idle; nothing was written. The locked
-                # path begins again on another one.
-                await self._drop_connection()
-                break
-            assert state is not None
-            plan = _plan(remaining, state, self._closing_events)
-            written: set[int] = set()
-            if plan.appended:
-                # If this fails, whether it committed is unknown: the callers get the
-                # error, and the batch is NOT tried again (a retry could append it twice).
-                written = set(await conn.fetchval(sql.WRITE_IF_HEADS, *plan.write_args()))
-            appended += plan.resolve(lambda p: p not in plan.heads or p in written)
-            remaining = [p for p in remaining if not p.future.done()]
-            if not remaining:
-                return appended
-            if self._on_conflict is not None:
-                self._on_conflict(len(set(plan.heads) - written))
-        return appended + await self._commit_locked(remaining)
+        conn = await self._connection()
+        try:
+            state = await conn.fetchrow(sql.READ_STATE, *_state_args(batch))
+        except CONNECTION_LOST:
+            # The kept connection died while idle; nothing was written. The locked path
+            # begins again on another one.
+            await self._drop_connection()
+            return await self._commit_locked(batch)
+        assert state is not None
+        plan = _plan(batch, state, self._closing_events)
+        written: set[int] = set()
+        if plan.appended:
+            # If this fails, whether it committed is unknown: the callers get the error,
+            # and the batch is NOT tried again (a retry could append it twice).
+            written = set(await conn.fetchval(sql.WRITE_IF_HEADS, *plan.write_args()))
+        appended = plan.resolve(lambda p: p not in plan.heads or p in written)
+        moved = [p for p in batch if not p.future.done()]
+        if not moved:
+            return appended
+        if self._on_conflict is not None:
+            self._on_conflict(len(set(plan.heads) - written))
+        # Planned again with the next batch, on its read: the same two statements then
+        # serve the new requests too. Retrying them alone at once cost two more round
+        # trips per batch with two processes, where nearly every batch met a partition the
+        # other had just written (1.01 per batch, docs/performance.md).
+        for p in moved:
+            p.tries += 1
+        tired = [p for p in moved if p.tries >= OPTIMISTIC_TRIES]
+        if tired:
+            appended += await self._commit_locked(tired)
+        self._carried.extend(p for p in moved if p.tries < OPTIMISTIC_TRIES)
+        return appended
 
     async def _commit_locked(self, batch: list[Pending]) -> int:
         """One transaction for the batch, in four round trips (begin and lock; read; write;
