@@ -48,7 +48,8 @@ METRICS_DIR_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
 
 
 class _Stop(Exception):
-    """SIGTERM or SIGINT reached the supervisor."""
+    """SIGTERM or SIGINT reached the supervisor: raised by its signal handler to end its
+    wait for the workers, caught in :func:`serve_processes`; never an answer to anyone."""
 
 
 def _raise_stop(signum: int, frame: object) -> None:

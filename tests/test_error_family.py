@@ -32,6 +32,7 @@ INTERNAL_SIGNALS = {
     "services.ledger.relay.TopicMissing",
     "services.importer.pipeline._Aborted",
     "services.projector.reach.TenantNotProjected",
+    "services.serving._Stop",
 }
 
 
