@@ -27,7 +27,9 @@ REPO = Path(__file__).resolve().parent.parent
 async def test_two_api_workers_share_the_port_and_append_to_one_unbroken_chain(db_url: str, tmp_path: Path) -> None:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "LEDGER_DATABASE_URL": db_url, "LEDGER_MASTER_KEY": MASTER_KEY}
+    scratch = tmp_path / "tmp"  # where the supervisor keeps the workers' metric files
+    scratch.mkdir()
+    env = {**os.environ, "LEDGER_DATABASE_URL": db_url, "LEDGER_MASTER_KEY": MASTER_KEY, "TMPDIR": str(scratch)}
     env.pop("LEDGER_KAFKA_BOOTSTRAP", None)
     conn = await asyncpg.connect(db_url)
     try:
@@ -64,9 +66,12 @@ async def test_two_api_workers_share_the_port_and_append_to_one_unbroken_chain(d
                 async with http.get(f"{base}/metrics") as r:
                     assert r.status == 200
                     scrapes.append(invoices_answered(await r.text()))
+        [metrics_dir] = scratch.iterdir()
+        assert len(list(metrics_dir.glob("*.db"))) >= 2  # the workers' samples
     finally:
         assert processes.stop(proc) == 0
     assert scrapes == [60] * 8  # not one process's share
+    assert list(scratch.iterdir()) == []  # the supervisor removed the metric files
     first = min(positions)
     assert sorted(positions) == list(range(first, first + 60))  # unique, no gaps
     verify = subprocess.run([*processes.consent_ledger(), "verify"], env=env, capture_output=True, text=True,
@@ -85,7 +90,9 @@ async def test_when_one_worker_dies_the_others_stop_and_serve_exits_non_zero(db_
     """A port that goes on with fewer workers hides the failure; stopping the whole service
     lets whatever runs it (systemd, Compose, Kubernetes) restart all of it."""
     port = free_port()
-    env = {**os.environ, "LEDGER_DATABASE_URL": db_url, "LEDGER_MASTER_KEY": MASTER_KEY}
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env = {**os.environ, "LEDGER_DATABASE_URL": db_url, "LEDGER_MASTER_KEY": MASTER_KEY, "TMPDIR": str(scratch)}
     env.pop("LEDGER_KAFKA_BOOTSTRAP", None)
     log_path = tmp_path / "serve.log"
     proc = processes.start(["serve", "--host", "127.0.0.1", "--port", str(port), "--workers", "2"], env, log_path)
@@ -105,3 +112,4 @@ async def test_when_one_worker_dies_the_others_stop_and_serve_exits_non_zero(db_
     assert processes.listeners(port) == 0
     assert not any(Path(f"/proc/{pid}").exists() for pid in workers)
     assert "worker_exited" in log_path.read_text()
+    assert list(scratch.iterdir()) == []  # no metric files left behind
