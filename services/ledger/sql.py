@@ -39,6 +39,15 @@ def begin_and_lock(partitions: list[int]) -> str:
     return _BEGIN_AND_LOCK.format(", ".join(str(int(p)) for p in sorted(set(partitions))))
 
 
+# The writer's session: its two statements (READ_STATE, WRITE_IF_HEADS) run on generic
+# plans. PostgreSQL otherwise plans them afresh on every execution when batches are small
+# (a few requests, as with several API processes): 798 -> 512 us of PostgreSQL CPU per
+# batch of 4 events, no change at 16 (docs/performance.md, "Fifth session"). Every lookup
+# in them is by key, so one plan suits every batch. Reset before the connection goes back
+# to the pool (the API's pool does not reset connections: services/database.py).
+WRITER_SESSION: Final = "SET plan_cache_mode = force_generic_plan"
+WRITER_SESSION_END: Final = "RESET plan_cache_mode"
+
 # Each stream's last version (0 if new) and event type, in the order of the
 # newline-joined streams $1 with their partitions $2.
 STREAM_TAILS: Final = (

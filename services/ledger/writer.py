@@ -141,6 +141,7 @@ class GroupCommitWriter:
         if self._conn is not None:
             conn, self._conn = self._conn, None
             with contextlib.suppress(Exception):  # lost connections are the pool's already
+                await conn.execute(sql.WRITER_SESSION_END)
                 await self._pool.release(conn)
 
     async def submit(self, request: AppendRequest, partition: int) -> AppendResult:
@@ -190,10 +191,17 @@ class GroupCommitWriter:
     # -- connections ---------------------------------------------------------------
 
     async def _connection(self) -> asyncpg.Connection:
+        """The writer's own connection, kept between batches. Raises one of
+        ``CONNECTION_LOST`` (having dropped it) if a fresh one is dead already."""
         if self._conn is not None and not usable(self._conn):
             await self._drop_connection()
         if self._conn is None:
             self._conn = await self._pool.acquire()
+            try:
+                await self._conn.execute(sql.WRITER_SESSION)
+            except CONNECTION_LOST:
+                await self._drop_connection()
+                raise
         return self._conn
 
     async def _drop_connection(self) -> None:
@@ -223,7 +231,12 @@ class GroupCommitWriter:
         positions before our rows are visible (insert order = commit order)."""
         attempts = self._pool.get_max_size() + 1
         for attempt in range(attempts):
-            conn = await self._connection()
+            try:
+                conn = await self._connection()
+            except CONNECTION_LOST:
+                if attempt == attempts - 1:
+                    raise
+                continue
             try:
                 await conn.execute(sql.begin_and_lock(partitions))
                 return conn
@@ -247,8 +260,8 @@ class GroupCommitWriter:
         ``OPTIMISTIC_TRIES`` committed the locked way. Returns events appended."""
         if any(p.request.in_transaction is not None for p in batch):
             return await self._commit_locked(batch)
-        conn = await self._connection()
         try:
+            conn = await self._connection()
             state = await conn.fetchrow(sql.READ_STATE, *_state_args(batch))
         except CONNECTION_LOST:
             # The kept connection died while idle; nothing was written. The locked path
