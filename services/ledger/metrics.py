@@ -1,8 +1,8 @@
 """Prometheus metrics of the ledger, on a registry of its own (no globals).
 
 Under ``serve --workers N`` each worker process writes its samples to a file of
-``PROMETHEUS_MULTIPROC_DIR`` (services/serving.py) and :meth:`LedgerMetrics.exposition`
-adds up all workers' files, so a scrape reaching any worker answers for the service.
+``PROMETHEUS_MULTIPROC_DIR`` (``METRICS_DIR_ENV``, set by services/serving.py) and
+:meth:`LedgerMetrics.exposition` adds up all workers' files, so a scrape reaching any worker answers for the service.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
+
+from services.serving import METRICS_DIR_ENV
 
 
 class LedgerMetrics:
@@ -46,7 +48,7 @@ class LedgerMetrics:
     def exposition(self) -> bytes:
         """The samples in Prometheus' text format: this process's, or with several worker
         processes all of theirs (counters and histograms summed)."""
-        shared = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        shared = os.environ.get(METRICS_DIR_ENV)
         if not shared:
             return generate_latest(self.registry)
         registry = CollectorRegistry()
