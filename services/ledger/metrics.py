@@ -2,7 +2,8 @@
 
 Under ``serve --workers N`` each worker process writes its samples to a file of
 ``PROMETHEUS_MULTIPROC_DIR`` (``METRICS_DIR_ENV``, set by services/serving.py) and
-:meth:`LedgerMetrics.exposition` adds up all workers' files, so a scrape reaching any worker answers for the service.
+:meth:`LedgerMetrics.exposition` adds up all workers' files, so a scrape reaching any
+worker answers for the service.
 """
 
 from __future__ import annotations
