@@ -208,6 +208,45 @@ async def test_an_email_opt_in_through_the_api_is_pending_and_a_confirmation_mai
     assert len(smtp.messages()) == 1
 
 
+async def test_an_opt_in_whose_confirmation_mail_failed_to_queue_gets_it_from_the_retry_exactly_once(
+        api: TestClient, dealer: Dealer, settings: Settings, smtp: LocalSmtp, monkeypatch: pytest.MonkeyPatch) -> None:
+    from services.ledger.errors import StoreUnavailable
+    from services.mail.outbox import Outbox
+
+    await customer(api, dealer, "K1", "jan@example.nl")
+    enqueue_many = Outbox.enqueue_many
+    failures = [StoreUnavailable("the database went away between the append and the queueing")]
+
+    async def fails_once(self: Outbox, *args: object, **kwargs: object) -> object:
+        if failures:
+            raise failures.pop()
+        return await enqueue_many(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Outbox, "enqueue_many", fails_once)
+    headers = {**dealer.auth("admin"), "Idempotency-Key": "opt-in-K1"}
+    body = {"changes": [{"category": "newsletter", "channel": "email", "value": "opt_in"}]}
+    r = await api.post(f"{SUBJ}/K1/preferences", headers=headers, json=body)
+    assert r.status == 503, await r.text()  # the opt-in was appended, its mail was not queued
+    answers = []
+    for _ in range(2):  # the client retries, and once more
+        r = await api.post(f"{SUBJ}/K1/preferences", headers=headers, json=body)
+        assert r.status == 201, await r.text()
+        answers.append((await r.json())["event_ids"])
+    assert answers[0] == answers[1]
+    r = await api.get(f"{SUBJ}/K1/events", headers=dealer.auth("auditor"))
+    prefs = [e for e in (await r.json())["events"] if e["event_type"] == "PreferencesChanged"]
+    assert [p["event_id"] for p in prefs] == answers[0]  # one opt-in recorded, not three
+    service = mail_service(api, settings, smtp)
+    assert await service.outbox.pending("garage-a") == 1
+    await send_all(service)
+    [message] = smtp.messages()
+    assert message["To"] == "jan@example.nl" and "Bevestig" in message["Subject"]
+    r = await api.post(f"{SUBJ}/K1/preferences", headers=headers, json=body)  # a late retry, after the send
+    assert r.status == 201
+    await send_all(service)
+    assert len(smtp.messages()) == 1
+
+
 async def test_a_dealer_name_with_a_line_break_never_reaches_a_mail_header(
         api: TestClient, dealer: Dealer, settings: Settings, smtp: LocalSmtp) -> None:
     from schemas.events import Actor

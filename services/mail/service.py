@@ -26,6 +26,7 @@ from consent.tenant import TenantState
 from schemas.vocabulary import subject_stream
 from schemas.events import InvoiceCorrected, InvoiceRecorded, ProspectRegistered, RecordedEvent
 from services.ledger.commands import CommandRejected, Ledger
+from services.ledger.errors import IntegrityError
 from services.ledger.subject_keys import SubjectKeys, SubjectSealer
 from services.mail.addresses import AddressIndex
 from services.mail.compose import MailRefused, OutgoingMail, check_address, check_header, compose
@@ -38,6 +39,13 @@ from services.settings import Settings
 log = structlog.get_logger(__name__)
 
 CONTACT_EVENTS: Final = (InvoiceRecorded.__name__, InvoiceCorrected.__name__, ProspectRegistered.__name__)
+_CONFIRMATION_MAILS: Final = uuid.UUID("5b0f6f4e-2d1c-4f7a-9a39-6c1b0d5e8a21")  # namespace of their mail ids
+
+
+def confirmation_mail_id(preference_event_id: str) -> uuid.UUID:
+    """The one mail id of the confirmation mail of a preference change: queueing it twice
+    (a client's retry with the same Idempotency-Key) finds it already queued."""
+    return uuid.uuid5(_CONFIRMATION_MAILS, preference_event_id)
 _contact: Final = msgspec.json.Decoder(dict)
 
 
@@ -168,7 +176,10 @@ class MailService:
                                        categories: Sequence[str], *, lang: str = "nl") -> str | None:
         """Queue the mail that asks the customer to confirm an e-mail opt-in; its mail id, or
         None when the ledger holds no usable address (the opt-in then stays pending: it
-        never counts without a confirmation)."""
+        never counts without a confirmation). Idempotent per preference event: a mail
+        already queued for it (or sent) is not queued again, so the caller may call this
+        again after a failure, e.g. for a replayed request whose first try appended the
+        opt-in but failed to queue its mail."""
         from consent.terms import ledger_day
         from services.portal.messages import Messages
 
@@ -187,15 +198,22 @@ class MailService:
         except MailRefused as exc:
             log.warning("opt_in_unconfirmable", tenant=tenant_id, why=exc.field)
             return None
-        mail_id = uuid.uuid4()
+        mail_id = confirmation_mail_id(preference_event_id)
         today = ledger_day(dt.datetime.now(dt.timezone.utc))
         token = self.tokens.confirm(tenant_id, source, ref, preference_event_id, str(mail_id), today)
         t = Messages(lang)  # type: ignore[arg-type]
         mail = compose("opt_in_confirmation", tenant, address, lang,
                        url=confirm_url(self.settings.portal_base_url, tenant_id, token),
                        categories=[t.category(c) for c in categories], valid_days=CONFIRM_VALID_DAYS)
-        return await self.outbox.enqueue(tenant_id, source, ref, "opt_in_confirmation", mail,
-                                         created_by="subject:opt-in", mail_id=mail_id)
+        try:
+            return await self.outbox.enqueue(tenant_id, source, ref, "opt_in_confirmation", mail,
+                                             created_by="subject:opt-in", mail_id=mail_id)
+        except IntegrityError:
+            # No existence check before the insert: that would be a query on every opt-in;
+            # the primary key answers it only on the rare second try.
+            if await self.outbox.status(str(mail_id)) is None:
+                raise
+            return str(mail_id)
 
     # -- the worker -----------------------------------------------------------------------
 

@@ -77,8 +77,11 @@ async def change_preferences(call: Call) -> web.Response:
     result = await call.ledger.change_preferences(
         ctx, tenant, source, ref, b.changes, policy_version_shown=b.policy_version, note=b.note,
         expected=b.expected_version, given_on=b.given_on, evidence_ref=b.evidence_ref)
-    if needs_double_opt_in(ctx, b.changes, b.evidence_ref) and not result.replayed:
+    if needs_double_opt_in(ctx, b.changes, b.evidence_ref):
         # Double opt-in: the e-mail opt-in counts once the customer confirms it from this mail.
+        # A replayed request queues it too (once per opt-in: the mail's id is derived from
+        # the event's): if the first try appended the opt-in and then failed to queue the
+        # mail, the client's retry is what still sends it.
         from services.portal.routes_api import mail_service
 
         categories = [c.category for c in b.changes if c.channel == "email" and c.value == "opt_in"]
