@@ -40,13 +40,13 @@ log = structlog.get_logger(__name__)
 
 CONTACT_EVENTS: Final = (InvoiceRecorded.__name__, InvoiceCorrected.__name__, ProspectRegistered.__name__)
 _CONFIRMATION_MAILS: Final = uuid.UUID("5b0f6f4e-2d1c-4f7a-9a39-6c1b0d5e8a21")  # namespace of their mail ids
+_contact: Final = msgspec.json.Decoder(dict)
 
 
 def confirmation_mail_id(preference_event_id: str) -> uuid.UUID:
     """The one mail id of the confirmation mail of a preference change: queueing it twice
     (a client's retry with the same Idempotency-Key) finds it already queued."""
     return uuid.uuid5(_CONFIRMATION_MAILS, preference_event_id)
-_contact: Final = msgspec.json.Decoder(dict)
 
 
 class NoAddress(CommandRejected):
